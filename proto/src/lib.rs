@@ -1,0 +1,10 @@
+//! overlayd's sans-IO core.
+//!
+//! Everything here decides and nothing here does I/O: no sockets, no clock reads, no
+//! syscalls. The daemon (`overlayd`) feeds bytes, kernel state and time in and carries
+//! out what comes back, so every decision is testable with plain unit tests.
+
+pub mod peer;
+pub mod wire;
+
+pub use peer::PeerInfo;
