@@ -8,3 +8,7 @@ pub mod peer;
 pub mod wire;
 
 pub use peer::PeerInfo;
+pub mod dataplane;
+pub mod ipam;
+pub mod pod;
+pub mod routing;

@@ -110,7 +110,13 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "0e:12:34:56:78", "0e:12:34:56:78:9a:bc", "0e:12:34:56:78:9", "zz:12:34:56:78:9a"] {
+        for bad in [
+            "",
+            "0e:12:34:56:78",
+            "0e:12:34:56:78:9a:bc",
+            "0e:12:34:56:78:9",
+            "zz:12:34:56:78:9a",
+        ] {
             assert_eq!(bad.parse::<MacAddr>(), Err(ParseMacError), "{bad}");
         }
     }

@@ -1,5 +1,9 @@
-//! Wire formats. Each is a checked view over bytes plus an `emit`; accessors never panic.
+//! Wire formats. Each is a checked view over bytes plus an `emit`; accessors never panic
+//! once `parse` has succeeded.
 
+pub(crate) mod ipv4;
 mod mac;
+pub mod vxlan;
 
+pub use ipv4::{Ipv4Error, Ipv4Packet};
 pub use mac::{MacAddr, ParseMacError};

@@ -1,0 +1,8 @@
+//! Data-plane decisions for the VXLAN/UDP tunnel: which peer an IPv4 packet read from the
+//! TUN device goes to, and whether a UDP datagram from the underlay may be written to the
+//! TUN device. The shell owns the buffers and the sockets; this module fills in headers and
+//! says what to do, or which counter a dropped packet belongs to.
+
+mod table;
+
+pub use table::{Decap, DropReason, Encap, ForwardingTable, LocalVtep, PeerIndex};

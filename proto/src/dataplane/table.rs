@@ -1,0 +1,415 @@
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::ops::Range;
+
+use ipnet::Ipv4Net;
+
+use crate::peer::PeerInfo;
+use crate::wire::vxlan::{self, EncapHeader, Frame, FrameError};
+use crate::wire::{Ipv4Packet, MacAddr};
+
+/// This node's end of the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalVtep {
+    pub vni: u32,
+    pub mac: MacAddr,
+    pub pod_subnet: Ipv4Net,
+}
+
+/// Position of a peer in a [`ForwardingTable`], stable for the table's lifetime; the shell
+/// indexes its per-peer counters with it.
+pub type PeerIndex = usize;
+
+/// Why a packet was dropped. Every drop is counted under one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Datagram from an address that is not a current peer's underlay address.
+    UnknownSender,
+    /// Shorter than the VXLAN and inner Ethernet headers.
+    Truncated,
+    /// VXLAN I flag clear.
+    NoVniFlag,
+    /// VNI other than ours.
+    WrongVni,
+    /// Inner Ethernet destination is not our VTEP MAC.
+    WrongDstMac,
+    /// Inner EtherType is not IPv4 (VXLAN) or the TUN packet is not IPv4 (encap).
+    NotIpv4,
+    /// The inner IPv4 header is malformed or its length disagrees with the frame.
+    MalformedInner,
+    /// Inner destination outside our pod subnet.
+    WrongInnerDst,
+    /// Inner source outside the sending peer's pod subnet.
+    SpoofedSource,
+    /// A TUN packet whose destination no peer's pod subnet covers.
+    NoRoute,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 10] = [
+        DropReason::UnknownSender,
+        DropReason::Truncated,
+        DropReason::NoVniFlag,
+        DropReason::WrongVni,
+        DropReason::WrongDstMac,
+        DropReason::NotIpv4,
+        DropReason::MalformedInner,
+        DropReason::WrongInnerDst,
+        DropReason::SpoofedSource,
+        DropReason::NoRoute,
+    ];
+
+    /// Stable snake_case name, used in counters and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::UnknownSender => "unknown_sender",
+            DropReason::Truncated => "truncated",
+            DropReason::NoVniFlag => "no_vni_flag",
+            DropReason::WrongVni => "wrong_vni",
+            DropReason::WrongDstMac => "wrong_dst_mac",
+            DropReason::NotIpv4 => "not_ipv4",
+            DropReason::MalformedInner => "malformed_inner",
+            DropReason::WrongInnerDst => "wrong_inner_dst",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::NoRoute => "no_route",
+        }
+    }
+
+    /// Dense index into a per-reason counter array.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Where an encapsulated packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encap {
+    pub peer: PeerIndex,
+    pub dst: Ipv4Addr,
+}
+
+/// A datagram accepted for the TUN device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decap {
+    pub peer: PeerIndex,
+    /// The inner IPv4 packet's bytes within the datagram.
+    pub inner: Range<usize>,
+}
+
+/// An immutable snapshot of the tunnel peers, built off the hot path whenever peers
+/// change and swapped in whole; lookups never lock or allocate.
+#[derive(Debug, Clone)]
+pub struct ForwardingTable {
+    local: LocalVtep,
+    peers: Vec<PeerInfo>,
+    by_underlay: HashMap<Ipv4Addr, PeerIndex>,
+    /// Pod subnets grouped by prefix length, longest first: longest-prefix match is one
+    /// hash lookup per distinct prefix length (usually one).
+    by_subnet: Vec<(u8, HashMap<u32, PeerIndex>)>,
+}
+
+impl ForwardingTable {
+    pub fn new(local: LocalVtep, peers: Vec<PeerInfo>) -> Self {
+        let mut by_underlay = HashMap::with_capacity(peers.len());
+        let mut by_subnet: Vec<(u8, HashMap<u32, PeerIndex>)> = Vec::new();
+        for (index, peer) in peers.iter().enumerate() {
+            by_underlay.insert(peer.underlay, index);
+            let len = peer.pod_subnet.prefix_len();
+            let key = u32::from(peer.pod_subnet.network());
+            match by_subnet.iter_mut().find(|(l, _)| *l == len) {
+                Some((_, map)) => {
+                    map.insert(key, index);
+                }
+                None => by_subnet.push((len, HashMap::from([(key, index)]))),
+            }
+        }
+        by_subnet.sort_by(|a, b| b.0.cmp(&a.0));
+        ForwardingTable {
+            local,
+            peers,
+            by_underlay,
+            by_subnet,
+        }
+    }
+
+    pub fn local(&self) -> &LocalVtep {
+        &self.local
+    }
+
+    pub fn peers(&self) -> &[PeerInfo] {
+        &self.peers
+    }
+
+    /// The peer whose pod subnet holds `addr` (longest prefix wins).
+    pub fn peer_for(&self, addr: Ipv4Addr) -> Option<PeerIndex> {
+        let addr = u32::from(addr);
+        self.by_subnet.iter().find_map(|(len, map)| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+            map.get(&(addr & mask)).copied()
+        })
+    }
+
+    /// Encapsulates the IPv4 packet in `frame[vxlan::ENCAP_LEN..]` (read from the TUN
+    /// device) by writing the VXLAN and inner Ethernet headers into `frame[..ENCAP_LEN]`.
+    ///
+    /// Returns `Err` iff the packet is not IPv4 or no peer's pod subnet covers its
+    /// destination; `frame` is then unchanged.
+    ///
+    /// # Panics
+    /// If `frame` is shorter than `vxlan::ENCAP_LEN`.
+    pub fn encap(&self, frame: &mut [u8]) -> Result<Encap, DropReason> {
+        let packet = &frame[vxlan::ENCAP_LEN..];
+        if packet.len() < 20 || packet[0] >> 4 != 4 {
+            return Err(DropReason::NotIpv4);
+        }
+        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+        let peer = self.peer_for(dst).ok_or(DropReason::NoRoute)?;
+        let info = &self.peers[peer];
+        EncapHeader {
+            vni: self.local.vni,
+            inner_src_mac: self.local.mac,
+            inner_dst_mac: info.vtep_mac,
+        }
+        .emit(frame);
+        Ok(Encap {
+            peer,
+            dst: info.underlay,
+        })
+    }
+
+    /// Decides whether a UDP datagram received from `sender` on the tunnel port carries a
+    /// packet for the TUN device.
+    ///
+    /// Returns `Ok` iff the sender is a peer, the VXLAN header is valid with our VNI, the
+    /// inner frame is addressed to our VTEP MAC and carries a well-formed IPv4 packet from
+    /// the sender's pod subnet to ours. The `Err` names the counter of the drop; where the
+    /// sender is known it is given too, so per-peer drop counters stay right.
+    pub fn decap(
+        &self,
+        sender: Ipv4Addr,
+        datagram: &[u8],
+    ) -> Result<Decap, (DropReason, Option<PeerIndex>)> {
+        let peer = *self
+            .by_underlay
+            .get(&sender)
+            .ok_or((DropReason::UnknownSender, None))?;
+        let drop = |reason| (reason, Some(peer));
+        let frame = Frame::parse(datagram).map_err(|e| {
+            drop(match e {
+                FrameError::Truncated => DropReason::Truncated,
+                FrameError::NoVniFlag => DropReason::NoVniFlag,
+            })
+        })?;
+        if frame.vni() != self.local.vni {
+            return Err(drop(DropReason::WrongVni));
+        }
+        if frame.inner_dst_mac() != self.local.mac {
+            return Err(drop(DropReason::WrongDstMac));
+        }
+        if frame.inner_ethertype() != vxlan::ETHERTYPE_IPV4 {
+            return Err(drop(DropReason::NotIpv4));
+        }
+        let inner = Ipv4Packet::parse(frame.inner_payload())
+            .map_err(|_| drop(DropReason::MalformedInner))?;
+        if !self.local.pod_subnet.contains(&inner.dst()) {
+            return Err(drop(DropReason::WrongInnerDst));
+        }
+        if !self.peers[peer].pod_subnet.contains(&inner.src()) {
+            return Err(drop(DropReason::SpoofedSource));
+        }
+        let start = vxlan::ENCAP_LEN;
+        Ok(Decap {
+            peer,
+            inner: start..start + inner.bytes().len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ipv4::test_packet;
+    use proptest::prelude::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn table() -> ForwardingTable {
+        let local = LocalVtep {
+            vni: 1,
+            mac: MacAddr::vtep_for_node("n1"),
+            pod_subnet: net("10.244.1.0/24"),
+        };
+        let peer = |name: &str, underlay: &str, subnet: &str| PeerInfo {
+            name: name.into(),
+            underlay: ip(underlay),
+            pod_subnet: net(subnet),
+            vtep_mac: MacAddr::vtep_for_node(name),
+        };
+        ForwardingTable::new(
+            local,
+            vec![
+                peer("n2", "10.100.2.11", "10.244.2.0/24"),
+                peer("n3", "10.100.2.12", "10.244.3.0/24"),
+                peer("big", "10.100.3.11", "10.244.128.0/17"),
+            ],
+        )
+    }
+
+    /// A datagram as peer `from` would send it to n1.
+    fn datagram(from: &str, vni: u32, src: &str, dst: &str) -> Vec<u8> {
+        let mut frame = vec![0u8; vxlan::ENCAP_LEN];
+        EncapHeader {
+            vni,
+            inner_src_mac: MacAddr::vtep_for_node(from),
+            inner_dst_mac: MacAddr::vtep_for_node("n1"),
+        }
+        .emit(&mut frame);
+        frame.extend(test_packet(ip(src), ip(dst), 8));
+        frame
+    }
+
+    #[test]
+    fn encap_picks_peer_by_longest_prefix_and_writes_headers() {
+        let t = table();
+        let mut frame = vec![0u8; vxlan::ENCAP_LEN];
+        frame.extend(test_packet(ip("10.244.1.2"), ip("10.244.3.7"), 8));
+        let encap = t.encap(&mut frame).unwrap();
+        assert_eq!(
+            encap,
+            Encap {
+                peer: 1,
+                dst: ip("10.100.2.12")
+            }
+        );
+        let parsed = Frame::parse(&frame).unwrap();
+        assert_eq!(parsed.vni(), 1);
+        assert_eq!(parsed.inner_dst_mac(), MacAddr::vtep_for_node("n3"));
+        assert_eq!(parsed.inner_src_mac(), MacAddr::vtep_for_node("n1"));
+        assert_eq!(t.peer_for(ip("10.244.200.1")), Some(2));
+    }
+
+    #[test]
+    fn encap_drops_non_ipv4_and_unroutable() {
+        let t = table();
+        let mut frame = vec![0u8; vxlan::ENCAP_LEN];
+        frame.extend(test_packet(ip("10.244.1.2"), ip("10.244.9.7"), 8));
+        assert_eq!(t.encap(&mut frame), Err(DropReason::NoRoute));
+        frame[vxlan::ENCAP_LEN] = 0x60;
+        assert_eq!(t.encap(&mut frame), Err(DropReason::NotIpv4));
+        assert_eq!(
+            t.encap(&mut [0u8; vxlan::ENCAP_LEN + 3]),
+            Err(DropReason::NotIpv4)
+        );
+    }
+
+    #[test]
+    fn decap_accepts_a_peer_frame() {
+        let t = table();
+        let d = datagram("n2", 1, "10.244.2.5", "10.244.1.9");
+        let decap = t.decap(ip("10.100.2.11"), &d).unwrap();
+        assert_eq!(decap.peer, 0);
+        assert_eq!(
+            &d[decap.inner],
+            &test_packet(ip("10.244.2.5"), ip("10.244.1.9"), 8)[..]
+        );
+    }
+
+    #[test]
+    fn decap_drops_each_bad_case_with_its_reason() {
+        let t = table();
+        let good = datagram("n2", 1, "10.244.2.5", "10.244.1.9");
+        let from = ip("10.100.2.11");
+        assert_eq!(
+            t.decap(ip("10.100.9.9"), &good),
+            Err((DropReason::UnknownSender, None))
+        );
+        assert_eq!(
+            t.decap(from, &good[..10]),
+            Err((DropReason::Truncated, Some(0)))
+        );
+        let mut no_flag = good.clone();
+        no_flag[0] = 0;
+        assert_eq!(
+            t.decap(from, &no_flag),
+            Err((DropReason::NoVniFlag, Some(0)))
+        );
+        let wrong_vni = datagram("n2", 2, "10.244.2.5", "10.244.1.9");
+        assert_eq!(
+            t.decap(from, &wrong_vni),
+            Err((DropReason::WrongVni, Some(0)))
+        );
+        let mut wrong_mac = good.clone();
+        wrong_mac[8] ^= 0x10;
+        assert_eq!(
+            t.decap(from, &wrong_mac),
+            Err((DropReason::WrongDstMac, Some(0)))
+        );
+        let mut arp = good.clone();
+        arp[20..22].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(t.decap(from, &arp), Err((DropReason::NotIpv4, Some(0))));
+        assert_eq!(
+            t.decap(from, &good[..good.len() - 1]),
+            Err((DropReason::MalformedInner, Some(0)))
+        );
+        let elsewhere = datagram("n2", 1, "10.244.2.5", "10.244.3.9");
+        assert_eq!(
+            t.decap(from, &elsewhere),
+            Err((DropReason::WrongInnerDst, Some(0)))
+        );
+        let spoofed = datagram("n2", 1, "10.244.3.5", "10.244.1.9");
+        assert_eq!(
+            t.decap(from, &spoofed),
+            Err((DropReason::SpoofedSource, Some(0)))
+        );
+    }
+
+    #[test]
+    fn drop_reason_indexes_are_dense() {
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decap_never_panics_and_inner_is_in_bounds(
+            bytes in proptest::collection::vec(any::<u8>(), 0..120),
+            sender in prop::sample::select(vec!["10.100.2.11", "10.100.2.12", "1.2.3.4"]),
+        ) {
+            let t = table();
+            if let Ok(decap) = t.decap(ip(sender), &bytes) {
+                prop_assert!(decap.inner.end <= bytes.len());
+            }
+        }
+
+        #[test]
+        fn encap_then_decap_roundtrips(
+            src_host in 1u8..255, dst_host in 1u8..255, len in 0usize..64,
+        ) {
+            // n1 sends to n2; n2's table must accept it.
+            let n1 = table();
+            let n2 = ForwardingTable::new(
+                LocalVtep { vni: 1, mac: MacAddr::vtep_for_node("n2"), pod_subnet: net("10.244.2.0/24") },
+                vec![PeerInfo {
+                    name: "n1".into(),
+                    underlay: ip("10.100.1.11"),
+                    pod_subnet: net("10.244.1.0/24"),
+                    vtep_mac: MacAddr::vtep_for_node("n1"),
+                }],
+            );
+            let inner = test_packet(Ipv4Addr::new(10, 244, 1, src_host), Ipv4Addr::new(10, 244, 2, dst_host), len);
+            let mut frame = vec![0u8; vxlan::ENCAP_LEN];
+            frame.extend(&inner);
+            let encap = n1.encap(&mut frame).unwrap();
+            prop_assert_eq!(encap.dst, ip("10.100.2.11"));
+            let decap = n2.decap(ip("10.100.1.11"), &frame).unwrap();
+            prop_assert_eq!(&frame[decap.inner], &inner[..]);
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! From the cluster view to the kernel routes this node should have, and from the routes
+//! it has to the changes that make them so. The shell reads routes over netlink, calls
+//! [`plan`] and [`reconcile`], and carries out the returned [`RouteOp`]s.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::peer::PeerInfo;
+
+/// How packets reach one peer's pod subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerPath {
+    /// A kernel route via the peer's underlay address; packets never reach the daemon.
+    HostGw,
+    /// A kernel route into the TUN device; the daemon sends VXLAN over UDP.
+    Udp,
+}
+
+impl PeerPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerPath::HostGw => "host-gw",
+            PeerPath::Udp => "udp",
+        }
+    }
+}
+
+/// What the kernel says about reaching a peer's underlay address (`ip route get`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnderlayLookup {
+    /// The gateway of the route the kernel picked; `None` when the peer is on-link.
+    pub gateway: Option<Ipv4Addr>,
+    /// The interface that route leaves through.
+    pub oif: u32,
+}
+
+/// Picks a peer's path: host-gw iff it is enabled, the peer's underlay address is
+/// on-link (the kernel's route to it has no gateway, as Flannel's DirectRouting decides)
+/// and that route leaves through the underlay interface; the tunnel otherwise.
+pub fn choose_path(host_gw_enabled: bool, lookup: UnderlayLookup, underlay_oif: u32) -> PeerPath {
+    if host_gw_enabled && lookup.gateway.is_none() && lookup.oif == underlay_oif {
+        PeerPath::HostGw
+    } else {
+        PeerPath::Udp
+    }
+}
+
+/// The kind of a route the daemon owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    Unicast,
+    /// Drops silently-unknown destinations inside the cluster CIDR instead of letting
+    /// them follow the default route out of the node un-encapsulated.
+    Blackhole,
+}
+
+/// A route in the main table, as far as the daemon cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KernelRoute {
+    pub dst: Ipv4Net,
+    pub kind: RouteKind,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub pref_src: Option<Ipv4Addr>,
+}
+
+/// Everything [`plan`] needs about this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalRouting {
+    pub cluster_cidr: Ipv4Net,
+    /// Source address for packets this node itself sends into the tunnel: the bridge
+    /// gateway, which lies in our pod subnet, so replies come back through the tunnel.
+    pub tunnel_src: Ipv4Addr,
+    pub tunnel_oif: u32,
+    pub underlay_oif: u32,
+}
+
+/// The routes this node should have, sorted by destination.
+pub fn plan(local: &LocalRouting, peers: &[(PeerInfo, PeerPath)]) -> Vec<KernelRoute> {
+    let mut routes = vec![KernelRoute {
+        dst: local.cluster_cidr,
+        kind: RouteKind::Blackhole,
+        gateway: None,
+        oif: None,
+        pref_src: None,
+    }];
+    routes.extend(peers.iter().map(|(peer, path)| match path {
+        PeerPath::HostGw => KernelRoute {
+            dst: peer.pod_subnet,
+            kind: RouteKind::Unicast,
+            gateway: Some(peer.underlay),
+            oif: Some(local.underlay_oif),
+            pref_src: None,
+        },
+        PeerPath::Udp => KernelRoute {
+            dst: peer.pod_subnet,
+            kind: RouteKind::Unicast,
+            gateway: None,
+            oif: Some(local.tunnel_oif),
+            pref_src: Some(local.tunnel_src),
+        },
+    }));
+    routes.sort();
+    routes
+}
+
+/// One change to the kernel's routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOp {
+    Add(KernelRoute),
+    /// A route to the same destination exists with other attributes.
+    Replace(KernelRoute),
+    Delete(KernelRoute),
+}
+
+/// The changes that turn `current` (the routes tagged as ours) into `desired`.
+/// Adds and replaces come before deletes, so traffic never loses a route it keeps.
+pub fn reconcile(desired: &[KernelRoute], current: &[KernelRoute]) -> Vec<RouteOp> {
+    let current: BTreeMap<Ipv4Net, &KernelRoute> = current.iter().map(|r| (r.dst, r)).collect();
+    let desired_map: BTreeMap<Ipv4Net, &KernelRoute> = desired.iter().map(|r| (r.dst, r)).collect();
+    let mut ops = Vec::new();
+    for (dst, want) in &desired_map {
+        match current.get(dst) {
+            None => ops.push(RouteOp::Add(**want)),
+            Some(have) if have != want => ops.push(RouteOp::Replace(**want)),
+            Some(_) => {}
+        }
+    }
+    for (dst, have) in &current {
+        if !desired_map.contains_key(dst) {
+            ops.push(RouteOp::Delete(**have));
+        }
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::MacAddr;
+    use proptest::prelude::*;
+
+    fn peer(name: &str, underlay: [u8; 4], third: u8) -> PeerInfo {
+        PeerInfo {
+            name: name.into(),
+            underlay: Ipv4Addr::from(underlay),
+            pod_subnet: Ipv4Net::new(Ipv4Addr::new(10, 244, third, 0), 24).unwrap(),
+            vtep_mac: MacAddr::vtep_for_node(name),
+        }
+    }
+
+    fn local() -> LocalRouting {
+        LocalRouting {
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            tunnel_src: Ipv4Addr::new(10, 244, 1, 1),
+            tunnel_oif: 7,
+            underlay_oif: 2,
+        }
+    }
+
+    #[test]
+    fn on_link_peers_get_host_gw_others_the_tunnel() {
+        let on_link = UnderlayLookup {
+            gateway: None,
+            oif: 2,
+        };
+        let routed = UnderlayLookup {
+            gateway: Some(Ipv4Addr::new(10, 100, 1, 1)),
+            oif: 2,
+        };
+        assert_eq!(choose_path(true, on_link, 2), PeerPath::HostGw);
+        assert_eq!(choose_path(true, routed, 2), PeerPath::Udp);
+        assert_eq!(choose_path(false, on_link, 2), PeerPath::Udp);
+        // On-link, but through some other interface than the underlay: not ours to use.
+        assert_eq!(
+            choose_path(
+                true,
+                UnderlayLookup {
+                    gateway: None,
+                    oif: 9
+                },
+                2
+            ),
+            PeerPath::Udp
+        );
+    }
+
+    #[test]
+    fn plan_has_blackhole_host_gw_and_tunnel_routes() {
+        let routes = plan(
+            &local(),
+            &[
+                (peer("n2", [10, 100, 1, 12], 2), PeerPath::HostGw),
+                (peer("n3", [10, 100, 2, 11], 3), PeerPath::Udp),
+            ],
+        );
+        assert_eq!(routes.len(), 3);
+        assert_eq!(routes[0].kind, RouteKind::Blackhole);
+        assert_eq!(routes[0].dst.to_string(), "10.244.0.0/16");
+        assert_eq!(routes[1].gateway, Some(Ipv4Addr::new(10, 100, 1, 12)));
+        assert_eq!(routes[1].oif, Some(2));
+        assert_eq!(routes[2].oif, Some(7));
+        assert_eq!(routes[2].pref_src, Some(Ipv4Addr::new(10, 244, 1, 1)));
+    }
+
+    #[test]
+    fn reconcile_adds_replaces_and_deletes_stale() {
+        let before = plan(
+            &local(),
+            &[
+                (peer("n2", [10, 100, 1, 12], 2), PeerPath::HostGw),
+                (peer("n3", [10, 100, 2, 11], 3), PeerPath::Udp),
+            ],
+        );
+        // n2 moved behind a router; n3 died; n4 joined.
+        let after = plan(
+            &local(),
+            &[
+                (peer("n2", [10, 100, 1, 12], 2), PeerPath::Udp),
+                (peer("n4", [10, 100, 2, 12], 4), PeerPath::Udp),
+            ],
+        );
+        let ops = reconcile(&after, &before);
+        assert_eq!(
+            ops,
+            vec![
+                RouteOp::Replace(after[1]),
+                RouteOp::Add(after[2]),
+                RouteOp::Delete(before[2]),
+            ]
+        );
+        assert!(reconcile(&after, &after).is_empty());
+    }
+
+    proptest! {
+        /// Applying the ops to `current` always yields exactly `desired`.
+        #[test]
+        fn reconcile_converges(
+            want in proptest::collection::btree_map(0u8..16, (any::<bool>(), 1u8..4), 0..10),
+            have in proptest::collection::btree_map(0u8..16, (any::<bool>(), 1u8..4), 0..10),
+        ) {
+            let route = |third: u8, (udp, gw): (bool, u8)| KernelRoute {
+                dst: Ipv4Net::new(Ipv4Addr::new(10, 244, third, 0), 24).unwrap(),
+                kind: RouteKind::Unicast,
+                gateway: (!udp).then(|| Ipv4Addr::new(10, 100, 1, gw)),
+                oif: Some(if udp { 7 } else { 2 }),
+                pref_src: None,
+            };
+            let desired: Vec<_> = want.iter().map(|(k, v)| route(*k, *v)).collect();
+            let current: Vec<_> = have.iter().map(|(k, v)| route(*k, *v)).collect();
+            let mut state: BTreeMap<Ipv4Net, KernelRoute> = current.iter().map(|r| (r.dst, *r)).collect();
+            for op in reconcile(&desired, &current) {
+                match op {
+                    RouteOp::Add(r) => { prop_assert!(state.insert(r.dst, r).is_none()); }
+                    RouteOp::Replace(r) => { prop_assert!(state.insert(r.dst, r).is_some()); }
+                    RouteOp::Delete(r) => { prop_assert!(state.remove(&r.dst).is_some()); }
+                }
+            }
+            let result: Vec<_> = state.into_values().collect();
+            prop_assert_eq!(result, desired);
+        }
+    }
+}
