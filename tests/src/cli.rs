@@ -1,0 +1,188 @@
+//! `overlayd lab …`: the subcommands and what they print.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::lab::{Lab, validate_lab_name};
+use crate::topology::Topology;
+
+/// A whole cluster in network namespaces on this host (needs root).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum LabCommand {
+    /// Build the lab: router, segments, nodes, daemons and pods.
+    Up {
+        /// Topology file (TOML); default: segments a and b, nodes n1 n2 on a, n3 n4 on b.
+        topology: Option<PathBuf>,
+        #[arg(long, default_value = "lab", value_parser = lab_name)]
+        name: String,
+    },
+    /// Stop the lab's processes and delete its namespaces and files; safe to repeat.
+    Down {
+        #[arg(long, default_value = "lab", value_parser = lab_name)]
+        name: String,
+    },
+    /// List nodes, their daemons and pods.
+    Ps {
+        #[arg(long, default_value = "lab", value_parser = lab_name)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a node's or pod's namespace (in a node, OVERLAYD_SOCKET is set).
+    Exec {
+        /// Node (`n1`), pod (`n1-p1`) or `router`.
+        target: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+        #[arg(long, default_value = "lab", value_parser = lab_name)]
+        name: String,
+    },
+    /// Ping between every pair of pods and show which path each pair takes.
+    Check {
+        #[arg(long, default_value = "lab", value_parser = lab_name)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn lab_name(name: &str) -> Result<String, String> {
+    validate_lab_name(name)
+        .map(|()| name.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Carries out `cmd`, running `overlayd_bin` as the daemon and CLI of every node.
+/// The exit code is non-zero when `check` finds a failed pair, or is `exec`'s own.
+pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
+    match cmd {
+        LabCommand::Up { topology, name } => {
+            let topology = match &topology {
+                Some(path) => Topology::from_file(path)?,
+                None => Topology::default(),
+            };
+            let lab = Lab::up(&name, &topology, &overlayd_bin)?.keep();
+            println!("lab {name:?} is up ({}):", lab.run_dir().display());
+            print!("{}", lab.ps());
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Down { name } => {
+            Lab::down(&name)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Ps { name, json } => {
+            let ps = Lab::open(&name)?.ps();
+            if json {
+                println!("{}", serde_json::to_string(&ps).context("serializing ps")?);
+            } else {
+                print!("{ps}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Exec { target, cmd, name } => {
+            let status = Lab::open(&name)?.exec(&target, &cmd)?;
+            Ok(exit_code(status))
+        }
+        LabCommand::Check { name, json } => {
+            let report = Lab::open(&name)?.check()?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", report.to_json())?;
+            } else {
+                write!(out, "{}", report.matrix())?;
+                let failed = report.failures().count();
+                if failed > 0 {
+                    writeln!(out, "{failed} of {} pairs FAILED", report.results.len())?;
+                }
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+/// The child's code, or 128 + signal like a shell when a signal ended it.
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        lab: LabCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<LabCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lab").chain(args.iter().copied())).map(|c| c.lab)
+    }
+
+    #[test]
+    fn parses_every_subcommand() {
+        assert_eq!(
+            parse(&["up", "topo.toml", "--name", "x1"]).unwrap(),
+            LabCommand::Up {
+                topology: Some("topo.toml".into()),
+                name: "x1".into()
+            }
+        );
+        assert_eq!(
+            parse(&["up"]).unwrap(),
+            LabCommand::Up {
+                topology: None,
+                name: "lab".into()
+            }
+        );
+        assert_eq!(
+            parse(&["down"]).unwrap(),
+            LabCommand::Down { name: "lab".into() }
+        );
+        assert_eq!(
+            parse(&["ps", "--json"]).unwrap(),
+            LabCommand::Ps {
+                name: "lab".into(),
+                json: true
+            }
+        );
+        assert_eq!(
+            parse(&["exec", "n1", "--name", "t", "--", "ip", "-br", "addr"]).unwrap(),
+            LabCommand::Exec {
+                target: "n1".into(),
+                cmd: vec!["ip".into(), "-br".into(), "addr".into()],
+                name: "t".into()
+            }
+        );
+        assert_eq!(
+            parse(&["check", "--json"]).unwrap(),
+            LabCommand::Check {
+                name: "lab".into(),
+                json: true
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_lab_names_and_missing_exec_command() {
+        let err = parse(&["down", "--name", "Bad-Name"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 to 8 characters"), "{err}");
+        assert!(parse(&["exec", "n1"]).is_err());
+    }
+}

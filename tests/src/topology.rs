@@ -1,0 +1,697 @@
+//! The lab's topology file: segments (L2 networks joined by one router) and the nodes on
+//! them. Parsing resolves every default (addresses, pod subnets), so a [`Topology`] is
+//! always valid and complete.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use overlayd_proto::wire::MacAddr;
+use serde::{Deserialize, Serialize};
+
+/// The topology used when none is given: segments `a` and `b` joined by the router,
+/// nodes `n1`, `n2` on `a` and `n3`, `n4` on `b`, two pods each.
+pub const DEFAULT_TOPOLOGY: &str = r#"
+cluster_cidr = "10.244.0.0/16"
+
+[[segment]]
+name = "a"
+subnet = "10.100.1.0/24"
+
+[[segment]]
+name = "b"
+subnet = "10.100.2.0/24"
+
+[[node]]
+name = "n1"
+segment = "a"
+
+[[node]]
+name = "n2"
+segment = "a"
+
+[[node]]
+name = "n3"
+segment = "b"
+
+[[node]]
+name = "n4"
+segment = "b"
+"#;
+
+/// Pods per node when the topology does not say.
+const DEFAULT_PODS: u32 = 2;
+
+/// A node's underlay address is this host number plus its 1-based position in its segment
+/// (.11, .12, …); the router takes host 1.
+const FIRST_NODE_HOST: u32 = 10;
+
+/// A validated topology with every default filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Topology {
+    cluster_cidr: Ipv4Net,
+    segments: Vec<Segment>,
+    nodes: Vec<NodeSpec>,
+    config: toml::Table,
+}
+
+/// An L2 segment: a bridge `seg-NAME` in the router namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub name: String,
+    pub subnet: Ipv4Net,
+}
+
+impl Segment {
+    /// The router's address on this segment: the subnet's first host.
+    pub fn router_address(&self) -> Ipv4Addr {
+        host(self.subnet, 1)
+    }
+
+    /// Name of the segment's bridge inside the router namespace.
+    pub fn bridge(&self) -> String {
+        format!("seg-{}", self.name)
+    }
+}
+
+/// A node of the lab, with its resolved addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub name: String,
+    pub segment: String,
+    /// Address of `eth0` in the node namespace, inside the segment's subnet.
+    pub underlay: Ipv4Addr,
+    pub pod_subnet: Ipv4Net,
+    /// Pods `NAME-p1` ..= `NAME-pN` the lab adds through the daemon (0 when `daemon` is false).
+    pub pods: u32,
+    /// Whether the lab runs `overlayd` on this node.
+    pub daemon: bool,
+    /// The VTEP MAC other nodes' configs get for this node; `None`: derived from the name.
+    pub vtep_mac: Option<MacAddr>,
+}
+
+/// Why a topology file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("cannot read topology file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("topology file is not valid: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("the topology has no nodes; add at least one [[node]]")]
+    NoNodes,
+    #[error("{what} name {name:?} is not valid: use 1 to {max} characters of [a-z0-9]{extra}")]
+    BadName {
+        what: &'static str,
+        name: String,
+        max: usize,
+        extra: &'static str,
+    },
+    #[error("duplicate {what} name {name:?}; every {what} needs its own name")]
+    Duplicate { what: &'static str, name: String },
+    #[error("node {node:?} is on segment {segment:?}, which no [[segment]] defines")]
+    UnknownSegment { node: String, segment: String },
+    #[error("{what} {a} overlaps {b}; give them disjoint subnets")]
+    Overlap {
+        what: &'static str,
+        a: String,
+        b: String,
+    },
+    #[error(
+        "segment {segment:?} ({subnet}) has too few addresses for its {nodes} nodes \
+         (nodes take hosts .{first}..); use a larger subnet"
+    )]
+    SegmentFull {
+        segment: String,
+        subnet: Ipv4Net,
+        nodes: usize,
+        first: u32,
+    },
+    #[error(
+        "cannot derive a /24 pod subnet for node {node:?} (node index {index}) from \
+         cluster_cidr {cidr}; set pod_subnet for it or use a larger cluster_cidr"
+    )]
+    NoPodSubnet {
+        node: String,
+        index: usize,
+        cidr: Ipv4Net,
+    },
+    #[error("pod_subnet {subnet} of node {node:?} lies outside cluster_cidr {cidr}")]
+    PodSubnetOutsideCluster {
+        node: String,
+        subnet: Ipv4Net,
+        cidr: Ipv4Net,
+    },
+    #[error(
+        "node {node:?} wants {pods} pods but pod_subnet {subnet} has room for {room}; \
+         lower pods or widen the subnet"
+    )]
+    TooManyPods {
+        node: String,
+        pods: u32,
+        subnet: Ipv4Net,
+        room: u64,
+    },
+    #[error(
+        "node {node:?} has daemon = false, so it cannot have pods (pods = {pods}); set pods = 0"
+    )]
+    PodsWithoutDaemon { node: String, pods: u32 },
+    #[error(
+        "[config] may not set `{key}`: the lab writes it for every node; \
+         remove it from the topology's [config] table"
+    )]
+    ReservedConfigKey { key: &'static str },
+    #[error("[config] does not merge into a valid node config: {0}")]
+    Config(#[source] toml::de::Error),
+}
+
+/// The file format, exactly as written: unknown keys are errors.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopologyFile {
+    #[serde(default = "default_cluster_cidr")]
+    cluster_cidr: Ipv4Net,
+    #[serde(default, rename = "segment")]
+    segments: Vec<Segment>,
+    #[serde(default, rename = "node")]
+    nodes: Vec<NodeFile>,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    name: String,
+    segment: String,
+    pods: Option<u32>,
+    pod_subnet: Option<Ipv4Net>,
+    #[serde(default = "yes")]
+    daemon: bool,
+    vtep_mac: Option<MacAddr>,
+}
+
+fn default_cluster_cidr() -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).expect("16 is a valid prefix")
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology::parse(DEFAULT_TOPOLOGY).expect("the embedded default topology is valid")
+    }
+}
+
+impl Topology {
+    /// Parses and validates a topology file's text.
+    pub fn parse(text: &str) -> Result<Topology, TopologyError> {
+        let file: TopologyFile = toml::from_str(text)?;
+        resolve(file)
+    }
+
+    /// Reads, parses and validates a topology file.
+    pub fn from_file(path: &Path) -> Result<Topology, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Topology::parse(&text)
+    }
+
+    pub fn cluster_cidr(&self) -> Ipv4Net {
+        self.cluster_cidr
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    pub fn nodes(&self) -> &[NodeSpec] {
+        &self.nodes
+    }
+
+    /// The `[config]` table deep-merged into every generated node config.
+    pub fn config(&self) -> &toml::Table {
+        &self.config
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn segment(&self, name: &str) -> Option<&Segment> {
+        self.segments.iter().find(|s| s.name == name)
+    }
+}
+
+fn resolve(file: TopologyFile) -> Result<Topology, TopologyError> {
+    if file.nodes.is_empty() {
+        return Err(TopologyError::NoNodes);
+    }
+    check_segments(&file.segments, file.cluster_cidr)?;
+    let mut seen = HashSet::new();
+    let mut nodes = Vec::with_capacity(file.nodes.len());
+    for (index, node) in file.nodes.into_iter().enumerate() {
+        check_node_name(&node.name)?;
+        if !seen.insert(node.name.clone()) {
+            return Err(TopologyError::Duplicate {
+                what: "node",
+                name: node.name,
+            });
+        }
+        let Some(segment) = file.segments.iter().find(|s| s.name == node.segment) else {
+            return Err(TopologyError::UnknownSegment {
+                node: node.name,
+                segment: node.segment,
+            });
+        };
+        let position = nodes
+            .iter()
+            .filter(|n: &&NodeSpec| n.segment == segment.name)
+            .count();
+        let underlay = node_address(segment, position)?;
+        let pod_subnet = match node.pod_subnet {
+            Some(subnet) => subnet.trunc(),
+            None => default_pod_subnet(file.cluster_cidr, index).ok_or_else(|| {
+                TopologyError::NoPodSubnet {
+                    node: node.name.clone(),
+                    index,
+                    cidr: file.cluster_cidr,
+                }
+            })?,
+        };
+        if !file.cluster_cidr.contains(&pod_subnet) {
+            return Err(TopologyError::PodSubnetOutsideCluster {
+                node: node.name,
+                subnet: pod_subnet,
+                cidr: file.cluster_cidr,
+            });
+        }
+        let pods = match (node.daemon, node.pods) {
+            (true, pods) => pods.unwrap_or(DEFAULT_PODS),
+            (false, None | Some(0)) => 0,
+            (false, Some(pods)) => {
+                return Err(TopologyError::PodsWithoutDaemon {
+                    node: node.name,
+                    pods,
+                });
+            }
+        };
+        // The bridge takes the first host; pods need one address each after it.
+        let room = hosts(pod_subnet).saturating_sub(1);
+        if u64::from(pods) > room {
+            return Err(TopologyError::TooManyPods {
+                node: node.name,
+                pods,
+                subnet: pod_subnet,
+                room,
+            });
+        }
+        nodes.push(NodeSpec {
+            name: node.name,
+            segment: segment.name.clone(),
+            underlay,
+            pod_subnet,
+            pods,
+            daemon: node.daemon,
+            vtep_mac: node.vtep_mac,
+        });
+    }
+    check_pod_subnets(&nodes)?;
+    check_config_table(&file.config)?;
+    let topology = Topology {
+        cluster_cidr: file.cluster_cidr,
+        segments: file.segments,
+        nodes,
+        config: file.config,
+    };
+    // Catch bad [config] keys now rather than when a daemon reads its file.
+    for node in &topology.nodes {
+        crate::config::node_config(&topology, node, Path::new("/run/overlayd-lab/check"))
+            .map_err(TopologyError::Config)?;
+    }
+    Ok(topology)
+}
+
+fn check_segments(segments: &[Segment], cluster: Ipv4Net) -> Result<(), TopologyError> {
+    let mut seen = HashSet::new();
+    for (i, segment) in segments.iter().enumerate() {
+        // The bridge is `seg-NAME`, and interface names hold at most 15 bytes.
+        check_name("segment", &segment.name, 11, "")?;
+        if !seen.insert(segment.name.as_str()) {
+            return Err(TopologyError::Duplicate {
+                what: "segment",
+                name: segment.name.clone(),
+            });
+        }
+        if overlaps(segment.subnet, cluster) {
+            return Err(TopologyError::Overlap {
+                what: "segment subnet",
+                a: format!("{} ({})", segment.subnet, segment.name),
+                b: format!("cluster_cidr {cluster}"),
+            });
+        }
+        for other in &segments[..i] {
+            if overlaps(segment.subnet, other.subnet) {
+                return Err(TopologyError::Overlap {
+                    what: "segment subnet",
+                    a: format!("{} ({})", segment.subnet, segment.name),
+                    b: format!("{} ({})", other.subnet, other.name),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_node_name(name: &str) -> Result<(), TopologyError> {
+    // The node's veth end in the router namespace carries the node's name (≤ 15 bytes);
+    // `lo` and `router` would collide with the router's own names.
+    check_name("node", name, 15, ", not `lo` or `router`")?;
+    if name == "lo" || name == "router" {
+        return Err(TopologyError::BadName {
+            what: "node",
+            name: name.into(),
+            max: 15,
+            extra: ", not `lo` or `router`",
+        });
+    }
+    Ok(())
+}
+
+fn check_name(
+    what: &'static str,
+    name: &str,
+    max: usize,
+    extra: &'static str,
+) -> Result<(), TopologyError> {
+    let valid = (1..=max).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if valid {
+        Ok(())
+    } else {
+        Err(TopologyError::BadName {
+            what,
+            name: name.into(),
+            max,
+            extra,
+        })
+    }
+}
+
+fn check_pod_subnets(nodes: &[NodeSpec]) -> Result<(), TopologyError> {
+    for (i, node) in nodes.iter().enumerate() {
+        for other in &nodes[..i] {
+            if overlaps(node.pod_subnet, other.pod_subnet) {
+                return Err(TopologyError::Overlap {
+                    what: "pod subnet",
+                    a: format!("{} (node {})", node.pod_subnet, node.name),
+                    b: format!("{} (node {})", other.pod_subnet, other.name),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_config_table(config: &toml::Table) -> Result<(), TopologyError> {
+    if config.contains_key("node") {
+        return Err(TopologyError::ReservedConfigKey { key: "node" });
+    }
+    if config.contains_key("peer") {
+        return Err(TopologyError::ReservedConfigKey { key: "peer" });
+    }
+    if let Some(toml::Value::Table(daemon)) = config.get("daemon") {
+        if daemon.contains_key("state_dir") {
+            return Err(TopologyError::ReservedConfigKey {
+                key: "daemon.state_dir",
+            });
+        }
+        if daemon.contains_key("control_socket") {
+            return Err(TopologyError::ReservedConfigKey {
+                key: "daemon.control_socket",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The address of the node at 0-based `position` among its segment's nodes.
+fn node_address(segment: &Segment, position: usize) -> Result<Ipv4Addr, TopologyError> {
+    let offset = u64::from(FIRST_NODE_HOST) + position as u64 + 1;
+    if offset > hosts(segment.subnet) {
+        return Err(TopologyError::SegmentFull {
+            segment: segment.name.clone(),
+            subnet: segment.subnet,
+            nodes: position + 1,
+            first: FIRST_NODE_HOST + 1,
+        });
+    }
+    Ok(host(segment.subnet, offset as u32))
+}
+
+/// `10.244.(index+1).0/24` for the default cluster CIDR: the (index+1)-th /24 inside it.
+fn default_pod_subnet(cluster: Ipv4Net, index: usize) -> Option<Ipv4Net> {
+    if cluster.prefix_len() > 24 {
+        return None;
+    }
+    let count = 1u64 << (24 - cluster.prefix_len());
+    let slot = index as u64 + 1;
+    if slot >= count {
+        return None;
+    }
+    let base = u32::from(cluster.network()) + (slot as u32) * 256;
+    Ipv4Net::new(Ipv4Addr::from(base), 24).ok()
+}
+
+/// Usable host addresses of a subnet (without network and broadcast addresses).
+fn hosts(net: Ipv4Net) -> u64 {
+    (1u64 << (32 - u32::from(net.prefix_len()))).saturating_sub(2)
+}
+
+fn host(net: Ipv4Net, n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()) + n)
+}
+
+fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_err(text: &str) -> String {
+        Topology::parse(text)
+            .expect_err("topology should be rejected")
+            .to_string()
+    }
+
+    const TWO_SEGMENTS: &str = r#"
+        [[segment]]
+        name = "a"
+        subnet = "10.100.1.0/24"
+        [[segment]]
+        name = "b"
+        subnet = "10.100.2.0/24"
+    "#;
+
+    #[test]
+    fn default_topology_resolves_addresses_and_subnets() {
+        let topo = Topology::default();
+
+        let summary: Vec<_> = topo
+            .nodes()
+            .iter()
+            .map(|n| {
+                (
+                    n.name.as_str(),
+                    n.segment.as_str(),
+                    n.underlay.to_string(),
+                    n.pod_subnet.to_string(),
+                    n.pods,
+                )
+            })
+            .collect();
+
+        assert_eq!(
+            summary,
+            [
+                ("n1", "a", "10.100.1.11".into(), "10.244.1.0/24".into(), 2),
+                ("n2", "a", "10.100.1.12".into(), "10.244.2.0/24".into(), 2),
+                ("n3", "b", "10.100.2.11".into(), "10.244.3.0/24".into(), 2),
+                ("n4", "b", "10.100.2.12".into(), "10.244.4.0/24".into(), 2),
+            ]
+        );
+        assert_eq!(topo.cluster_cidr().to_string(), "10.244.0.0/16");
+        assert_eq!(
+            topo.segments()[1].router_address(),
+            Ipv4Addr::new(10, 100, 2, 1)
+        );
+        assert_eq!(topo.segments()[0].bridge(), "seg-a");
+    }
+
+    #[test]
+    fn explicit_values_override_defaults() {
+        let topo = Topology::parse(&format!(
+            r#"
+            cluster_cidr = "10.50.0.0/16"
+            {TWO_SEGMENTS}
+            [[node]]
+            name = "x"
+            segment = "b"
+            pods = 3
+            pod_subnet = "10.50.77.0/24"
+            [[node]]
+            name = "k"
+            segment = "b"
+            daemon = false
+            vtep_mac = "0e:00:00:00:00:01"
+            [config.tunnel]
+            host_gw = false
+            "#
+        ))
+        .unwrap();
+
+        let [x, k] = topo.nodes() else {
+            panic!("two nodes")
+        };
+        assert_eq!(
+            (x.pods, x.pod_subnet.to_string(), x.daemon),
+            (3, "10.50.77.0/24".into(), true)
+        );
+        assert_eq!(
+            (k.pods, k.pod_subnet.to_string(), k.daemon),
+            (0, "10.50.2.0/24".into(), false)
+        );
+        assert_eq!(k.underlay, Ipv4Addr::new(10, 100, 2, 12));
+        assert_eq!(k.vtep_mac.unwrap().to_string(), "0e:00:00:00:00:01");
+        assert_eq!(topo.config()["tunnel"]["host_gw"].as_bool(), Some(false));
+    }
+
+    #[test]
+    fn rejects_unknown_segment() {
+        let err = parse_err(&format!(
+            "{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"c\"\n"
+        ));
+        assert!(err.contains("segment \"c\""), "{err}");
+    }
+
+    #[test]
+    fn rejects_duplicate_names() {
+        let err = parse_err(&format!(
+            "{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\n[[node]]\nname = \"n1\"\nsegment = \"b\"\n"
+        ));
+        assert!(err.contains("duplicate node name \"n1\""), "{err}");
+
+        let err = parse_err(
+            "[[segment]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\n[[segment]]\nname = \"a\"\nsubnet = \"10.2.0.0/24\"\n\
+             [[node]]\nname = \"n1\"\nsegment = \"a\"\n",
+        );
+        assert!(err.contains("duplicate segment name \"a\""), "{err}");
+    }
+
+    #[test]
+    fn rejects_unknown_keys() {
+        let err = parse_err(&format!(
+            "{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\npod = 3\n"
+        ));
+        assert!(err.contains("unknown field `pod`"), "{err}");
+
+        let err = parse_err(&format!(
+            "bogus = 1\n{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\n"
+        ));
+        assert!(err.contains("unknown field `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn rejects_unknown_keys_in_config_table() {
+        let err = parse_err(&format!(
+            "{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\n[config.tunnel]\nhostgw = false\n"
+        ));
+        assert!(err.contains("[config]") && err.contains("hostgw"), "{err}");
+    }
+
+    #[test]
+    fn rejects_config_keys_the_lab_owns() {
+        let err = parse_err(&format!(
+            "{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\n[config.daemon]\ncontrol_socket = \"/x\"\n"
+        ));
+        assert!(err.contains("daemon.control_socket"), "{err}");
+    }
+
+    #[test]
+    fn rejects_segment_overflow() {
+        // A /28 has hosts .1-.14: room for nodes .11-.14 only.
+        let mut text = String::from("[[segment]]\nname = \"s\"\nsubnet = \"10.9.0.0/28\"\n");
+        for i in 1..=5 {
+            text.push_str(&format!("[[node]]\nname = \"n{i}\"\nsegment = \"s\"\n"));
+        }
+        let err = parse_err(&text);
+        assert!(err.contains("too few addresses"), "{err}");
+    }
+
+    #[test]
+    fn rejects_pod_subnet_overflow_and_outside_cluster() {
+        let err = parse_err(&format!(
+            "cluster_cidr = \"10.244.0.0/24\"\n{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\n"
+        ));
+        assert!(err.contains("cannot derive a /24 pod subnet"), "{err}");
+
+        let err = parse_err(&format!(
+            "{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\npod_subnet = \"10.9.0.0/24\"\n"
+        ));
+        assert!(err.contains("outside cluster_cidr"), "{err}");
+
+        let err = parse_err(&format!(
+            "{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\npod_subnet = \"10.244.9.0/30\"\npods = 2\n"
+        ));
+        assert!(err.contains("room for 1"), "{err}");
+    }
+
+    #[test]
+    fn rejects_overlapping_subnets() {
+        let err = parse_err(
+            "[[segment]]\nname = \"a\"\nsubnet = \"10.1.0.0/16\"\n[[segment]]\nname = \"b\"\nsubnet = \"10.1.2.0/24\"\n\
+             [[node]]\nname = \"n1\"\nsegment = \"a\"\n",
+        );
+        assert!(err.contains("overlaps"), "{err}");
+
+        let err = parse_err(&format!(
+            "{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\npod_subnet = \"10.244.2.0/24\"\n\
+             [[node]]\nname = \"n2\"\nsegment = \"a\"\n"
+        ));
+        assert!(err.contains("pod subnet 10.244.2.0/24"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        for bad in ["N1", "n-1", "", "router", "lo", "abcdefghijklmnop"] {
+            let err = parse_err(&format!(
+                "{TWO_SEGMENTS}\n[[node]]\nname = \"{bad}\"\nsegment = \"a\"\n"
+            ));
+            assert!(err.contains("is not valid"), "{bad}: {err}");
+        }
+        let err = parse_err(
+            "[[segment]]\nname = \"waytoolongname\"\nsubnet = \"10.1.0.0/24\"\n[[node]]\nname = \"n1\"\nsegment = \"waytoolongname\"\n",
+        );
+        assert!(err.contains("segment name"), "{err}");
+    }
+
+    #[test]
+    fn rejects_pods_on_daemonless_node_and_empty_topology() {
+        let err = parse_err(&format!(
+            "{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\ndaemon = false\npods = 1\n"
+        ));
+        assert!(err.contains("daemon = false"), "{err}");
+        assert!(parse_err(TWO_SEGMENTS).contains("no nodes"));
+    }
+}
