@@ -84,7 +84,10 @@ pub struct Bridge {
 
 impl Default for Bridge {
     fn default() -> Self {
-        Bridge { name: "ovd0".into(), mtu: None }
+        Bridge {
+            name: "ovd0".into(),
+            mtu: None,
+        }
     }
 }
 
@@ -107,7 +110,13 @@ pub struct Tunnel {
 
 impl Default for Tunnel {
     fn default() -> Self {
-        Tunnel { device: "ovdtun0".into(), port: 8472, vni: 1, host_gw: true, mtu: None }
+        Tunnel {
+            device: "ovdtun0".into(),
+            port: 8472,
+            vni: 1,
+            host_gw: true,
+            mtu: None,
+        }
     }
 }
 

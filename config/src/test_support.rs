@@ -1,0 +1,77 @@
+//! Helpers shared by the crate's unit tests.
+
+use std::net::Ipv4Addr;
+
+use crate::schema::{Bridge, Cluster, Config, Daemon, Nat, Node, OnExit, Peer, Tunnel};
+
+/// A configuration with every optional key set and one peer, so that serializing it
+/// names every key of the schema.
+pub(crate) fn full_config() -> Config {
+    Config {
+        node: Node {
+            name: "node-1".into(),
+            underlay_interface: Some("eth0".into()),
+            underlay_address: Some(Ipv4Addr::new(192, 168, 1, 10)),
+            advertise_address: Some(Ipv4Addr::new(203, 0, 113, 10)),
+            pod_subnet: "10.244.1.0/24".parse().unwrap(),
+            vtep_mac: Some("0e:00:00:00:00:01".parse().unwrap()),
+        },
+        cluster: Cluster {
+            cidr: "10.244.0.0/16".parse().unwrap(),
+        },
+        bridge: Bridge {
+            name: "ovd0".into(),
+            mtu: Some(1500),
+        },
+        tunnel: Tunnel {
+            device: "ovdtun0".into(),
+            port: 8472,
+            vni: 1,
+            host_gw: true,
+            mtu: Some(1450),
+        },
+        nat: Nat { masquerade: true },
+        daemon: Daemon {
+            state_dir: "/var/lib/overlayd".into(),
+            control_socket: "/run/overlayd/overlayd.sock".into(),
+            on_exit: OnExit::Keep,
+        },
+        peers: vec![Peer {
+            name: "node-2".into(),
+            underlay_address: Ipv4Addr::new(192, 168, 1, 11),
+            pod_subnet: "10.244.2.0/24".parse().unwrap(),
+            vtep_mac: Some("0e:00:00:00:00:02".parse().unwrap()),
+        }],
+    }
+}
+
+/// Every key of the schema as a path without array indices: `node`, `node.name`, …,
+/// `peer`, `peer.name`, …
+pub(crate) fn schema_keys() -> Vec<String> {
+    let value = toml::Value::try_from(full_config()).unwrap();
+    let mut keys = Vec::new();
+    collect_keys(&value, "", &mut keys);
+    keys
+}
+
+fn collect_keys(value: &toml::Value, prefix: &str, keys: &mut Vec<String>) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                keys.push(path.clone());
+                collect_keys(value, &path, keys);
+            }
+        }
+        toml::Value::Array(array) => {
+            for element in array {
+                collect_keys(element, prefix, keys);
+            }
+        }
+        _ => {}
+    }
+}
