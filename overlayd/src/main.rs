@@ -1,1 +1,183 @@
-fn main() {}
+//! The `overlayd` command line.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use overlayd::api::Request;
+use overlayd::{cli, daemon, pods};
+
+#[derive(Parser)]
+#[command(
+    name = "overlayd",
+    version,
+    about = "Overlay network daemon: pods, host-gw and VXLAN/UDP between nodes"
+)]
+struct Cli {
+    /// Control socket of the daemon to talk to (default: daemon.control_socket of --config,
+    /// else /run/overlayd/overlayd.sock).
+    #[arg(long, global = true, env = "OVERLAYD_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file without touching the system.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// This node: addresses, readiness, drop counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every peer with its path, addresses and counters.
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The kernel routes the daemon owns.
+    Routes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add, delete or list pods.
+    Pod {
+        #[command(subcommand)]
+        command: PodCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PodCommand {
+    /// Create a pod: a network namespace attached to the node bridge.
+    Add {
+        name: String,
+        /// Address to take (default: the next free one of the pod subnet).
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+        /// Use this existing namespace (a path, a name under /run/netns, or a PID)
+        /// instead of creating /run/netns/NAME.
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a pod: its veth, its address and the namespace if the daemon made it.
+    Del { name: String },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("overlayd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { config } => {
+            let cfg = overlayd_config::load(&config)?;
+            println!(
+                "{}: ok (node {}, pod subnet {}, {} static peers)",
+                config.display(),
+                cfg.node.name,
+                cfg.node.pod_subnet,
+                cfg.peers.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            init_logging();
+            let cfg = overlayd_config::load(&config)?;
+            runtime()?.block_on(daemon::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| PathBuf::from("/run/overlayd/overlayd.sock"));
+            runtime()?.block_on(client(command, &socket))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
+    match command {
+        Command::Status { json } => {
+            cli::show(socket, Request::Status, json, cli::status_table).await
+        }
+        Command::Peers { json } => cli::show(socket, Request::Peers, json, cli::peers_table).await,
+        Command::Routes { json } => {
+            cli::show(socket, Request::Routes, json, cli::routes_table).await
+        }
+        Command::Pod { command } => match command {
+            PodCommand::Add {
+                name,
+                ip,
+                netns,
+                json,
+            } => {
+                cli::show(
+                    socket,
+                    Request::PodAdd { name, ip, netns },
+                    json,
+                    cli::pod_line,
+                )
+                .await
+            }
+            PodCommand::Del { name } => {
+                cli::show(
+                    socket,
+                    Request::PodDel { name },
+                    false,
+                    |p: &pods::PodRecord| format!("deleted pod {} ({})\n", p.name, p.ip),
+                )
+                .await
+            }
+            PodCommand::List { json } => {
+                cli::show(socket, Request::PodList, json, cli::pods_table).await
+            }
+        },
+        Command::Run { .. } | Command::Check { .. } => unreachable!("handled before connecting"),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,156 @@
+//! The client side of the CLI: asks the daemon over the control socket and prints tables
+//! or, with `--json`, the API's JSON unchanged.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{self, Request};
+use crate::pods::PodRecord;
+
+/// Calls the daemon and prints the result as JSON or through `table`.
+pub async fn show<T: DeserializeOwned + Serialize>(
+    socket: &Path,
+    request: Request,
+    json: bool,
+    table: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    let result: T = api::call(socket, &request).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", table(&result));
+    }
+    Ok(())
+}
+
+pub fn status_table(s: &api::Status) -> String {
+    let dropped: u64 = s.drops.values().sum();
+    let mut out = format!(
+        "node        {}\nready       {}\nunderlay    {} on {}\npod subnet  {} (gateway {})\nvtep        {} udp/{} vni {}\nmtu         pods {} tunnel {}\npeers       {}\npods        {}\nuptime      {}s\ndrops       {}\n",
+        s.node,
+        s.ready,
+        s.underlay,
+        s.underlay_interface,
+        s.pod_subnet,
+        s.gateway,
+        s.vtep_mac,
+        s.tunnel_port,
+        s.vni,
+        s.pod_mtu,
+        s.tunnel_mtu,
+        s.peers,
+        s.pods,
+        s.uptime_s,
+        dropped
+    );
+    for (reason, n) in s.drops.iter().filter(|(_, n)| **n > 0) {
+        out.push_str(&format!("  {reason:<18}{n}\n"));
+    }
+    out
+}
+
+pub fn peers_table(p: &api::Peers) -> String {
+    let rows = p.peers.iter().map(|r| {
+        vec![
+            r.name.clone(),
+            r.path.clone(),
+            r.underlay.to_string(),
+            r.pod_subnet.to_string(),
+            r.tx_packets.to_string(),
+            r.tx_bytes.to_string(),
+            r.rx_packets.to_string(),
+            r.rx_bytes.to_string(),
+            r.drops.to_string(),
+        ]
+    });
+    let mut out = table(
+        &[
+            "NAME",
+            "PATH",
+            "UNDERLAY",
+            "POD SUBNET",
+            "TX PKTS",
+            "TX BYTES",
+            "RX PKTS",
+            "RX BYTES",
+            "DROPS",
+        ],
+        rows,
+    );
+    let unattributed: Vec<_> = p.drops.iter().filter(|(_, n)| **n > 0).collect();
+    if !unattributed.is_empty() {
+        out.push_str("\ndrops by reason (all peers and unknown senders):\n");
+        for (reason, n) in unattributed {
+            out.push_str(&format!("  {reason:<18}{n}\n"));
+        }
+    }
+    out
+}
+
+pub fn routes_table(r: &api::Routes) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    table(
+        &["DESTINATION", "KIND", "VIA", "DEV", "SRC"],
+        r.routes.iter().map(|r| {
+            vec![
+                r.dst.to_string(),
+                r.kind.clone(),
+                opt(r.via.map(|v| v.to_string())),
+                opt(r.dev.clone()),
+                opt(r.src.map(|v: Ipv4Addr| v.to_string())),
+            ]
+        }),
+    )
+}
+
+pub fn pods_table(p: &api::PodList) -> String {
+    table(&["NAME", "IP", "NETNS", "VETH"], p.pods.iter().map(pod_row))
+}
+
+pub fn pod_line(p: &PodRecord) -> String {
+    format!(
+        "pod {} has {} in {} (veth {})\n",
+        p.name,
+        p.ip,
+        p.netns.display(),
+        p.veth
+    )
+}
+
+fn pod_row(p: &PodRecord) -> Vec<String> {
+    vec![
+        p.name.clone(),
+        p.ip.to_string(),
+        p.netns.display().to_string(),
+        p.veth.clone(),
+    ]
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::new();
+        for (cell, w) in cells.zip(&widths) {
+            s.push_str(&format!("{cell:<w$}  "));
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in &rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}

@@ -1,0 +1,43 @@
+//! Where the daemon learns its peers. Static config today; gossip implements the same
+//! interface later. A source publishes the whole current peer set on a watch channel.
+
+use overlayd_config::schema::Peer;
+use overlayd_proto::PeerInfo;
+use overlayd_proto::wire::MacAddr;
+use tokio::sync::watch;
+
+/// Anything that can tell the daemon the current set of peers.
+pub trait PeerSource: Send + Sync {
+    /// The current peers, and every later change.
+    fn subscribe(&self) -> watch::Receiver<Vec<PeerInfo>>;
+}
+
+/// The `[[peer]]` list of the config file.
+pub struct StaticPeers {
+    tx: watch::Sender<Vec<PeerInfo>>,
+}
+
+impl StaticPeers {
+    pub fn new(peers: &[Peer]) -> Self {
+        let infos = peers
+            .iter()
+            .map(|p| PeerInfo {
+                name: p.name.clone(),
+                underlay: p.underlay_address,
+                pod_subnet: p.pod_subnet,
+                vtep_mac: p
+                    .vtep_mac
+                    .unwrap_or_else(|| MacAddr::vtep_for_node(&p.name)),
+            })
+            .collect();
+        StaticPeers {
+            tx: watch::Sender::new(infos),
+        }
+    }
+}
+
+impl PeerSource for StaticPeers {
+    fn subscribe(&self) -> watch::Receiver<Vec<PeerInfo>> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,407 @@
+//! The daemon's kernel work over rtnetlink: links, addresses and the routes it owns.
+//! Decisions (which routes, which path) are made in `overlayd_proto::routing`; this module
+//! only reads kernel state into those types and carries out the resulting operations.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use overlayd_proto::routing::{KernelRoute, RouteKind, RouteOp, UnderlayLookup};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+/// Routes the daemon installs carry this protocol number (`ip route show proto 79`):
+/// it is how the daemon knows its own routes and never touches anyone else's.
+pub const ROUTE_PROTOCOL: u8 = 79;
+
+/// A connection to the kernel's routing netlink in one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// Is this netlink failure the given errno?
+fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(err, rtnetlink::Error::NetlinkError(m) if m.code.is_some_and(|c| c.get().abs() == errno))
+}
+
+/// A link as far as the daemon cares.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub controller: Option<u32>,
+    pub up: bool,
+}
+
+impl Netlink {
+    /// Connects in the calling thread's network namespace. Must run inside a tokio runtime.
+    pub fn connect() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Connects inside another network namespace: the socket is opened on a thread that
+    /// joined `netns`, and netlink sockets stay bound to the namespace they were made in.
+    pub fn connect_in(netns: BorrowedFd<'_>) -> Result<Self> {
+        let rt = tokio::runtime::Handle::current();
+        let fd = netns.as_raw_fd();
+        let (conn, handle) = std::thread::scope(|s| {
+            s.spawn(|| -> Result<_> {
+                // SAFETY: `fd` is borrowed for the whole scope; setns only reads it.
+                let ns = unsafe { BorrowedFd::borrow_raw(fd) };
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .context("joining the pod's network namespace")?;
+                let _guard = rt.enter();
+                let (conn, handle, _) =
+                    rtnetlink::new_connection().context("opening a netlink socket")?;
+                Ok((conn, handle))
+            })
+            .join()
+            .map_err(|_| anyhow!("netns thread panicked"))?
+        })?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(to_link(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up interface {name}")),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(msg) => Ok(msg.as_ref().map(to_link)),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up interface #{index}")),
+        }
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let msgs: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await?;
+        Ok(msgs.iter().map(to_link).collect())
+    }
+
+    /// Creates the bridge unless it exists; sets its MTU and brings it up.
+    pub async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<u32> {
+        if self.link_by_name(name).await?.is_none() {
+            match self
+                .handle
+                .link()
+                .add(LinkBridge::new(name).build())
+                .execute()
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if is_errno(&e, libc::EEXIST) => {}
+                Err(e) => return Err(e).with_context(|| format!("creating bridge {name}")),
+            }
+        }
+        let link = self
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| anyhow!("bridge {name} vanished"))?;
+        self.set_link(link.index, Some(mtu), None, true).await?;
+        Ok(link.index)
+    }
+
+    /// Sets MTU and/or controller (bridge) of a link and brings it up or down.
+    pub async fn set_link(
+        &self,
+        index: u32,
+        mtu: Option<u32>,
+        controller: Option<u32>,
+        up: bool,
+    ) -> Result<()> {
+        let mut b = LinkUnspec::new_with_index(index);
+        if let Some(mtu) = mtu {
+            b = b.mtu(mtu);
+        }
+        if let Some(c) = controller {
+            b = b.controller(c);
+        }
+        b = if up { b.up() } else { b.down() };
+        self.handle
+            .link()
+            .set(b.build())
+            .execute()
+            .await
+            .with_context(|| format!("configuring interface #{index}"))
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting interface #{index}")),
+        }
+    }
+
+    /// Creates a veth pair: `host` here, `peer` directly inside the namespace `peer_ns`.
+    pub async fn add_veth_into(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_ns: BorrowedFd<'_>,
+        mtu: u32,
+    ) -> Result<()> {
+        let peer_msg = LinkUnspec::new_with_name(peer)
+            .mtu(mtu)
+            .setns_by_fd(peer_ns.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(host, peer)
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .with_context(|| {
+                format!("creating veth {host} with peer {peer} in the pod's namespace")
+            })
+    }
+
+    /// IPv4 addresses on a link, with their prefix lengths.
+    pub async fn ipv4_addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
+        let mut req = self.handle.address().get();
+        if let Some(index) = index {
+            req = req.set_link_index_filter(index);
+        }
+        let msgs: Vec<_> = req
+            .execute()
+            .try_collect()
+            .await
+            .context("listing addresses")?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(IpAddr::V4(ip))
+                    | AddressAttribute::Address(IpAddr::V4(ip)) => {
+                        Some((m.header.index, *ip, m.header.prefix_len))
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// Adds `addr/prefix` to a link unless it is there already.
+    pub async fn ensure_addr(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        match self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(addr), prefix)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => {
+                Err(e).with_context(|| format!("adding {addr}/{prefix} to interface #{index}"))
+            }
+        }
+    }
+
+    /// Adds a default route via `gateway` (used inside pods).
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding default route via {gateway}")),
+        }
+    }
+
+    /// The kernel's choice of route to `dst` (`ip route get`).
+    pub async fn route_get(&self, dst: Ipv4Addr) -> Result<UnderlayLookup> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        let mut routes = self.handle.route().get(msg).execute();
+        let route = routes
+            .try_next()
+            .await
+            .with_context(|| format!("looking up the route to {dst}"))?
+            .ok_or_else(|| anyhow!("no route to {dst}"))?;
+        let mut lookup = UnderlayLookup {
+            gateway: None,
+            oif: 0,
+        };
+        for attr in &route.attributes {
+            match attr {
+                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => lookup.gateway = Some(*gw),
+                RouteAttribute::Oif(oif) => lookup.oif = *oif,
+                _ => {}
+            }
+        }
+        Ok(lookup)
+    }
+
+    /// The interface of the IPv4 default route in the main table.
+    pub async fn default_route_oif(&self) -> Result<Option<u32>> {
+        let msgs = self.dump_ipv4_routes().await?;
+        Ok(msgs.iter().find_map(|m| {
+            let is_default = m.header.destination_prefix_length == 0
+                && m.header.table == RouteHeader::RT_TABLE_MAIN;
+            is_default
+                .then(|| {
+                    m.attributes.iter().find_map(|a| {
+                        if let RouteAttribute::Oif(o) = a {
+                            Some(*o)
+                        } else {
+                            None
+                        }
+                    })
+                })
+                .flatten()
+        }))
+    }
+
+    async fn dump_ipv4_routes(&self) -> Result<Vec<RouteMessage>> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        self.handle
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .context("listing routes")
+    }
+
+    /// The routes in the main table tagged with [`ROUTE_PROTOCOL`].
+    pub async fn owned_routes(&self) -> Result<Vec<KernelRoute>> {
+        let msgs = self.dump_ipv4_routes().await?;
+        Ok(msgs
+            .iter()
+            .filter(|m| {
+                m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
+                    && m.header.table == RouteHeader::RT_TABLE_MAIN
+            })
+            .filter_map(to_kernel_route)
+            .collect())
+    }
+
+    pub async fn apply(&self, op: &RouteOp) -> Result<()> {
+        match op {
+            RouteOp::Add(r) => self.handle.route().add(to_message(r)).execute().await,
+            RouteOp::Replace(r) => {
+                self.handle
+                    .route()
+                    .add(to_message(r))
+                    .replace()
+                    .execute()
+                    .await
+            }
+            RouteOp::Delete(r) => match self.handle.route().del(to_message(r)).execute().await {
+                Err(e) if is_errno(&e, libc::ESRCH) => Ok(()),
+                other => other,
+            },
+        }
+        .with_context(|| format!("applying {op:?}"))
+    }
+}
+
+fn to_link(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mtu: 0,
+        controller: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::Controller(c) => link.controller = Some(*c),
+            _ => {}
+        }
+    }
+    link
+}
+
+fn to_kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
+    let mut dst_addr = Ipv4Addr::UNSPECIFIED;
+    let mut route = KernelRoute {
+        dst: Ipv4Net::default(),
+        kind: if msg.header.kind == RouteType::BlackHole {
+            RouteKind::Blackhole
+        } else {
+            RouteKind::Unicast
+        },
+        gateway: None,
+        oif: None,
+        pref_src: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst_addr = *a,
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => route.gateway = Some(*a),
+            RouteAttribute::PrefSource(RouteAddress::Inet(a)) => route.pref_src = Some(*a),
+            RouteAttribute::Oif(o) => route.oif = Some(*o),
+            _ => {}
+        }
+    }
+    route.dst = Ipv4Net::new(dst_addr, msg.header.destination_prefix_length).ok()?;
+    Some(route)
+}
+
+fn to_message(route: &KernelRoute) -> RouteMessage {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(route.dst.network(), route.dst.prefix_len())
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+    match route.kind {
+        RouteKind::Blackhole => {
+            b = b.kind(RouteType::BlackHole).scope(RouteScope::Universe);
+        }
+        RouteKind::Unicast => {
+            b = b.scope(if route.gateway.is_some() {
+                RouteScope::Universe
+            } else {
+                RouteScope::Link
+            });
+            if let Some(gw) = route.gateway {
+                b = b.gateway(gw);
+            }
+            if let Some(oif) = route.oif {
+                b = b.output_interface(oif);
+            }
+            if let Some(src) = route.pref_src {
+                b = b.pref_source(src);
+            }
+        }
+    }
+    b.build()
+}
+
+/// Fails unless this process may do the kernel work (root or CAP_NET_ADMIN).
+pub fn require_net_admin() -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    bail!("overlayd needs root (CAP_NET_ADMIN) to manage interfaces, routes and namespaces")
+}

@@ -1,0 +1,256 @@
+//! Pods: a network namespace attached to the node bridge by a veth pair, with an address
+//! from the node's pod subnet. Records persist in `STATE_DIR/pods.json`; an address held
+//! by a record is never handed out again until the pod is deleted, across restarts too.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use overlayd_proto::ipam::PodIpam;
+use overlayd_proto::pod::{host_veth_name, validate_pod_name};
+use serde::{Deserialize, Serialize};
+
+use crate::netlink::Netlink;
+use crate::netns;
+
+/// Name of the pod's interface inside its namespace.
+pub const POD_IFNAME: &str = "eth0";
+
+/// One pod as persisted and as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub netns: PathBuf,
+    /// The daemon created the namespace (and deletes it with the pod).
+    pub netns_owned: bool,
+    pub veth: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoreFile {
+    /// The last address handed out, so allocation resumes after it.
+    cursor: Option<Ipv4Addr>,
+    pods: BTreeMap<String, PodRecord>,
+}
+
+/// The node's pods, their addresses and the file that keeps them.
+pub struct Pods {
+    path: PathBuf,
+    ipam: PodIpam,
+    pods: BTreeMap<String, PodRecord>,
+    bridge: u32,
+    mtu: u32,
+}
+
+impl Pods {
+    /// Loads `state_dir/pods.json` (absent means no pods) and rebuilds the allocator.
+    pub fn load(state_dir: &Path, ipam: PodIpam, bridge: u32, mtu: u32) -> Result<Self> {
+        let path = state_dir.join("pods.json");
+        let file: StoreFile = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} is corrupt; move it away to start without pods",
+                    path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoreFile::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let mut pods = Pods {
+            path,
+            ipam,
+            pods: BTreeMap::new(),
+            bridge,
+            mtu,
+        };
+        for (name, record) in file.pods {
+            pods.ipam.restore(record.ip, &name).with_context(|| {
+                format!("pod {name} in {} holds {}", pods.path.display(), record.ip)
+            })?;
+            pods.pods.insert(name, record);
+        }
+        if let Some(cursor) = file.cursor {
+            pods.ipam.set_cursor(cursor);
+        }
+        Ok(pods)
+    }
+
+    pub fn list(&self) -> Vec<PodRecord> {
+        self.pods.values().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// Re-attaches the host side of every recorded pod to the bridge (after a restart the
+    /// bridge may be new). Pods whose veth is gone are reported and keep their address.
+    pub async fn reattach(&self, nl: &Netlink) -> Result<()> {
+        for pod in self.pods.values() {
+            match nl.link_by_name(&pod.veth).await? {
+                Some(link) => {
+                    nl.set_link(link.index, Some(self.mtu), Some(self.bridge), true)
+                        .await?
+                }
+                None => tracing::warn!(
+                    pod = %pod.name,
+                    ip = %pod.ip,
+                    "the pod's veth {} is gone; its address stays reserved until `overlayd pod del {}`",
+                    pod.veth,
+                    pod.name
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a pod. On any failure everything done so far is undone.
+    pub async fn add(
+        &mut self,
+        nl: &Netlink,
+        name: &str,
+        ip: Option<Ipv4Addr>,
+        netns_spec: Option<&str>,
+    ) -> Result<PodRecord> {
+        validate_pod_name(name)?;
+        if let Some(existing) = self.pods.get(name) {
+            bail!("pod {name} already exists with address {}", existing.ip);
+        }
+        let ip = self.ipam.allocate(name, ip)?;
+        match self.attach(nl, name, ip, netns_spec).await {
+            Ok(record) => {
+                self.pods.insert(name.to_owned(), record.clone());
+                if let Err(e) = self.save() {
+                    self.pods.remove(name);
+                    self.ipam.release(ip);
+                    let _ = self.detach(nl, &record).await;
+                    return Err(e);
+                }
+                Ok(record)
+            }
+            Err(e) => {
+                self.ipam.release(ip);
+                Err(e)
+            }
+        }
+    }
+
+    async fn attach(
+        &self,
+        nl: &Netlink,
+        name: &str,
+        ip: Ipv4Addr,
+        netns_spec: Option<&str>,
+    ) -> Result<PodRecord> {
+        let (netns_path, owned) = match netns_spec {
+            Some(spec) => (netns::resolve(spec), false),
+            None => (netns::create(name)?, true),
+        };
+        let record = PodRecord {
+            name: name.to_owned(),
+            ip,
+            netns: netns_path,
+            netns_owned: owned,
+            veth: host_veth_name(name),
+        };
+        if let Err(e) = self.plumb(nl, &record).await {
+            let _ = self.detach(nl, &record).await;
+            return Err(e);
+        }
+        Ok(record)
+    }
+
+    async fn plumb(&self, nl: &Netlink, pod: &PodRecord) -> Result<()> {
+        let ns = netns::open(&pod.netns)?;
+        // A leftover veth with this pod's name is ours (prefix + hash of the name) from an
+        // add that died half-way; no record holds it.
+        if let Some(stale) = nl.link_by_name(&pod.veth).await? {
+            nl.delete_link(stale.index).await?;
+        }
+        let in_pod = Netlink::connect_in(std::os::fd::AsFd::as_fd(&ns))?;
+        if in_pod.link_by_name(POD_IFNAME).await?.is_some() {
+            bail!(
+                "namespace {} already has an interface {POD_IFNAME}",
+                pod.netns.display()
+            );
+        }
+        nl.add_veth_into(
+            &pod.veth,
+            POD_IFNAME,
+            std::os::fd::AsFd::as_fd(&ns),
+            self.mtu,
+        )
+        .await?;
+        let host = nl
+            .link_by_name(&pod.veth)
+            .await?
+            .ok_or_else(|| anyhow!("veth {} vanished", pod.veth))?;
+        nl.set_link(host.index, Some(self.mtu), Some(self.bridge), true)
+            .await?;
+
+        let lo = in_pod
+            .link_by_name("lo")
+            .await?
+            .ok_or_else(|| anyhow!("the pod's namespace has no lo"))?;
+        in_pod.set_link(lo.index, None, None, true).await?;
+        let eth = in_pod
+            .link_by_name(POD_IFNAME)
+            .await?
+            .ok_or_else(|| anyhow!("{POD_IFNAME} did not appear in the pod's namespace"))?;
+        in_pod
+            .ensure_addr(eth.index, pod.ip, self.ipam.subnet().prefix_len())
+            .await?;
+        in_pod.set_link(eth.index, None, None, true).await?;
+        in_pod.add_default_route(self.ipam.gateway()).await?;
+        Ok(())
+    }
+
+    /// Deletes a pod: its veth pair, its namespace if the daemon made it, its address.
+    pub async fn del(&mut self, nl: &Netlink, name: &str) -> Result<PodRecord> {
+        let record = self
+            .pods
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("no pod named {name}"))?;
+        self.detach(nl, &record).await?;
+        self.pods.remove(name);
+        self.ipam.release(record.ip);
+        self.save()?;
+        Ok(record)
+    }
+
+    async fn detach(&self, nl: &Netlink, pod: &PodRecord) -> Result<()> {
+        if let Some(link) = nl.link_by_name(&pod.veth).await? {
+            nl.delete_link(link.index).await?;
+        }
+        if pod.netns_owned {
+            netns::delete(&pod.netns)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the records atomically: a temporary file, fsync, rename, fsync of the dir.
+    fn save(&self) -> Result<()> {
+        use std::io::Write;
+        let file = StoreFile {
+            cursor: Some(self.ipam.cursor()),
+            pods: self.pods.clone(),
+        };
+        let dir = self
+            .path
+            .parent()
+            .ok_or_else(|| anyhow!("state path has no directory"))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(&file)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("replacing {}", self.path.display()))?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+}
