@@ -31,8 +31,8 @@ fn describe(
     let raw = error.inner().message();
     // serde words these two itself and quotes every name in backticks.
     let names = backticked(raw);
-    if let (Some(_), Some((unknown, known))) =
-        (raw.strip_prefix("unknown field "), names.split_first())
+    if raw.starts_with("unknown field ")
+        && let Some((unknown, known)) = names.split_first()
     {
         let message = if known.is_empty() {
             format!("unknown key `{unknown}`; this table takes no keys")
@@ -44,7 +44,9 @@ fn describe(
         };
         return doc.error_at(span.start, &path, message);
     }
-    if let (Some(_), Some(missing)) = (raw.strip_prefix("missing field "), names.first()) {
+    if raw.starts_with("missing field ")
+        && let Some(missing) = names.first()
+    {
         // The span is that of the table lacking the key.
         let path = path.key(missing);
         let message = format!(

@@ -87,7 +87,7 @@ impl<'a> Document<'a> {
         format!("line {line}")
     }
 
-    /// The source text of `span`, shortened to fit in a message.
+    /// The first line of the source text of `span`.
     pub(crate) fn text(&self, span: Range<usize>) -> &'a str {
         text(self.source, span)
     }

@@ -1,5 +1,9 @@
 //! The configuration file's shape. Every key, its default and its meaning is also
-//! documented in `config/overlayd.example.toml`; keep the two in step.
+//! documented in `config/overlayd.example.toml`; keep the two in step (a test checks that
+//! the example names every key and shows the defaults below).
+//!
+//! The types say what a value looks like; the rules across values (names, subnets,
+//! ranges, uniqueness) are checked by [`crate::parse`].
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -12,6 +16,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[node]`: required.
     pub node: Node,
     #[serde(default)]
     pub cluster: Cluster,
@@ -170,8 +175,12 @@ impl Default for Daemon {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Peer {
+    /// The peer's `node.name`; unique among the peers and different from this node's.
     pub name: String,
+    /// Where tunnel traffic and host-gw routes to the peer go: its `node.advertise_address`,
+    /// or else its `node.underlay_address`.
     pub underlay_address: Ipv4Addr,
+    /// The peer's `node.pod_subnet`.
     pub pod_subnet: Ipv4Net,
     /// Default: derived from `name`, as the peer derives its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,7 @@
 //! Semantic checks on a decoded [`Config`]: what the types alone cannot say.
 
 use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
@@ -10,7 +11,7 @@ use crate::document::Document;
 use crate::error::ConfigError;
 use crate::expected::expected;
 use crate::key_path::KeyPath;
-use crate::schema::Config;
+use crate::schema::{Bridge, Config, Daemon, Node, Peer, Tunnel};
 
 /// Longest Linux interface name in bytes (`IFNAMSIZ` less the terminating NUL).
 const MAX_INTERFACE_NAME_BYTES: usize = 15;
@@ -18,10 +19,12 @@ const MAX_INTERFACE_NAME_BYTES: usize = 15;
 const MAX_DNS_LABEL_CHARS: usize = 63;
 /// Longest pod subnet prefix: a /31 or /32 leaves no address for a pod after the bridge's.
 const MAX_POD_PREFIX_LEN: u8 = 30;
-/// Largest 24-bit VXLAN network identifier.
-const MAX_VNI: u32 = (1 << 24) - 1;
-/// MTU bounds: the IPv4 minimum every host must accept, and the IPv4 maximum.
-const MTUS: std::ops::RangeInclusive<u32> = 576..=65535;
+/// UDP ports a VXLAN endpoint can listen on: any but 0.
+const PORTS: RangeInclusive<u32> = 1..=65535;
+/// VXLAN network identifiers: 24 bits.
+const VNIS: RangeInclusive<u32> = 0..=(1 << 24) - 1;
+/// MTUs: from the IPv4 minimum every host must accept to the IPv4 maximum.
+const MTUS: RangeInclusive<u32> = 576..=65535;
 
 /// A key whose value breaks a rule, and the message saying so.
 struct Invalid {
@@ -47,57 +50,71 @@ fn check(config: &Config, doc: &Document<'_>) -> Check {
 
 /// The rules about one key at a time.
 fn check_keys(config: &Config) -> Check {
-    let node = KeyPath::root().key("node");
-    dns_label(&node.key("name"), &config.node.name)?;
-    if let Some(interface) = &config.node.underlay_interface {
-        interface_name(&node.key("underlay_interface"), interface)?;
-    }
-    if let Some(address) = config.node.underlay_address {
-        host_address(&node.key("underlay_address"), address)?;
-    }
-    if let Some(address) = config.node.advertise_address {
-        host_address(&node.key("advertise_address"), address)?;
-    }
-    pod_subnet(&node.key("pod_subnet"), config.node.pod_subnet)?;
-    if let Some(mac) = config.node.vtep_mac {
-        vtep_mac(&node.key("vtep_mac"), mac)?;
-    }
-
+    check_node(&config.node)?;
     network_address(
         &KeyPath::root().key("cluster").key("cidr"),
         config.cluster.cidr,
     )?;
-
-    let bridge = KeyPath::root().key("bridge");
-    interface_name(&bridge.key("name"), &config.bridge.name)?;
-    if let Some(mtu) = config.bridge.mtu {
-        mtu_in_range(&bridge.key("mtu"), mtu)?;
-    }
-
-    let tunnel = KeyPath::root().key("tunnel");
-    interface_name(&tunnel.key("device"), &config.tunnel.device)?;
-    if config.tunnel.port == 0 {
-        return Err(out_of_range(&tunnel.key("port"), 0));
-    }
-    if config.tunnel.vni > MAX_VNI {
-        return Err(out_of_range(&tunnel.key("vni"), config.tunnel.vni));
-    }
-    if let Some(mtu) = config.tunnel.mtu {
-        mtu_in_range(&tunnel.key("mtu"), mtu)?;
-    }
-
-    let daemon = KeyPath::root().key("daemon");
-    absolute_path(&daemon.key("state_dir"), &config.daemon.state_dir)?;
-    absolute_path(&daemon.key("control_socket"), &config.daemon.control_socket)?;
-
+    check_bridge(&config.bridge)?;
+    check_tunnel(&config.tunnel)?;
+    check_daemon(&config.daemon)?;
     for (i, peer) in config.peers.iter().enumerate() {
-        let path = KeyPath::root().key("peer").index(i);
-        dns_label(&path.key("name"), &peer.name)?;
-        host_address(&path.key("underlay_address"), peer.underlay_address)?;
-        pod_subnet(&path.key("pod_subnet"), peer.pod_subnet)?;
-        if let Some(mac) = peer.vtep_mac {
-            vtep_mac(&path.key("vtep_mac"), mac)?;
-        }
+        check_peer(&KeyPath::root().key("peer").index(i), peer)?;
+    }
+    Ok(())
+}
+
+fn check_node(node: &Node) -> Check {
+    let path = KeyPath::root().key("node");
+    dns_label(&path.key("name"), &node.name)?;
+    if let Some(interface) = &node.underlay_interface {
+        interface_name(&path.key("underlay_interface"), interface)?;
+    }
+    if let Some(address) = node.underlay_address {
+        host_address(&path.key("underlay_address"), address)?;
+    }
+    if let Some(address) = node.advertise_address {
+        host_address(&path.key("advertise_address"), address)?;
+    }
+    pod_subnet(&path.key("pod_subnet"), node.pod_subnet)?;
+    if let Some(mac) = node.vtep_mac {
+        vtep_mac(&path.key("vtep_mac"), mac)?;
+    }
+    Ok(())
+}
+
+fn check_bridge(bridge: &Bridge) -> Check {
+    let path = KeyPath::root().key("bridge");
+    interface_name(&path.key("name"), &bridge.name)?;
+    if let Some(mtu) = bridge.mtu {
+        within(&path.key("mtu"), mtu, MTUS)?;
+    }
+    Ok(())
+}
+
+fn check_tunnel(tunnel: &Tunnel) -> Check {
+    let path = KeyPath::root().key("tunnel");
+    interface_name(&path.key("device"), &tunnel.device)?;
+    within(&path.key("port"), u32::from(tunnel.port), PORTS)?;
+    within(&path.key("vni"), tunnel.vni, VNIS)?;
+    if let Some(mtu) = tunnel.mtu {
+        within(&path.key("mtu"), mtu, MTUS)?;
+    }
+    Ok(())
+}
+
+fn check_daemon(daemon: &Daemon) -> Check {
+    let path = KeyPath::root().key("daemon");
+    absolute_path(&path.key("state_dir"), &daemon.state_dir)?;
+    absolute_path(&path.key("control_socket"), &daemon.control_socket)
+}
+
+fn check_peer(path: &KeyPath, peer: &Peer) -> Check {
+    dns_label(&path.key("name"), &peer.name)?;
+    host_address(&path.key("underlay_address"), peer.underlay_address)?;
+    pod_subnet(&path.key("pod_subnet"), peer.pod_subnet)?;
+    if let Some(mac) = peer.vtep_mac {
+        vtep_mac(&path.key("vtep_mac"), mac)?;
     }
     Ok(())
 }
@@ -306,11 +323,16 @@ fn vtep_mac(path: &KeyPath, mac: MacAddr) -> Check {
     Err(problem_with(path, &mac.to_string(), problem))
 }
 
-fn mtu_in_range(path: &KeyPath, mtu: u32) -> Check {
-    if MTUS.contains(&mtu) {
+/// `value` lies in `range`; the key's expectation states the range in words.
+fn within(path: &KeyPath, value: u32, range: RangeInclusive<u32>) -> Check {
+    if range.contains(&value) {
         return Ok(());
     }
-    Err(out_of_range(path, mtu))
+    let message = format!("expected {}, found {value}", expected(path));
+    Err(Invalid {
+        path: path.clone(),
+        message,
+    })
 }
 
 fn absolute_path(path: &KeyPath, value: &Path) -> Check {
@@ -327,15 +349,6 @@ fn absolute_path(path: &KeyPath, value: &Path) -> Check {
 /// `<value> <problem>; expected <what the key expects>`.
 fn problem_with(path: &KeyPath, value: &str, problem: &str) -> Invalid {
     let message = format!("{value} {problem}; expected {}", expected(path));
-    Invalid {
-        path: path.clone(),
-        message,
-    }
-}
-
-/// `expected <what the key expects>, found <value>`.
-fn out_of_range(path: &KeyPath, value: u32) -> Invalid {
-    let message = format!("expected {}, found {value}", expected(path));
     Invalid {
         path: path.clone(),
         message,
