@@ -293,8 +293,12 @@ pub async fn udp_to_tun(
                 IpAddr::V4(ip) => ip,
                 IpAddr::V6(ip) => ip.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
             };
+            // GRO may have coalesced several datagrams of one sender into the slot, each
+            // `stride` long but the last. An empty datagram is still a datagram to count.
             let stride = meta.stride.max(1);
-            for datagram in slot[..meta.len].chunks(stride) {
+            let data = &slot[..meta.len];
+            let empty: &[&[u8]] = if data.is_empty() { &[&[]] } else { &[] };
+            for datagram in data.chunks(stride).chain(empty.iter().copied()) {
                 match snap.table.decap(sender, datagram) {
                     Ok(decap) => {
                         let inner = &datagram[decap.inner];

@@ -57,6 +57,11 @@ enum Command {
         #[command(subcommand)]
         command: PodCommand,
     },
+    /// A whole cluster in network namespaces on this host: up, check, ps, exec, down.
+    Lab {
+        #[command(subcommand)]
+        command: overlayd_lab::LabCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,6 +110,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 cfg.peers.len()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Lab { command } => {
+            let me = std::env::current_exe()
+                .context("finding the overlayd binary for the lab's daemons")?;
+            overlayd_lab::run(command, me)
         }
         Command::Run { config } => {
             init_logging();
@@ -159,7 +169,9 @@ async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
                 cli::show(socket, Request::PodList, json, cli::pods_table).await
             }
         },
-        Command::Run { .. } | Command::Check { .. } => unreachable!("handled before connecting"),
+        Command::Run { .. } | Command::Check { .. } | Command::Lab { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
 }
 

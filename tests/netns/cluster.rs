@@ -1,0 +1,273 @@
+//! The flat pod network of the default lab: host-gw within a segment, VXLAN/UDP across,
+//! MTU handling, NAT at the edge, pod addresses.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result, ensure};
+use overlayd_lab::Lab;
+
+use crate::support::{default_lab, link_packets, ns_cmd, ns_run, ping, tcp_transfer};
+
+/// 8a: pods on nodes of one segment talk over host-gw routes: the daemon's peer entry
+/// says host-gw, the kernel route goes via the peer's underlay address, and neither the
+/// TUN device nor the peer's tunnel counters see a packet.
+pub(crate) fn host_gw_within_a_segment_bypasses_the_daemon() -> Result<()> {
+    let lab = default_lab("hg")?;
+    let (src, dst) = (lab.pod("n1-p1")?, lab.pod("n2-p1")?);
+    let n1 = lab.node("n1")?.netns();
+    let n2 = lab.node("n2")?.netns();
+    let tun_before = (link_packets(&n1, "ovdtun0")?, link_packets(&n2, "ovdtun0")?);
+
+    ping(&src.netns, dst.ip, 5)?;
+    tcp_transfer(&src.netns, &dst.netns, dst.ip, 5 << 20)?;
+
+    let peer = peer(&lab, "n1", "n2")?;
+    ensure!(peer.path == "host-gw", "n1 reaches n2 over {}", peer.path);
+    ensure!(
+        peer.tx_packets == 0 && peer.rx_packets == 0,
+        "tunnel counters moved: {peer:?}"
+    );
+    let tun_after = (link_packets(&n1, "ovdtun0")?, link_packets(&n2, "ovdtun0")?);
+    ensure!(
+        tun_before == tun_after,
+        "TUN packet counters moved: {tun_before:?} -> {tun_after:?}"
+    );
+    let route = ns_run(&n1, &["ip", "route", "show", "10.244.2.0/24"])?;
+    ensure!(
+        route.contains("via 10.100.1.12 dev eth0") && route.contains("proto 79"),
+        "route: {route}"
+    );
+    Ok(())
+}
+
+/// 8b: pods on different segments reach each other through the daemon's VXLAN/UDP
+/// tunnel: ping, then 50 MB over TCP with every byte checked; both daemons count it.
+pub(crate) fn udp_across_segments_ping_and_50mb_transfer() -> Result<()> {
+    let lab = default_lab("ud")?;
+    let (src, dst) = (lab.pod("n1-p1")?, lab.pod("n3-p2")?);
+    ping(&src.netns, dst.ip, 5)?;
+    ping(&dst.netns, src.ip, 5)?;
+    let seen = tcp_transfer(&src.netns, &dst.netns, dst.ip, 50 << 20)?;
+    ensure!(
+        seen.ip() == std::net::IpAddr::V4(src.ip),
+        "receiver saw {seen}, not the pod's own address"
+    );
+
+    let out = peer(&lab, "n1", "n3")?;
+    ensure!(out.path == "udp", "n1 reaches n3 over {}", out.path);
+    ensure!(
+        out.tx_bytes >= 50 << 20,
+        "n1 sent only {} tunnel bytes to n3",
+        out.tx_bytes
+    );
+    let back = peer(&lab, "n3", "n1")?;
+    ensure!(
+        back.rx_bytes >= 50 << 20,
+        "n3 received only {} tunnel bytes from n1",
+        back.rx_bytes
+    );
+    ensure!(
+        out.drops == 0 && back.drops == 0,
+        "drops on a clean path: {out:?} {back:?}"
+    );
+    Ok(())
+}
+
+/// 8c: pods keep MTU 1500 while the tunnel carries 1450: bulk TCP still completes (path
+/// MTU discovery works because the node answers with ICMP), and a DF ping too large for
+/// the tunnel gets "fragmentation needed" naming the tunnel MTU instead of silence.
+pub(crate) fn mtu_1500_pods_bulk_transfer_and_frag_needed() -> Result<()> {
+    let lab = default_lab("mt")?;
+    let (src, dst) = (lab.pod("n2-p1")?, lab.pod("n4-p1")?);
+    let link = ns_run(&src.netns, &["ip", "-j", "link", "show", "dev", "eth0"])?;
+    let link: serde_json::Value = serde_json::from_str(&link)?;
+    ensure!(
+        link[0]["mtu"] == 1500,
+        "pod MTU is {}, expected 1500",
+        link[0]["mtu"]
+    );
+    let tun = ns_run(
+        &lab.node("n2")?.netns(),
+        &["ip", "-j", "link", "show", "dev", "ovdtun0"],
+    )?;
+    let tun: serde_json::Value = serde_json::from_str(&tun)?;
+    ensure!(
+        tun[0]["mtu"] == 1450,
+        "tunnel MTU is {}, expected 1450",
+        tun[0]["mtu"]
+    );
+
+    tcp_transfer(&src.netns, &dst.netns, dst.ip, 20 << 20)
+        .context("bulk TCP with MTU 1500 pods")?;
+    tcp_transfer(&dst.netns, &src.netns, src.ip, 20 << 20).context("bulk TCP back")?;
+
+    // A fresh destination, so no PMTU is cached yet.
+    let fresh = lab.pod("n3-p1")?;
+    let out = ns_cmd(
+        &src.netns,
+        &[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            "1472",
+            &fresh.ip.to_string(),
+        ],
+    )?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        text.contains("Frag needed") && text.contains("mtu = 1450"),
+        "a 1500-byte DF ping should get ICMP fragmentation needed (mtu 1450):\n{text}"
+    );
+    // Small enough for the tunnel: crosses.
+    let out = ns_cmd(
+        &src.netns,
+        &[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            "1422",
+            &fresh.ip.to_string(),
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "a 1450-byte DF ping did not cross the tunnel"
+    );
+    Ok(())
+}
+
+/// 8g: a pod reaches an underlay host outside the cluster through its node's address
+/// (masquerade), while pod-to-pod packets keep the pod's own source address on both paths.
+pub(crate) fn masquerade_outside_cluster_pod_source_kept_inside() -> Result<()> {
+    let lab = default_lab("nt")?;
+    let pod = lab.pod("n1-p1")?;
+    let router = lab.router_netns();
+    let router_ip = lab
+        .topology()
+        .segment("a")
+        .context("segment a")?
+        .router_address();
+
+    let seen = tcp_transfer(&pod.netns, &router, router_ip, 4096)?;
+    ensure!(
+        seen.ip() == std::net::IpAddr::V4(lab.node("n1")?.underlay()),
+        "the router saw {seen}; expected the node's underlay address (masquerade)"
+    );
+    for peer in ["n2-p1", "n4-p1"] {
+        let dst = lab.pod(peer)?;
+        let seen = tcp_transfer(&pod.netns, &dst.netns, dst.ip, 4096)?;
+        ensure!(
+            seen.ip() == std::net::IpAddr::V4(pod.ip),
+            "{peer} saw {seen}, expected {}",
+            pod.ip
+        );
+    }
+    let rules = ns_run(
+        &lab.node("n1")?.netns(),
+        &["nft", "list", "table", "ip", "overlayd"],
+    )?;
+    ensure!(
+        rules.contains("ip saddr 10.244.1.0/24 ip daddr != 10.244.0.0/16 masquerade"),
+        "rules:\n{rules}"
+    );
+    Ok(())
+}
+
+/// Pods: addresses from the node's subnet, never handed out twice, kept across a daemon
+/// restart; a namespace the daemon made is usable with `ip netns exec` and removed on
+/// `pod del`; bad requests get clear errors.
+pub(crate) fn pods_get_persistent_addresses_and_namespaces() -> Result<()> {
+    let mut lab = default_lab("pd")?;
+    let name = format!("{}-own", lab.name());
+    let add = |args: &[&str]| lab.overlayd("n1", args);
+    let out = add(&["pod", "add", &name, "--json"])?;
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let ip: Ipv4Addr = record["ip"].as_str().context("ip")?.parse()?;
+    let netns = format!("/run/netns/{name}");
+    ensure!(record["netns"] == netns.as_str(), "{record}");
+    // Usable from the host with iproute2, and reachable from another segment.
+    let addrs = ns_run(&name, &["ip", "-4", "-br", "addr", "show", "dev", "eth0"])?;
+    ensure!(addrs.contains(&ip.to_string()), "{addrs}");
+    ping(&lab.pod("n3-p1")?.netns, ip, 2)?;
+
+    let taken = lab.pod("n1-p1")?.ip.to_string();
+    let dup = lab.overlayd("n1", &["pod", "add", "x1", "--ip", &taken]);
+    ensure!(dup.is_err(), "a held address was handed out again");
+    let bad = lab.overlayd("n1", &["pod", "add", "Bad/Name"]);
+    ensure!(
+        format!("{:?}", bad.err()).contains("invalid pod name"),
+        "bad name accepted"
+    );
+
+    let before = lab.overlayd("n1", &["pod", "list", "--json"])?.stdout;
+    lab.kill_daemon("n1")?;
+    lab.start_daemon("n1")?;
+    let after = lab.overlayd("n1", &["pod", "list", "--json"])?.stdout;
+    ensure!(before == after, "pods changed across a restart");
+    let next = lab.overlayd("n1", &["pod", "add", "x2", "--json"])?;
+    let next: serde_json::Value = serde_json::from_slice(&next.stdout)?;
+    let next_ip = next["ip"].as_str().context("ip")?.to_string();
+    let list = String::from_utf8_lossy(&after).to_string();
+    ensure!(
+        !list.contains(&format!("\"{next_ip}\"")),
+        "new pod got an address still held: {next_ip}"
+    );
+
+    lab.overlayd("n1", &["pod", "del", &name])?;
+    lab.overlayd("n1", &["pod", "del", "x2"])?;
+    ensure!(
+        !std::path::Path::new(&netns).exists(),
+        "{netns} still exists after pod del"
+    );
+    Ok(())
+}
+
+/// `lab check` pings every pair and names the path; `lab ps --json` has the documented shape.
+pub(crate) fn lab_check_reports_paths_and_ps_json() -> Result<()> {
+    let lab = default_lab("lc")?;
+    let report = lab.check()?;
+    ensure!(report.ok(), "unreachable pairs:\n{}", report.matrix());
+    let path = |a: &str, b: &str| report.pair(a, b).map(|p| p.path.clone());
+    ensure!(
+        path("n1-p1", "n2-p2").as_deref() == Some("host-gw"),
+        "{}",
+        report.matrix()
+    );
+    ensure!(
+        path("n1-p1", "n4-p2").as_deref() == Some("udp"),
+        "{}",
+        report.matrix()
+    );
+    ensure!(
+        path("n1-p1", "n1-p2").as_deref() == Some("bridge"),
+        "{}",
+        report.matrix()
+    );
+
+    let ps = serde_json::to_value(lab.ps())?;
+    let nodes = ps["nodes"].as_array().context("nodes")?;
+    ensure!(nodes.len() == 4, "{ps}");
+    for key in ["name", "pid", "segment", "underlay", "subnet", "pods"] {
+        ensure!(nodes[0].get(key).is_some(), "ps node lacks {key}: {ps}");
+    }
+    ensure!(nodes[0]["pods"][0].get("ip").is_some(), "{ps}");
+    Ok(())
+}
+
+fn peer(lab: &Lab, on: &str, name: &str) -> Result<overlayd_lab::PeerReport> {
+    lab.peers(on)?
+        .into_iter()
+        .find(|p| p.name == name)
+        .with_context(|| format!("{on} has no peer {name}"))
+}

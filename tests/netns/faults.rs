@@ -1,0 +1,334 @@
+//! Bad input and process faults: forged datagrams, kill -9, restarts and clean stops.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use overlayd_lab::{Lab, Topology, in_netns};
+use overlayd_proto::wire::MacAddr;
+use overlayd_proto::wire::vxlan::EncapHeader;
+
+use crate::support::{default_lab, lab, link_packets, ns_run, ping, tcp_transfer, wait_for};
+
+/// A VXLAN datagram as `from` would send it to `to`, carrying an IPv4/UDP packet.
+fn frame(vni: u32, from: &str, to_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut out = vec![0u8; 22];
+    EncapHeader {
+        vni,
+        inner_src_mac: MacAddr::vtep_for_node(from),
+        inner_dst_mac: to_mac,
+    }
+    .emit(&mut out);
+    let mut ip = vec![0u8; 28];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&28u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    out.extend(ip);
+    out
+}
+
+fn drops(lab: &Lab, node: &str) -> Result<serde_json::Value> {
+    let status: serde_json::Value =
+        serde_json::from_slice(&lab.overlayd(node, &["status", "--json"])?.stdout)?;
+    Ok(status["drops"].clone())
+}
+
+fn total(drops: &serde_json::Value) -> u64 {
+    drops
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// 8e: garbage, truncated, wrong-VNI, forged and unknown-sender datagrams to the tunnel
+/// port are each dropped under their own counter, none reaches the TUN device, and the
+/// daemon keeps serving.
+pub(crate) fn garbage_datagrams_are_dropped_and_counted() -> Result<()> {
+    let lab = default_lab("gb")?;
+    let n1 = lab.node("n1")?;
+    let target = SocketAddr::from((n1.underlay(), 8472));
+    let n1_mac = MacAddr::vtep_for_node("n1");
+    let ours: Ipv4Addr = lab.pod("n1-p1")?.ip;
+    let n3_pod: Ipv4Addr = lab.pod("n3-p1")?.ip;
+    let before = drops(&lab, "n1")?;
+    let tun_before = link_packets(&n1.netns(), "ovdtun0")?;
+
+    // From a known peer (n3's underlay address): every way a frame can be wrong.
+    let mut no_flag = frame(1, "n3", n1_mac, n3_pod, ours);
+    no_flag[0] = 0;
+    let mut arp = frame(1, "n3", n1_mac, n3_pod, ours);
+    arp[20..22].copy_from_slice(&0x0806u16.to_be_bytes());
+    let mut long = frame(1, "n3", n1_mac, n3_pod, ours);
+    long[24..26].copy_from_slice(&1400u16.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", vec![0x08, 0, 0, 0, 0, 0, 1]),
+        ("no_vni_flag", no_flag),
+        ("wrong_vni", frame(7, "n3", n1_mac, n3_pod, ours)),
+        (
+            "wrong_dst_mac",
+            frame(1, "n3", MacAddr::vtep_for_node("zz"), n3_pod, ours),
+        ),
+        ("not_ipv4", arp),
+        ("malformed_inner", long),
+        (
+            "wrong_inner_dst",
+            frame(1, "n3", n1_mac, n3_pod, "10.244.2.2".parse()?),
+        ),
+        (
+            "spoofed_source",
+            frame(1, "n3", n1_mac, "10.244.2.9".parse()?, ours),
+        ),
+    ];
+    const EACH: u64 = 5;
+    let from_peer = in_netns(&lab.node("n3")?.netns(), || UdpSocket::bind("0.0.0.0:0"))?;
+    for (_, bytes) in &cases {
+        for _ in 0..EACH {
+            from_peer.send_to(bytes, target)?;
+        }
+    }
+    // Random bytes from a peer, and a valid-looking frame from a stranger (the router).
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for len in 0..40usize {
+        let junk: Vec<u8> = (0..len * 7)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        from_peer.send_to(&junk, target)?;
+    }
+    let stranger = in_netns(&lab.router_netns(), || UdpSocket::bind("0.0.0.0:0"))?;
+    for _ in 0..EACH {
+        stranger.send_to(&frame(1, "n3", n1_mac, n3_pod, ours), target)?;
+    }
+    let sent = cases.len() as u64 * EACH + 40 + EACH;
+
+    wait_for(
+        "every forged datagram to be counted",
+        Duration::from_secs(10),
+        || Ok(total(&drops(&lab, "n1")?) >= total(&before) + sent),
+    )?;
+    let after = drops(&lab, "n1")?;
+    ensure!(
+        total(&after) == total(&before) + sent,
+        "drops {before} -> {after}, sent {sent}"
+    );
+    for (reason, _) in cases
+        .iter()
+        .map(|(r, b)| (*r, b))
+        .chain([("unknown_sender", &Vec::new())])
+    {
+        let delta = after[reason].as_u64().unwrap_or(0) - before[reason].as_u64().unwrap_or(0);
+        ensure!(
+            delta >= EACH,
+            "{reason}: {delta} drops counted, expected at least {EACH}; {after}"
+        );
+    }
+    ensure!(
+        link_packets(&n1.netns(), "ovdtun0")? == tun_before,
+        "a forged datagram reached the TUN device"
+    );
+    let peer = lab
+        .peers("n1")?
+        .into_iter()
+        .find(|p| p.name == "n3")
+        .context("peer n3")?;
+    ensure!(
+        peer.drops >= cases.len() as u64 * EACH,
+        "n3's per-peer drops: {peer:?}"
+    );
+
+    // Still serving.
+    ping(&lab.pod("n1-p1")?.netns, n3_pod, 3)?;
+    lab.status("n1")?;
+    Ok(())
+}
+
+/// 8f: `kill -9` of a daemon: host-gw pod traffic keeps flowing throughout, tunnel
+/// traffic resumes after a restart, and pods keep their addresses.
+pub(crate) fn kill_9_and_restart_keeps_pods_and_host_gw() -> Result<()> {
+    let mut lab = default_lab("k9")?;
+    let (p1, same, far) = (
+        lab.pod("n1-p1")?.clone(),
+        lab.pod("n2-p1")?.clone(),
+        lab.pod("n3-p1")?.clone(),
+    );
+    let pods_before = lab.overlayd("n1", &["pod", "list", "--json"])?.stdout;
+    ping(&p1.netns, far.ip, 2)?;
+
+    // 8 s of pings at 10/s across the kill and the restart.
+    let pinger = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &p1.netns,
+            "ping",
+            "-i",
+            "0.1",
+            "-c",
+            "80",
+            "-W",
+            "1",
+            &same.ip.to_string(),
+        ])
+        .output();
+    let pinger = std::thread::spawn(move || pinger);
+    std::thread::sleep(Duration::from_millis(1000));
+    lab.kill_daemon("n1")?;
+    // While it is down, traffic to other segments must not leak out un-encapsulated:
+    // the cluster CIDR's blackhole route catches it.
+    let route = ns_run(
+        &lab.node("n1")?.netns(),
+        &["ip", "route", "get", &far.ip.to_string()],
+    );
+    ensure!(
+        route.as_ref().is_err() || route.as_ref().is_ok_and(|r| !r.contains("via 10.100.1.1")),
+        "with the daemon dead, pod traffic to {} would leave via the default route: {route:?}",
+        far.ip
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    lab.start_daemon("n1")?;
+    let out = pinger
+        .join()
+        .map_err(|_| anyhow::anyhow!("pinger panicked"))??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains(" 0% packet loss"),
+        "host-gw traffic was interrupted by the kill:\n{text}"
+    );
+
+    wait_for("tunnel traffic to resume", Duration::from_secs(15), || {
+        Ok(ping(&p1.netns, far.ip, 1).is_ok())
+    })?;
+    tcp_transfer(&p1.netns, &far.netns, far.ip, 2 << 20)?;
+    let pods_after = lab.overlayd("n1", &["pod", "list", "--json"])?.stdout;
+    ensure!(
+        pods_before == pods_after,
+        "pods changed across kill -9 and restart"
+    );
+    let addr = ns_run(
+        &p1.netns,
+        &["ip", "-4", "-br", "addr", "show", "dev", "eth0"],
+    )?;
+    ensure!(
+        addr.contains(&p1.ip.to_string()),
+        "pod lost its address: {addr}"
+    );
+    Ok(())
+}
+
+const SMALL: &str = r#"
+[[segment]]
+name = "a"
+subnet = "10.100.1.0/24"
+[[segment]]
+name = "b"
+subnet = "10.100.2.0/24"
+[[node]]
+name = "n1"
+segment = "a"
+pods = 1
+[[node]]
+name = "n2"
+segment = "a"
+pods = 1
+[[node]]
+name = "n3"
+segment = "b"
+pods = 1
+"#;
+
+fn sigterm(lab: &Lab, node: &str) -> Result<()> {
+    let pid = lab.node(node)?.pid().context("daemon not running")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    wait_for("the daemon to exit", Duration::from_secs(10), || {
+        Ok(lab.node(node)?.pid().is_none())
+    })
+}
+
+/// A clean stop (SIGTERM) removes the daemon's routes, TUN, bridge and NAT table, and
+/// nothing else; pods survive and are attached again on the next start.
+pub(crate) fn clean_stop_removes_only_what_is_ours() -> Result<()> {
+    let mut lab = lab("cs", &Topology::parse(SMALL)?)?;
+    let ns = lab.node("n1")?.netns();
+    let n = |args: &[&str]| ns_run(&ns, args);
+    n(&["ip", "route", "add", "192.0.2.0/24", "via", "10.100.1.1"])?;
+    n(&[
+        "ip", "link", "add", "fx0", "type", "veth", "peer", "name", "fx1",
+    ])?;
+    n(&["nft", "add", "table", "ip", "foreign"])?;
+    let veth = serde_json::from_slice::<serde_json::Value>(
+        &lab.overlayd("n1", &["pod", "list", "--json"])?.stdout,
+    )?["pods"][0]["veth"]
+        .as_str()
+        .context("veth")?
+        .to_owned();
+
+    sigterm(&lab, "n1")?;
+    ensure!(
+        n(&["ip", "route", "show", "proto", "79"])?
+            .trim()
+            .is_empty(),
+        "our routes remain"
+    );
+    for dev in ["ovdtun0", "ovd0"] {
+        ensure!(
+            n(&["ip", "link", "show", dev]).is_err(),
+            "{dev} remains after a clean stop"
+        );
+    }
+    ensure!(
+        n(&["nft", "list", "table", "ip", "overlayd"]).is_err(),
+        "NAT table remains"
+    );
+    ensure!(
+        n(&["ip", "route", "show", "192.0.2.0/24"])?.contains("via 10.100.1.1"),
+        "foreign route removed"
+    );
+    n(&["ip", "link", "show", "fx0"]).context("foreign link removed")?;
+    n(&["nft", "list", "table", "ip", "foreign"]).context("foreign nft table removed")?;
+    n(&["ip", "link", "show", &veth]).context("the pod's veth was removed by a clean stop")?;
+
+    lab.start_daemon("n1")?;
+    ping(&lab.pod("n1-p1")?.netns, lab.pod("n2-p1")?.ip, 2).context("host-gw after restart")?;
+    ping(&lab.pod("n1-p1")?.netns, lab.pod("n3-p1")?.ip, 2).context("udp after restart")?;
+    Ok(())
+}
+
+/// With `daemon.on_exit = "keep"`, a stopped daemon leaves routes, bridge and NAT in
+/// place: host-gw pod traffic keeps flowing while it is down, and a restart adopts it all.
+pub(crate) fn on_exit_keep_leaves_the_data_path() -> Result<()> {
+    let topology = format!("{SMALL}\n[config.daemon]\non_exit = \"keep\"\n");
+    let mut lab = lab("ke", &Topology::parse(&topology)?)?;
+    let ns = lab.node("n1")?.netns();
+    let routes_before = ns_run(&ns, &["ip", "route", "show", "proto", "79"])?;
+    sigterm(&lab, "n1")?;
+    let routes_after = ns_run(&ns, &["ip", "route", "show", "proto", "79"])?;
+    ensure!(
+        routes_after.contains("10.244.2.0/24 via 10.100.1.12"),
+        "host-gw route gone: {routes_after}"
+    );
+    ensure!(routes_before.lines().count() >= 2, "{routes_before}");
+    ns_run(&ns, &["nft", "list", "table", "ip", "overlayd"])
+        .context("NAT table removed despite keep")?;
+    ping(&lab.pod("n1-p1")?.netns, lab.pod("n2-p1")?.ip, 3)
+        .context("host-gw while the daemon is down")?;
+
+    lab.start_daemon("n1")?;
+    ping(&lab.pod("n1-p1")?.netns, lab.pod("n3-p1")?.ip, 2).context("udp after restart")?;
+    let routes = ns_run(&ns, &["ip", "route", "show", "proto", "79"])?;
+    ensure!(
+        routes.lines().count() == routes_before.lines().count(),
+        "{routes_before} vs {routes}"
+    );
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! 8d: a node whose tunnel is a plain Linux kernel vxlan device, set up as Flannel's
+//! vxlan backend does, exchanges pod traffic with an overlayd node in both directions.
+
+use anyhow::{Context, Result, ensure};
+use overlayd_lab::Topology;
+
+use crate::support::{lab, ns_run, ping, tcp_transfer};
+
+const TOPOLOGY: &str = r#"
+[[segment]]
+name = "a"
+subnet = "10.100.1.0/24"
+[[segment]]
+name = "b"
+subnet = "10.100.2.0/24"
+[[node]]
+name = "n1"
+segment = "a"
+pods = 1
+[[node]]
+name = "k1"
+segment = "b"
+pods = 0
+daemon = false
+pod_subnet = "10.244.9.0/24"
+vtep_mac = "0e:00:00:00:09:01"
+"#;
+
+pub(crate) fn kernel_vxlan_node_interoperates_both_ways() -> Result<()> {
+    let lab = lab("kv", &Topology::parse(TOPOLOGY)?)?;
+    let n1 = lab.node("n1")?;
+    let k1 = lab.node("k1")?.netns();
+    let status: serde_json::Value =
+        serde_json::from_slice(&lab.overlayd("n1", &["status", "--json"])?.stdout)?;
+    let n1_mac = status["vtep_mac"].as_str().context("vtep_mac")?.to_owned();
+    let (n1_underlay, k1_underlay) = (
+        n1.underlay().to_string(),
+        lab.node("k1")?.underlay().to_string(),
+    );
+
+    // Flannel's vxlan backend, by hand: the device, its address (subnet.0/32), the
+    // permanent neighbour and FDB entry for the remote VTEP, and the onlink route.
+    let k = |args: &[&str]| ns_run(&k1, args);
+    k(&[
+        "ip",
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        &k1_underlay,
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ])?;
+    k(&[
+        "ip",
+        "link",
+        "set",
+        "flannel.1",
+        "address",
+        "0e:00:00:00:09:01",
+        "mtu",
+        "1450",
+        "up",
+    ])?;
+    k(&["ip", "addr", "add", "10.244.9.0/32", "dev", "flannel.1"])?;
+    k(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.244.1.0",
+        "lladdr",
+        &n1_mac,
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ])?;
+    k(&[
+        "bridge",
+        "fdb",
+        "append",
+        &n1_mac,
+        "dev",
+        "flannel.1",
+        "dst",
+        &n1_underlay,
+    ])?;
+    k(&[
+        "ip",
+        "route",
+        "add",
+        "10.244.1.0/24",
+        "via",
+        "10.244.1.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ])?;
+    // A pod behind it, on a cni0 bridge. Its namespace carries the lab's prefix, so
+    // `lab down` removes it with the rest.
+    k(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    k(&["ip", "link", "add", "cni0", "type", "bridge"])?;
+    k(&["ip", "addr", "add", "10.244.9.1/24", "dev", "cni0"])?;
+    k(&["ip", "link", "set", "cni0", "up"])?;
+    let pod = format!("{k1}-p1");
+    std::process::Command::new("ip")
+        .args(["netns", "add", &pod])
+        .status()?;
+    k(&[
+        "ip", "link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns", &pod,
+    ])?;
+    k(&["ip", "link", "set", "veth0", "master", "cni0", "up"])?;
+    let p = |args: &[&str]| ns_run(&pod, args);
+    p(&["ip", "link", "set", "lo", "up"])?;
+    p(&["ip", "addr", "add", "10.244.9.2/24", "dev", "eth0"])?;
+    p(&["ip", "link", "set", "eth0", "mtu", "1450", "up"])?;
+    p(&["ip", "route", "add", "default", "via", "10.244.9.1"])?;
+
+    let ours = lab.pod("n1-p1")?;
+    let theirs: std::net::Ipv4Addr = "10.244.9.2".parse()?;
+    ping(&ours.netns, theirs, 3).context("overlayd pod -> kernel vxlan pod")?;
+    ping(&pod, ours.ip, 3).context("kernel vxlan pod -> overlayd pod")?;
+    tcp_transfer(&ours.netns, &pod, theirs, 5 << 20).context("TCP overlayd -> kernel")?;
+    let seen =
+        tcp_transfer(&pod, &ours.netns, ours.ip, 5 << 20).context("TCP kernel -> overlayd")?;
+    ensure!(
+        seen.ip() == std::net::IpAddr::V4(theirs),
+        "source rewritten: {seen}"
+    );
+
+    let peer = lab
+        .peers("n1")?
+        .into_iter()
+        .find(|p| p.name == "k1")
+        .context("n1 has no peer k1")?;
+    ensure!(peer.path == "udp", "n1 reaches k1 over {}", peer.path);
+    ensure!(
+        peer.tx_bytes >= 5 << 20 && peer.rx_bytes >= 5 << 20,
+        "{peer:?}"
+    );
+    ensure!(peer.drops == 0, "drops from the kernel peer: {peer:?}");
+    Ok(())
+}

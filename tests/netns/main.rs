@@ -1,0 +1,91 @@
+//! Namespace integration tests: real clusters built by the lab in network namespaces on
+//! this host, checked the way a user would check them. Each test has its own lab (unique
+//! name), torn down by a guard even when the test panics.
+//!
+//! They need root. Without it every test is reported as "ignored" and a banner says why;
+//! nothing passes silently. CI runs as root.
+
+mod cluster;
+mod faults;
+mod interop;
+mod support;
+
+use libtest_mimic::{Arguments, Trial};
+
+type TestFn = fn() -> anyhow::Result<()>;
+
+/// Every namespace test, by name.
+const ROOT_TESTS: &[(&str, TestFn)] = &[
+    (
+        "host_gw_within_a_segment_bypasses_the_daemon",
+        cluster::host_gw_within_a_segment_bypasses_the_daemon,
+    ),
+    (
+        "udp_across_segments_ping_and_50mb_transfer",
+        cluster::udp_across_segments_ping_and_50mb_transfer,
+    ),
+    (
+        "mtu_1500_pods_bulk_transfer_and_frag_needed",
+        cluster::mtu_1500_pods_bulk_transfer_and_frag_needed,
+    ),
+    (
+        "masquerade_outside_cluster_pod_source_kept_inside",
+        cluster::masquerade_outside_cluster_pod_source_kept_inside,
+    ),
+    (
+        "pods_get_persistent_addresses_and_namespaces",
+        cluster::pods_get_persistent_addresses_and_namespaces,
+    ),
+    (
+        "lab_check_reports_paths_and_ps_json",
+        cluster::lab_check_reports_paths_and_ps_json,
+    ),
+    (
+        "kernel_vxlan_node_interoperates_both_ways",
+        interop::kernel_vxlan_node_interoperates_both_ways,
+    ),
+    (
+        "garbage_datagrams_are_dropped_and_counted",
+        faults::garbage_datagrams_are_dropped_and_counted,
+    ),
+    (
+        "kill_9_and_restart_keeps_pods_and_host_gw",
+        faults::kill_9_and_restart_keeps_pods_and_host_gw,
+    ),
+    (
+        "clean_stop_removes_only_what_is_ours",
+        faults::clean_stop_removes_only_what_is_ours,
+    ),
+    (
+        "on_exit_keep_leaves_the_data_path",
+        faults::on_exit_keep_leaves_the_data_path,
+    ),
+];
+
+/// Tests that need no privileges.
+const USER_TESTS: &[(&str, TestFn)] = &[(
+    "check_reports_config_errors",
+    support::check_reports_config_errors,
+)];
+
+fn main() {
+    let args = Arguments::from_args();
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(
+            b"\n*** netns tests IGNORED: they need root (network namespaces, veth, routes).\n\
+              *** Run `sudo cargo test --workspace` (CI runs them as root).\n\n",
+        );
+    }
+    let trial = |(name, f): &(&'static str, TestFn)| {
+        let f = *f;
+        Trial::test(*name, move || f().map_err(|e| format!("{e:#}").into()))
+    };
+    let mut trials: Vec<Trial> = ROOT_TESTS
+        .iter()
+        .map(|t| trial(t).with_ignored_flag(!root))
+        .collect();
+    trials.extend(USER_TESTS.iter().map(trial));
+    libtest_mimic::run(&args, trials).exit();
+}
