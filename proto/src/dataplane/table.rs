@@ -123,7 +123,7 @@ impl ForwardingTable {
                 None => by_subnet.push((len, HashMap::from([(key, index)]))),
             }
         }
-        by_subnet.sort_by(|a, b| b.0.cmp(&a.0));
+        by_subnet.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         ForwardingTable {
             local,
             peers,

@@ -88,8 +88,8 @@ impl PodIpam {
         for step in 1..=span {
             let offset = (self.cursor.wrapping_sub(first).wrapping_add(step)) % span;
             let addr = Ipv4Addr::from(first + offset);
-            if !self.held.contains_key(&addr) {
-                self.held.insert(addr, pod.to_owned());
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.held.entry(addr) {
+                slot.insert(pod.to_owned());
                 self.cursor = u32::from(addr);
                 return Ok(addr);
             }
