@@ -198,11 +198,15 @@ pub fn daemon_command(ns: &str, program: impl AsRef<OsStr>) -> Result<Command, N
     Ok(cmd)
 }
 
-/// Starts a long-running process inside `ns` in its own session, stdin from /dev/null.
-/// Returns the child; its [`Child::id`] is the process id to record.
+/// Starts a long-running process inside `ns` in its own session, with stdin, stdout and
+/// stderr on /dev/null (so it holds no pipe of the caller open); for other redirections
+/// use [`daemon_command`]. Returns the child; its [`Child::id`] is the process id to record.
 pub fn spawn_in(ns: &str, program: impl AsRef<OsStr>, args: &[&str]) -> Result<Child, NetnsError> {
     let mut cmd = daemon_command(ns, program)?;
-    cmd.args(args).stdin(Stdio::null());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let command = describe(&cmd);
     cmd.spawn()
         .map_err(|source| NetnsError::Spawn { command, source })

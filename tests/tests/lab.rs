@@ -1,0 +1,463 @@
+//! The lab against the real kernel (needs root): namespaces, addresses, routing through
+//! the router, teardown after panics and crashes, and the daemon workflow against a fake
+//! `overlayd` (tests/fake-overlayd.sh) that honours the CLI contract with host-gw routes.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use overlayd_lab::{Lab, node_netns};
+use overlayd_lab::{
+    LabCommand, LabError, Topology, in_netns, lab_namespaces, netns, process, run_dir, run_in,
+};
+
+const FAKE_OVERLAYD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake-overlayd.sh");
+
+/// Env var that turns `child_crashes_after_up` from a no-op into the crashing child.
+const CRASH_CHILD_ENV: &str = "OVERLAYD_LAB_TEST_CRASH_CHILD";
+
+const DAEMONLESS: &str = r#"
+[[segment]]
+name = "a"
+subnet = "10.100.1.0/24"
+[[segment]]
+name = "b"
+subnet = "10.100.2.0/24"
+[[node]]
+name = "n1"
+segment = "a"
+daemon = false
+[[node]]
+name = "n2"
+segment = "a"
+daemon = false
+[[node]]
+name = "n3"
+segment = "b"
+daemon = false
+"#;
+
+/// n1, n2 with (fake) daemons and two pods each on segment a; n3 without a daemon on b.
+const WITH_DAEMONS: &str = r#"
+[[segment]]
+name = "a"
+subnet = "10.100.1.0/24"
+[[segment]]
+name = "b"
+subnet = "10.100.2.0/24"
+[[node]]
+name = "n1"
+segment = "a"
+[[node]]
+name = "n2"
+segment = "a"
+[[node]]
+name = "n3"
+segment = "b"
+daemon = false
+"#;
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let _ = std::io::stderr().write_all(
+        b"\n\n!!!!! overlayd-lab: SKIPPING namespace test: it needs root (run as root) !!!!!\n\n",
+    );
+    false
+}
+
+/// A lab name no other test (or test process) uses: a tag letter and this process's id.
+fn unique_name(tag: char) -> String {
+    let mut pid = std::process::id();
+    let mut digits = Vec::new();
+    while pid > 0 {
+        digits.push(char::from_digit(pid % 36, 36).expect("a digit below 36"));
+        pid /= 36;
+    }
+    let name: String = std::iter::once(tag)
+        .chain(digits.into_iter().rev())
+        .collect();
+    // A crashed earlier run with a recycled pid may have left it behind.
+    Lab::down(&name).expect("removing a stale lab of the same name");
+    name
+}
+
+fn no_daemon() -> &'static Path {
+    Path::new("/nonexistent/overlayd")
+}
+
+#[test]
+fn daemonless_lab_builds_segments_and_routes_between_them() {
+    if !is_root() {
+        return;
+    }
+    let name = unique_name('d');
+    let topo = Topology::parse(DAEMONLESS).unwrap();
+
+    let lab = Lab::up(&name, &topo, no_daemon()).unwrap();
+
+    let ns = |node: &str| node_netns(&name, node);
+    let expected: Vec<String> = ["n1", "n2", "n3", "router"].iter().map(|n| ns(n)).collect();
+    assert_eq!(lab_namespaces(&name).unwrap(), expected);
+    let addr = |node: &str| {
+        run_in(
+            &ns(node),
+            &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
+        )
+        .unwrap()
+    };
+    assert!(addr("n1").contains("inet 10.100.1.11/24"), "{}", addr("n1"));
+    assert!(addr("n2").contains("inet 10.100.1.12/24"), "{}", addr("n2"));
+    assert!(addr("n3").contains("inet 10.100.2.11/24"), "{}", addr("n3"));
+    let route = run_in(&ns("n3"), &["ip", "route", "show", "default"]).unwrap();
+    assert!(route.contains("via 10.100.2.1 dev eth0"), "{route}");
+    let router = lab.router_netns();
+    let bridge = run_in(&router, &["ip", "-4", "-o", "addr", "show", "dev", "seg-b"]).unwrap();
+    assert!(bridge.contains("inet 10.100.2.1/24"), "{bridge}");
+    let port = run_in(&router, &["ip", "-o", "link", "show", "n3"]).unwrap();
+    assert!(port.contains("master seg-b"), "{port}");
+    for n in ["n1", "n2", "n3", "router"] {
+        let lo = run_in(&ns(n), &["ip", "-o", "link", "show", "lo"]).unwrap();
+        assert!(lo.contains("UP"), "lo of {n} is down: {lo}");
+    }
+
+    // Across the router: n1 (segment a) to n3 (segment b), by ping and by TCP.
+    run_in(&ns("n1"), &["ping", "-c", "1", "-W", "2", "10.100.2.11"]).unwrap();
+    let n3 = lab.node("n3").unwrap().underlay();
+    let listener = in_netns(&ns("n3"), || TcpListener::bind((n3, 0)).unwrap());
+    let server_addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        (peer.ip(), text)
+    });
+    in_netns(&ns("n1"), || {
+        TcpStream::connect(server_addr)
+            .unwrap()
+            .write_all(b"hello")
+            .unwrap()
+    });
+    assert_eq!(
+        server.join().unwrap(),
+        (Ipv4Addr::new(10, 100, 1, 11).into(), "hello".to_string())
+    );
+
+    assert!(lab.exec("n1", &["true".into()]).unwrap().success());
+    assert_eq!(
+        lab.exec("router", &["false".into()]).unwrap().code(),
+        Some(1)
+    );
+    assert!(matches!(
+        lab.exec("n9", &["true".into()]),
+        Err(LabError::UnknownTarget { .. })
+    ));
+    let ps = serde_json::to_value(lab.ps()).unwrap();
+    assert_eq!(ps["nodes"][2]["underlay"], "10.100.2.11");
+    assert_eq!(ps["nodes"][2]["pid"], serde_json::Value::Null);
+    assert_eq!(Lab::open(&name).unwrap().ps(), lab.ps());
+    assert!(lab.check().unwrap().results.is_empty());
+    let again = Lab::up(&name, &topo, no_daemon()).unwrap_err();
+    assert!(matches!(again, LabError::AlreadyExists { .. }), "{again}");
+
+    drop(lab);
+
+    assert_eq!(lab_namespaces(&name).unwrap(), Vec::<String>::new());
+    assert!(!run_dir(&name).exists());
+    Lab::down(&name).expect("down is idempotent");
+}
+
+#[test]
+fn guard_tears_the_lab_down_when_the_test_panics() {
+    if !is_root() {
+        return;
+    }
+    let name = unique_name('p');
+    let topo = Topology::parse(DAEMONLESS).unwrap();
+
+    let outcome = std::panic::catch_unwind(|| {
+        let _lab = Lab::up(&name, &topo, no_daemon()).unwrap();
+        assert_eq!(lab_namespaces(&name).unwrap().len(), 4);
+        panic!("a test fails while its lab is up");
+    });
+
+    assert!(outcome.is_err());
+    assert_eq!(lab_namespaces(&name).unwrap(), Vec::<String>::new());
+    assert!(!run_dir(&name).exists());
+}
+
+/// Run as a child by `down_cleans_up_after_the_process_that_called_up_was_killed`;
+/// a no-op otherwise.
+#[test]
+#[expect(
+    clippy::zombie_processes,
+    reason = "the sleeper must outlive this process"
+)]
+fn child_crashes_after_up() {
+    let Ok(name) = std::env::var(CRASH_CHILD_ENV) else {
+        return;
+    };
+    let lab = Lab::up(&name, &Topology::parse(DAEMONLESS).unwrap(), no_daemon())
+        .unwrap()
+        .keep();
+    let sleeper = netns::spawn_in(&lab.node("n1").unwrap().netns(), "sleep", &["600"]).unwrap();
+    println!("sleeper {}", sleeper.id());
+    std::io::stdout().flush().unwrap();
+    // No unwinding, no destructors: as if `lab up` was killed.
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+#[test]
+fn down_cleans_up_after_the_process_that_called_up_was_killed() {
+    if !is_root() {
+        return;
+    }
+    let name = unique_name('k');
+
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_crashes_after_up",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_CHILD_ENV, &name)
+        .output()
+        .unwrap();
+
+    assert!(
+        !child.status.success(),
+        "the child should have died by SIGKILL"
+    );
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    let sleeper: u32 = stdout
+        .lines()
+        .find_map(|l| l.split("sleeper ").nth(1))
+        .unwrap_or_else(|| {
+            panic!(
+                "child printed no sleeper pid: {stdout}\n{}",
+                String::from_utf8_lossy(&child.stderr)
+            )
+        })
+        .parse()
+        .unwrap();
+    assert!(
+        process::is_alive(sleeper),
+        "the sleeper outlives its parent"
+    );
+    assert_eq!(
+        lab_namespaces(&name).unwrap().len(),
+        4,
+        "the killed child left its lab behind"
+    );
+
+    Lab::down(&name).unwrap();
+
+    assert!(
+        !process::is_alive(sleeper),
+        "down kills processes inside the lab's namespaces"
+    );
+    assert_eq!(lab_namespaces(&name).unwrap(), Vec::<String>::new());
+    assert!(!run_dir(&name).exists());
+}
+
+#[test]
+fn daemons_become_ready_get_pods_and_check_passes() {
+    if !is_root() {
+        return;
+    }
+    let name = unique_name('f');
+    let topo = Topology::parse(WITH_DAEMONS).unwrap();
+
+    let mut lab = Lab::up(&name, &topo, Path::new(FAKE_OVERLAYD)).unwrap();
+
+    let pods: Vec<(String, String)> = lab
+        .pods()
+        .map(|p| (p.name.clone(), p.ip.to_string()))
+        .collect();
+    let expected = [
+        ("n1-p1", "10.244.1.2"),
+        ("n1-p2", "10.244.1.3"),
+        ("n2-p1", "10.244.2.2"),
+        ("n2-p2", "10.244.2.3"),
+    ];
+    assert_eq!(pods, expected.map(|(a, b)| (a.to_string(), b.to_string())));
+    let n1 = lab.node("n1").unwrap();
+    assert!(n1.pid().is_some());
+    assert_eq!(n1.socket_path(), run_dir(&name).join("n1/overlayd.sock"));
+    let config: overlayd_config::schema::Config =
+        toml::from_str(&std::fs::read_to_string(n1.config_path()).unwrap()).unwrap();
+    assert_eq!(config.peers.len(), 2);
+    assert!(lab.status("n1").unwrap().ready);
+    let paths: Vec<(String, String)> = lab
+        .peers("n1")
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name, p.path))
+        .collect();
+    assert_eq!(
+        paths,
+        [("n2".into(), "host-gw".into()), ("n3".into(), "udp".into())]
+    );
+    assert!(lab.node("n3").unwrap().pid().is_none());
+
+    let report = lab.check().unwrap();
+    assert!(report.ok(), "{}", report.matrix());
+    assert_eq!(report.results.len(), 12);
+    assert_eq!(report.pair("n1-p1", "n1-p2").unwrap().path, "bridge");
+    assert_eq!(report.pair("n1-p1", "n2-p2").unwrap().path, "host-gw");
+
+    let socket_is_set = format!(
+        "test \"$OVERLAYD_SOCKET\" = {}",
+        lab.node("n2").unwrap().socket_path().display()
+    );
+    assert!(
+        lab.exec("n2", &["sh".into(), "-c".into(), socket_is_set])
+            .unwrap()
+            .success()
+    );
+
+    let old = lab.node("n1").unwrap().pid().unwrap();
+    lab.kill_daemon("n1").unwrap();
+    assert!(!process::is_alive(old));
+    assert_eq!(lab.node("n1").unwrap().pid(), None);
+    lab.start_daemon("n1").unwrap();
+    let new = lab.node("n1").unwrap().pid().unwrap();
+    assert_ne!(new, old);
+    assert!(lab.status("n1").unwrap().ready);
+    assert_eq!(
+        Lab::open(&name).unwrap().node("n1").unwrap().pid(),
+        Some(new)
+    );
+    let pod = lab.add_pod("n2").unwrap();
+    assert_eq!(
+        (pod.name.as_str(), pod.ip.to_string()),
+        ("n2-p3", "10.244.2.4".to_string())
+    );
+    let log = std::fs::read_to_string(lab.node("n1").unwrap().log_path()).unwrap();
+    assert_eq!(log.matches("node n1 ready").count(), 2, "{log}");
+
+    drop(lab);
+
+    assert!(!process::is_alive(new));
+    assert_eq!(lab_namespaces(&name).unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn up_fails_naming_the_node_and_its_log_when_a_daemon_dies() {
+    if !is_root() {
+        return;
+    }
+    let name = unique_name('b');
+    let dir = std::env::temp_dir().join(format!("overlayd-lab-test-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = dir.join("overlayd");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'boom: cannot open netlink socket' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let topo = Topology::parse(WITH_DAEMONS).unwrap();
+
+    let err = Lab::up(&name, &topo, &broken).unwrap_err().to_string();
+
+    assert!(
+        err.contains("node \"n1\"") && err.contains("exited"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{}/n1.log", run_dir(&name).display())),
+        "{err}"
+    );
+    assert!(err.contains("boom: cannot open netlink socket"), "{err}");
+    assert_eq!(lab_namespaces(&name).unwrap(), Vec::<String>::new());
+    assert!(
+        run_dir(&name).join("n1.log").exists(),
+        "the log stays for inspection"
+    );
+    Lab::down(&name).unwrap();
+    assert!(!run_dir(&name).exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cli_commands_drive_a_lab() {
+    if !is_root() {
+        return;
+    }
+    let name = unique_name('c');
+    let file = std::env::temp_dir().join(format!("overlayd-lab-test-{name}.toml"));
+    std::fs::write(&file, WITH_DAEMONS).unwrap();
+    let bin = PathBuf::from(FAKE_OVERLAYD);
+    let run = |cmd| format!("{:?}", overlayd_lab::run(cmd, bin.clone()).unwrap());
+    let ok = format!("{:?}", ExitCode::SUCCESS);
+
+    assert_eq!(
+        run(LabCommand::Up {
+            topology: Some(file.clone()),
+            name: name.clone()
+        }),
+        ok
+    );
+    assert!(Lab::open(&name).is_ok(), "up keeps the lab after returning");
+    assert_eq!(
+        run(LabCommand::Ps {
+            name: name.clone(),
+            json: true
+        }),
+        ok
+    );
+    assert_eq!(
+        run(LabCommand::Check {
+            name: name.clone(),
+            json: false
+        }),
+        ok
+    );
+    let exit_3 = LabCommand::Exec {
+        target: "n1-p1".into(),
+        cmd: vec!["sh".into(), "-c".into(), "exit 3".into()],
+        name: name.clone(),
+    };
+    assert_eq!(run(exit_3), format!("{:?}", ExitCode::from(3)));
+    assert_eq!(run(LabCommand::Down { name: name.clone() }), ok);
+    assert_eq!(run(LabCommand::Down { name: name.clone() }), ok);
+
+    assert_eq!(lab_namespaces(&name).unwrap(), Vec::<String>::new());
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
+fn netns_handle_runs_code_inside_and_deletes_on_drop() {
+    if !is_root() {
+        return;
+    }
+    let name = format!("ovl-{}-scratch", unique_name('n'));
+    let thread_ns = || std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+
+    let ns = overlayd_lab::Netns::create(&name).unwrap();
+    let inode = ns.inode().unwrap();
+    let inside = ns.enter(thread_ns);
+    let bound = in_netns(&name, || std::net::UdpSocket::bind("127.0.0.1:0"));
+    let listing = ns.run(&["ip", "-o", "link"]).unwrap();
+    let path = ns.path();
+    drop(ns);
+
+    assert_eq!(inside, PathBuf::from(format!("net:[{inode}]")));
+    assert_ne!(
+        thread_ns(),
+        inside,
+        "the caller's thread stays where it was"
+    );
+    assert!(bound.is_ok());
+    assert_eq!(listing.lines().count(), 1, "only lo: {listing}");
+    assert!(
+        listing.contains("lo:") && listing.contains("UP"),
+        "{listing}"
+    );
+    assert!(!path.exists(), "dropping the handle deletes the namespace");
+    assert!(overlayd_lab::try_in_netns(&name, || ()).is_err());
+}
