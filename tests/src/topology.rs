@@ -101,6 +101,15 @@ pub enum TopologyError {
     },
     #[error("topology file is not valid: {0}")]
     Parse(#[from] toml::de::Error),
+    #[error("{path}: {source}")]
+    InFile {
+        path: String,
+        source: Box<TopologyError>,
+    },
+    #[error(
+        "segment {segment:?} has subnet {subnet}, too small for a router and nodes; use /28 or larger"
+    )]
+    SegmentTooSmall { segment: String, subnet: Ipv4Net },
     #[error("the topology has no nodes; add at least one [[node]]")]
     NoNodes,
     #[error("{what} name {name:?} is not valid: use 1 to {max} characters of [a-z0-9]{extra}")]
@@ -221,7 +230,10 @@ impl Topology {
             path: path.display().to_string(),
             source,
         })?;
-        Topology::parse(&text)
+        Topology::parse(&text).map_err(|e| TopologyError::InFile {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })
     }
 
     pub fn cluster_cidr(&self) -> Ipv4Net {
@@ -250,9 +262,12 @@ impl Topology {
     }
 }
 
-fn resolve(file: TopologyFile) -> Result<Topology, TopologyError> {
+fn resolve(mut file: TopologyFile) -> Result<Topology, TopologyError> {
     if file.nodes.is_empty() {
         return Err(TopologyError::NoNodes);
+    }
+    for segment in &mut file.segments {
+        segment.subnet = segment.subnet.trunc();
     }
     check_segments(&file.segments, file.cluster_cidr)?;
     let mut seen = HashSet::new();
@@ -344,6 +359,12 @@ fn check_segments(segments: &[Segment], cluster: Ipv4Net) -> Result<(), Topology
     for (i, segment) in segments.iter().enumerate() {
         // The bridge is `seg-NAME`, and interface names hold at most 15 bytes.
         check_name("segment", &segment.name, 11, "")?;
+        if segment.subnet.prefix_len() > 30 {
+            return Err(TopologyError::SegmentTooSmall {
+                segment: segment.name.clone(),
+                subnet: segment.subnet,
+            });
+        }
         if !seen.insert(segment.name.as_str()) {
             return Err(TopologyError::Duplicate {
                 what: "segment",
@@ -655,6 +676,21 @@ mod tests {
             "{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\npod_subnet = \"10.244.9.0/30\"\npods = 2\n"
         ));
         assert!(err.contains("room for 1"), "{err}");
+    }
+
+    #[test]
+    fn rejects_tiny_segments_and_names_the_file() {
+        let err = parse_err(
+            "[[segment]]\nname = \"a\"\nsubnet = \"10.1.0.0/31\"\n[[node]]\nname = \"n1\"\nsegment = \"a\"\n",
+        );
+        assert!(err.contains("too small"), "{err}");
+
+        let path = std::env::temp_dir().join(format!("topology-test-{}.toml", std::process::id()));
+        std::fs::write(&path, "[[node]]\nname = \"n1\"\n").unwrap();
+        let err = Topology::from_file(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.starts_with(&path.display().to_string()), "{err}");
+        assert!(err.contains("line 1"), "{err}");
     }
 
     #[test]
