@@ -295,7 +295,8 @@ impl Lab {
     /// Needs nothing but the name, so it also cleans up after a crashed or killed `up`:
     /// it terminates (SIGTERM, SIGKILL after 5 s) every process inside an `ovl-NAME-*`
     /// namespace and every daemon whose pid file and command line match the lab, deletes
-    /// those namespaces and removes the run dir.
+    /// those namespaces and removes the run dir. Processes found that are children of the
+    /// caller are reaped here, so stop (and wait for) your own helpers before calling it.
     pub fn down(name: &str) -> Result<(), LabError> {
         teardown(name, false)
     }
