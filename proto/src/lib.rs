@@ -9,6 +9,7 @@ pub mod wire;
 
 pub use peer::PeerInfo;
 pub mod dataplane;
+pub mod gossip;
 pub mod ipam;
 pub mod pod;
 pub mod routing;

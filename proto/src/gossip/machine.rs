@@ -1,0 +1,941 @@
+//! The gossip state machine: [`Gossip`]. Sans-IO in the quinn-proto style — the shell
+//! feeds datagrams, stream payloads and time in with `handle_*`, and drains datagrams,
+//! stream requests and events with `poll_*`. Nothing here reads a clock or touches a
+//! socket, so the simulation in `sim.rs` drives hundreds of nodes deterministically.
+//!
+//! Membership rules live in `machine/swim.rs`, anti-entropy and streams in
+//! `machine/sync.rs`.
+
+mod swim;
+mod sync;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::broadcast::{BroadcastQueue, Topic, retransmit_limit};
+use super::codec::{Reader, Writer};
+use super::config::{ConfigError, GossipConfig};
+use super::crypto::{Keyring, NonceSource, OpenError, SEAL_OVERHEAD};
+use super::hlc::{Hlc, HlcClock};
+use super::members::{DownReason, Member, MemberState, MemberView};
+use super::message::{Channel, Header, Incarnation, Message};
+use super::objects::{MAX_KEY_LEN, MAX_VALUE_LEN, ObjectEntry, ObjectStore};
+use super::record::{NodeRecord, RecordError};
+use super::replay::{ReplayWindow, Verdict};
+use super::stats::{GossipDrop, GossipStats};
+use super::subnet::{Claim, Loser, choose_subnet, conflict_loser, overlaps};
+
+/// A datagram for the shell to send over UDP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub dst: SocketAddr,
+    /// Sealed; at most `max_packet` bytes.
+    pub payload: Vec<u8>,
+}
+
+/// A full-state pull for the shell to carry over TCP: connect to `to`, write `request`
+/// (length-prefixed, framing is the shell's), read the response and hand it to
+/// [`Gossip::handle_stream_response`] — or report the failure with
+/// [`Gossip::handle_stream_failed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRequest {
+    pub to: SocketAddr,
+    pub request: Vec<u8>,
+}
+
+/// What changed in the cluster view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A member came up (joined, restarted after being declared down, or refuted its death).
+    MemberUp(NodeRecord),
+    /// An up member's record changed (including a restart not noticed as a failure).
+    MemberUpdated(NodeRecord),
+    /// A member is gone; drop its routes.
+    MemberDown { name: String, reason: DownReason },
+    /// A cluster object was written (`Some`) or deleted (`None`), by anyone.
+    ObjectChanged { key: String, value: Option<Vec<u8>> },
+    /// This node claimed a (new) pod subnet. Persist both fields and pass them back in
+    /// the local record after a restart.
+    LocalSubnetChanged { subnet: Ipv4Net, claimed_at: Hlc },
+    /// Every subnet of the pool is taken; this node has none until one frees up.
+    SubnetPoolExhausted,
+}
+
+/// Why a [`Gossip`] could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NewError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+/// Why a cluster object cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectError {
+    #[error("object keys must be 1 to {MAX_KEY_LEN} bytes")]
+    BadKey,
+    #[error(
+        "object values must be at most {MAX_VALUE_LEN} bytes (one datagram); split larger objects"
+    )]
+    TooLarge,
+}
+
+/// Why a stream request was not served; the shell closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("stream payload dropped: {}", .0.as_str())]
+    Dropped(GossipDrop),
+}
+
+/// How a batch of messages arrived, which decides what we may answer.
+#[derive(Debug, Clone, Copy)]
+struct Via {
+    /// The datagram's source; `None` for stream payloads (no direct replies).
+    from: Option<SocketAddr>,
+    /// Re-gossip what was news. Off for bulk full-state transfers: everyone else already
+    /// has that state.
+    rebroadcast: bool,
+}
+
+/// The probe in flight.
+#[derive(Debug, Clone)]
+struct Probe {
+    target: String,
+    seq: u32,
+    /// When to fall back to indirect probes.
+    timeout_at: Instant,
+    indirect_sent: bool,
+    expected_nacks: u32,
+    nacks: u32,
+}
+
+/// A ping we send on behalf of a ping-req.
+#[derive(Debug, Clone)]
+struct Relay {
+    requester: SocketAddr,
+    requester_seq: u32,
+    nack_at: Instant,
+}
+
+/// The full-state pull.
+#[derive(Debug, Clone)]
+struct Pull {
+    /// Full state is wanted: a fresh joiner, or a node cut off past the GC horizon.
+    needed: bool,
+    /// Drop local objects the server lacks that are older than the GC horizon.
+    behind: bool,
+    outstanding: Option<(u64, SocketAddr, Instant)>,
+    next_attempt: Instant,
+    next_id: u64,
+}
+
+/// One node's gossip: SWIM membership with Lifeguard, its own record, cluster objects,
+/// anti-entropy, sealing and subnet claims.
+#[derive(Debug)]
+pub struct Gossip {
+    config: GossipConfig,
+    keyring: Keyring,
+    local: NodeRecord,
+    local_version: u64,
+    /// Our generation (boot) and incarnation; the generation also goes in every envelope.
+    local_inc: Incarnation,
+    left: bool,
+    rng: StdRng,
+    nonces: NonceSource,
+    /// Wall-clock ms at an instant: HLC wall time is derived from `now`.
+    wall_anchor: (Instant, u64),
+    hlc: HlcClock,
+    members: BTreeMap<String, Member>,
+    /// Names of alive and suspect members (cached for random picks; rebuilt when dirty).
+    live: Option<Vec<String>>,
+    suspects: BTreeSet<String>,
+    probe_ring: Vec<String>,
+    probe_pos: usize,
+    probe: Option<Probe>,
+    next_probe: Instant,
+    relays: BTreeMap<u32, Relay>,
+    next_seq: u32,
+    broadcasts: BroadcastQueue,
+    objects: ObjectStore,
+    windows: BTreeMap<(String, Channel), ReplayWindow>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    streams: VecDeque<StreamRequest>,
+    pull: Pull,
+    next_gossip: Instant,
+    next_push_pull: Instant,
+    next_reannounce: Instant,
+    seed_pos: usize,
+    /// Lifeguard local health multiplier score, 0..=lhm_max.
+    lhm: u32,
+    claim_deadline: Option<Instant>,
+    exhausted: bool,
+    /// Since when no other member has been up (for the GC-horizon check).
+    alone_since: Option<Instant>,
+    stats: GossipStats,
+}
+
+impl Gossip {
+    /// Starts a node at `now`.
+    ///
+    /// - `local`: this node's record. A statically configured subnet has
+    ///   `subnet_static = true`; a previously persisted claim has `pod_subnet` and
+    ///   `subnet_claimed_at` set; `pod_subnet = None` claims one from the pool.
+    /// - `generation`: changes every boot and grows (boot wall-clock microseconds). Replay
+    ///   windows and restarts key on it.
+    /// - `rng_seed`: from the OS's entropy in production (it salts the AEAD nonces);
+    ///   fixed in tests.
+    /// - `wall_clock_ms`: Unix time in ms at `now`; HLC timestamps are derived from it
+    ///   (re-anchor with [`Gossip::set_wall_clock`] if the wall clock steps).
+    ///
+    /// Returns `Err` iff the config or the record is invalid.
+    pub fn new(
+        config: GossipConfig,
+        local: NodeRecord,
+        keyring: Keyring,
+        generation: u64,
+        rng_seed: u64,
+        now: Instant,
+        wall_clock_ms: u64,
+    ) -> Result<Self, NewError> {
+        config.validate()?;
+        local.validate()?;
+        let mut rng = StdRng::seed_from_u64(rng_seed);
+        let mut salt = [0u8; 16];
+        salt[..8].copy_from_slice(&rng.random::<u64>().to_be_bytes());
+        salt[8..].copy_from_slice(&(rng.random::<u64>() ^ generation).to_be_bytes());
+        let t = config.timing.clone();
+        let jitter = |rng: &mut StdRng, d: Duration| now + d.mul_f64(rng.random::<f64>());
+        let next_probe = jitter(&mut rng, t.probe_interval);
+        let next_gossip = jitter(&mut rng, t.gossip_interval);
+        let next_push_pull = jitter(&mut rng, t.push_pull_interval);
+        let next_reannounce = jitter(&mut rng, t.reannounce_interval);
+        let own_addr = local.gossip_addr;
+        let has_seeds = config.seeds.iter().any(|s| *s != own_addr);
+        let needs_claim = config.subnet_pool.is_some() && local.pod_subnet.is_none();
+        let mut gossip = Gossip {
+            keyring,
+            local,
+            local_version: 1,
+            local_inc: Incarnation {
+                generation,
+                incarnation: 0,
+            },
+            left: false,
+            rng,
+            nonces: NonceSource::new(salt),
+            wall_anchor: (now, wall_clock_ms),
+            hlc: HlcClock::default(),
+            members: BTreeMap::new(),
+            live: None,
+            suspects: BTreeSet::new(),
+            probe_ring: Vec::new(),
+            probe_pos: 0,
+            probe: None,
+            next_probe,
+            relays: BTreeMap::new(),
+            next_seq: 0,
+            broadcasts: BroadcastQueue::default(),
+            objects: ObjectStore::default(),
+            windows: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            streams: VecDeque::new(),
+            pull: Pull {
+                needed: has_seeds,
+                behind: false,
+                outstanding: None,
+                next_attempt: now,
+                next_id: 0,
+            },
+            next_gossip,
+            next_push_pull,
+            next_reannounce,
+            seed_pos: 0,
+            lhm: 0,
+            claim_deadline: needs_claim.then(|| now + t.claim_wait),
+            exhausted: false,
+            alone_since: Some(now),
+            stats: GossipStats::default(),
+            config,
+        };
+        // Join: announce ourselves to every seed, then pull full state from one.
+        let alive = gossip.local_alive();
+        let seeds: Vec<SocketAddr> = gossip.other_seeds().collect();
+        for seed in seeds {
+            gossip.send(seed, std::slice::from_ref(&alive), false);
+        }
+        gossip.pull_tick(now);
+        gossip.check_subnet(now);
+        Ok(gossip)
+    }
+
+    /// Processes one UDP datagram from `from`. Never panics; whatever is dropped is
+    /// counted in [`Gossip::stats`].
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.stats.datagrams_received += 1;
+        self.stats.bytes_received += bytes.len() as u64;
+        if bytes.len() > self.config.max_packet {
+            self.stats.count_drop(GossipDrop::Oversized);
+            return;
+        }
+        let Ok((header, body)) = self.open(bytes, Channel::Datagram) else {
+            return;
+        };
+        let Ok(messages) = super::message::decode_compound(&body) else {
+            self.stats.count_drop(GossipDrop::Malformed);
+            return;
+        };
+        self.accept_seq(&header);
+        let via = Via {
+            from: Some(from),
+            rebroadcast: true,
+        };
+        self.process(now, via, &header, messages);
+        self.heard_from(now, &header, from);
+    }
+
+    /// Runs every timer due at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(p) = &self.probe
+            && !p.indirect_sent
+            && p.timeout_at <= now
+        {
+            self.probe_timeout(now);
+        }
+        if self.next_probe <= now {
+            self.probe_tick(now);
+        }
+        self.relay_tick(now);
+        if self.next_gossip <= now {
+            self.gossip_tick(now);
+        }
+        if self.next_push_pull <= now {
+            self.next_push_pull = now + self.config.timing.push_pull_interval;
+            self.push_pull_tick(now);
+        }
+        if self.next_reannounce <= now {
+            self.next_reannounce = now + self.config.timing.reannounce_interval;
+            self.reannounce_tick(now);
+        }
+        self.pull_tick(now);
+        if self.claim_deadline.is_some_and(|t| t <= now) {
+            self.check_subnet(now);
+        }
+    }
+
+    /// When [`Gossip::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = self
+            .next_probe
+            .min(self.next_gossip)
+            .min(self.next_push_pull)
+            .min(self.next_reannounce);
+        if let Some(p) = &self.probe
+            && !p.indirect_sent
+        {
+            next = next.min(p.timeout_at);
+        }
+        if let Some(r) = self.relays.values().map(|r| r.nack_at).min() {
+            next = next.min(r);
+        }
+        if self.pull.needed {
+            next = next.min(match self.pull.outstanding {
+                Some((_, _, deadline)) => deadline,
+                None => self.pull.next_attempt,
+            });
+        }
+        if let Some(t) = self.claim_deadline {
+            next = next.min(t);
+        }
+        Some(next)
+    }
+
+    /// The next datagram to send. Drain after every `handle_*` call.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next cluster change.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next full-state pull to carry over TCP.
+    pub fn poll_stream(&mut self) -> Option<StreamRequest> {
+        self.streams.pop_front()
+    }
+
+    /// Changes the local record (`f` may change anything but the name), bumps its
+    /// version and gossips it. Returns `Err` iff the result is invalid; the record is
+    /// then unchanged.
+    pub fn update_local(
+        &mut self,
+        now: Instant,
+        f: impl FnOnce(&mut NodeRecord),
+    ) -> Result<(), RecordError> {
+        let mut record = self.local.clone();
+        f(&mut record);
+        if record.name != self.local.name {
+            return Err(RecordError::NameChanged);
+        }
+        record.validate()?;
+        if record != self.local {
+            self.local = record;
+            self.bump_local();
+            self.check_subnet(now);
+        }
+        Ok(())
+    }
+
+    /// Writes (`Some`) or deletes (`None`) a cluster object, stamped with the HLC at
+    /// `now`, and gossips it. Returns `Err` iff the key or value is out of bounds.
+    pub fn set_object(
+        &mut self,
+        now: Instant,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), ObjectError> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(ObjectError::BadKey);
+        }
+        if value.as_ref().is_some_and(|v| v.len() > MAX_VALUE_LEN) {
+            return Err(ObjectError::TooLarge);
+        }
+        let hlc = self.hlc.tick(self.wall_ms(now));
+        let entry = ObjectEntry {
+            value,
+            hlc,
+            writer: self.local.name.clone(),
+        };
+        self.apply_object(now, key, entry, true);
+        Ok(())
+    }
+
+    /// Leaves the cluster: gossips `Left` (peers drop this node at once) and stops
+    /// probing. Keep driving the node until [`Gossip::pending_broadcasts`] is 0 or a
+    /// second has passed, then drop it.
+    pub fn leave(&mut self, now: Instant) {
+        if self.left {
+            return;
+        }
+        self.left = true;
+        self.probe = None;
+        self.local_inc.incarnation += 1;
+        let left = Message::Left {
+            name: self.local.name.clone(),
+            inc: self.local_inc,
+        };
+        self.broadcasts
+            .push(Topic::Member(self.local.name.clone()), &left);
+        let targets = self.random_live(self.config.timing.gossip_fanout, None);
+        for name in targets {
+            if let Some(addr) = self.members.get(&name).map(|m| m.record.gossip_addr) {
+                self.send(addr, std::slice::from_ref(&left), true);
+            }
+        }
+        self.next_gossip = self.next_gossip.min(now);
+    }
+
+    /// Re-anchors HLC wall time: `wall_clock_ms` is Unix time in ms at `now`.
+    pub fn set_wall_clock(&mut self, now: Instant, wall_clock_ms: u64) {
+        self.wall_anchor = (now, wall_clock_ms);
+    }
+
+    /// Every member, the local node first, then by name.
+    pub fn members(&self) -> impl Iterator<Item = MemberView<'_>> {
+        let local = MemberView {
+            name: &self.local.name,
+            addr: self.local.gossip_addr,
+            state: if self.left {
+                MemberState::Left
+            } else {
+                MemberState::Alive
+            },
+            incarnation: self.local_inc,
+            version: self.local_version,
+            last_heard: None,
+            record: (!self.left).then_some(&self.local),
+            is_local: true,
+        };
+        std::iter::once(local).chain(self.members.values().map(Member::view))
+    }
+
+    /// One member by name (the local node included).
+    pub fn member(&self, name: &str) -> Option<MemberView<'_>> {
+        self.members().find(|m| m.name == name)
+    }
+
+    /// Live cluster objects in key order.
+    pub fn objects(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.objects.live()
+    }
+
+    pub fn object(&self, key: &str) -> Option<&[u8]> {
+        self.objects.get(key)
+    }
+
+    /// Tombstones not yet collected.
+    pub fn tombstones(&self) -> usize {
+        self.objects.tombstones()
+    }
+
+    pub fn local(&self) -> &NodeRecord {
+        &self.local
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.local_inc.generation
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// Key rotation: install, switch primary, remove (see [`Keyring`]).
+    pub fn keyring_mut(&mut self) -> &mut Keyring {
+        &mut self.keyring
+    }
+
+    pub fn stats(&self) -> &GossipStats {
+        &self.stats
+    }
+
+    /// Lifeguard local health score (0 healthy, up to `lhm_max`): how much this node
+    /// currently stretches its probe interval and timeout.
+    pub fn health_score(&self) -> u32 {
+        self.lhm
+    }
+
+    /// Broadcasts not yet sent their full number of times (wait for 0 after `leave`).
+    pub fn pending_broadcasts(&self) -> usize {
+        self.broadcasts.len()
+    }
+
+    // ---- helpers -------------------------------------------------------------------
+
+    fn wall_ms(&self, now: Instant) -> u64 {
+        let (at, ms) = self.wall_anchor;
+        let since = now.saturating_duration_since(at).as_millis() as u64;
+        ms.saturating_add(since)
+    }
+
+    /// HLC below which tombstones are collected.
+    fn gc_horizon(&self, now: Instant) -> Hlc {
+        let gc = self.config.timing.tombstone_gc_after.as_millis() as u64;
+        Hlc::new(self.wall_ms(now).saturating_sub(gc), 0)
+    }
+
+    fn other_seeds(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        let own = self.local.gossip_addr;
+        self.config.seeds.iter().copied().filter(move |s| *s != own)
+    }
+
+    fn local_alive(&self) -> Message {
+        Message::Alive {
+            inc: self.local_inc,
+            version: self.local_version,
+            record: self.local.clone(),
+        }
+    }
+
+    /// A new version of our record: new incarnation too (so it also refutes any
+    /// suspicion), gossiped.
+    fn bump_local(&mut self) {
+        self.local_version += 1;
+        self.local_inc.incarnation += 1;
+        let alive = self.local_alive();
+        self.broadcasts
+            .push(Topic::Member(self.local.name.clone()), &alive);
+    }
+
+    fn retransmit_limit(&self) -> u32 {
+        retransmit_limit(
+            self.config.timing.retransmit_mult,
+            self.live_names().len() + 1,
+        )
+    }
+
+    fn live_names(&self) -> &[String] {
+        self.live.as_deref().unwrap_or(&[])
+    }
+
+    fn refresh_live(&mut self) {
+        if self.live.is_none() {
+            self.live = Some(
+                self.members
+                    .iter()
+                    .filter(|(_, m)| m.state.is_up())
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+            );
+        }
+    }
+
+    /// Up to `k` distinct random up members, never `except`.
+    fn random_live(&mut self, k: usize, except: Option<&str>) -> Vec<String> {
+        self.refresh_live();
+        let live = self.live.as_deref().unwrap_or(&[]);
+        let mut picked: Vec<String> = Vec::with_capacity(k);
+        // Partial Fisher–Yates over indexes; with few members just take them all.
+        let mut idx: Vec<usize> = (0..live.len()).collect();
+        let mut i = 0;
+        while picked.len() < k && i < idx.len() {
+            let j = self.rng.random_range(i..idx.len());
+            idx.swap(i, j);
+            let name = &live[idx[i]];
+            if except != Some(name.as_str()) {
+                picked.push(name.clone());
+            }
+            i += 1;
+        }
+        picked
+    }
+
+    /// Seals `messages` (and, if `piggyback`, as many pending broadcasts as fit) into
+    /// datagrams to `dst`. Messages that do not fit one datagram go in the next.
+    fn send(&mut self, dst: SocketAddr, messages: &[Message], piggyback: bool) {
+        let mut rest = messages;
+        loop {
+            let (seq, nonce) = self.nonces.next();
+            let header = Header {
+                channel: Channel::Datagram,
+                sender: self.local.name.clone(),
+                generation: self.local_inc.generation,
+                seq,
+            };
+            let mut w = Writer::new();
+            header.encode(&mut w);
+            let limit = self.config.max_packet - SEAL_OVERHEAD;
+            let mut count = 0;
+            while let Some((m, tail)) = rest.split_first() {
+                if w.len() + m.encoded_len() > limit && count > 0 {
+                    break;
+                }
+                m.encode(&mut w);
+                count += 1;
+                rest = tail;
+            }
+            if piggyback && rest.is_empty() && w.len() < limit {
+                let budget = limit - w.len();
+                let retransmits = self.retransmit_limit();
+                count += self.broadcasts.fill(budget, retransmits, &mut w);
+            }
+            if count == 0 {
+                return;
+            }
+            let payload = self.keyring.seal(&self.config.cluster_name, nonce, &w.buf);
+            self.stats.datagrams_sent += 1;
+            self.stats.bytes_sent += payload.len() as u64;
+            self.transmits.push_back(Transmit { dst, payload });
+            if rest.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Opens sealed bytes on `channel` and checks the replay window (without recording
+    /// the sequence number: the caller does once the body decoded). `Err` iff dropped;
+    /// the drop is counted.
+    fn open(&mut self, bytes: &[u8], channel: Channel) -> Result<(Header, Vec<u8>), GossipDrop> {
+        let result = self.open_uncounted(bytes, channel);
+        if let Err(reason) = result {
+            self.stats.count_drop(reason);
+        }
+        result
+    }
+
+    fn open_uncounted(
+        &self,
+        bytes: &[u8],
+        channel: Channel,
+    ) -> Result<(Header, Vec<u8>), GossipDrop> {
+        let plain = self
+            .keyring
+            .open(&self.config.cluster_name, bytes)
+            .map_err(|e| match e {
+                OpenError::Truncated => GossipDrop::Truncated,
+                OpenError::UnknownVersion => GossipDrop::UnknownVersion,
+                OpenError::DecryptFailed => GossipDrop::DecryptFailed,
+            })?;
+        let mut r = Reader::new(&plain);
+        let header = Header::decode(&mut r).map_err(|_| GossipDrop::Malformed)?;
+        if header.channel != channel {
+            return Err(GossipDrop::Malformed);
+        }
+        if header.sender == self.local.name {
+            return Err(GossipDrop::FromSelf);
+        }
+        let known_generation = self.members.get(&header.sender).map(|m| m.inc.generation);
+        if known_generation.is_some_and(|g| header.generation < g) {
+            return Err(GossipDrop::StaleGeneration);
+        }
+        let key = (header.sender.clone(), channel);
+        match self
+            .windows
+            .get(&key)
+            .map(|w| w.check(header.generation, header.seq))
+        {
+            Some(Verdict::Replayed) => return Err(GossipDrop::Replayed),
+            Some(Verdict::StaleGeneration) => return Err(GossipDrop::StaleGeneration),
+            Some(Verdict::Fresh) | None => {}
+        }
+        let body = plain[plain.len() - r.remaining()..].to_vec();
+        Ok((header, body))
+    }
+
+    fn accept_seq(&mut self, header: &Header) {
+        let key = (header.sender.clone(), header.channel);
+        match self.windows.get_mut(&key) {
+            Some(w) => w.accept(header.generation, header.seq),
+            None => {
+                self.windows
+                    .insert(key, ReplayWindow::new(header.generation, header.seq));
+            }
+        }
+    }
+
+    fn seal_stream(&mut self, channel: Channel, body: &[u8]) -> Vec<u8> {
+        let (seq, nonce) = self.nonces.next();
+        let header = Header {
+            channel,
+            sender: self.local.name.clone(),
+            generation: self.local_inc.generation,
+            seq,
+        };
+        let mut w = Writer::new();
+        header.encode(&mut w);
+        w.raw(body);
+        self.keyring.seal(&self.config.cluster_name, nonce, &w.buf)
+    }
+
+    fn gossip_tick(&mut self, now: Instant) {
+        self.next_gossip = now + self.config.timing.gossip_interval;
+        self.expire_suspicions(now);
+        if self.broadcasts.is_empty() {
+            return;
+        }
+        let targets = self.random_live(self.config.timing.gossip_fanout, None);
+        for name in targets {
+            let Some(addr) = self.members.get(&name).map(|m| m.record.gossip_addr) else {
+                continue;
+            };
+            self.send(addr, &[], true);
+            if self.broadcasts.is_empty() {
+                break;
+            }
+        }
+    }
+
+    fn relay_tick(&mut self, now: Instant) {
+        let due: Vec<u32> = self
+            .relays
+            .iter()
+            .filter(|(_, r)| r.nack_at <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in due {
+            if let Some(r) = self.relays.remove(&seq) {
+                self.send(
+                    r.requester,
+                    &[Message::Nack {
+                        seq: r.requester_seq,
+                    }],
+                    false,
+                );
+            }
+        }
+    }
+
+    fn reannounce_tick(&mut self, now: Instant) {
+        self.reap(now);
+        let horizon = self.gc_horizon(now);
+        self.stats.tombstones_collected += self.objects.gc(horizon) as u64;
+        self.refresh_live();
+        let anyone_up = !self.live_names().is_empty();
+        if anyone_up {
+            if self
+                .alone_since
+                .is_some_and(|t| now - t > self.config.timing.tombstone_gc_after)
+            {
+                // Cut off from everyone for longer than tombstones live: our objects may
+                // hold deletes we never heard of. Pull full state and drop zombies.
+                self.pull.needed = true;
+                self.pull.behind = true;
+            }
+            self.alone_since = None;
+        } else if self.alone_since.is_none() {
+            self.alone_since = Some(now);
+        }
+        if self.left {
+            return;
+        }
+        let alive = self.local_alive();
+        // One random dead member: if it is back (a healed partition), it answers.
+        let dead: Vec<SocketAddr> = self
+            .members
+            .values()
+            .filter(|m| m.state == MemberState::Dead)
+            .map(|m| m.record.gossip_addr)
+            .collect();
+        if !dead.is_empty() {
+            let i = self.rng.random_range(0..dead.len());
+            self.send(dead[i], std::slice::from_ref(&alive), false);
+        }
+        // One seed that is not a live member (round-robin).
+        let live_addrs: BTreeSet<SocketAddr> = self
+            .members
+            .values()
+            .filter(|m| m.state.is_up())
+            .map(|m| m.record.gossip_addr)
+            .collect();
+        let candidates: Vec<SocketAddr> = self
+            .other_seeds()
+            .filter(|s| !live_addrs.contains(s))
+            .collect();
+        if !candidates.is_empty() {
+            self.seed_pos = (self.seed_pos + 1) % candidates.len();
+            self.send(
+                candidates[self.seed_pos],
+                std::slice::from_ref(&alive),
+                false,
+            );
+        }
+    }
+
+    /// Forgets members dead or left for longer than `dead_reap_after`.
+    fn reap(&mut self, now: Instant) {
+        let after = self.config.timing.dead_reap_after;
+        let gone: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                !m.state.is_up() && now.saturating_duration_since(m.state_since) >= after
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            self.members.remove(&name);
+            self.windows.retain(|(sender, _), _| *sender != name);
+        }
+    }
+
+    /// Claims a subnet if we have none (once full state is in or `claim_wait` passed),
+    /// or re-claims if ours conflicts with a member whose claim wins.
+    fn check_subnet(&mut self, now: Instant) {
+        let Some(pool) = self.config.subnet_pool else {
+            return;
+        };
+        if self.local.subnet_static || self.left {
+            self.claim_deadline = None;
+            return;
+        }
+        let Some(mine) = self.local.pod_subnet else {
+            let waited = self.claim_deadline.is_none_or(|t| t <= now);
+            if !self.pull.needed || waited {
+                self.claim_deadline = None;
+                self.claim(now, pool);
+            }
+            return;
+        };
+        self.claim_deadline = None;
+        let local = Claim {
+            owner: &self.local.name,
+            subnet: mine,
+            is_static: false,
+            claimed_at: self.local.subnet_claimed_at,
+        };
+        let loses = self.members.values().filter(|m| m.state.is_up()).any(|m| {
+            let Some(subnet) = m.record.pod_subnet else {
+                return false;
+            };
+            let other = Claim {
+                owner: &m.record.name,
+                subnet,
+                is_static: m.record.subnet_static,
+                claimed_at: m.record.subnet_claimed_at,
+            };
+            conflict_loser(&local, &other) == Some(Loser::A)
+        });
+        if loses {
+            self.claim(now, pool);
+        }
+    }
+
+    fn claim(&mut self, now: Instant, pool: super::subnet::SubnetPool) {
+        // Every subnet any member holds, dead ones too: a dead node that comes back with
+        // its persisted claim would win it back anyway.
+        let taken: Vec<Ipv4Net> = self
+            .members
+            .values()
+            .filter_map(|m| m.record.pod_subnet)
+            .collect();
+        match choose_subnet(&self.local.name, pool.cluster, pool.prefix, &taken) {
+            Some(subnet) => {
+                self.exhausted = false;
+                let claimed_at = self.hlc.tick(self.wall_ms(now));
+                self.local.pod_subnet = Some(subnet);
+                self.local.subnet_claimed_at = claimed_at;
+                self.bump_local();
+                self.events
+                    .push_back(Event::LocalSubnetChanged { subnet, claimed_at });
+            }
+            None => {
+                if self.local.pod_subnet.take().is_some() {
+                    self.bump_local();
+                }
+                if !self.exhausted {
+                    self.exhausted = true;
+                    self.events.push_back(Event::SubnetPoolExhausted);
+                }
+            }
+        }
+    }
+
+    /// Applies a cluster object write from anywhere; emits and (if `rebroadcast`)
+    /// gossips it when it wins.
+    fn apply_object(&mut self, now: Instant, key: &str, entry: ObjectEntry, rebroadcast: bool) {
+        use super::objects::Applied;
+        let wall = self.wall_ms(now);
+        self.hlc.observe(entry.hlc, wall);
+        let message = Message::Object {
+            key: key.to_owned(),
+            hlc: entry.hlc,
+            writer: entry.writer.clone(),
+            value: entry.value.clone(),
+        };
+        let value = entry.value.clone();
+        match self.objects.apply(key, entry, self.gc_horizon(now)) {
+            Applied::Ignored => return,
+            Applied::Stored => {}
+            Applied::Changed => self.events.push_back(Event::ObjectChanged {
+                key: key.to_owned(),
+                value,
+            }),
+        }
+        if rebroadcast {
+            self.broadcasts
+                .push(Topic::Object(key.to_owned()), &message);
+        }
+    }
+
+    fn member_down(&mut self, name: &str, reason: DownReason) {
+        self.events.push_back(Event::MemberDown {
+            name: name.to_owned(),
+            reason,
+        });
+    }
+
+    fn subnet_conflicts_possible(&self, record: &NodeRecord) -> bool {
+        match (self.local.pod_subnet, record.pod_subnet) {
+            (Some(a), Some(b)) => overlaps(a, b),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Anti-entropy and full-state streams.
+//!
+//! Push-pull: every `push_pull_interval` a node sends one random member a digest —
+//! per-bucket XOR of hashes of `(name, generation, incarnation)` for up members and of
+//! `(key, hlc, writer)` for live objects, 64 + 32 buckets, 771 bytes. The receiver sends
+//! back everything it holds in buckets that differ, plus its own digest, and the first
+//! node does the same in return. A datagram-sized digest keeps the exchange bounded at
+//! any cluster size; only what differs travels.
+//!
+//! Streams: a fresh joiner, or a node cut off for longer than the GC horizon, pulls
+//! everything (members, objects, tombstones) once over TCP, sealed like datagrams.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rand::RngExt;
+
+use super::super::codec::{Reader, Writer, fnv1a};
+use super::super::members::MemberState;
+use super::super::message::{Channel, Decoded, MEMBER_BUCKETS, Message, decode_compound};
+use super::super::objects::ObjectEntry;
+use super::super::stats::GossipDrop;
+use super::{Event, Gossip, StreamError, StreamRequest, Via};
+
+/// Most message bytes one push-pull answer carries; the rest waits for the next round.
+const MAX_SYNC_BYTES: usize = 32 * 1024;
+/// Largest stream request accepted (it carries one record).
+const MAX_STREAM_REQUEST: usize = 64 * 1024;
+
+fn member_bucket(name: &str) -> usize {
+    (fnv1a(&[name.as_bytes()]) % MEMBER_BUCKETS as u64) as usize
+}
+
+impl Gossip {
+    fn member_digest(&self) -> Vec<u64> {
+        let mut buckets = vec![0u64; MEMBER_BUCKETS];
+        let mut add = |name: &str, generation: u64, incarnation: u64| {
+            buckets[member_bucket(name)] ^= fnv1a(&[
+                name.as_bytes(),
+                &generation.to_be_bytes(),
+                &incarnation.to_be_bytes(),
+            ]);
+        };
+        if !self.left {
+            add(
+                &self.local.name,
+                self.local_inc.generation,
+                self.local_inc.incarnation,
+            );
+        }
+        for (name, m) in &self.members {
+            if m.state.is_up() {
+                add(name, m.inc.generation, m.inc.incarnation);
+            }
+        }
+        buckets
+    }
+
+    fn sync_message(&self, reply: bool) -> Message {
+        Message::Sync {
+            reply,
+            members: self.member_digest(),
+            objects: self.objects.digest(),
+        }
+    }
+
+    /// What we know about one member (ourselves included), as a message.
+    fn member_messages(&self, bucket: Option<usize>) -> Vec<Message> {
+        let mut out = Vec::new();
+        let in_bucket = |name: &str| bucket.is_none_or(|b| member_bucket(name) == b);
+        if in_bucket(&self.local.name) {
+            out.push(if self.left {
+                Message::Left {
+                    name: self.local.name.clone(),
+                    inc: self.local_inc,
+                }
+            } else {
+                self.local_alive()
+            });
+        }
+        for (name, m) in &self.members {
+            if !in_bucket(name) {
+                continue;
+            }
+            out.push(match m.state {
+                MemberState::Alive | MemberState::Suspect => Message::Alive {
+                    inc: m.inc,
+                    version: m.version,
+                    record: m.record.clone(),
+                },
+                MemberState::Dead => Message::Dead {
+                    name: name.clone(),
+                    inc: m.inc,
+                    from: self.local.name.clone(),
+                },
+                MemberState::Left => Message::Left {
+                    name: name.clone(),
+                    inc: m.inc,
+                },
+            });
+        }
+        out
+    }
+
+    fn object_message(key: &str, e: &ObjectEntry) -> Message {
+        Message::Object {
+            key: key.to_owned(),
+            hlc: e.hlc,
+            writer: e.writer.clone(),
+            value: e.value.clone(),
+        }
+    }
+
+    pub(super) fn push_pull_tick(&mut self, _now: Instant) {
+        if self.left {
+            return;
+        }
+        let Some(target) = self.random_live(1, None).pop() else {
+            return;
+        };
+        let Some(addr) = self.members.get(&target).map(|m| m.record.gossip_addr) else {
+            return;
+        };
+        let sync = self.sync_message(true);
+        self.send(addr, &[sync], false);
+    }
+
+    /// A digest arrived: send what we hold in differing buckets (and our digest, if asked).
+    pub(super) fn on_sync(
+        &mut self,
+        _now: Instant,
+        from: SocketAddr,
+        reply: bool,
+        members: &[u64],
+        objects: &[u64],
+    ) {
+        let mine_members = self.member_digest();
+        let mine_objects = self.objects.digest();
+        let differing = |mine: &[u64], theirs: &[u64]| -> Vec<usize> {
+            if mine.len() != theirs.len() {
+                return (0..mine.len()).collect();
+            }
+            (0..mine.len()).filter(|&i| mine[i] != theirs[i]).collect()
+        };
+        let mut member_buckets = differing(&mine_members, members);
+        let mut object_buckets = differing(&mine_objects, objects);
+        if member_buckets.is_empty() && object_buckets.is_empty() {
+            return;
+        }
+        // Random bucket order, so a capped answer repairs different buckets each round.
+        shuffle(&mut member_buckets, &mut self.rng);
+        shuffle(&mut object_buckets, &mut self.rng);
+        let mut out = Vec::new();
+        if reply {
+            out.push(Message::Sync {
+                reply: false,
+                members: mine_members,
+                objects: mine_objects,
+            });
+        }
+        let mut bytes = 0;
+        'members: for b in member_buckets {
+            for m in self.member_messages(Some(b)) {
+                bytes += m.encoded_len();
+                out.push(m);
+                if bytes > MAX_SYNC_BYTES {
+                    break 'members;
+                }
+            }
+        }
+        'objects: for b in object_buckets {
+            for (key, e) in self.objects.bucket_entries(b) {
+                let m = Self::object_message(key, e);
+                bytes += m.encoded_len();
+                out.push(m);
+                if bytes > MAX_SYNC_BYTES {
+                    break 'objects;
+                }
+            }
+        }
+        self.send(from, &out, false);
+    }
+
+    /// Starts a full-state pull when one is needed and none is in flight; times out the
+    /// one in flight.
+    pub(super) fn pull_tick(&mut self, now: Instant) {
+        if !self.pull.needed {
+            return;
+        }
+        if let Some((_, _, deadline)) = self.pull.outstanding {
+            if deadline > now {
+                return;
+            }
+            self.pull.outstanding = None;
+            self.pull.next_attempt = now;
+        }
+        if now < self.pull.next_attempt {
+            return;
+        }
+        let member = self
+            .random_live(1, None)
+            .pop()
+            .and_then(|name| self.members.get(&name).map(|m| m.record.gossip_addr));
+        let to = member.or_else(|| {
+            let seeds: Vec<SocketAddr> = self.other_seeds().collect();
+            if seeds.is_empty() {
+                return None;
+            }
+            self.seed_pos = (self.seed_pos + 1) % seeds.len();
+            Some(seeds[self.seed_pos])
+        });
+        let Some(to) = to else {
+            self.pull.next_attempt = now + self.config.timing.reannounce_interval;
+            return;
+        };
+        self.pull.next_id += 1;
+        let id = self.pull.next_id;
+        let mut w = Writer::new();
+        w.u64(id);
+        self.local_alive().encode(&mut w);
+        let request = self.seal_stream(Channel::StreamRequest, &w.buf);
+        self.streams.push_back(StreamRequest { to, request });
+        self.stats.streams_requested += 1;
+        let timeout = self.config.timing.stream_timeout;
+        self.pull.outstanding = Some((id, to, now + timeout));
+        self.pull.next_attempt = now + timeout;
+    }
+
+    /// The shell could not complete the stream to `to` (connect refused, reset, timeout).
+    /// The pull is retried, with another member or seed, a probe interval later.
+    pub fn handle_stream_failed(&mut self, now: Instant, to: SocketAddr) {
+        if self.pull.outstanding.is_some_and(|(_, addr, _)| addr == to) {
+            self.pull.outstanding = None;
+            self.pull.next_attempt = now + self.config.timing.probe_interval;
+        }
+    }
+
+    /// Serves a full-state pull read from a TCP connection: returns the sealed response
+    /// to write back. Learns the requester (a joiner) on the way.
+    ///
+    /// Returns `Err` iff the request does not authenticate, is replayed or malformed;
+    /// the drop is counted.
+    pub fn serve_stream(&mut self, now: Instant, request: &[u8]) -> Result<Vec<u8>, StreamError> {
+        if request.len() > MAX_STREAM_REQUEST {
+            self.stats.count_drop(GossipDrop::Oversized);
+            return Err(StreamError::Dropped(GossipDrop::Oversized));
+        }
+        let (header, body) = self
+            .open(request, Channel::StreamRequest)
+            .map_err(StreamError::Dropped)?;
+        let mut r = Reader::new(&body);
+        let Ok(id) = r.u64() else {
+            self.stats.count_drop(GossipDrop::Malformed);
+            return Err(StreamError::Dropped(GossipDrop::Malformed));
+        };
+        let Ok(messages) = decode_compound(&body[8..]) else {
+            self.stats.count_drop(GossipDrop::Malformed);
+            return Err(StreamError::Dropped(GossipDrop::Malformed));
+        };
+        self.accept_seq(&header);
+        self.process(
+            now,
+            Via {
+                from: None,
+                rebroadcast: true,
+            },
+            &header,
+            messages,
+        );
+        self.stats.streams_served += 1;
+        let mut w = Writer::new();
+        w.u64(id);
+        for m in self.member_messages(None) {
+            m.encode(&mut w);
+        }
+        for (key, e) in self.objects.entries() {
+            Self::object_message(key, e).encode(&mut w);
+        }
+        Ok(self.seal_stream(Channel::StreamResponse, &w.buf))
+    }
+
+    /// Applies the full state a pull returned. Responses nobody is waiting for are
+    /// counted as `unexpected_stream` and ignored.
+    pub fn handle_stream_response(&mut self, now: Instant, response: &[u8]) {
+        let Ok((header, body)) = self.open(response, Channel::StreamResponse) else {
+            return;
+        };
+        let mut r = Reader::new(&body);
+        let Ok(id) = r.u64() else {
+            self.stats.count_drop(GossipDrop::Malformed);
+            return;
+        };
+        if self.pull.outstanding.map(|(i, _, _)| i) != Some(id) {
+            self.stats.count_drop(GossipDrop::UnexpectedStream);
+            return;
+        }
+        let Ok(messages) = decode_compound(&body[8..]) else {
+            self.stats.count_drop(GossipDrop::Malformed);
+            return;
+        };
+        self.accept_seq(&header);
+        let served_keys: BTreeSet<String> = messages
+            .iter()
+            .filter_map(|d| match d {
+                Decoded::Message(Message::Object { key, .. }) => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        self.process(
+            now,
+            Via {
+                from: None,
+                rebroadcast: false,
+            },
+            &header,
+            messages,
+        );
+        if self.pull.behind {
+            // Objects older than the horizon that the cluster no longer has were deleted
+            // while we were away and their tombstones collected: zombies.
+            let horizon = self.gc_horizon(now);
+            let zombies: Vec<String> = self
+                .objects
+                .entries()
+                .filter(|(k, e)| e.hlc < horizon && !served_keys.contains(*k))
+                .map(|(k, _)| k.to_owned())
+                .collect();
+            for key in zombies {
+                if self.objects.forget(&key) {
+                    self.events
+                        .push_back(Event::ObjectChanged { key, value: None });
+                }
+            }
+        }
+        self.pull.needed = false;
+        self.pull.behind = false;
+        self.pull.outstanding = None;
+        self.stats.streams_completed += 1;
+        self.check_subnet(now);
+    }
+}
+
+fn shuffle<T>(items: &mut [T], rng: &mut rand::rngs::StdRng) {
+    for i in (1..items.len()).rev() {
+        let j = rng.random_range(0..=i);
+        items.swap(i, j);
+    }
+}
