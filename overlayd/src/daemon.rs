@@ -77,14 +77,15 @@ pub async fn run(cfg: Config) -> Result<()> {
         .link_by_name(&cfg.tunnel.device)
         .await?
         .ok_or_else(|| anyhow!("TUN device {} did not appear", cfg.tunnel.device))?;
-    nl.set_link(tun_link.index, Some(local.tunnel_mtu), None, true)
-        .await?;
     // IPv6 is not carried yet: keep the kernel from sending router solicitations and MLD
-    // reports into the tunnel, where they would only be counted as drops.
+    // reports into the tunnel, where they would only be counted as drops. Before the
+    // device goes up, or the first ones slip through.
     let _ = std::fs::write(
         format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", cfg.tunnel.device),
         "1",
     );
+    nl.set_link(tun_link.index, Some(local.tunnel_mtu), None, true)
+        .await?;
 
     if cfg.nat.masquerade {
         nat::install(local.pod_subnet, cfg.cluster.cidr)?;
@@ -235,6 +236,7 @@ fn create_tun(name: &str, mtu: u32) -> Result<tun_rs::AsyncDevice> {
     tun_rs::DeviceBuilder::new()
         .name(name)
         .mtu(mtu)
+        .enable(false)
         .build_async()
         .with_context(|| format!("creating TUN device {name}"))
 }

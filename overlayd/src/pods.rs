@@ -85,6 +85,10 @@ impl Pods {
         self.pods.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+
     /// Re-attaches the host side of every recorded pod to the bridge (after a restart the
     /// bridge may be new). Pods whose veth is gone are reported and keep their address.
     pub async fn reattach(&self, nl: &Netlink) -> Result<()> {

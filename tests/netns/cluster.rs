@@ -70,6 +70,15 @@ pub(crate) fn udp_across_segments_ping_and_50mb_transfer() -> Result<()> {
         out.drops == 0 && back.drops == 0,
         "drops on a clean path: {out:?} {back:?}"
     );
+    for node in ["n1", "n3"] {
+        let status: serde_json::Value =
+            serde_json::from_slice(&lab.overlayd(node, &["status", "--json"])?.stdout)?;
+        let drops = status["drops"].as_object().context("drops")?;
+        ensure!(
+            drops.values().all(|v| v == 0),
+            "{node} counted drops on a clean run: {drops:?}"
+        );
+    }
     Ok(())
 }
 

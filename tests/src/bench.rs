@@ -52,10 +52,20 @@ impl BenchReport {
             "PATH", "TCP Mbit/s", "RTT ms", "vs REFERENCE"
         );
         for r in &self.rows {
-            let ratio = r.ratio_to_reference.map_or(String::from("(reference)"), |x| format!("{:.2}x", x));
-            let _ = writeln!(out, "{:<34} {:>12.0} {:>10.3} {:>14}", r.path, r.mbit_s, r.rtt_ms, ratio);
+            let ratio = r
+                .ratio_to_reference
+                .map_or(String::from("(reference)"), |x| format!("{:.2}x", x));
+            let _ = writeln!(
+                out,
+                "{:<34} {:>12.0} {:>10.3} {:>14}",
+                r.path, r.mbit_s, r.rtt_ms, ratio
+            );
         }
-        let _ = writeln!(out, "(iperf3 -t {} per path; RTT: average of 20 pings)", self.seconds);
+        let _ = writeln!(
+            out,
+            "(iperf3 -t {} per path; RTT: average of 20 pings)",
+            self.seconds
+        );
         out
     }
 }
@@ -83,7 +93,13 @@ impl Plan {
         let candidates: Vec<_> = lab
             .nodes()
             .filter(|n| !n.pods().is_empty() && n.pid().is_some())
-            .map(|n| (n.name().to_string(), n.segment().to_string(), n.pods()[0].name.clone()))
+            .map(|n| {
+                (
+                    n.name().to_string(),
+                    n.segment().name.clone(),
+                    n.pods()[0].name.clone(),
+                )
+            })
             .collect();
         for (sn, sseg, spod) in &candidates {
             let near = candidates.iter().find(|(n, seg, _)| n != sn && seg == sseg);
@@ -102,7 +118,12 @@ impl Plan {
     }
 }
 
-fn measure(lab: &Lab, plan: &Plan, reference: &KernelVxlan, seconds: u32) -> Result<BenchReport, LabError> {
+fn measure(
+    lab: &Lab,
+    plan: &Plan,
+    reference: &KernelVxlan,
+    seconds: u32,
+) -> Result<BenchReport, LabError> {
     let ns = |node: &str| lab.node(node).map(|n| n.netns());
     let pod = |name: &str| lab.pod(name).cloned();
     let (src_node, src_pod) = (&plan.src.0, pod(&plan.src.1)?);
@@ -116,7 +137,13 @@ fn measure(lab: &Lab, plan: &Plan, reference: &KernelVxlan, seconds: u32) -> Res
         lab.node(&plan.near.0)?.underlay(),
         seconds,
     )?;
-    let host_gw = run_path("host-gw pod-to-pod (overlayd)", &src_pod.netns, &near_pod.netns, near_pod.ip, seconds)?;
+    let host_gw = run_path(
+        "host-gw pod-to-pod (overlayd)",
+        &src_pod.netns,
+        &near_pod.netns,
+        near_pod.ip,
+        seconds,
+    )?;
     let vxlan = run_path(
         "vxlan pod-to-pod (kernel vxlan)",
         &reference.src_pod,
@@ -124,14 +151,35 @@ fn measure(lab: &Lab, plan: &Plan, reference: &KernelVxlan, seconds: u32) -> Res
         reference.dst_ip,
         seconds,
     )?;
-    let udp = run_path("udp pod-to-pod (overlayd)", &src_pod.netns, &far_pod.netns, far_pod.ip, seconds)?;
+    let udp = run_path(
+        "udp pod-to-pod (overlayd)",
+        &src_pod.netns,
+        &far_pod.netns,
+        far_pod.ip,
+        seconds,
+    )?;
     let ratio = |a: &BenchRow, b: &BenchRow| (b.mbit_s > 0.0).then(|| a.mbit_s / b.mbit_s);
-    let host_gw = BenchRow { ratio_to_reference: ratio(&host_gw, &underlay), ..host_gw };
-    let udp = BenchRow { ratio_to_reference: ratio(&udp, &vxlan), ..udp };
-    Ok(BenchReport { seconds, rows: vec![underlay, host_gw, vxlan, udp] })
+    let host_gw = BenchRow {
+        ratio_to_reference: ratio(&host_gw, &underlay),
+        ..host_gw
+    };
+    let udp = BenchRow {
+        ratio_to_reference: ratio(&udp, &vxlan),
+        ..udp
+    };
+    Ok(BenchReport {
+        seconds,
+        rows: vec![underlay, host_gw, vxlan, udp],
+    })
 }
 
-fn run_path(path: &str, src_ns: &str, dst_ns: &str, dst: Ipv4Addr, seconds: u32) -> Result<BenchRow, LabError> {
+fn run_path(
+    path: &str,
+    src_ns: &str,
+    dst_ns: &str,
+    dst: Ipv4Addr,
+    seconds: u32,
+) -> Result<BenchRow, LabError> {
     let rtt_ms = ping_avg(src_ns, dst)?;
     let mbit_s = iperf3(src_ns, dst_ns, dst, seconds)?;
     Ok(BenchRow {
@@ -145,39 +193,66 @@ fn run_path(path: &str, src_ns: &str, dst_ns: &str, dst: Ipv4Addr, seconds: u32)
 }
 
 fn ping_avg(ns: &str, dst: Ipv4Addr) -> Result<f64, LabError> {
-    let out = netns::run_in(ns, &["ping", "-q", "-c", "20", "-i", "0.05", "-W", "2", &dst.to_string()])?;
+    let out = netns::run_in(
+        ns,
+        &[
+            "ping",
+            "-q",
+            "-c",
+            "20",
+            "-i",
+            "0.05",
+            "-W",
+            "2",
+            &dst.to_string(),
+        ],
+    )?;
     // rtt min/avg/max/mdev = 0.041/0.058/0.099/0.013 ms
     out.lines()
-        .find_map(|l| l.split_once(" = ").filter(|(k, _)| k.starts_with("rtt")).map(|(_, v)| v.to_string()))
+        .find_map(|l| {
+            l.split_once(" = ")
+                .filter(|(k, _)| k.starts_with("rtt"))
+                .map(|(_, v)| v.to_string())
+        })
         .and_then(|v| v.split('/').nth(1).and_then(|avg| avg.parse().ok()))
         .ok_or_else(|| LabError::Bench(format!("no RTT in ping output from {ns} to {dst}:\n{out}")))
 }
 
 fn iperf3(src_ns: &str, dst_ns: &str, dst: Ipv4Addr, seconds: u32) -> Result<f64, LabError> {
     let port = IPERF_PORT.to_string();
-    let mut server = ChildGuard(netns::spawn_in(dst_ns, "iperf3", &["-s", "-1", "-p", &port])?);
-    // Give the server a moment to listen; iperf3 retries nothing on its own.
-    let mut result = Err(LabError::Bench("iperf3 never ran".into()));
+    // One-off server (`-1`): it exits after the test; the guard kills it if we fail first.
+    let _server = ChildGuard(netns::spawn_in(
+        dst_ns,
+        "iperf3",
+        &["-s", "-1", "-p", &port],
+    )?);
     for _ in 0..20 {
-        std::thread::sleep(Duration::from_millis(100));
+        // iperf3 does not retry a refused connection while the server starts listening.
+        std::thread::sleep(Duration::from_millis(150));
         let mut cmd = netns::command(src_ns, "iperf3")?;
-        cmd.args(["-c", &dst.to_string(), "-p", &port, "-t", &seconds.to_string(), "-J"]);
+        cmd.args([
+            "-c",
+            &dst.to_string(),
+            "-p",
+            &port,
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ]);
         let out = netns::output_with_timeout(cmd, Duration::from_secs(u64::from(seconds) + 20))?;
         let text = String::from_utf8_lossy(&out.stdout);
-        if text.contains("Connection refused") || text.contains("unable to connect") {
-            continue;
+        if !text.contains("Connection refused") {
+            return parse_iperf3(&text);
         }
-        result = parse_iperf3(&text);
-        break;
     }
-    let _ = server.0.wait();
-    server.0 = netns::spawn_in(dst_ns, "true", &[])?;
-    result
+    Err(LabError::Bench(format!(
+        "the iperf3 server in {dst_ns} never accepted a connection"
+    )))
 }
 
 fn parse_iperf3(json: &str) -> Result<f64, LabError> {
-    let v: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| LabError::Bench(format!("iperf3 -J output is not JSON: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| LabError::Bench(format!("iperf3 -J output is not JSON: {e}")))?;
     if let Some(err) = v["error"].as_str() {
         return Err(LabError::Bench(format!("iperf3: {err}")));
     }
@@ -217,28 +292,109 @@ impl KernelVxlan {
             dst_pod: format!("{}-bench-ref2", b.netns()),
             dst_ip: Ipv4Addr::new(10, 254, 2, 2),
         };
-        let ends = [(a.netns(), a.underlay(), b.underlay(), 1u8), (b.netns(), b.underlay(), a.underlay(), 2u8)];
+        let ends = [
+            (a.netns(), a.underlay(), b.underlay(), 1u8),
+            (b.netns(), b.underlay(), a.underlay(), 2u8),
+        ];
         let built = ends.iter().try_for_each(|(node, local, remote, i)| {
             let other = 3 - i;
             let mac = format!("0e:00:00:fe:00:{i:02x}");
             let other_mac = format!("0e:00:00:fe:00:{other:02x}");
             let pod = if *i == 1 { &me.src_pod } else { &me.dst_pod };
             let n = |args: &[&str]| netns::run_in(node, args).map(drop);
-            n(&["ip", "link", "add", "ovbx0", "type", "vxlan", "id", REF_VNI, "local", &local.to_string(), "dev", "eth0", "dstport", REF_PORT, "nolearning"])?;
-            n(&["ip", "link", "set", "ovbx0", "address", &mac, "mtu", "1450", "up"])?;
-            n(&["ip", "addr", "add", &format!("10.254.0.{i}/32"), "dev", "ovbx0"])?;
-            n(&["ip", "neigh", "replace", &format!("10.254.0.{other}"), "lladdr", &other_mac, "dev", "ovbx0", "nud", "permanent"])?;
-            n(&["bridge", "fdb", "append", &other_mac, "dev", "ovbx0", "dst", &remote.to_string()])?;
-            n(&["ip", "route", "add", &format!("10.254.{other}.0/24"), "via", &format!("10.254.0.{other}"), "dev", "ovbx0", "onlink"])?;
+            n(&[
+                "ip",
+                "link",
+                "add",
+                "ovbx0",
+                "type",
+                "vxlan",
+                "id",
+                REF_VNI,
+                "local",
+                &local.to_string(),
+                "dev",
+                "eth0",
+                "dstport",
+                REF_PORT,
+                "nolearning",
+            ])?;
+            n(&[
+                "ip", "link", "set", "ovbx0", "address", &mac, "mtu", "1450", "up",
+            ])?;
+            n(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.254.0.{i}/32"),
+                "dev",
+                "ovbx0",
+            ])?;
+            n(&[
+                "ip",
+                "neigh",
+                "replace",
+                &format!("10.254.0.{other}"),
+                "lladdr",
+                &other_mac,
+                "dev",
+                "ovbx0",
+                "nud",
+                "permanent",
+            ])?;
+            n(&[
+                "bridge",
+                "fdb",
+                "append",
+                &other_mac,
+                "dev",
+                "ovbx0",
+                "dst",
+                &remote.to_string(),
+            ])?;
+            n(&[
+                "ip",
+                "route",
+                "add",
+                &format!("10.254.{other}.0/24"),
+                "via",
+                &format!("10.254.0.{other}"),
+                "dev",
+                "ovbx0",
+                "onlink",
+            ])?;
             netns::add(pod)?;
-            n(&["ip", "link", "add", "ovbr0", "type", "veth", "peer", "name", "eth0", "netns", pod])?;
-            n(&["ip", "addr", "add", &format!("10.254.{i}.1/24"), "dev", "ovbr0"])?;
+            n(&[
+                "ip", "link", "add", "ovbr0", "type", "veth", "peer", "name", "eth0", "netns", pod,
+            ])?;
+            n(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.254.{i}.1/24"),
+                "dev",
+                "ovbr0",
+            ])?;
             n(&["ip", "link", "set", "ovbr0", "up"])?;
             let p = |args: &[&str]| netns::run_in(pod, args).map(drop);
             p(&["ip", "link", "set", "lo", "up"])?;
-            p(&["ip", "addr", "add", &format!("10.254.{i}.2/24"), "dev", "eth0"])?;
+            p(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.254.{i}.2/24"),
+                "dev",
+                "eth0",
+            ])?;
             p(&["ip", "link", "set", "eth0", "up"])?;
-            p(&["ip", "route", "add", "default", "via", &format!("10.254.{i}.1")])
+            p(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.254.{i}.1"),
+            ])
         });
         match built {
             Ok(()) => Ok(me),

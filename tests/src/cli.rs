@@ -41,6 +41,17 @@ pub enum LabCommand {
         #[arg(long, default_value = "lab", value_parser = lab_name)]
         name: String,
     },
+    /// TCP throughput (iperf3) and ping RTT pod-to-pod over host-gw and the UDP tunnel,
+    /// next to the kernel references (underlay; kernel vxlan) measured in the same run.
+    Bench {
+        #[arg(long, default_value = "lab", value_parser = lab_name)]
+        name: String,
+        /// Seconds of iperf3 per path.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Ping between every pair of pods and show which path each pair takes.
     Check {
         #[arg(long, default_value = "lab", value_parser = lab_name)]
@@ -86,6 +97,22 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
         LabCommand::Exec { target, cmd, name } => {
             let status = Lab::open(&name)?.exec(&target, &cmd)?;
             Ok(exit_code(status))
+        }
+        LabCommand::Bench {
+            name,
+            seconds,
+            json,
+        } => {
+            let report = crate::bench::bench(&Lab::open(&name)?, seconds)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("serializing the report")?
+                );
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         LabCommand::Check { name, json } => {
             let report = Lab::open(&name)?.check()?;

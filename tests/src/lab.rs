@@ -32,6 +32,8 @@ const LOG_TAIL_LINES: usize = 15;
 /// Why a lab operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
+    #[error("lab bench: {0}")]
+    Bench(String),
     #[error("lab name {0:?} is not valid: use 1 to 8 characters of [a-z0-9]")]
     BadName(String),
     #[error(
@@ -379,6 +381,16 @@ impl Lab {
         program: impl AsRef<std::ffi::OsStr>,
     ) -> Result<Command, LabError> {
         let mut cmd = netns::command(&self.netns_of(target)?, program)?;
+        // `overlayd` inside the lab is the binary that runs the lab's daemons.
+        if let Some(dir) = self.overlayd_bin().parent() {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let joined = std::env::join_paths(
+                std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path)),
+            );
+            if let Ok(joined) = joined {
+                cmd.env("PATH", joined);
+            }
+        }
         if let Ok(node) = self.node(target)
             && node.spec.daemon
         {

@@ -29,6 +29,7 @@
 //! # Ok(()) }   // dropping `lab` tears it down
 //! ```
 
+mod bench;
 mod check;
 pub mod cli;
 pub mod client;
@@ -38,6 +39,7 @@ pub mod netns;
 pub mod process;
 pub mod topology;
 
+pub use bench::{BenchReport, BenchRow, bench};
 pub use check::{CheckReport, PairResult};
 pub use cli::{LabCommand, run};
 pub use client::{PeerReport, Status};
