@@ -144,10 +144,29 @@ pub(crate) fn garbage_datagrams_are_dropped_and_counted() -> Result<()> {
         "n3's per-peer drops: {peer:?}"
     );
 
+    // Bad control requests get an error reply, not a hang or a crash.
+    let socket = n1.socket_path();
+    for bad in [b"nonsense\n".to_vec(), b"{\"op\":\"pod_add\"}\n".to_vec(), vec![b'x'; 100_000]] {
+        let reply = control_request(&socket, &bad)?;
+        ensure!(reply["ok"] == false && reply["error"].is_string(), "reply to a bad request: {reply}");
+    }
+
     // Still serving.
     ping(&lab.pod("n1-p1")?.netns, n3_pod, 3)?;
     lab.status("n1")?;
     Ok(())
+}
+
+/// Sends raw bytes to a daemon's control socket and parses the one-line reply.
+fn control_request(socket: &std::path::Path, bytes: &[u8]) -> Result<serde_json::Value> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // The daemon may answer and close before reading an oversized request to the end.
+    let _ = stream.write_all(bytes);
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line)?;
+    Ok(serde_json::from_str(&line)?)
 }
 
 /// 8f: `kill -9` of a daemon: host-gw pod traffic keeps flowing throughout, tunnel
