@@ -214,9 +214,11 @@ pub(crate) fn socket_addr_len(a: &SocketAddr) -> usize {
     }
 }
 
-/// FNV-1a, 64 bit: a stable hash (never changes between versions or platforms) for
-/// preferred subnet indexes and digest buckets.
-pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
+/// A stable 64-bit hash (never changes between versions or platforms) for preferred
+/// subnet indexes, digest buckets and key fingerprints: FNV-1a over the parts, then
+/// MurmurHash3's fmix64 finalizer, because FNV's low bits barely mix — names that differ
+/// only in their last character would otherwise never share `hash mod 2^k`.
+pub(crate) fn stable_hash(parts: &[&[u8]]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for byte in *part {
@@ -227,7 +229,11 @@ pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
         hash ^= 0xff;
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    hash
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
 }
 
 #[cfg(test)]
@@ -283,9 +289,20 @@ mod tests {
     }
 
     #[test]
-    fn fnv_separates_parts() {
-        assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
-        assert_eq!(fnv1a(&[b"node-1"]), fnv1a(&[b"node-1"]));
+    fn hash_separates_parts_and_mixes_low_bits() {
+        assert_ne!(stable_hash(&[b"ab", b"c"]), stable_hash(&[b"a", b"bc"]));
+        assert_eq!(stable_hash(&[b"node-1"]), stable_hash(&[b"node-1"]));
+        // Even spread of similar names over 64 buckets (expected 15.6 each).
+        let mut buckets = [0u32; 64];
+        for i in 0..1000 {
+            buckets[(stable_hash(&[format!("node-{i}").as_bytes()]) % 64) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&c| (4..=32).contains(&c)),
+            "{buckets:?}"
+        );
+        // Pinned: the preferred subnet of a name must not change between versions.
+        assert_eq!(stable_hash(&[b"node-1"]), 0xe554_35ae_2194_ce5d);
     }
 
     proptest! {

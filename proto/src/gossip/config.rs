@@ -60,7 +60,7 @@ impl Timing {
     /// | probe_interval | 500 ms |
     /// | probe_timeout | 200 ms |
     /// | indirect_probes | 3 |
-    /// | suspicion_mult / max_mult / confirmations | 3 / 3 / 3 (min 1.5 s, max 4.5 s at n ≤ 10) |
+    /// | suspicion_mult / max_mult / confirmations | 2 / 3 / 3 (min 1 s, max 3 s at n ≤ 10) |
     /// | gossip_interval / fanout | 100 ms / 3 |
     /// | push_pull_interval | 15 s |
     /// | reannounce_interval | 2 s |
@@ -75,7 +75,7 @@ impl Timing {
             probe_interval: Duration::from_millis(500),
             probe_timeout: Duration::from_millis(200),
             indirect_probes: 3,
-            suspicion_mult: 3,
+            suspicion_mult: 2,
             suspicion_max_mult: 3,
             suspicion_confirmations: 3,
             gossip_interval: Duration::from_millis(100),

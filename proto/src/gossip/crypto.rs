@@ -43,7 +43,7 @@ impl fmt::Debug for SecretKey {
 impl SecretKey {
     /// A non-secret identifier of the key (a hash), for logs and the API.
     pub fn fingerprint(&self) -> u64 {
-        super::codec::fnv1a(&[b"overlayd-key-fingerprint", &self.0])
+        super::codec::stable_hash(&[b"overlayd-key-fingerprint", &self.0])
     }
 }
 
@@ -73,7 +73,73 @@ pub(crate) enum OpenError {
 #[derive(Clone)]
 pub struct Keyring {
     /// Index 0 is the primary.
-    keys: Vec<(SecretKey, XChaCha20Poly1305)>,
+    keys: Vec<(SecretKey, Cipher)>,
+    /// Test-only: keys added later use the fast insecure stand-in too.
+    #[cfg(test)]
+    insecure: bool,
+}
+
+/// The AEAD behind one key.
+#[derive(Clone)]
+enum Cipher {
+    XChaCha(XChaCha20Poly1305),
+    /// Simulation stand-in for long runs in debug builds, where ChaCha dominates the run
+    /// time: authenticates with a keyed hash (same overhead, same key semantics) but
+    /// neither encrypts nor resists an attacker. Never compiled outside tests.
+    #[cfg(test)]
+    Insecure([u8; 32]),
+}
+
+impl Cipher {
+    fn new(key: &SecretKey, _insecure: bool) -> Self {
+        #[cfg(test)]
+        if _insecure {
+            return Cipher::Insecure(key.0);
+        }
+        Cipher::XChaCha(XChaCha20Poly1305::new(&Key::from(key.0)))
+    }
+
+    fn seal(&self, nonce: &XNonce, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        match self {
+            // Encryption only fails for plaintexts beyond 2^38 bytes.
+            Cipher::XChaCha(c) => c
+                .encrypt(
+                    nonce,
+                    Payload {
+                        msg: plaintext,
+                        aad,
+                    },
+                )
+                .unwrap_or_default(),
+            #[cfg(test)]
+            Cipher::Insecure(key) => {
+                let mut out = plaintext.to_vec();
+                out.extend_from_slice(&insecure_tag(key, nonce, aad, plaintext));
+                out
+            }
+        }
+    }
+
+    fn open(&self, nonce: &XNonce, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Cipher::XChaCha(c) => c.decrypt(nonce, Payload { msg: sealed, aad }).ok(),
+            #[cfg(test)]
+            Cipher::Insecure(key) => {
+                let (plaintext, tag) = sealed.split_at(sealed.len().checked_sub(TAG_LEN)?);
+                (insecure_tag(key, nonce, aad, plaintext)[..] == *tag).then(|| plaintext.to_vec())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+fn insecure_tag(key: &[u8; 32], nonce: &XNonce, aad: &[u8], plaintext: &[u8]) -> [u8; TAG_LEN] {
+    let a = super::codec::stable_hash(&[b"a", key, nonce, aad, plaintext]);
+    let b = super::codec::stable_hash(&[b"b", key, nonce, aad, plaintext]);
+    let mut tag = [0u8; TAG_LEN];
+    tag[..8].copy_from_slice(&a.to_be_bytes());
+    tag[8..].copy_from_slice(&b.to_be_bytes());
+    tag
 }
 
 impl fmt::Debug for Keyring {
@@ -87,10 +153,29 @@ impl fmt::Debug for Keyring {
 impl Keyring {
     /// A keyring holding only `primary`.
     pub fn new(primary: SecretKey) -> Self {
-        let cipher = cipher_for(&primary);
+        let cipher = Cipher::new(&primary, false);
         Keyring {
             keys: vec![(primary, cipher)],
+            #[cfg(test)]
+            insecure: false,
         }
+    }
+
+    /// Test-only keyring with the fast insecure stand-in cipher (see `Cipher::Insecure`).
+    #[cfg(test)]
+    pub(crate) fn insecure_for_tests(primary: SecretKey) -> Self {
+        let cipher = Cipher::new(&primary, true);
+        Keyring {
+            keys: vec![(primary, cipher)],
+            insecure: true,
+        }
+    }
+
+    fn is_insecure(&self) -> bool {
+        #[cfg(test)]
+        return self.insecure;
+        #[cfg(not(test))]
+        false
     }
 
     pub fn primary(&self) -> &SecretKey {
@@ -105,7 +190,7 @@ impl Keyring {
     /// Installs `key` for opening; installing a key twice is a no-op.
     pub fn install(&mut self, key: SecretKey) {
         if !self.keys.iter().any(|(k, _)| *k == key) {
-            let cipher = cipher_for(&key);
+            let cipher = Cipher::new(&key, self.is_insecure());
             self.keys.push((key, cipher));
         }
     }
@@ -139,12 +224,7 @@ impl Keyring {
     pub(crate) fn seal(&self, cluster: &str, nonce: [u8; NONCE_LEN], plaintext: &[u8]) -> Vec<u8> {
         let aad = associated_data(cluster);
         let nonce = XNonce::from(nonce);
-        let payload = Payload {
-            msg: plaintext,
-            aad: &aad,
-        };
-        // Encryption only fails for plaintexts beyond 2^38 bytes.
-        let sealed = self.keys[0].1.encrypt(&nonce, payload).unwrap_or_default();
+        let sealed = self.keys[0].1.seal(&nonce, &aad, plaintext);
         let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
         out.push(SEAL_VERSION);
         out.extend_from_slice(&nonce);
@@ -168,23 +248,9 @@ impl Keyring {
         let aad = associated_data(cluster);
         self.keys
             .iter()
-            .find_map(|(_, cipher)| {
-                cipher
-                    .decrypt(
-                        &nonce,
-                        Payload {
-                            msg: ciphertext,
-                            aad: &aad,
-                        },
-                    )
-                    .ok()
-            })
+            .find_map(|(_, cipher)| cipher.open(&nonce, &aad, ciphertext))
             .ok_or(OpenError::DecryptFailed)
     }
-}
-
-fn cipher_for(key: &SecretKey) -> XChaCha20Poly1305 {
-    XChaCha20Poly1305::new(&Key::from(key.0))
 }
 
 fn associated_data(cluster: &str) -> Vec<u8> {
@@ -289,6 +355,19 @@ mod tests {
         let (s2, n2) = n.next();
         assert_eq!((s1, s2), (1, 2));
         assert_ne!(n1, n2);
+    }
+
+    #[test]
+    fn insecure_test_cipher_keeps_key_semantics() {
+        let a = Keyring::insecure_for_tests(key(1));
+        let sealed = a.seal("c", [7; 24], b"hello");
+        assert_eq!(sealed.len(), 5 + SEAL_OVERHEAD);
+        assert_eq!(a.open("c", &sealed).unwrap(), b"hello");
+        assert_eq!(
+            Keyring::insecure_for_tests(key(2)).open("c", &sealed),
+            Err(OpenError::DecryptFailed)
+        );
+        assert_eq!(a.open("d", &sealed), Err(OpenError::DecryptFailed));
     }
 
     #[test]

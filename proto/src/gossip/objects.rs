@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::codec::fnv1a;
+use super::codec::stable_hash;
 use super::hlc::Hlc;
 use super::message::OBJECT_BUCKETS;
 
@@ -114,7 +114,7 @@ impl ObjectStore {
         for (key, e) in &self.map {
             if e.value.is_some() {
                 buckets[bucket(key)] ^=
-                    fnv1a(&[key.as_bytes(), &e.hlc.0.to_be_bytes(), e.writer.as_bytes()]);
+                    stable_hash(&[key.as_bytes(), &e.hlc.0.to_be_bytes(), e.writer.as_bytes()]);
             }
         }
         buckets
@@ -127,7 +127,7 @@ impl ObjectStore {
 }
 
 pub(crate) fn bucket(key: &str) -> usize {
-    (fnv1a(&[key.as_bytes()]) % OBJECT_BUCKETS as u64) as usize
+    (stable_hash(&[key.as_bytes()]) % OBJECT_BUCKETS as u64) as usize
 }
 
 #[cfg(test)]

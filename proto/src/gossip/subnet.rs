@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 
 use ipnet::Ipv4Net;
 
-use super::codec::fnv1a;
+use super::codec::stable_hash;
 use super::hlc::Hlc;
 
 /// The pool claims are cut from.
@@ -37,7 +37,7 @@ pub enum Loser {
 }
 
 /// The subnet a node named `name` claims: the one at the stable preferred index
-/// `fnv1a(name) mod count`, or the next free one after it (wrapping), where `count` is
+/// `stable_hash(name) mod count`, or the next free one after it (wrapping), where `count` is
 /// how many `/prefix` subnets the cluster CIDR holds.
 ///
 /// Returns `None` iff every subnet overlaps one in `taken`, or `prefix` is shorter than
@@ -57,7 +57,7 @@ pub fn choose_subnet(
     let size: u64 = 1 << (32 - u32::from(prefix));
     let base = u64::from(u32::from(cluster.network()));
     let taken = merged_ranges(taken);
-    let preferred = fnv1a(&[name.as_bytes()]) % count;
+    let preferred = stable_hash(&[name.as_bytes()]) % count;
     (0..count)
         .map(|i| (preferred + i) % count)
         .map(|index| base + index * size)

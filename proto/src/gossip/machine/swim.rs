@@ -234,7 +234,9 @@ impl Gossip {
         let Some(m) = self.members.get(&p.target) else {
             return;
         };
-        if m.state != MemberState::Alive {
+        // Alive: we start a suspicion. Suspect: our failed probe is an independent
+        // confirmation (Lifeguard), which shortens everyone's timer.
+        if !m.state.is_up() {
             return;
         }
         let (inc, addr) = (m.inc, m.record.gossip_addr);

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use rand::RngExt;
 
-use super::super::codec::{Reader, Writer, fnv1a};
+use super::super::codec::{Reader, Writer, stable_hash};
 use super::super::members::MemberState;
 use super::super::message::{Channel, Decoded, MEMBER_BUCKETS, Message, decode_compound};
 use super::super::objects::ObjectEntry;
@@ -29,14 +29,14 @@ const MAX_SYNC_BYTES: usize = 32 * 1024;
 const MAX_STREAM_REQUEST: usize = 64 * 1024;
 
 fn member_bucket(name: &str) -> usize {
-    (fnv1a(&[name.as_bytes()]) % MEMBER_BUCKETS as u64) as usize
+    (stable_hash(&[name.as_bytes()]) % MEMBER_BUCKETS as u64) as usize
 }
 
 impl Gossip {
     fn member_digest(&self) -> Vec<u64> {
         let mut buckets = vec![0u64; MEMBER_BUCKETS];
         let mut add = |name: &str, generation: u64, incarnation: u64| {
-            buckets[member_bucket(name)] ^= fnv1a(&[
+            buckets[member_bucket(name)] ^= stable_hash(&[
                 name.as_bytes(),
                 &generation.to_be_bytes(),
                 &incarnation.to_be_bytes(),

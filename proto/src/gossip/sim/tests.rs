@@ -27,3 +27,496 @@ fn hundred_nodes_join_from_one_seed() {
     let sim = joined(2, 100);
     eprintln!("100 nodes converged after {:?}", sim.elapsed());
 }
+
+fn names(sim: &Sim) -> Vec<String> {
+    sim.nodes.iter().map(|n| n.name.clone()).collect()
+}
+
+#[test]
+fn crashed_node_is_declared_dead_everywhere_within_3s() {
+    let mut sim = joined(3, 5);
+    sim.run_until(sim.now + secs(5.0));
+    let victim = names(&sim)[3].clone();
+    sim.crash(3);
+    let t = sim
+        .run_until_pred(secs(30.0), STEP, |s| {
+            s.all_see(&victim, &[MemberState::Dead])
+        })
+        .expect("crash never detected");
+    eprintln!("N=5 failure known to all after {t:?}");
+    assert!(t <= secs(3.0), "detection took {t:?}");
+    assert!(sim.converged(), "the others still see each other");
+}
+
+#[test]
+fn partition_heals_by_itself() {
+    let n = 10;
+    let mut sim = joined(4, n);
+    sim.run_until(sim.now + secs(3.0));
+    sim.partition(|i| (i % 2) as u32);
+    sim.run_until(sim.now + secs(30.0));
+    for i in 0..n {
+        for j in 0..n {
+            if i % 2 != j % 2 {
+                let m = sim
+                    .gossip(i)
+                    .member(&sim.nodes[j].name)
+                    .expect("still known");
+                assert_eq!(m.state, MemberState::Dead, "{i} sees {j}");
+            }
+        }
+    }
+    assert!(
+        (0..n).all(|i| sim.sees_exactly(i, &(0..n).filter(|j| j % 2 == i % 2).collect::<Vec<_>>()))
+    );
+    sim.heal();
+    let t = sim
+        .run_until_pred(secs(60.0), secs(0.1), Sim::converged)
+        .expect("partition never healed");
+    eprintln!("N={n} full mesh again {t:?} after the partition healed");
+}
+
+#[test]
+fn graceful_leave_is_seen_at_once() {
+    let mut sim = joined(5, 5);
+    sim.run_until(sim.now + secs(3.0));
+    let leaver = names(&sim)[2].clone();
+    sim.with(2, |g, now| g.leave(now));
+    let t = sim
+        .run_until_pred(secs(10.0), STEP, |s| {
+            s.all_see(&leaver, &[MemberState::Left])
+        })
+        .expect("leave never seen");
+    eprintln!("N=5 leave known to all after {t:?}");
+    // The minimum suspicion timeout alone is 1 s.
+    assert!(t <= secs(0.3), "leave took {t:?}");
+    assert_eq!(
+        sim.gossip(2).pending_broadcasts(),
+        0,
+        "the leaver drained its broadcasts"
+    );
+    sim.crash(2);
+    sim.run_until(sim.now + secs(10.0));
+    // Nobody calls it dead afterwards: left stays left.
+    assert!(sim.all_see(&leaver, &[MemberState::Left]));
+    assert_eq!(sim.false_downs(), 0);
+}
+
+fn propagation(seed: u64, n: usize) -> Duration {
+    let mut sim = joined(seed, n);
+    sim.run_until(sim.now + secs(5.0));
+    let origin = n / 2;
+    sim.with(origin, |g, now| {
+        g.update_local(now, |r| r.zone = "moved".into())
+            .expect("valid")
+    });
+    let name = sim.nodes[origin].name.clone();
+    sim.run_until_pred(secs(30.0), Duration::from_millis(5), |s| {
+        s.running().all(|i| {
+            s.gossip(i)
+                .member(&name)
+                .and_then(|m| m.record)
+                .is_some_and(|r| r.zone == "moved")
+        })
+    })
+    .expect("update never reached everyone")
+}
+
+#[test]
+fn state_change_reaches_five_nodes_within_half_a_second() {
+    let t = propagation(6, 5);
+    eprintln!("N=5 update on all after {t:?}");
+    assert!(t <= secs(0.5), "{t:?}");
+}
+
+#[test]
+fn state_change_reaches_hundred_nodes_within_two_seconds() {
+    let t = propagation(7, 100);
+    eprintln!("N=100 update on all after {t:?}");
+    assert!(t <= secs(2.0), "{t:?}");
+}
+
+#[test]
+#[ignore = "slow in debug builds; run with --release -- --ignored"]
+fn state_change_reaches_thousand_nodes_within_two_seconds() {
+    let t = propagation(8, 1000);
+    eprintln!("N=1000 update on all after {t:?}");
+    assert!(t <= secs(2.0), "{t:?}");
+}
+
+#[test]
+fn no_false_positives_over_ten_minutes_at_five_percent_loss() {
+    let n = 20;
+    let net = NetConfig {
+        loss: 0.05,
+        ..NetConfig::default()
+    };
+    let mut sim = Sim::new(9, n, lan_config(), net, secs(2.0));
+    // 10 simulated minutes: ChaCha in a debug build would dominate the run time.
+    for node in &mut sim.nodes {
+        node.keyring = Keyring::insecure_for_tests(cluster_key());
+    }
+    sim.run_until_pred(secs(60.0), secs(0.1), Sim::converged)
+        .expect("join under loss");
+    sim.run_until(sim.now + secs(600.0));
+    let suspicions: u64 = sim
+        .running()
+        .map(|i| sim.gossip(i).stats().probes_failed)
+        .sum();
+    let refutations: u64 = sim
+        .running()
+        .map(|i| sim.gossip(i).stats().refutations)
+        .sum();
+    let packets: u64 = sim.nodes.iter().map(|n| n.tx_packets).sum();
+    let bytes: u64 = sim.nodes.iter().map(|n| n.tx_bytes).sum();
+    eprintln!(
+        "N={n} 10 min at 5% loss: {suspicions} failed probes, {refutations} refutations, {} false downs, {packets} packets {bytes} bytes",
+        sim.false_downs()
+    );
+    assert_eq!(sim.false_downs(), 0);
+    assert!(sim.converged());
+}
+
+#[test]
+fn objects_converge_under_concurrent_writes_and_tombstones_are_collected() {
+    let mut config = lan_config();
+    config.timing.tombstone_gc_after = secs(20.0);
+    let mut sim = Sim::new(10, 5, config, NetConfig::default(), secs(1.0));
+    // Skewed wall clocks: HLC still orders writes.
+    for (i, skew) in [0i64, 400, -300, 50, -1000].into_iter().enumerate() {
+        sim.nodes[i].skew_ms = skew;
+    }
+    sim.run_until_pred(secs(30.0), secs(0.1), Sim::converged)
+        .expect("join");
+    // Everyone writes the same key at the same instant.
+    for i in 0..5 {
+        sim.with(i, |g, now| {
+            g.set_object(now, "svc/web", Some(vec![i as u8]))
+                .expect("valid")
+        });
+    }
+    sim.run_until(sim.now + secs(3.0));
+    let values: BTreeSet<Option<Vec<u8>>> = sim
+        .running()
+        .map(|i| sim.gossip(i).object("svc/web").map(<[u8]>::to_vec))
+        .collect();
+    assert_eq!(values.len(), 1, "diverged: {values:?}");
+    // The highest clock wins: node 1 is 400 ms ahead.
+    assert_eq!(values.into_iter().next(), Some(Some(vec![1])));
+    // A write causally after the winner wins even from a node whose clock is behind.
+    sim.with(4, |g, now| {
+        g.set_object(now, "svc/web", Some(b"late".to_vec()))
+            .expect("valid")
+    });
+    sim.run_until(sim.now + secs(2.0));
+    assert!(
+        sim.running()
+            .all(|i| sim.gossip(i).object("svc/web") == Some(&b"late"[..]))
+    );
+    // Delete; every node drops it, then collects the tombstone.
+    sim.with(2, |g, now| {
+        g.set_object(now, "svc/web", None).expect("valid")
+    });
+    sim.run_until(sim.now + secs(2.0));
+    assert!(
+        sim.running()
+            .all(|i| sim.gossip(i).object("svc/web").is_none())
+    );
+    assert!(sim.running().all(|i| sim.gossip(i).tombstones() == 1));
+    sim.run_until(sim.now + secs(30.0));
+    assert!(sim.running().all(|i| sim.gossip(i).tombstones() == 0));
+    assert!(
+        sim.running()
+            .all(|i| sim.gossip(i).object("svc/web").is_none())
+    );
+    // Everyone saw the object change and go away.
+    assert!(sim.running().all(|i| {
+        sim.nodes[i]
+            .seen
+            .iter()
+            .any(|(_, s)| *s == Seen::Object("svc/web".into(), None))
+    }));
+}
+
+#[test]
+fn missed_writes_are_repaired_by_anti_entropy() {
+    let mut config = lan_config();
+    config.timing.push_pull_interval = secs(5.0);
+    let mut sim = Sim::new(11, 6, config, NetConfig::default(), secs(1.0));
+    sim.run_until_pred(secs(30.0), secs(0.1), Sim::converged)
+        .expect("join");
+    // Node 5 is cut off while 30 objects are written (short enough not to be declared dead
+    // is not needed: it may be, and must come back).
+    sim.partition(|i| u32::from(i == 5));
+    for k in 0..30 {
+        sim.with(k % 5, |g, now| {
+            g.set_object(now, &format!("obj/{k}"), Some(vec![k as u8; 100]))
+                .expect("valid")
+        });
+    }
+    sim.run_until(sim.now + secs(3.0));
+    sim.heal();
+    let t = sim
+        .run_until_pred(secs(60.0), secs(0.1), |s| {
+            s.converged() && s.gossip(5).objects().count() == 30
+        })
+        .expect("node 5 never caught up");
+    eprintln!("anti-entropy repaired 30 objects after {t:?}");
+}
+
+#[test]
+fn a_restarted_node_replaces_its_old_record() {
+    let mut sim = joined(12, 5);
+    sim.run_until(sim.now + secs(2.0));
+    sim.crash(3);
+    sim.run_until(sim.now + secs(0.2));
+    let mut record = sim.nodes[3].initial.clone();
+    record.underlay = Ipv4Addr::new(192, 168, 99, 99);
+    sim.boot(3, record);
+    let old_gen = sim
+        .gossip(0)
+        .member(&sim.nodes[3].name)
+        .expect("known")
+        .incarnation
+        .generation;
+    let t = sim
+        .run_until_pred(secs(10.0), STEP, Sim::converged)
+        .expect("restart never seen");
+    eprintln!("restart seen everywhere after {t:?}");
+    let m = sim.gossip(0).member(&sim.nodes[3].name).expect("known");
+    assert!(m.incarnation.generation >= old_gen);
+    assert_eq!(
+        m.record.map(|r| r.underlay),
+        Some(Ipv4Addr::new(192, 168, 99, 99))
+    );
+    sim.run_until(sim.now + secs(10.0));
+    assert!(sim.converged());
+    assert_eq!(
+        sim.false_downs(),
+        0,
+        "a quick restart is an update, not a death"
+    );
+}
+
+#[test]
+fn wrong_key_cannot_join_read_or_inject() {
+    let n = 5;
+    let mut sim = Sim::new(13, n, lan_config(), NetConfig::default(), secs(1.0));
+    sim.nodes[4].keyring = Keyring::new(SecretKey([7; 32]));
+    let expected: Vec<usize> = (0..4).collect();
+    sim.run_until(sim.now + secs(20.0));
+    for &i in &expected {
+        assert!(sim.sees_exactly(i, &expected), "{i}");
+        assert!(sim.gossip(i).member(&sim.nodes[4].name).is_none());
+    }
+    assert_eq!(
+        sim.gossip(4).members().count(),
+        1,
+        "the outsider learned nobody"
+    );
+    // It announced itself to the seed, which could not open a single packet.
+    assert!(sim.gossip(0).stats().drop_count(GossipDrop::DecryptFailed) > 0);
+    // Nor can it read the cluster's traffic.
+    sim.capture = Some(Vec::new());
+    sim.run_until(sim.now + secs(2.0));
+    let captured = sim.capture.take().unwrap_or_default();
+    let from = sim.nodes[0].addr;
+    for (_, _, bytes) in captured.iter().take(20) {
+        sim.with(4, |g, now| g.handle_datagram(now, from, bytes));
+    }
+    assert_eq!(
+        sim.gossip(4).stats().drop_count(GossipDrop::DecryptFailed),
+        20
+    );
+    assert_eq!(sim.gossip(4).members().count(), 1);
+}
+
+#[test]
+fn replayed_datagrams_are_dropped() {
+    let mut sim = joined(14, 3);
+    sim.capture = Some(Vec::new());
+    sim.run_until(sim.now + secs(2.0));
+    let captured = sim.capture.take().unwrap_or_default();
+    assert!(!captured.is_empty());
+    let before: u64 = sim.total_drops(GossipDrop::Replayed);
+    let mut replayed = 0;
+    for (src, dst, bytes) in captured.iter().take(50) {
+        let Some(&to) = sim.by_addr.get(dst) else {
+            continue;
+        };
+        let from = sim.nodes[*src].addr;
+        sim.with(to, |g, now| g.handle_datagram(now, from, bytes));
+        replayed += 1;
+    }
+    let after = sim.total_drops(GossipDrop::Replayed);
+    // Every copy is dropped: either seen already, or older than the window.
+    assert_eq!(after - before, replayed, "every replay counted");
+    sim.run_until(sim.now + secs(5.0));
+    assert!(sim.converged());
+}
+
+#[test]
+fn keys_rotate_without_downtime() {
+    let mut sim = joined(15, 5);
+    let new = SecretKey([9; 32]);
+    for i in 0..5 {
+        sim.with(i, |g, _| g.keyring_mut().install(new.clone()));
+        sim.run_until(sim.now + secs(0.5));
+    }
+    for i in 0..5 {
+        sim.with(i, |g, _| {
+            g.keyring_mut().use_primary(&new).expect("installed")
+        });
+        sim.run_until(sim.now + secs(0.5));
+    }
+    for i in 0..5 {
+        sim.with(i, |g, _| {
+            g.keyring_mut().remove(&cluster_key()).expect("not primary")
+        });
+        sim.run_until(sim.now + secs(0.5));
+    }
+    sim.run_until(sim.now + secs(5.0));
+    assert!(sim.converged());
+    assert_eq!(sim.false_downs(), 0);
+    assert_eq!(sim.total_drops(GossipDrop::DecryptFailed), 0);
+}
+
+fn subnet_config(cluster: &str) -> GossipConfig {
+    let mut config = lan_config();
+    config.subnet_pool = Some(SubnetPool {
+        cluster: cluster.parse().expect("cidr"),
+        prefix: 24,
+    });
+    config
+}
+
+fn subnets(sim: &Sim) -> Vec<(usize, Ipv4Net)> {
+    sim.running()
+        .filter_map(|i| Some((i, sim.gossip(i).local().pod_subnet?)))
+        .collect()
+}
+
+fn assert_disjoint(claims: &[(usize, Ipv4Net)]) {
+    for (a, (i, x)) in claims.iter().enumerate() {
+        for (j, y) in &claims[a + 1..] {
+            assert!(!subnet::overlaps(*x, *y), "{i} {x} overlaps {j} {y}");
+        }
+    }
+}
+
+#[test]
+fn nodes_without_subnets_claim_disjoint_ones() {
+    let n = 30;
+    // 32 subnets for 30 nodes: plenty of hash collisions to probe past.
+    let mut sim = Sim::new(
+        16,
+        n,
+        subnet_config("10.244.0.0/19"),
+        NetConfig::default(),
+        secs(3.0),
+    );
+    sim.run_until_pred(secs(60.0), secs(0.1), |s| {
+        s.converged() && subnets(s).len() == n && {
+            let c = subnets(s);
+            c.iter()
+                .enumerate()
+                .all(|(a, (_, x))| c[a + 1..].iter().all(|(_, y)| !subnet::overlaps(*x, *y)))
+        }
+    })
+    .expect("claims never settled");
+    assert_disjoint(&subnets(&sim));
+    // Every node's view of every other node's subnet matches.
+    assert!(sim.converged());
+}
+
+/// A pool and the first node index `j` whose preferred subnet is node 0's, with room
+/// for everyone: a partition that cuts `j` off makes both claim the same subnet. (The
+/// preferred index is `hash(name) mod count`, so only the pool's size matters.)
+fn colliding_pool() -> (String, usize) {
+    for len in (16..=22u8).rev() {
+        let pool = format!("10.0.0.0/{len}");
+        let cluster: Ipv4Net = pool.parse().expect("cidr");
+        let count = 1usize << (24 - len);
+        let first = subnet::choose_subnet(&node_name(0), cluster, 24, &[]);
+        let last = 6.min(count - 2);
+        if let Some(j) =
+            (1..=last).find(|&j| subnet::choose_subnet(&node_name(j), cluster, 24, &[]) == first)
+        {
+            return (pool, j);
+        }
+    }
+    panic!("no colliding pool");
+}
+
+#[test]
+fn conflicting_claims_from_a_partition_resolve_after_heal() {
+    let (pool, j) = colliding_pool();
+    let n = j + 1;
+    let mut sim = Sim::new(17, n, subnet_config(&pool), NetConfig::default(), secs(0.5));
+    // Node j cannot reach the seed: it claims blind after claim_wait, and picks node 0's.
+    sim.partition(|i| u32::from(i == j));
+    sim.run_until(sim.now + secs(20.0));
+    let before: BTreeMap<usize, Ipv4Net> = subnets(&sim).into_iter().collect();
+    assert_eq!(before.len(), n, "{before:?}");
+    assert_eq!(before[&0], before[&j], "the partition made a conflict");
+    sim.heal();
+    let t = sim
+        .run_until_pred(secs(60.0), secs(0.1), |s| {
+            let c = subnets(s);
+            s.converged()
+                && c.len() == n
+                && c.iter()
+                    .enumerate()
+                    .all(|(a, (_, x))| c[a + 1..].iter().all(|(_, y)| !subnet::overlaps(*x, *y)))
+        })
+        .expect("conflict never resolved");
+    let after: BTreeMap<usize, Ipv4Net> = subnets(&sim).into_iter().collect();
+    eprintln!("conflict resolved {t:?} after heal: before {before:?}, after {after:?}");
+    // Node 0 claimed at boot, node j only after claim_wait: the older claim stays, the
+    // newer one moves, and nobody else is disturbed.
+    for i in 0..j {
+        assert_eq!(after[&i], before[&i], "node {i} kept its claim");
+    }
+    assert_ne!(after[&j], before[&j]);
+    let changes = sim.nodes[j]
+        .seen
+        .iter()
+        .filter(|(_, s)| matches!(s, Seen::Subnet(_)))
+        .count();
+    assert_eq!(changes, 2, "claimed blind once, re-claimed once");
+}
+
+#[test]
+fn a_restart_with_the_persisted_claim_keeps_it() {
+    let mut sim = Sim::new(
+        18,
+        5,
+        subnet_config("10.244.0.0/16"),
+        NetConfig::default(),
+        secs(1.0),
+    );
+    sim.run_until_pred(secs(30.0), secs(0.1), |s| {
+        s.converged() && subnets(s).len() == 5
+    })
+    .expect("claims");
+    let persisted = sim.gossip(2).local().clone();
+    let subnet = persisted.pod_subnet.expect("claimed");
+    sim.crash(2);
+    sim.run_until(sim.now + secs(10.0));
+    sim.nodes[2].seen.clear();
+    let mut record = sim.nodes[2].initial.clone();
+    record.pod_subnet = persisted.pod_subnet;
+    record.subnet_claimed_at = persisted.subnet_claimed_at;
+    sim.boot(2, record);
+    sim.run_until_pred(secs(30.0), secs(0.1), Sim::converged)
+        .expect("rejoin");
+    sim.run_until(sim.now + secs(5.0));
+    assert_eq!(sim.gossip(2).local().pod_subnet, Some(subnet));
+    assert!(
+        !sim.nodes[2]
+            .seen
+            .iter()
+            .any(|(_, s)| matches!(s, Seen::Subnet(_)))
+    );
+    assert_disjoint(&subnets(&sim));
+}
