@@ -41,6 +41,30 @@ pub enum LabCommand {
         #[arg(long, default_value = "lab", value_parser = lab_name)]
         name: String,
     },
+    /// Kill a node's daemon with SIGKILL (its kernel state stays, as after a crash).
+    Kill {
+        node: String,
+        #[arg(long, default_value = "lab", value_parser = lab_name)]
+        name: String,
+    },
+    /// Start a node's daemon again with the same config and wait until it is ready.
+    Start {
+        node: String,
+        #[arg(long, default_value = "lab", value_parser = lab_name)]
+        name: String,
+    },
+    /// Cut two segments apart: the router drops all traffic between them.
+    Partition {
+        segment_a: String,
+        segment_b: String,
+        #[arg(long, default_value = "lab", value_parser = lab_name)]
+        name: String,
+    },
+    /// Lift every partition.
+    Heal {
+        #[arg(long, default_value = "lab", value_parser = lab_name)]
+        name: String,
+    },
     /// TCP throughput (iperf3) and ping RTT pod-to-pod over host-gw and the UDP tunnel,
     /// next to the kernel references (underlay; kernel vxlan) measured in the same run.
     Bench {
@@ -71,6 +95,34 @@ fn lab_name(name: &str) -> Result<String, String> {
 /// The exit code is non-zero when `check` finds a failed pair, or is `exec`'s own.
 pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
     match cmd {
+        LabCommand::Kill { node, name } => {
+            Lab::open(&name)?.kill_daemon(&node)?;
+            println!("killed the daemon of {node} (SIGKILL)");
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Start { node, name } => {
+            let mut lab = Lab::open(&name)?;
+            lab.start_daemon(&node)?;
+            let pid = lab.node(&node)?.pid().map_or("?".into(), |p| p.to_string());
+            println!("started the daemon of {node} (pid {pid}); it is ready");
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Partition {
+            segment_a,
+            segment_b,
+            name,
+        } => {
+            Lab::open(&name)?.partition(&segment_a, &segment_b)?;
+            println!(
+                "segments {segment_a} and {segment_b} are cut apart; `overlayd lab heal` lifts it"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Heal { name } => {
+            Lab::open(&name)?.heal()?;
+            println!("all partitions lifted");
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Up { topology, name } => {
             let topology = match &topology {
                 Some(path) => Topology::from_file(path)?,

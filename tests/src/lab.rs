@@ -34,6 +34,8 @@ const LOG_TAIL_LINES: usize = 15;
 pub enum LabError {
     #[error("lab bench: {0}")]
     Bench(String),
+    #[error("lab partition: {0}")]
+    Partition(String),
     #[error("lab name {0:?} is not valid: use 1 to 8 characters of [a-z0-9]")]
     BadName(String),
     #[error(

@@ -36,6 +36,7 @@ pub mod client;
 pub mod config;
 mod lab;
 pub mod netns;
+mod partition;
 pub mod process;
 pub mod topology;
 
