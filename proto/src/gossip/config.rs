@@ -66,7 +66,7 @@ impl Timing {
     /// | reannounce_interval | 2 s |
     /// | dead_reap_after | 30 min |
     /// | tombstone_gc_after | 24 h |
-    /// | retransmit_mult | 4 |
+    /// | retransmit_mult | 6 |
     /// | lhm_max | 8 |
     /// | stream_timeout | 5 s |
     /// | claim_wait | 5 s |
@@ -84,7 +84,7 @@ impl Timing {
             reannounce_interval: Duration::from_secs(2),
             dead_reap_after: Duration::from_secs(30 * 60),
             tombstone_gc_after: Duration::from_secs(24 * 3600),
-            retransmit_mult: 4,
+            retransmit_mult: 6,
             lhm_max: 8,
             stream_timeout: Duration::from_secs(5),
             claim_wait: Duration::from_secs(5),
@@ -105,7 +105,7 @@ impl Timing {
     /// | reannounce_interval | 15 s |
     /// | dead_reap_after | 2 h |
     /// | tombstone_gc_after | 72 h |
-    /// | retransmit_mult | 4 |
+    /// | retransmit_mult | 6 |
     /// | lhm_max | 8 |
     /// | stream_timeout | 30 s |
     /// | claim_wait | 30 s |
@@ -123,7 +123,7 @@ impl Timing {
             reannounce_interval: Duration::from_secs(15),
             dead_reap_after: Duration::from_secs(2 * 3600),
             tombstone_gc_after: Duration::from_secs(72 * 3600),
-            retransmit_mult: 4,
+            retransmit_mult: 6,
             lhm_max: 8,
             stream_timeout: Duration::from_secs(30),
             claim_wait: Duration::from_secs(30),

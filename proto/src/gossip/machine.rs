@@ -555,14 +555,16 @@ impl Gossip {
             .push(Topic::Member(self.local.name.clone()), &alive);
     }
 
-    fn retransmit_limit(&self) -> u32 {
+    fn retransmit_limit(&mut self) -> u32 {
         retransmit_limit(
             self.config.timing.retransmit_mult,
             self.live_names().len() + 1,
         )
     }
 
-    fn live_names(&self) -> &[String] {
+    /// Names of up members (cached; rebuilt after membership changes).
+    fn live_names(&mut self) -> &[String] {
+        self.refresh_live();
         self.live.as_deref().unwrap_or(&[])
     }
 
@@ -583,7 +585,18 @@ impl Gossip {
         self.refresh_live();
         let live = self.live.as_deref().unwrap_or(&[]);
         let mut picked: Vec<String> = Vec::with_capacity(k);
-        // Partial Fisher–Yates over indexes; with few members just take them all.
+        if live.len() > 4 * (k + 1) {
+            // Large cluster: rejection sampling, O(k) expected.
+            let mut seen = BTreeSet::new();
+            while picked.len() < k {
+                let i = self.rng.random_range(0..live.len());
+                if seen.insert(i) && except != Some(live[i].as_str()) {
+                    picked.push(live[i].clone());
+                }
+            }
+            return picked;
+        }
+        // Small cluster: partial Fisher–Yates over indexes.
         let mut idx: Vec<usize> = (0..live.len()).collect();
         let mut i = 0;
         while picked.len() < k && i < idx.len() {
@@ -757,7 +770,6 @@ impl Gossip {
         self.reap(now);
         let horizon = self.gc_horizon(now);
         self.stats.tombstones_collected += self.objects.gc(horizon) as u64;
-        self.refresh_live();
         let anyone_up = !self.live_names().is_empty();
         if anyone_up {
             if self

@@ -184,10 +184,6 @@ impl Sim {
         sim
     }
 
-    pub(crate) fn at(&self, secs: f64) -> Instant {
-        self.base + Duration::from_secs_f64(secs)
-    }
-
     pub(crate) fn elapsed(&self) -> Duration {
         self.now - self.base
     }

@@ -282,7 +282,6 @@ impl Gossip {
     fn next_probe_target(&mut self) -> Option<String> {
         for _ in 0..=self.probe_ring.len() {
             if self.probe_pos >= self.probe_ring.len() {
-                self.refresh_live();
                 self.probe_ring = self.live_names().to_vec();
                 shuffle(&mut self.probe_ring, &mut self.rng);
                 self.probe_pos = 0;
@@ -307,9 +306,9 @@ impl Gossip {
         self.probe_ring.insert(at, name.to_owned());
     }
 
-    fn suspicion_for(&self, now: Instant, from: &str) -> Suspicion {
-        let t = &self.config.timing;
+    fn suspicion_for(&mut self, now: Instant, from: &str) -> Suspicion {
         let n = self.live_names().len() + 1;
+        let t = &self.config.timing;
         let scale = (n as f64).log10().max(1.0);
         let min = t
             .probe_interval
@@ -418,7 +417,6 @@ impl Gossip {
             }
             return;
         }
-        self.refresh_live();
         let fresh = self.suspicion_for(now, accuser);
         let Some(m) = self.members.get_mut(name) else {
             return;
