@@ -3,11 +3,14 @@
 
 use std::collections::BTreeSet;
 
+use overlayd_proto::gossip::Timing;
+
 use crate::parse;
-use crate::schema::{Bridge, Cluster, Daemon, Nat, Tunnel};
+use crate::schema::{Bridge, Cluster, Daemon, Gossip, Nat, Profile, Tunnel};
 use crate::test_support::schema_keys;
 
 const EXAMPLE: &str = include_str!("../overlayd.example.toml");
+const GOSSIP_EXAMPLE: &str = include_str!("../overlayd.gossip.example.toml");
 
 #[test]
 fn example_parses() {
@@ -15,6 +18,18 @@ fn example_parses() {
 
     assert_eq!(config.node.name, "node-1");
     assert_eq!(config.peers.len(), 2);
+    assert_eq!(config.gossip, None);
+}
+
+#[test]
+fn gossip_example_parses_and_claims_its_subnet() {
+    let config = parse(GOSSIP_EXAMPLE, "overlayd.gossip.example.toml").unwrap();
+
+    assert_eq!(config.node.pod_subnet, None);
+    let gossip = config.gossip.unwrap();
+    assert_eq!(gossip.seeds, ["192.168.1.11"]);
+    assert_eq!(gossip.timing(), Timing::lan());
+    assert_eq!(config.peers.len(), 1);
 }
 
 #[test]
@@ -55,6 +70,43 @@ fn example_values_are_valid_and_defaults_match_the_code() {
     );
     assert_eq!(config.nat, Nat::default());
     assert_eq!(config.daemon, Daemon::default());
+    assert_eq!(config.node.zone, "default");
+    let gossip = config.gossip.unwrap();
+    assert_eq!(gossip.bind, Gossip::default_bind());
+    assert_eq!(gossip.profile, Profile::default());
+    assert_eq!(gossip.timing(), Timing::lan());
+}
+
+#[test]
+fn example_timing_defaults_match_the_profiles() {
+    let (lan, wan) = timing_defaults(EXAMPLE);
+
+    let lan: crate::schema::TimingOverrides = toml::from_str(&lan).unwrap();
+    let wan: crate::schema::TimingOverrides = toml::from_str(&wan).unwrap();
+
+    assert!(lan.by_key().iter().all(|(_, value)| value.is_some()));
+    assert_eq!(lan.apply(Timing::wan()), Timing::lan());
+    assert_eq!(wan.apply(Timing::lan()), Timing::wan());
+}
+
+/// The `Default: lan A, wan B.` of every key in `[gossip.timing]`, as two TOML tables.
+fn timing_defaults(example: &str) -> (String, String) {
+    let (mut lan, mut wan) = (String::new(), String::new());
+    let mut defaults: Option<(String, String)> = None;
+    for line in example.lines() {
+        let line = line.trim_start_matches('#').trim();
+        if let Some((_, rest)) = line.split_once("Default: lan ") {
+            let (a, b) = rest.split_once(", wan ").expect("`lan A, wan B`");
+            let number = |text: &str| text.split([' ', '.', '(']).next().unwrap().to_owned();
+            defaults = Some((number(a), number(b)));
+        } else if let Some((key, _)) = line.split_once(" = ")
+            && let Some((a, b)) = defaults.take()
+        {
+            lan.push_str(&format!("{key} = {a}\n"));
+            wan.push_str(&format!("{key} = {b}\n"));
+        }
+    }
+    (lan, wan)
 }
 
 /// Every `table.key` the example sets or shows commented out, tables included.
@@ -77,7 +129,8 @@ fn documented_keys(example: &str) -> BTreeSet<String> {
     keys
 }
 
-/// The example with every commented-out `key = value` line made active.
+/// The example with every commented-out `key = value` line and `[table]` header made
+/// active.
 fn uncomment_keys(example: &str) -> String {
     let uncomment = |line: &str| match line.strip_prefix("# ") {
         Some(rest)
@@ -87,6 +140,7 @@ fn uncomment_keys(example: &str) -> String {
         {
             rest.to_owned()
         }
+        Some(rest) if is_table_header(rest) => rest.to_owned(),
         _ => line.to_owned(),
     };
     example
@@ -98,4 +152,11 @@ fn uncomment_keys(example: &str) -> String {
 
 fn is_bare_key(key: &str) -> bool {
     !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+}
+
+/// `[table]` or `[table.subtable]`, nothing else on the line.
+fn is_table_header(line: &str) -> bool {
+    line.strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .is_some_and(|name| name.split('.').all(is_bare_key))
 }

@@ -4,11 +4,27 @@ use crate::key_path::KeyPath;
 
 /// What the key at `path` expects, e.g. "an IPv4 subnet like 10.244.1.0/24".
 pub(crate) fn expected(path: &KeyPath) -> &'static str {
-    if path.is_element() {
-        return "a [[peer]] table with `name`, `underlay_address` and `pod_subnet`";
-    }
-    for_schema_key(&path.schema_key())
-        .unwrap_or("a value of the type documented in overlayd.example.toml")
+    let schema_key = path.schema_key();
+    let expected = if path.is_element() {
+        for_element(&schema_key)
+    } else {
+        for_schema_key(&schema_key)
+    };
+    expected.unwrap_or("a value of the type documented in overlayd.example.toml")
+}
+
+/// What one element of the array at `schema_key` expects.
+fn for_element(schema_key: &str) -> Option<&'static str> {
+    let expected = match schema_key {
+        "peer" => "a [[peer]] table with `name`, `underlay_address` and `pod_subnet`",
+        "gossip.seeds" => {
+            "a seed like 192.168.1.11 or seed.example.com:7946 (HOST or HOST:PORT; HOST an \
+             IPv4 address or a DNS name, PORT 1 to 65535, default gossip.bind's)"
+        }
+        "gossip.key_files" => "an absolute path like /etc/overlayd/gossip.key",
+        _ => return None,
+    };
+    Some(expected)
 }
 
 /// What the key at `schema_key` (a path without array indices, such as
@@ -16,13 +32,47 @@ pub(crate) fn expected(path: &KeyPath) -> &'static str {
 pub(crate) fn for_schema_key(schema_key: &str) -> Option<&'static str> {
     let expected = match schema_key {
         "" => "a TOML document with a [node] table",
-        "node" => "a [node] table with at least `name` and `pod_subnet`",
+        "node" => "a [node] table with at least `name`, and `pod_subnet` unless [gossip] is set",
         "cluster" => "a [cluster] table",
         "bridge" => "a [bridge] table",
         "tunnel" => "a [tunnel] table",
         "nat" => "a [nat] table",
         "daemon" => "a [daemon] table",
+        "gossip" => "a [gossip] table with at least `key_files`",
+        "gossip.timing" => "a [gossip.timing] table",
         "peer" => "[[peer]] tables, each with `name`, `underlay_address` and `pod_subnet`",
+        "node.zone" => {
+            "a DNS label like rack-1 (1 to 63 characters of a-z, 0-9 and '-', not starting \
+             or ending with '-')"
+        }
+        "cluster.name" => {
+            "a cluster name like overlayd (1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and \
+             '-')"
+        }
+        "cluster.subnet_prefix" => "a prefix length of at most 30, like 24",
+        "gossip.bind" => "an IPv4 address and port to listen on, like 0.0.0.0:7946",
+        "gossip.advertise" => "a unicast IPv4 address and port like 203.0.113.10:7946",
+        "gossip.seeds" => "a list of seeds like [\"192.168.1.11\", \"seed.example.com:7946\"]",
+        "gossip.key_files" => {
+            "a list of at least one absolute path, like [\"/etc/overlayd/gossip.key\"]"
+        }
+        "gossip.profile" => "\"lan\" or \"wan\"",
+        "gossip.timing.probe_interval_ms"
+        | "gossip.timing.probe_timeout_ms"
+        | "gossip.timing.gossip_interval_ms"
+        | "gossip.timing.push_pull_interval_ms"
+        | "gossip.timing.reannounce_interval_ms"
+        | "gossip.timing.dead_reap_after_ms"
+        | "gossip.timing.tombstone_gc_after_ms"
+        | "gossip.timing.stream_timeout_ms"
+        | "gossip.timing.claim_wait_ms" => "a whole number of milliseconds, at least 1",
+        "gossip.timing.indirect_probes"
+        | "gossip.timing.suspicion_mult"
+        | "gossip.timing.suspicion_max_mult"
+        | "gossip.timing.suspicion_confirmations"
+        | "gossip.timing.gossip_fanout"
+        | "gossip.timing.retransmit_mult"
+        | "gossip.timing.lhm_max" => "a whole number between 1 and 4294967295",
         "node.name" | "peer.name" => {
             "a DNS label like node-1 (1 to 63 characters of a-z, 0-9 and '-', \
              not starting or ending with '-')"

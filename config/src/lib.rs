@@ -6,7 +6,8 @@
 //! rejects what the types cannot: names that are not DNS labels or interface names,
 //! subnets with host bits set, outside `cluster.cidr` or overlapping another node's,
 //! duplicate peers, out-of-range ports, VNIs and MTUs, non-unicast MACs and addresses,
-//! and relative paths.
+//! relative paths, malformed or duplicate gossip seeds and gossip timers that cannot work
+//! together.
 //!
 //! Every rejection is one [`ConfigError`] that reads
 //! `FILE:LINE:COLUMN: KEY: MESSAGE`, for example
@@ -27,6 +28,7 @@ mod example_tests;
 mod expected;
 mod key_path;
 pub mod schema;
+mod seed;
 #[cfg(test)]
 mod test_support;
 mod validate;
@@ -34,7 +36,11 @@ mod validate;
 use std::path::Path;
 
 pub use error::ConfigError;
-pub use schema::{Bridge, Cluster, Config, Daemon, Nat, Node, OnExit, Peer, Tunnel};
+pub use schema::{
+    Bridge, Cluster, Config, Daemon, Gossip, Nat, Node, OnExit, Peer, Profile, TimingOverrides,
+    Tunnel,
+};
+pub use seed::{Seed, SeedError};
 
 use document::Document;
 

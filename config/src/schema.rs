@@ -5,12 +5,17 @@
 //! The types say what a value looks like; the rules across values (names, subnets,
 //! ranges, uniqueness) are checked by [`crate::parse`].
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
+use overlayd_proto::gossip::Timing;
+use overlayd_proto::gossip::subnet::SubnetPool;
 use overlayd_proto::wire::MacAddr;
 use serde::{Deserialize, Serialize};
+
+use crate::seed::Seed;
 
 /// A whole `overlayd.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,9 +33,27 @@ pub struct Config {
     pub nat: Nat,
     #[serde(default)]
     pub daemon: Daemon,
-    /// Static peers. Peer discovery sits behind one interface so gossip can replace this list.
+    /// `[gossip]`: membership by gossip. `None`: only the static peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip: Option<Gossip>,
+    /// Static peers: nodes that do not gossip (a kernel VXLAN node, say). With `[gossip]`
+    /// they are used together with the gossip members.
     #[serde(default, rename = "peer")]
     pub peers: Vec<Peer>,
+}
+
+impl Config {
+    /// The gossip address peers reach this node at: `gossip.advertise`, or else
+    /// `node.advertise_address` or, without it, `underlay_address` (the daemon's resolved
+    /// `node.underlay_address`), with `gossip.bind`'s port. `None` iff `[gossip]` is absent.
+    pub fn gossip_advertise(&self, underlay_address: Ipv4Addr) -> Option<SocketAddrV4> {
+        let gossip = self.gossip.as_ref()?;
+        let default = || {
+            let address = self.node.advertise_address.unwrap_or(underlay_address);
+            SocketAddrV4::new(address, gossip.bind.port())
+        };
+        Some(gossip.advertise.unwrap_or_else(default))
+    }
 }
 
 /// `[node]`: this node.
@@ -39,6 +62,10 @@ pub struct Config {
 pub struct Node {
     /// Unique in the cluster; a DNS label (`[a-z0-9-]`, 1..=63 chars).
     pub name: String,
+    /// Failure domain (rack, room, site); a DNS label. Announced by gossip. Default
+    /// `default`.
+    #[serde(default = "Node::default_zone")]
+    pub zone: String,
     /// Interface facing the underlay. Default: the interface that holds `underlay_address`,
     /// or else the interface of the default route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,11 +79,21 @@ pub struct Node {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise_address: Option<Ipv4Addr>,
     /// This node's pod subnet: the bridge takes its first address, pods the rest.
-    pub pod_subnet: Ipv4Net,
+    /// Required unless `[gossip]` is set; then `None` means the node claims one of
+    /// `cluster.subnet_prefix` from `cluster.cidr`, and a configured one is static and
+    /// wins over claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_subnet: Option<Ipv4Net>,
     /// MAC of this node's VXLAN endpoint. Default: derived from `name`
     /// (`MacAddr::vtep_for_node`), so peers can compute it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_mac: Option<MacAddr>,
+}
+
+impl Node {
+    fn default_zone() -> String {
+        "default".into()
+    }
 }
 
 /// `[cluster]`: what all nodes share.
@@ -65,12 +102,31 @@ pub struct Node {
 pub struct Cluster {
     /// Every pod subnet lies inside it; traffic inside it is never masqueraded.
     pub cidr: Ipv4Net,
+    /// The gossip cluster's name, authenticated in every gossip packet (AEAD associated
+    /// data) so that clusters sharing a key do not mix. 1..=64 characters of
+    /// `[A-Za-z0-9._-]`. Default `overlayd`.
+    pub name: String,
+    /// Prefix length of the subnets nodes claim by gossip: at least `cidr`'s, at most 30.
+    /// Default 24. Configured pod subnets may have any length.
+    pub subnet_prefix: u8,
+}
+
+impl Cluster {
+    /// The pool nodes without a configured pod subnet claim one from.
+    pub fn subnet_pool(&self) -> SubnetPool {
+        SubnetPool {
+            cluster: self.cidr,
+            prefix: self.subnet_prefix,
+        }
+    }
 }
 
 impl Default for Cluster {
     fn default() -> Self {
         Cluster {
             cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).expect("16 is a valid prefix"),
+            name: "overlayd".into(),
+            subnet_prefix: 24,
         }
     }
 }
@@ -171,6 +227,188 @@ impl Default for Daemon {
     }
 }
 
+/// `[gossip]`: cluster membership by gossip (SWIM with Lifeguard); the node joins through
+/// any one seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gossip {
+    /// Address and port to listen on for gossip (UDP) and full-state sync (TCP).
+    /// Default `0.0.0.0:7946`.
+    #[serde(default = "Gossip::default_bind")]
+    pub bind: SocketAddrV4,
+    /// Address and port peers reach us at. Default: `node.advertise_address`, or else the
+    /// underlay address, with `bind`'s port (see [`Config::gossip_advertise`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<SocketAddrV4>,
+    /// Seeds to join through: `HOST:PORT` or `HOST` (port: `bind`'s), `HOST` an IPv4
+    /// address or a DNS name. May be empty (the first node). See [`Gossip::seed_addrs`].
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// Files holding the gossip keys (32 random bytes as 64 hex digits or base64;
+    /// `overlayd key generate` writes one). At least one; absolute paths; the first is
+    /// the primary (encrypts), all decrypt.
+    pub key_files: Vec<PathBuf>,
+    /// Timing profile. Default `lan`.
+    #[serde(default)]
+    pub profile: Profile,
+    /// `[gossip.timing]`: overrides of single timers of the profile.
+    #[serde(default)]
+    pub timing: TimingOverrides,
+}
+
+impl Gossip {
+    /// The port gossip listens on by default (memberlist's).
+    pub const DEFAULT_PORT: u16 = 7946;
+
+    pub(crate) fn default_bind() -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, Gossip::DEFAULT_PORT)
+    }
+
+    /// The timers to run with: the profile's, with the overrides applied.
+    pub fn timing(&self) -> Timing {
+        self.timing.apply(self.profile.timing())
+    }
+
+    /// The seeds, parsed, in order; a seed without a port gets `bind`'s. Seeds that do
+    /// not parse are left out: [`crate::parse`] rejects them, so a parsed config has none.
+    pub fn seed_addrs(&self) -> Vec<Seed> {
+        self.seeds
+            .iter()
+            .filter_map(|seed| Seed::parse(seed, self.bind.port()).ok())
+            .collect()
+    }
+}
+
+/// A set of gossip timers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// One data centre: [`Timing::lan`].
+    #[default]
+    Lan,
+    /// Across data centres: [`Timing::wan`].
+    Wan,
+}
+
+impl Profile {
+    /// The profile's timers.
+    pub fn timing(self) -> Timing {
+        match self {
+            Profile::Lan => Timing::lan(),
+            Profile::Wan => Timing::wan(),
+        }
+    }
+
+    /// The name the file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Lan => "lan",
+            Profile::Wan => "wan",
+        }
+    }
+}
+
+/// `[gossip.timing]`: timers that replace the profile's; each field is the [`Timing`]
+/// field of the same name, durations in milliseconds. Every value is at least 1.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimingOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indirect_probes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspicion_mult: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspicion_max_mult: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspicion_confirmations: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_fanout: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_pull_interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reannounce_interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_reap_after_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tombstone_gc_after_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmit_mult: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lhm_max: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_wait_ms: Option<u64>,
+}
+
+impl TimingOverrides {
+    /// `base` with every set override in place of its timer.
+    pub fn apply(&self, base: Timing) -> Timing {
+        let mut t = base;
+        let ms = |value: Option<u64>, timer: &mut Duration| {
+            if let Some(ms) = value {
+                *timer = Duration::from_millis(ms);
+            }
+        };
+        let n = |value: Option<u32>, number: &mut u32| {
+            if let Some(value) = value {
+                *number = value;
+            }
+        };
+        let count = |value: Option<u32>, number: &mut usize| {
+            if let Some(value) = value {
+                *number = usize::try_from(value).unwrap_or(usize::MAX);
+            }
+        };
+        ms(self.probe_interval_ms, &mut t.probe_interval);
+        ms(self.probe_timeout_ms, &mut t.probe_timeout);
+        count(self.indirect_probes, &mut t.indirect_probes);
+        n(self.suspicion_mult, &mut t.suspicion_mult);
+        n(self.suspicion_max_mult, &mut t.suspicion_max_mult);
+        count(self.suspicion_confirmations, &mut t.suspicion_confirmations);
+        ms(self.gossip_interval_ms, &mut t.gossip_interval);
+        count(self.gossip_fanout, &mut t.gossip_fanout);
+        ms(self.push_pull_interval_ms, &mut t.push_pull_interval);
+        ms(self.reannounce_interval_ms, &mut t.reannounce_interval);
+        ms(self.dead_reap_after_ms, &mut t.dead_reap_after);
+        ms(self.tombstone_gc_after_ms, &mut t.tombstone_gc_after);
+        n(self.retransmit_mult, &mut t.retransmit_mult);
+        n(self.lhm_max, &mut t.lhm_max);
+        ms(self.stream_timeout_ms, &mut t.stream_timeout);
+        ms(self.claim_wait_ms, &mut t.claim_wait);
+        t
+    }
+
+    /// Every override by its key, in schema order, as a number.
+    pub(crate) fn by_key(&self) -> [(&'static str, Option<u64>); 16] {
+        let n = |value: Option<u32>| value.map(u64::from);
+        [
+            ("probe_interval_ms", self.probe_interval_ms),
+            ("probe_timeout_ms", self.probe_timeout_ms),
+            ("indirect_probes", n(self.indirect_probes)),
+            ("suspicion_mult", n(self.suspicion_mult)),
+            ("suspicion_max_mult", n(self.suspicion_max_mult)),
+            ("suspicion_confirmations", n(self.suspicion_confirmations)),
+            ("gossip_interval_ms", self.gossip_interval_ms),
+            ("gossip_fanout", n(self.gossip_fanout)),
+            ("push_pull_interval_ms", self.push_pull_interval_ms),
+            ("reannounce_interval_ms", self.reannounce_interval_ms),
+            ("dead_reap_after_ms", self.dead_reap_after_ms),
+            ("tombstone_gc_after_ms", self.tombstone_gc_after_ms),
+            ("retransmit_mult", n(self.retransmit_mult)),
+            ("lhm_max", n(self.lhm_max)),
+            ("stream_timeout_ms", self.stream_timeout_ms),
+            ("claim_wait_ms", self.claim_wait_ms),
+        ]
+    }
+}
+
 /// `[[peer]]`: a statically configured remote node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,4 +423,56 @@ pub struct Peer {
     /// Default: derived from `name`, as the peer derives its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_mac: Option<MacAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::every_override;
+
+    #[test]
+    fn overrides_by_key_name_the_toml_keys_in_order() {
+        let overrides = every_override();
+        // Serialized text keeps the fields in declaration order.
+        let text = toml::to_string(&overrides).unwrap();
+
+        let by_key = overrides.by_key();
+
+        let lines: Vec<String> = by_key
+            .iter()
+            .map(|(key, value)| format!("{key} = {}", value.unwrap()))
+            .collect();
+        assert_eq!(text.lines().collect::<Vec<_>>(), lines);
+    }
+
+    #[test]
+    fn every_override_replaces_its_timer() {
+        let overrides = every_override();
+
+        let timing = overrides.apply(Timing::wan());
+
+        let expected = Timing {
+            probe_interval: Duration::from_millis(1001),
+            probe_timeout: Duration::from_millis(2),
+            indirect_probes: 3,
+            suspicion_mult: 4,
+            suspicion_max_mult: 5,
+            suspicion_confirmations: 6,
+            gossip_interval: Duration::from_millis(1007),
+            gossip_fanout: 8,
+            push_pull_interval: Duration::from_millis(1009),
+            reannounce_interval: Duration::from_millis(1010),
+            dead_reap_after: Duration::from_millis(1011),
+            tombstone_gc_after: Duration::from_millis(1012),
+            retransmit_mult: 13,
+            lhm_max: 14,
+            stream_timeout: Duration::from_millis(1015),
+            claim_wait: Duration::from_millis(1016),
+        };
+        assert_eq!(timing, expected);
+        assert_eq!(
+            TimingOverrides::default().apply(Timing::wan()),
+            Timing::wan()
+        );
+    }
 }

@@ -1,8 +1,11 @@
 //! Helpers shared by the crate's unit tests.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::schema::{Bridge, Cluster, Config, Daemon, Nat, Node, OnExit, Peer, Tunnel};
+use crate::schema::{
+    Bridge, Cluster, Config, Daemon, Gossip, Nat, Node, OnExit, Peer, Profile, TimingOverrides,
+    Tunnel,
+};
 
 /// A configuration with every optional key set and one peer, so that serializing it
 /// names every key of the schema.
@@ -10,14 +13,17 @@ pub(crate) fn full_config() -> Config {
     Config {
         node: Node {
             name: "node-1".into(),
+            zone: "rack-1".into(),
             underlay_interface: Some("eth0".into()),
             underlay_address: Some(Ipv4Addr::new(192, 168, 1, 10)),
             advertise_address: Some(Ipv4Addr::new(203, 0, 113, 10)),
-            pod_subnet: "10.244.1.0/24".parse().unwrap(),
+            pod_subnet: Some("10.244.1.0/24".parse().unwrap()),
             vtep_mac: Some("0e:00:00:00:00:01".parse().unwrap()),
         },
         cluster: Cluster {
             cidr: "10.244.0.0/16".parse().unwrap(),
+            name: "overlayd".into(),
+            subnet_prefix: 24,
         },
         bridge: Bridge {
             name: "ovd0".into(),
@@ -36,12 +42,46 @@ pub(crate) fn full_config() -> Config {
             control_socket: "/run/overlayd/overlayd.sock".into(),
             on_exit: OnExit::Keep,
         },
+        gossip: Some(full_gossip()),
         peers: vec![Peer {
             name: "node-2".into(),
             underlay_address: Ipv4Addr::new(192, 168, 1, 11),
             pod_subnet: "10.244.2.0/24".parse().unwrap(),
             vtep_mac: Some("0e:00:00:00:00:02".parse().unwrap()),
         }],
+    }
+}
+
+fn full_gossip() -> Gossip {
+    Gossip {
+        bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7946),
+        advertise: Some(SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 7946)),
+        seeds: vec!["192.168.1.11".into()],
+        key_files: vec!["/etc/overlayd/gossip.key".into()],
+        profile: Profile::Lan,
+        timing: every_override(),
+    }
+}
+
+/// Every timer overridden, each with a distinct value; valid together.
+pub(crate) fn every_override() -> TimingOverrides {
+    TimingOverrides {
+        probe_interval_ms: Some(1001),
+        probe_timeout_ms: Some(2),
+        indirect_probes: Some(3),
+        suspicion_mult: Some(4),
+        suspicion_max_mult: Some(5),
+        suspicion_confirmations: Some(6),
+        gossip_interval_ms: Some(1007),
+        gossip_fanout: Some(8),
+        push_pull_interval_ms: Some(1009),
+        reannounce_interval_ms: Some(1010),
+        dead_reap_after_ms: Some(1011),
+        tombstone_gc_after_ms: Some(1012),
+        retransmit_mult: Some(13),
+        lhm_max: Some(14),
+        stream_timeout_ms: Some(1015),
+        claim_wait_ms: Some(1016),
     }
 }
 

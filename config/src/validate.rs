@@ -1,22 +1,27 @@
 //! Semantic checks on a decoded [`Config`]: what the types alone cannot say.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::path::Path;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
+use overlayd_proto::gossip::ConfigError as TimingError;
 use overlayd_proto::wire::MacAddr;
 
 use crate::document::Document;
 use crate::error::ConfigError;
 use crate::expected::expected;
 use crate::key_path::KeyPath;
-use crate::schema::{Bridge, Config, Daemon, Node, Peer, Tunnel};
+use crate::schema::{Bridge, Cluster, Config, Daemon, Gossip, Node, Peer, Tunnel};
+use crate::seed::Seed;
 
 /// Longest Linux interface name in bytes (`IFNAMSIZ` less the terminating NUL).
 const MAX_INTERFACE_NAME_BYTES: usize = 15;
 /// Longest DNS label.
 const MAX_DNS_LABEL_CHARS: usize = 63;
+/// Longest cluster name.
+const MAX_CLUSTER_NAME_CHARS: usize = 64;
 /// Longest pod subnet prefix: a /31 or /32 leaves no address for a pod after the bridge's.
 const MAX_POD_PREFIX_LEN: u8 = 30;
 /// UDP ports a VXLAN endpoint can listen on: any but 0.
@@ -35,29 +40,50 @@ struct Invalid {
 type Check = Result<(), Invalid>;
 
 /// Checks every rule the schema's types cannot express. Returns `Err` with the first
-/// broken rule: per-key rules in schema order first, then rules across keys.
+/// broken rule: a missing `node.pod_subnet` first (a missing key, as decoding reports
+/// them), then per-key rules in schema order, then rules across keys.
 pub(crate) fn validate(config: &Config, doc: &Document<'_>) -> Result<(), ConfigError> {
     check(config, doc).map_err(|invalid| doc.error(&invalid.path, invalid.message))
 }
 
 fn check(config: &Config, doc: &Document<'_>) -> Check {
+    check_pod_subnet_present(config)?;
     check_keys(config)?;
     check_subnets_inside_cluster(config, doc)?;
     check_subnets_disjoint(config, doc)?;
     check_names_unique(config, doc)?;
-    check_addresses_unique(config, doc)
+    check_addresses_unique(config, doc)?;
+    if let Some(gossip) = &config.gossip {
+        check_claims_fit_cluster(&config.cluster, doc)?;
+        check_seeds_unique(gossip, doc)?;
+        check_timers_work_together(gossip, doc)?;
+    }
+    Ok(())
+}
+
+/// Without gossip there is no claiming: the node's subnet must be configured.
+fn check_pod_subnet_present(config: &Config) -> Check {
+    if config.gossip.is_some() || config.node.pod_subnet.is_some() {
+        return Ok(());
+    }
+    Err(Invalid {
+        path: KeyPath::root().key("node").key("pod_subnet"),
+        message: "missing key pod_subnet; required unless [gossip] is set, in which case the \
+                  node claims one from cluster.cidr"
+            .to_owned(),
+    })
 }
 
 /// The rules about one key at a time.
 fn check_keys(config: &Config) -> Check {
     check_node(&config.node)?;
-    network_address(
-        &KeyPath::root().key("cluster").key("cidr"),
-        config.cluster.cidr,
-    )?;
+    check_cluster(&config.cluster)?;
     check_bridge(&config.bridge)?;
     check_tunnel(&config.tunnel)?;
     check_daemon(&config.daemon)?;
+    if let Some(gossip) = &config.gossip {
+        check_gossip(gossip)?;
+    }
     for (i, peer) in config.peers.iter().enumerate() {
         check_peer(&KeyPath::root().key("peer").index(i), peer)?;
     }
@@ -67,6 +93,7 @@ fn check_keys(config: &Config) -> Check {
 fn check_node(node: &Node) -> Check {
     let path = KeyPath::root().key("node");
     dns_label(&path.key("name"), &node.name)?;
+    dns_label(&path.key("zone"), &node.zone)?;
     if let Some(interface) = &node.underlay_interface {
         interface_name(&path.key("underlay_interface"), interface)?;
     }
@@ -76,11 +103,24 @@ fn check_node(node: &Node) -> Check {
     if let Some(address) = node.advertise_address {
         host_address(&path.key("advertise_address"), address)?;
     }
-    pod_subnet(&path.key("pod_subnet"), node.pod_subnet)?;
+    if let Some(subnet) = node.pod_subnet {
+        pod_subnet(&path.key("pod_subnet"), subnet)?;
+    }
     if let Some(mac) = node.vtep_mac {
         vtep_mac(&path.key("vtep_mac"), mac)?;
     }
     Ok(())
+}
+
+fn check_cluster(cluster: &Cluster) -> Check {
+    let path = KeyPath::root().key("cluster");
+    network_address(&path.key("cidr"), cluster.cidr)?;
+    cluster_name(&path.key("name"), &cluster.name)?;
+    within(
+        &path.key("subnet_prefix"),
+        u32::from(cluster.subnet_prefix),
+        0..=u32::from(MAX_POD_PREFIX_LEN),
+    )
 }
 
 fn check_bridge(bridge: &Bridge) -> Check {
@@ -107,6 +147,50 @@ fn check_daemon(daemon: &Daemon) -> Check {
     let path = KeyPath::root().key("daemon");
     absolute_path(&path.key("state_dir"), &daemon.state_dir)?;
     absolute_path(&path.key("control_socket"), &daemon.control_socket)
+}
+
+fn check_gossip(gossip: &Gossip) -> Check {
+    let path = KeyPath::root().key("gossip");
+    port_not_zero(&path.key("bind"), gossip.bind)?;
+    if let Some(advertise) = gossip.advertise {
+        let advertise_path = path.key("advertise");
+        if let Some(problem) = unicast_problem(*advertise.ip()) {
+            return Err(problem_with(
+                &advertise_path,
+                &advertise.to_string(),
+                problem,
+            ));
+        }
+        port_not_zero(&advertise_path, advertise)?;
+    }
+    for (i, seed) in gossip.seeds.iter().enumerate() {
+        if let Err(error) = Seed::parse(seed, gossip.bind.port()) {
+            let seed_path = path.key("seeds").index(i);
+            return Err(problem_with(
+                &seed_path,
+                &format!("{seed:?}"),
+                &error.to_string(),
+            ));
+        }
+    }
+    let key_files = path.key("key_files");
+    if gossip.key_files.is_empty() {
+        return Err(problem_with(&key_files, "[]", "is empty"));
+    }
+    for (i, file) in gossip.key_files.iter().enumerate() {
+        absolute_path(&key_files.index(i), file)?;
+    }
+    let timing = path.key("timing");
+    for (key, value) in gossip.timing.by_key() {
+        if value == Some(0) {
+            let message = format!("expected {}, found 0", expected(&timing.key(key)));
+            return Err(Invalid {
+                path: timing.key(key),
+                message,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_peer(path: &KeyPath, peer: &Peer) -> Check {
@@ -204,19 +288,132 @@ fn check_addresses_unique(config: &Config, doc: &Document<'_>) -> Check {
     Ok(())
 }
 
+/// Subnets claimed by gossip lie inside `cluster.cidr` and leave room for pods.
+/// Configured pod subnets may have any length: they are checked on their own.
+fn check_claims_fit_cluster(cluster: &Cluster, doc: &Document<'_>) -> Check {
+    let cidr_path = KeyPath::root().key("cluster").key("cidr");
+    let cidr = cluster.cidr;
+    let prefix = cluster.subnet_prefix;
+    if prefix >= cidr.prefix_len() {
+        return Ok(());
+    }
+    let message = format!(
+        "/{prefix} is shorter than {cidr_path} {cidr} ({}); expected a prefix length between \
+         {} and {MAX_POD_PREFIX_LEN}, so that claimed subnets lie inside the cluster CIDR",
+        doc.whereabouts(&cidr_path),
+        cidr.prefix_len()
+    );
+    Err(Invalid {
+        path: KeyPath::root().key("cluster").key("subnet_prefix"),
+        message,
+    })
+}
+
+/// No seed is listed twice, counting a missing port as `bind`'s and names in any case.
+fn check_seeds_unique(gossip: &Gossip, doc: &Document<'_>) -> Check {
+    let seeds_path = KeyPath::root().key("gossip").key("seeds");
+    let mut seen: Vec<(KeyPath, &str, Seed)> = Vec::new();
+    for (i, text) in gossip.seeds.iter().enumerate() {
+        // Each seed parses: the per-key rules ran first.
+        let Ok(seed) = Seed::parse(text, gossip.bind.port()) else {
+            continue;
+        };
+        let path = seeds_path.index(i);
+        if let Some((other_path, other_text, _)) = seen.iter().find(|(_, _, s)| *s == seed) {
+            let message = format!(
+                "{text:?} is the same seed as {other_path} {other_text:?} ({}); list every \
+                 seed once",
+                doc.whereabouts(other_path)
+            );
+            return Err(Invalid { path, message });
+        }
+        seen.push((path, text, seed));
+    }
+    Ok(())
+}
+
+/// The profile with the overrides applied passes [`Timing::validate`]; its error is
+/// reported at the override that caused it.
+///
+/// [`Timing::validate`]: overlayd_proto::gossip::Timing::validate
+fn check_timers_work_together(gossip: &Gossip, doc: &Document<'_>) -> Check {
+    let Err(error) = gossip.timing().validate() else {
+        return Ok(());
+    };
+    let timing_path = KeyPath::root().key("gossip").key("timing");
+    match error {
+        TimingError::ProbeTimeoutTooLong => Err(probe_timeout_too_long(gossip, doc)),
+        // Overrides are positive and the profiles valid, so only a rule `Timing` gains
+        // after this was written lands here.
+        other => Err(Invalid {
+            path: timing_path,
+            message: format!(
+                "{other}; expected timers that work together, as those of the lan and wan \
+                 profiles do"
+            ),
+        }),
+    }
+}
+
+/// The error for a probe timeout not shorter than the probe interval, at the timeout
+/// when it is overridden, else at the interval.
+fn probe_timeout_too_long(gossip: &Gossip, doc: &Document<'_>) -> Invalid {
+    let timing = gossip.timing();
+    let overrides = &gossip.timing;
+    let timing_path = KeyPath::root().key("gossip").key("timing");
+    let timeout_path = timing_path.key("probe_timeout_ms");
+    let interval_path = timing_path.key("probe_interval_ms");
+    let (timeout, interval) = (millis(timing.probe_timeout), millis(timing.probe_interval));
+    let other = |path: &KeyPath, is_set: bool, what: &str, value: u128| {
+        if is_set {
+            format!("{path} {value} ({})", doc.whereabouts(path))
+        } else {
+            format!(
+                "the {} profile's {what} of {value} ms",
+                gossip.profile.name()
+            )
+        }
+    };
+    if overrides.probe_timeout_ms.is_some() || overrides.probe_interval_ms.is_none() {
+        let interval_is_set = overrides.probe_interval_ms.is_some();
+        let message = format!(
+            "{timeout} ms is not shorter than {}; expected a probe timeout shorter than the \
+             probe interval",
+            other(&interval_path, interval_is_set, "probe interval", interval)
+        );
+        return Invalid {
+            path: timeout_path,
+            message,
+        };
+    }
+    let message = format!(
+        "{interval} ms is not longer than {}; expected a probe interval longer than the probe \
+         timeout",
+        other(&timeout_path, false, "probe timeout", timeout)
+    );
+    Invalid {
+        path: interval_path,
+        message,
+    }
+}
+
+fn millis(duration: Duration) -> u128 {
+    duration.as_millis()
+}
+
 /// Every configured pod subnet with its key: this node's first, then the peers' in order.
 fn pod_subnets(config: &Config) -> Vec<(KeyPath, Ipv4Net)> {
-    let node = (
-        KeyPath::root().key("node").key("pod_subnet"),
-        config.node.pod_subnet,
-    );
+    let node = config
+        .node
+        .pod_subnet
+        .map(|subnet| (KeyPath::root().key("node").key("pod_subnet"), subnet));
     let peers = config.peers.iter().enumerate().map(|(i, peer)| {
         (
             KeyPath::root().key("peer").index(i).key("pod_subnet"),
             peer.pod_subnet,
         )
     });
-    std::iter::once(node).chain(peers).collect()
+    node.into_iter().chain(peers).collect()
 }
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
@@ -264,20 +461,52 @@ fn interface_name(path: &KeyPath, name: &str) -> Check {
     Err(problem_with(path, &format!("{name:?}"), &problem))
 }
 
-/// An address a node can be reached at on the underlay.
-fn host_address(path: &KeyPath, address: Ipv4Addr) -> Check {
-    let problem = if address.is_unspecified() {
-        "is the unspecified address"
-    } else if address.is_loopback() {
-        "is a loopback address"
-    } else if address.is_multicast() {
-        "is a multicast address"
-    } else if address.is_broadcast() {
-        "is the broadcast address"
+/// 1..=64 characters of `[A-Za-z0-9._-]`.
+fn cluster_name(path: &KeyPath, name: &str) -> Check {
+    let problem = if name.is_empty() {
+        "is empty".to_owned()
+    } else if name.chars().count() > MAX_CLUSTER_NAME_CHARS {
+        format!("is {} characters long", name.chars().count())
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        format!("contains {c:?}")
     } else {
         return Ok(());
     };
-    Err(problem_with(path, &address.to_string(), problem))
+    Err(problem_with(path, &format!("{name:?}"), &problem))
+}
+
+/// An address a node can be reached at on the underlay.
+fn host_address(path: &KeyPath, address: Ipv4Addr) -> Check {
+    match unicast_problem(address) {
+        Some(problem) => Err(problem_with(path, &address.to_string(), problem)),
+        None => Ok(()),
+    }
+}
+
+/// Why no other node could send to `address`, if it cannot.
+fn unicast_problem(address: Ipv4Addr) -> Option<&'static str> {
+    if address.is_unspecified() {
+        Some("is the unspecified address")
+    } else if address.is_loopback() {
+        Some("is a loopback address")
+    } else if address.is_multicast() {
+        Some("is a multicast address")
+    } else if address.is_broadcast() {
+        Some("is the broadcast address")
+    } else {
+        None
+    }
+}
+
+/// A socket address to listen on or send to: port 0 would mean "any".
+fn port_not_zero(path: &KeyPath, address: SocketAddrV4) -> Check {
+    if address.port() != 0 {
+        return Ok(());
+    }
+    Err(problem_with(path, &address.to_string(), "has port 0"))
 }
 
 fn network_address(path: &KeyPath, subnet: Ipv4Net) -> Check {

@@ -27,6 +27,12 @@ fn error_in_node(line: &str) -> String {
     error_after_node(&format!("{line}\n"))
 }
 
+/// The error for the valid `[node]` table, a `[gossip]` table with one key file on lines 5
+/// and 6, and `rest` from line 7.
+fn error_in_gossip(rest: &str) -> String {
+    error_after_node(&format!("[gossip]\nkey_files = [\"/k\"]\n{rest}"))
+}
+
 /// The error for the valid `[node]` table and one `[[peer]]` (header on line 5) with
 /// `overrides` replacing its default keys.
 fn error_in_peer(overrides: &str) -> String {
@@ -169,7 +175,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         error(&format!("log_level = \"debug\"\n{NODE}")),
         "o.toml:1:1: log_level: unknown key `log_level`; expected one of: node, cluster, \
-         bridge, tunnel, nat, daemon, peer"
+         bridge, tunnel, nat, daemon, gossip, peer"
     );
 }
 
@@ -187,7 +193,71 @@ fn missing_node_table() {
     assert_eq!(
         error("# nothing here\n"),
         "o.toml:1:1: node: missing required key `node`; expected a [node] table with at least \
-         `name` and `pod_subnet`"
+         `name`, and `pod_subnet` unless [gossip] is set"
+    );
+}
+
+#[test]
+fn missing_pod_subnet_without_gossip() {
+    assert_eq!(
+        error("# One node.\n[node]\nname = \"node-1\"\n"),
+        "o.toml:2:1: node.pod_subnet: missing key pod_subnet; required unless [gossip] is set, \
+         in which case the node claims one from cluster.cidr"
+    );
+}
+
+#[test]
+fn missing_key_files() {
+    assert_eq!(
+        error_after_node("[gossip]\nseeds = [\"10.0.0.1\"]\n"),
+        r#"o.toml:5:1: gossip.key_files: missing required key `key_files`; expected a list of at least one absolute path, like ["/etc/overlayd/gossip.key"]"#
+    );
+}
+
+#[test]
+fn unknown_timing_key() {
+    assert_eq!(
+        error_in_gossip("[gossip.timing]\nprobe_intervall_ms = 100\n"),
+        "o.toml:8:1: gossip.timing.probe_intervall_ms: unknown key `probe_intervall_ms`; \
+         expected one of: probe_interval_ms, probe_timeout_ms, indirect_probes, suspicion_mult, \
+         suspicion_max_mult, suspicion_confirmations, gossip_interval_ms, gossip_fanout, \
+         push_pull_interval_ms, reannounce_interval_ms, dead_reap_after_ms, \
+         tombstone_gc_after_ms, retransmit_mult, lhm_max, stream_timeout_ms, claim_wait_ms"
+    );
+}
+
+#[test]
+fn unknown_profile() {
+    assert_eq!(
+        error_in_gossip("profile = \"metro\"\n"),
+        r#"o.toml:7:11: gossip.profile: expected "lan" or "wan", found "metro""#
+    );
+}
+
+#[test]
+fn bind_without_port() {
+    assert_eq!(
+        error_in_gossip("bind = \"0.0.0.0\"\n"),
+        r#"o.toml:7:8: gossip.bind: expected an IPv4 address and port to listen on, like 0.0.0.0:7946, found "0.0.0.0""#
+    );
+}
+
+#[test]
+fn negative_timing_override() {
+    assert_eq!(
+        error_in_gossip("[gossip.timing]\ngossip_fanout = -1\n"),
+        "o.toml:8:17: gossip.timing.gossip_fanout: expected a whole number between 1 and \
+         4294967295, found -1"
+    );
+}
+
+#[test]
+fn seed_of_the_wrong_type() {
+    assert_eq!(
+        error_in_gossip("seeds = [\"10.0.0.1\", 7946]\n"),
+        "o.toml:7:22: gossip.seeds[1]: expected a seed like 192.168.1.11 or \
+         seed.example.com:7946 (HOST or HOST:PORT; HOST an IPv4 address or a DNS name, PORT 1 \
+         to 65535, default gossip.bind's), found 7946"
     );
 }
 
@@ -242,6 +312,43 @@ fn peer_name_ending_with_hyphen() {
     assert_eq!(
         error_in_peer("name = \"node-\""),
         r#"o.toml:6:8: peer[0].name: "node-" ends with '-'; expected a DNS label like node-1 (1 to 63 characters of a-z, 0-9 and '-', not starting or ending with '-')"#
+    );
+}
+
+#[test]
+fn zone_with_uppercase() {
+    assert_eq!(
+        error_in_node(r#"zone = "Rack-1""#),
+        r#"o.toml:5:8: node.zone: "Rack-1" contains 'R'; expected a DNS label like rack-1 (1 to 63 characters of a-z, 0-9 and '-', not starting or ending with '-')"#
+    );
+}
+
+#[test]
+fn cluster_name_empty() {
+    assert_eq!(
+        error_after_node("[cluster]\nname = \"\"\n"),
+        r#"o.toml:6:8: cluster.name: "" is empty; expected a cluster name like overlayd (1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-')"#
+    );
+}
+
+#[test]
+fn cluster_name_too_long() {
+    let name = "c".repeat(65);
+
+    assert_eq!(
+        error_after_node(&format!("[cluster]\nname = \"{name}\"\n")),
+        format!(
+            "o.toml:6:8: cluster.name: \"{name}\" is 65 characters long; expected a cluster name \
+             like overlayd (1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-')"
+        )
+    );
+}
+
+#[test]
+fn cluster_name_with_space() {
+    assert_eq!(
+        error_after_node("[cluster]\nname = \"prod eu\"\n"),
+        r#"o.toml:6:8: cluster.name: "prod eu" contains ' '; expected a cluster name like overlayd (1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-')"#
     );
 }
 
@@ -384,6 +491,50 @@ fn peer_subnet_overlapping_the_node_subnet() {
     );
 }
 
+#[test]
+fn subnet_prefix_too_long() {
+    assert_eq!(
+        error_after_node("[cluster]\nsubnet_prefix = 31\n"),
+        "o.toml:6:17: cluster.subnet_prefix: expected a prefix length of at most 30, like 24, \
+         found 31"
+    );
+}
+
+#[test]
+fn subnet_prefix_shorter_than_the_cluster_cidr() {
+    assert_eq!(
+        error_in_gossip("[cluster]\ncidr = \"10.244.0.0/16\"\nsubnet_prefix = 12\n"),
+        "o.toml:9:17: cluster.subnet_prefix: /12 is shorter than cluster.cidr 10.244.0.0/16 \
+         (line 8); expected a prefix length between 16 and 30, so that claimed subnets lie \
+         inside the cluster CIDR"
+    );
+}
+
+#[test]
+fn default_subnet_prefix_in_a_small_cluster_cidr() {
+    let source = "[node]\nname = \"node-1\"\n[cluster]\ncidr = \"10.244.0.0/26\"\n\
+                  [gossip]\nkey_files = [\"/k\"]\n";
+
+    assert_eq!(
+        error(source),
+        "o.toml:3:1: cluster.subnet_prefix: /24 is shorter than cluster.cidr 10.244.0.0/26 \
+         (line 4); expected a prefix length between 26 and 30, so that claimed subnets lie \
+         inside the cluster CIDR"
+    );
+}
+
+#[test]
+fn static_pod_subnet_with_gossip_still_inside_the_cluster() {
+    let source = "[node]\nname = \"node-1\"\npod_subnet = \"10.10.0.0/22\"\n\
+                  [gossip]\nkey_files = [\"/k\"]\n";
+
+    assert_eq!(
+        error(source),
+        "o.toml:3:14: node.pod_subnet: 10.10.0.0/22 is outside cluster.cidr 10.244.0.0/16 (the \
+         default); expected a subnet inside the cluster CIDR"
+    );
+}
+
 // ---- peers: unique names and addresses ----
 
 #[test]
@@ -479,6 +630,54 @@ fn tunnel_mtu_too_large() {
     );
 }
 
+#[test]
+fn timing_override_zero() {
+    assert_eq!(
+        error_in_gossip("[gossip.timing]\nprobe_interval_ms = 0\n"),
+        "o.toml:8:21: gossip.timing.probe_interval_ms: expected a whole number of \
+         milliseconds, at least 1, found 0"
+    );
+}
+
+#[test]
+fn count_override_zero() {
+    assert_eq!(
+        error_in_gossip("[gossip.timing]\nindirect_probes = 0\n"),
+        "o.toml:8:19: gossip.timing.indirect_probes: expected a whole number between 1 and \
+         4294967295, found 0"
+    );
+}
+
+#[test]
+fn probe_timeout_not_shorter_than_the_profiles_interval() {
+    assert_eq!(
+        error_in_gossip("[gossip.timing]\nprobe_timeout_ms = 500\n"),
+        "o.toml:8:20: gossip.timing.probe_timeout_ms: 500 ms is not shorter than the lan \
+         profile's probe interval of 500 ms; expected a probe timeout shorter than the probe \
+         interval"
+    );
+}
+
+#[test]
+fn probe_timeout_not_shorter_than_the_overridden_interval() {
+    assert_eq!(
+        error_in_gossip("[gossip.timing]\nprobe_interval_ms = 1000\nprobe_timeout_ms = 1500\n"),
+        "o.toml:9:20: gossip.timing.probe_timeout_ms: 1500 ms is not shorter than \
+         gossip.timing.probe_interval_ms 1000 (line 8); expected a probe timeout shorter than \
+         the probe interval"
+    );
+}
+
+#[test]
+fn probe_interval_not_longer_than_the_profiles_timeout() {
+    assert_eq!(
+        error_in_gossip("profile = \"wan\"\n[gossip.timing]\nprobe_interval_ms = 2000\n"),
+        "o.toml:9:21: gossip.timing.probe_interval_ms: 2000 ms is not longer than the wan \
+         profile's probe timeout of 3000 ms; expected a probe interval longer than the probe \
+         timeout"
+    );
+}
+
 // ---- MACs ----
 
 #[test]
@@ -523,6 +722,144 @@ fn relative_control_socket() {
     assert_eq!(
         error_after_node("[daemon]\ncontrol_socket = \"overlayd.sock\"\n"),
         r#"o.toml:6:18: daemon.control_socket: "overlayd.sock" is a relative path; expected an absolute path like /run/overlayd/overlayd.sock"#
+    );
+}
+
+#[test]
+fn no_key_files() {
+    assert_eq!(
+        error_after_node("[gossip]\nkey_files = []\n"),
+        r#"o.toml:6:13: gossip.key_files: [] is empty; expected a list of at least one absolute path, like ["/etc/overlayd/gossip.key"]"#
+    );
+}
+
+#[test]
+fn relative_key_file() {
+    assert_eq!(
+        error_after_node("[gossip]\nkey_files = [\"/etc/overlayd/a.key\", \"b.key\"]\n"),
+        r#"o.toml:6:37: gossip.key_files[1]: "b.key" is a relative path; expected an absolute path like /etc/overlayd/gossip.key"#
+    );
+}
+
+// ---- seeds ----
+
+#[test]
+fn seed_with_port_zero() {
+    assert_eq!(
+        error_in_gossip("seeds = [\"10.0.0.1:0\"]\n"),
+        r#"o.toml:7:10: gossip.seeds[0]: "10.0.0.1:0" has port 0; expected a seed like 192.168.1.11 or seed.example.com:7946 (HOST or HOST:PORT; HOST an IPv4 address or a DNS name, PORT 1 to 65535, default gossip.bind's)"#
+    );
+}
+
+#[test]
+fn seed_with_a_port_that_is_not_a_number() {
+    assert_eq!(
+        error_in_gossip("seeds = [\"seed:gossip\"]\n"),
+        r#"o.toml:7:10: gossip.seeds[0]: "seed:gossip" has port "gossip", which is not a number; expected a seed like 192.168.1.11 or seed.example.com:7946 (HOST or HOST:PORT; HOST an IPv4 address or a DNS name, PORT 1 to 65535, default gossip.bind's)"#
+    );
+}
+
+#[test]
+fn seed_without_host() {
+    assert_eq!(
+        error_in_gossip("seeds = [\":7946\"]\n"),
+        r#"o.toml:7:10: gossip.seeds[0]: ":7946" has an empty host; expected a seed like 192.168.1.11 or seed.example.com:7946 (HOST or HOST:PORT; HOST an IPv4 address or a DNS name, PORT 1 to 65535, default gossip.bind's)"#
+    );
+}
+
+#[test]
+fn seed_with_an_ipv6_address() {
+    assert_eq!(
+        error_in_gossip("seeds = [\"[fd00::1]:7946\"]\n"),
+        r#"o.toml:7:10: gossip.seeds[0]: "[fd00::1]:7946" has more than one ':' (IPv6 addresses are not supported); expected a seed like 192.168.1.11 or seed.example.com:7946 (HOST or HOST:PORT; HOST an IPv4 address or a DNS name, PORT 1 to 65535, default gossip.bind's)"#
+    );
+}
+
+#[test]
+fn seed_with_a_bad_ipv4_address() {
+    assert_eq!(
+        error_in_gossip("seeds = [\"10.0.0.256\"]\n"),
+        r#"o.toml:7:10: gossip.seeds[0]: "10.0.0.256" has host 10.0.0.256, which is not an IPv4 address (a DNS name cannot be all digits); expected a seed like 192.168.1.11 or seed.example.com:7946 (HOST or HOST:PORT; HOST an IPv4 address or a DNS name, PORT 1 to 65535, default gossip.bind's)"#
+    );
+}
+
+#[test]
+fn seed_with_a_bad_dns_character() {
+    assert_eq!(
+        error_in_gossip("seeds = [\"seed_1.example.com\"]\n"),
+        r#"o.toml:7:10: gossip.seeds[0]: "seed_1.example.com" has host "seed_1.example.com", which contains '_'; expected a seed like 192.168.1.11 or seed.example.com:7946 (HOST or HOST:PORT; HOST an IPv4 address or a DNS name, PORT 1 to 65535, default gossip.bind's)"#
+    );
+}
+
+#[test]
+fn seed_with_an_empty_label() {
+    assert_eq!(
+        error_in_gossip("seeds = [\"seed..example.com\"]\n"),
+        r#"o.toml:7:10: gossip.seeds[0]: "seed..example.com" has host "seed..example.com", which has an empty label; expected a seed like 192.168.1.11 or seed.example.com:7946 (HOST or HOST:PORT; HOST an IPv4 address or a DNS name, PORT 1 to 65535, default gossip.bind's)"#
+    );
+}
+
+#[test]
+fn multicast_seed() {
+    assert_eq!(
+        error_in_gossip("seeds = [\"224.0.0.1\"]\n"),
+        r#"o.toml:7:10: gossip.seeds[0]: "224.0.0.1" has host 224.0.0.1, a multicast address; expected a seed like 192.168.1.11 or seed.example.com:7946 (HOST or HOST:PORT; HOST an IPv4 address or a DNS name, PORT 1 to 65535, default gossip.bind's)"#
+    );
+}
+
+#[test]
+fn duplicate_seed_by_default_port() {
+    assert_eq!(
+        error_in_gossip("seeds = [\n  \"10.0.0.1\",\n  \"10.0.0.2\",\n  \"10.0.0.1:7946\",\n]\n"),
+        r#"o.toml:10:3: gossip.seeds[2]: "10.0.0.1:7946" is the same seed as gossip.seeds[0] "10.0.0.1" (line 8); list every seed once"#
+    );
+}
+
+#[test]
+fn duplicate_seed_by_case() {
+    assert_eq!(
+        error_in_gossip(
+            "bind = \"0.0.0.0:8000\"\nseeds = [\"seed.example.com:8000\", \"Seed.Example.com\"]\n"
+        ),
+        r#"o.toml:8:35: gossip.seeds[1]: "Seed.Example.com" is the same seed as gossip.seeds[0] "seed.example.com:8000" (line 8); list every seed once"#
+    );
+}
+
+// ---- gossip addresses ----
+
+#[test]
+fn bind_port_zero() {
+    assert_eq!(
+        error_in_gossip("bind = \"0.0.0.0:0\"\n"),
+        "o.toml:7:8: gossip.bind: 0.0.0.0:0 has port 0; expected an IPv4 address and port to \
+         listen on, like 0.0.0.0:7946"
+    );
+}
+
+#[test]
+fn loopback_gossip_advertise() {
+    assert_eq!(
+        error_in_gossip("advertise = \"127.0.0.1:7946\"\n"),
+        "o.toml:7:13: gossip.advertise: 127.0.0.1:7946 is a loopback address; expected a \
+         unicast IPv4 address and port like 203.0.113.10:7946"
+    );
+}
+
+#[test]
+fn unspecified_gossip_advertise() {
+    assert_eq!(
+        error_in_gossip("advertise = \"0.0.0.0:7946\"\n"),
+        "o.toml:7:13: gossip.advertise: 0.0.0.0:7946 is the unspecified address; expected a \
+         unicast IPv4 address and port like 203.0.113.10:7946"
+    );
+}
+
+#[test]
+fn gossip_advertise_port_zero() {
+    assert_eq!(
+        error_in_gossip("advertise = \"203.0.113.10:0\"\n"),
+        "o.toml:7:13: gossip.advertise: 203.0.113.10:0 has port 0; expected a unicast IPv4 \
+         address and port like 203.0.113.10:7946"
     );
 }
 

@@ -2,11 +2,14 @@
 //! and no input makes `parse` panic.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
-use overlayd_config::{Bridge, Cluster, Config, Daemon, Nat, Node, OnExit, Peer, Tunnel, parse};
+use overlayd_config::{
+    Bridge, Cluster, Config, Daemon, Gossip, Nat, Node, OnExit, Peer, Profile, TimingOverrides,
+    Tunnel, parse,
+};
 use overlayd_proto::wire::MacAddr;
 use proptest::collection::{btree_set, vec};
 use proptest::option;
@@ -52,7 +55,8 @@ proptest! {
     }
 }
 
-/// Valid configurations: every name, address and subnet distinct and well formed.
+/// Valid configurations: every name, address and subnet distinct and well formed; with
+/// gossip or without, and with gossip with a static pod subnet or without.
 fn config() -> impl Strategy<Value = Config> {
     (0usize..=5, 8u8..=20, any::<u32>())
         .prop_flat_map(|(peer_count, cluster_prefix, bits)| {
@@ -73,7 +77,15 @@ fn config() -> impl Strategy<Value = Config> {
                     tunnel(),
                     any::<bool>(),
                     daemon(),
-                    Just(cidr),
+                    (
+                        Just(cidr),
+                        dns_label(),
+                        cluster_name(),
+                        0u8..=30,
+                        cluster_prefix..=30,
+                        option::of(gossip()),
+                        any::<bool>(),
+                    ),
                 )
             })
         })
@@ -89,7 +101,7 @@ fn config() -> impl Strategy<Value = Config> {
                 tunnel,
                 masquerade,
                 daemon,
-                cidr,
+                (cidr, zone, cluster_name, any_prefix, claim_prefix, gossip, has_static_subnet),
             )| {
                 let subnet: Vec<Ipv4Net> = subnet_indices
                     .iter()
@@ -111,10 +123,20 @@ fn config() -> impl Strategy<Value = Config> {
                         underlay_interface,
                         underlay_address: has_underlay.then_some(addresses[0]),
                         advertise_address: has_advertise.then_some(addresses[1]),
-                        pod_subnet: subnet[0],
+                        pod_subnet: (gossip.is_none() || has_static_subnet).then_some(subnet[0]),
                         vtep_mac: macs[0],
+                        zone,
                     },
-                    cluster: Cluster { cidr },
+                    cluster: Cluster {
+                        cidr,
+                        name: cluster_name,
+                        // Only claims need a prefix that fits the cluster CIDR.
+                        subnet_prefix: if gossip.is_some() {
+                            claim_prefix
+                        } else {
+                            any_prefix
+                        },
+                    },
                     bridge: Bridge {
                         name: bridge_name,
                         mtu: bridge_mtu,
@@ -122,6 +144,7 @@ fn config() -> impl Strategy<Value = Config> {
                     tunnel,
                     nat: Nat { masquerade },
                     daemon,
+                    gossip,
                     peers,
                 }
             },
@@ -164,6 +187,92 @@ fn daemon() -> impl Strategy<Value = Daemon> {
             on_exit,
         }
     })
+}
+
+/// Boxed, as is `timing_overrides`: inline, their value trees overflow the test
+/// thread's stack in debug builds.
+fn gossip() -> BoxedStrategy<Gossip> {
+    let profile = prop_oneof![Just(Profile::Lan), Just(Profile::Wan)];
+    (
+        (any::<u32>().prop_map(Ipv4Addr::from), 1u16..=u16::MAX),
+        option::of((host_address(), 1u16..=u16::MAX)),
+        btree_set(seed_host(), 0..4),
+        vec(option::of(1u16..=u16::MAX), 4),
+        vec(absolute_path(), 1..3),
+        profile,
+        timing_overrides(),
+    )
+        .prop_map(
+            |(bind, advertise, hosts, ports, key_files, profile, timing)| Gossip {
+                bind: SocketAddrV4::new(bind.0, bind.1),
+                advertise: advertise.map(|(address, port)| SocketAddrV4::new(address, port)),
+                // Distinct hosts make distinct seeds, whatever their ports.
+                seeds: hosts
+                    .into_iter()
+                    .zip(ports)
+                    .map(|(host, port)| match port {
+                        Some(port) => format!("{host}:{port}"),
+                        None => host,
+                    })
+                    .collect(),
+                key_files,
+                profile,
+                timing,
+            },
+        )
+        .boxed()
+}
+
+/// An IPv4 address or a DNS name, lower case so that distinct hosts are distinct seeds.
+fn seed_host() -> impl Strategy<Value = String> {
+    let dns_name = "[a-z]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?){0,3}";
+    prop_oneof![
+        host_address().prop_map(|address| address.to_string()),
+        dns_name.prop_map(String::from),
+    ]
+}
+
+/// Overrides that always work together: a probe timeout shorter than any profile's or
+/// overridden probe interval.
+fn timing_overrides() -> BoxedStrategy<TimingOverrides> {
+    let ms = || option::of(1u64..=i64::MAX as u64);
+    let count = || option::of(1u32..=u32::MAX);
+    (
+        (
+            option::of(3001u64..=600_000),
+            option::of(1u64..=100),
+            count(),
+            count(),
+            count(),
+            count(),
+            ms(),
+            count(),
+        ),
+        (ms(), ms(), ms(), ms(), count(), count(), ms(), ms()),
+    )
+        .prop_map(|(a, b)| TimingOverrides {
+            probe_interval_ms: a.0,
+            probe_timeout_ms: a.1,
+            indirect_probes: a.2,
+            suspicion_mult: a.3,
+            suspicion_max_mult: a.4,
+            suspicion_confirmations: a.5,
+            gossip_interval_ms: a.6,
+            gossip_fanout: a.7,
+            push_pull_interval_ms: b.0,
+            reannounce_interval_ms: b.1,
+            dead_reap_after_ms: b.2,
+            tombstone_gc_after_ms: b.3,
+            retransmit_mult: b.4,
+            lhm_max: b.5,
+            stream_timeout_ms: b.6,
+            claim_wait_ms: b.7,
+        })
+        .boxed()
+}
+
+fn cluster_name() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9._-]{1,64}"
 }
 
 fn dns_label() -> impl Strategy<Value = String> {
