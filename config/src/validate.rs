@@ -3,7 +3,6 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::path::Path;
-use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use overlayd_proto::gossip::ConfigError as TimingError;
@@ -153,25 +152,10 @@ fn check_gossip(gossip: &Gossip) -> Check {
     let path = KeyPath::root().key("gossip");
     port_not_zero(&path.key("bind"), gossip.bind)?;
     if let Some(advertise) = gossip.advertise {
-        let advertise_path = path.key("advertise");
-        if let Some(problem) = unicast_problem(*advertise.ip()) {
-            return Err(problem_with(
-                &advertise_path,
-                &advertise.to_string(),
-                problem,
-            ));
-        }
-        port_not_zero(&advertise_path, advertise)?;
+        host_socket_address(&path.key("advertise"), advertise)?;
     }
-    for (i, seed) in gossip.seeds.iter().enumerate() {
-        if let Err(error) = Seed::parse(seed, gossip.bind.port()) {
-            let seed_path = path.key("seeds").index(i);
-            return Err(problem_with(
-                &seed_path,
-                &format!("{seed:?}"),
-                &error.to_string(),
-            ));
-        }
+    for (i, text) in gossip.seeds.iter().enumerate() {
+        seed(&path.key("seeds").index(i), text, gossip.bind.port())?;
     }
     let key_files = path.key("key_files");
     if gossip.key_files.is_empty() {
@@ -182,12 +166,8 @@ fn check_gossip(gossip: &Gossip) -> Check {
     }
     let timing = path.key("timing");
     for (key, value) in gossip.timing.by_key() {
-        if value == Some(0) {
-            let message = format!("expected {}, found 0", expected(&timing.key(key)));
-            return Err(Invalid {
-                path: timing.key(key),
-                message,
-            });
+        if let Some(value) = value {
+            at_least_one(&timing.key(key), value)?;
         }
     }
     Ok(())
@@ -355,50 +335,42 @@ fn check_timers_work_together(gossip: &Gossip, doc: &Document<'_>) -> Check {
     }
 }
 
-/// The error for a probe timeout not shorter than the probe interval, at the timeout
-/// when it is overridden, else at the interval.
+/// The error for a probe timeout not shorter than the probe interval: at the timeout,
+/// unless only the interval is overridden.
 fn probe_timeout_too_long(gossip: &Gossip, doc: &Document<'_>) -> Invalid {
     let timing = gossip.timing();
+    let (timeout, interval) = (
+        timing.probe_timeout.as_millis(),
+        timing.probe_interval.as_millis(),
+    );
+    let profile = gossip.profile.name();
+    let path = KeyPath::root().key("gossip").key("timing");
+    let interval_path = path.key("probe_interval_ms");
     let overrides = &gossip.timing;
-    let timing_path = KeyPath::root().key("gossip").key("timing");
-    let timeout_path = timing_path.key("probe_timeout_ms");
-    let interval_path = timing_path.key("probe_interval_ms");
-    let (timeout, interval) = (millis(timing.probe_timeout), millis(timing.probe_interval));
-    let other = |path: &KeyPath, is_set: bool, what: &str, value: u128| {
-        if is_set {
-            format!("{path} {value} ({})", doc.whereabouts(path))
-        } else {
-            format!(
-                "the {} profile's {what} of {value} ms",
-                gossip.profile.name()
-            )
-        }
-    };
-    if overrides.probe_timeout_ms.is_some() || overrides.probe_interval_ms.is_none() {
-        let interval_is_set = overrides.probe_interval_ms.is_some();
+    if overrides.probe_timeout_ms.is_none() && overrides.probe_interval_ms.is_some() {
         let message = format!(
-            "{timeout} ms is not shorter than {}; expected a probe timeout shorter than the \
-             probe interval",
-            other(&interval_path, interval_is_set, "probe interval", interval)
+            "{interval} ms is not longer than the {profile} profile's probe timeout of \
+             {timeout} ms; expected a probe interval longer than the probe timeout"
         );
         return Invalid {
-            path: timeout_path,
+            path: interval_path,
             message,
         };
     }
+    let interval_source = if overrides.probe_interval_ms.is_some() {
+        let line = doc.whereabouts(&interval_path);
+        format!("{interval_path} {interval} ({line})")
+    } else {
+        format!("the {profile} profile's probe interval of {interval} ms")
+    };
     let message = format!(
-        "{interval} ms is not longer than {}; expected a probe interval longer than the probe \
-         timeout",
-        other(&timeout_path, false, "probe timeout", timeout)
+        "{timeout} ms is not shorter than {interval_source}; expected a probe timeout shorter \
+         than the probe interval"
     );
     Invalid {
-        path: interval_path,
+        path: path.key("probe_timeout_ms"),
         message,
     }
-}
-
-fn millis(duration: Duration) -> u128 {
-    duration.as_millis()
 }
 
 /// Every configured pod subnet with its key: this node's first, then the peers' in order.
@@ -501,6 +473,21 @@ fn unicast_problem(address: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
+/// A socket address other nodes can send to.
+fn host_socket_address(path: &KeyPath, address: SocketAddrV4) -> Check {
+    if let Some(problem) = unicast_problem(*address.ip()) {
+        return Err(problem_with(path, &address.to_string(), problem));
+    }
+    port_not_zero(path, address)
+}
+
+fn seed(path: &KeyPath, text: &str, default_port: u16) -> Check {
+    match Seed::parse(text, default_port) {
+        Ok(_) => Ok(()),
+        Err(error) => Err(problem_with(path, &format!("{text:?}"), &error.to_string())),
+    }
+}
+
 /// A socket address to listen on or send to: port 0 would mean "any".
 fn port_not_zero(path: &KeyPath, address: SocketAddrV4) -> Check {
     if address.port() != 0 {
@@ -555,6 +542,18 @@ fn vtep_mac(path: &KeyPath, mac: MacAddr) -> Check {
 /// `value` lies in `range`; the key's expectation states the range in words.
 fn within(path: &KeyPath, value: u32, range: RangeInclusive<u32>) -> Check {
     if range.contains(&value) {
+        return Ok(());
+    }
+    let message = format!("expected {}, found {value}", expected(path));
+    Err(Invalid {
+        path: path.clone(),
+        message,
+    })
+}
+
+/// A timer override: zero would stop the timer or the thing it counts.
+fn at_least_one(path: &KeyPath, value: u64) -> Check {
+    if value >= 1 {
         return Ok(());
     }
     let message = format!("expected {}, found {value}", expected(path));
