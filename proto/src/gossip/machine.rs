@@ -951,3 +951,6 @@ impl Gossip {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

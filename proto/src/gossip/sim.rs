@@ -24,6 +24,8 @@ pub(crate) struct NetConfig {
     pub(crate) loss: f64,
     pub(crate) delay: Duration,
     pub(crate) jitter: Duration,
+    /// Extra loss of packets *to* a node (a degraded receiver), by node index.
+    pub(crate) inbound_loss: BTreeMap<usize, f64>,
 }
 
 impl Default for NetConfig {
@@ -32,6 +34,7 @@ impl Default for NetConfig {
             loss: 0.0,
             delay: Duration::from_millis(1),
             jitter: Duration::from_millis(1),
+            inbound_loss: BTreeMap::new(),
         }
     }
 }
@@ -297,7 +300,11 @@ impl Sim {
             let Some(&to) = self.by_addr.get(&t.dst) else {
                 continue;
             };
-            if !self.reachable(i, to) || self.rng.random::<f64>() < self.net.loss {
+            let loss = self
+                .net
+                .loss
+                .max(self.net.inbound_loss.get(&to).copied().unwrap_or(0.0));
+            if !self.reachable(i, to) || self.rng.random::<f64>() < loss {
                 continue;
             }
             let at = self.now + self.latency();

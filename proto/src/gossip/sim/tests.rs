@@ -187,6 +187,39 @@ fn no_false_positives_over_ten_minutes_at_five_percent_loss() {
     assert!(sim.converged());
 }
 
+/// Lifeguard's scenario: one node's receive path is degraded (it loses 60% of what is
+/// sent to it), so its probes "fail" and it accuses healthy members. Its local health
+/// score rises and stretches its probing; the accused refute. No healthy member is ever
+/// declared dead by a healthy one.
+#[test]
+fn a_degraded_node_does_not_take_healthy_members_down() {
+    let n = 10;
+    let degraded = 3;
+    let mut sim = Sim::new(19, n, lan_config(), NetConfig::default(), secs(1.0));
+    for node in &mut sim.nodes {
+        node.keyring = Keyring::insecure_for_tests(cluster_key());
+    }
+    sim.run_until_pred(secs(30.0), secs(0.1), Sim::converged)
+        .expect("join");
+    sim.net.inbound_loss.insert(degraded, 0.6);
+    let mut max_score = 0;
+    for _ in 0..180 {
+        sim.run_until(sim.now + secs(1.0));
+        max_score = max_score.max(sim.gossip(degraded).health_score());
+    }
+    let accused: u64 = sim.gossip(degraded).stats().probes_failed;
+    eprintln!("degraded node: {accused} failed probes, max health score {max_score}");
+    assert!(max_score >= 2, "local health never rose: {max_score}");
+    let healthy: Vec<String> = (0..n).filter(|&i| i != degraded).map(node_name).collect();
+    for i in (0..n).filter(|&i| i != degraded) {
+        for (_, seen) in &sim.nodes[i].seen {
+            if let Seen::Down(name, DownReason::Dead) = seen {
+                assert!(!healthy.contains(name), "{i} declared healthy {name} dead");
+            }
+        }
+    }
+}
+
 #[test]
 fn objects_converge_under_concurrent_writes_and_tombstones_are_collected() {
     let mut config = lan_config();

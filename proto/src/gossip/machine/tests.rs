@@ -1,0 +1,295 @@
+use std::net::Ipv4Addr;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::gossip::config::MAX_PACKET;
+use crate::gossip::crypto::SecretKey;
+use crate::gossip::message::Message;
+use crate::gossip::record::MAX_NAME_LEN;
+
+fn key() -> SecretKey {
+    SecretKey([1; 32])
+}
+
+fn addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, i], 7946))
+}
+
+fn node(i: u8, seeds: Vec<SocketAddr>, now: Instant) -> Gossip {
+    let record = NodeRecord::new(
+        format!("n{i}"),
+        addr(i),
+        Ipv4Addr::new(192, 168, 0, i),
+        None,
+    );
+    let config = GossipConfig::new("test", seeds);
+    Gossip::new(
+        config,
+        record,
+        Keyring::new(key()),
+        1000 + u64::from(i),
+        u64::from(i),
+        now,
+        1_700_000_000_000,
+    )
+    .expect("valid")
+}
+
+/// Moves every datagram between `a` and `b` until both are quiet; returns how many.
+fn pump(now: Instant, a: &mut Gossip, b: &mut Gossip) -> usize {
+    let mut moved = 0;
+    loop {
+        let mut any = false;
+        while let Some(t) = a.poll_transmit() {
+            if t.dst == b.local().gossip_addr {
+                b.handle_datagram(now, a.local().gossip_addr, &t.payload);
+                moved += 1;
+                any = true;
+            }
+        }
+        while let Some(t) = b.poll_transmit() {
+            if t.dst == a.local().gossip_addr {
+                a.handle_datagram(now, b.local().gossip_addr, &t.payload);
+                moved += 1;
+                any = true;
+            }
+        }
+        if !any {
+            return moved;
+        }
+    }
+}
+
+fn join_pair(now: Instant) -> (Gossip, Gossip) {
+    let mut a = node(1, vec![], now);
+    let mut b = node(2, vec![addr(1)], now);
+    pump(now, &mut a, &mut b);
+    // The stream pull, carried by hand.
+    let req = b.poll_stream().expect("joiner pulls full state");
+    assert_eq!(req.to, addr(1));
+    let resp = a.serve_stream(now, &req.request).expect("served");
+    b.handle_stream_response(now, &resp);
+    assert_eq!(b.stats().streams_completed, 1);
+    (a, b)
+}
+
+#[test]
+fn two_nodes_join_and_see_each_other() {
+    let now = Instant::now();
+    let (mut a, mut b) = join_pair(now);
+    assert_eq!(a.member("n2").map(|m| m.state), Some(MemberState::Alive));
+    assert_eq!(b.member("n1").map(|m| m.state), Some(MemberState::Alive));
+    assert!(matches!(a.poll_event(), Some(Event::MemberUp(r)) if r.name == "n2"));
+    assert!(matches!(b.poll_event(), Some(Event::MemberUp(r)) if r.name == "n1"));
+}
+
+#[test]
+fn replays_stale_generations_and_misdirected_streams_are_counted() {
+    let now = Instant::now();
+    let (mut a, mut b) = join_pair(now);
+    // Capture one datagram from b to a.
+    b.update_local(now, |r| r.zone = "z".into()).expect("valid");
+    b.handle_timeout(now + Duration::from_secs(1));
+    let t = std::iter::from_fn(|| b.poll_transmit())
+        .find(|t| t.dst == addr(1))
+        .expect("b gossips to a");
+    a.handle_datagram(now, addr(2), &t.payload);
+    a.handle_datagram(now, addr(2), &t.payload);
+    assert_eq!(a.stats().drop_count(GossipDrop::Replayed), 1);
+    // b restarts (new generation); its old datagrams are then stale.
+    let mut b2 = {
+        let record = b.local().clone();
+        Gossip::new(
+            GossipConfig::new("test", vec![addr(1)]),
+            record,
+            Keyring::new(key()),
+            5000,
+            9,
+            now,
+            1_700_000_000_000,
+        )
+        .expect("valid")
+    };
+    pump(now, &mut a, &mut b2);
+    assert_eq!(a.member("n2").map(|m| m.incarnation.generation), Some(5000));
+    a.handle_datagram(now, addr(2), &t.payload);
+    assert_eq!(a.stats().drop_count(GossipDrop::StaleGeneration), 1);
+    // A stream request served twice is a replay; a response nobody asked for is dropped.
+    let req = b2.poll_stream().expect("pull");
+    let resp = a.serve_stream(now, &req.request).expect("served");
+    assert_eq!(
+        a.serve_stream(now, &req.request),
+        Err(StreamError::Dropped(GossipDrop::Replayed))
+    );
+    b2.handle_stream_response(now, &resp);
+    b2.handle_stream_response(now, &resp);
+    assert_eq!(b2.stats().drop_count(GossipDrop::Replayed), 1);
+    // A datagram is not a stream request, nor the reverse.
+    assert_eq!(
+        a.serve_stream(now, &t.payload),
+        Err(StreamError::Dropped(GossipDrop::Malformed))
+    );
+    // Oversized datagrams are refused before any work.
+    a.handle_datagram(now, addr(2), &vec![1u8; MAX_PACKET + 1]);
+    assert_eq!(a.stats().drop_count(GossipDrop::Oversized), 1);
+}
+
+#[test]
+fn unanswered_probes_raise_local_health() {
+    let now = Instant::now();
+    let (mut a, _b) = join_pair(now);
+    // b is silent from here on: a's probes fail, with nobody to ask indirectly.
+    let mut t = now;
+    for _ in 0..40 {
+        t += Duration::from_millis(50);
+        a.handle_timeout(t);
+        while a.poll_transmit().is_some() {}
+    }
+    assert!(a.health_score() >= 1, "score {}", a.health_score());
+    assert!(a.stats().probes_failed >= 1);
+    assert!(
+        a.member("n2")
+            .is_some_and(|m| !m.state.is_up() || m.state == MemberState::Suspect)
+    );
+}
+
+#[test]
+fn answered_probes_keep_local_health_at_zero() {
+    let now = Instant::now();
+    let (mut a, mut b) = join_pair(now);
+    let mut t = now;
+    for _ in 0..100 {
+        t += Duration::from_millis(50);
+        a.handle_timeout(t);
+        b.handle_timeout(t);
+        pump(t, &mut a, &mut b);
+    }
+    assert!(a.stats().probes_sent > 5);
+    assert_eq!(a.stats().probes_failed, 0);
+    assert_eq!((a.health_score(), b.health_score()), (0, 0));
+    assert_eq!(a.member("n2").map(|m| m.last_heard.is_some()), Some(true));
+}
+
+#[test]
+fn local_updates_and_objects_are_validated() {
+    let now = Instant::now();
+    let mut a = node(1, vec![], now);
+    assert_eq!(
+        a.update_local(now, |r| r.name = "other".into()),
+        Err(RecordError::NameChanged)
+    );
+    assert_eq!(
+        a.update_local(now, |r| r.zone = "z".repeat(MAX_NAME_LEN + 1)),
+        Err(RecordError::BadZone)
+    );
+    assert!(a.local().zone.is_empty(), "unchanged on error");
+    let v = a.member("n1").map(|m| m.version);
+    a.update_local(now, |r| r.zone = "eu".into())
+        .expect("valid");
+    assert_eq!(a.member("n1").map(|m| m.version), v.map(|v| v + 1));
+    assert_eq!(
+        a.set_object(now, "", Some(vec![])),
+        Err(ObjectError::BadKey)
+    );
+    assert_eq!(
+        a.set_object(now, &"k".repeat(MAX_KEY_LEN + 1), None),
+        Err(ObjectError::BadKey)
+    );
+    assert_eq!(
+        a.set_object(now, "k", Some(vec![0; MAX_VALUE_LEN + 1])),
+        Err(ObjectError::TooLarge)
+    );
+    a.set_object(now, "k", Some(vec![1])).expect("valid");
+    assert_eq!(a.object("k"), Some(&[1u8][..]));
+    assert_eq!(
+        a.poll_event(),
+        Some(Event::ObjectChanged {
+            key: "k".into(),
+            value: Some(vec![1])
+        })
+    );
+    let primary = a.keyring().primary().clone();
+    assert!(a.keyring_mut().remove(&primary).is_err());
+}
+
+#[test]
+fn the_largest_messages_fit_one_datagram() {
+    let name = "n".repeat(MAX_NAME_LEN);
+    let header = Header {
+        channel: Channel::Datagram,
+        sender: name.clone(),
+        generation: 1,
+        seq: 1,
+    };
+    let object = Message::Object {
+        key: "k".repeat(MAX_KEY_LEN),
+        hlc: Hlc(1),
+        writer: name.clone(),
+        value: Some(vec![0; MAX_VALUE_LEN]),
+    };
+    let mut record = NodeRecord::new(
+        name.clone(),
+        "[::1]:1".parse().expect("addr"),
+        Ipv4Addr::LOCALHOST,
+        None,
+    );
+    record.zone = "z".repeat(MAX_NAME_LEN);
+    record.capabilities = vec!["c".repeat(MAX_NAME_LEN); crate::gossip::record::MAX_CAPABILITIES];
+    let alive = Message::Alive {
+        inc: Incarnation::default(),
+        version: 1,
+        record,
+    };
+    for m in [object, alive] {
+        let total = SEAL_OVERHEAD + header.encoded_len() + m.encoded_len();
+        assert!(total <= MAX_PACKET, "{total} bytes: {m:?}");
+    }
+}
+
+#[test]
+fn poll_timeout_is_always_set_and_handle_timeout_advances_it() {
+    let now = Instant::now();
+    let mut a = node(1, vec![addr(9)], now);
+    let t = a.poll_timeout().expect("periodic timers");
+    assert!(t >= now);
+    a.handle_timeout(t);
+    assert!(a.poll_timeout().expect("still") > t || a.poll_timeout() == Some(t));
+    // A seed that never answers: the pull is retried after the stream timeout.
+    assert!(a.poll_stream().is_some());
+    a.handle_stream_failed(t, addr(9));
+    let retry = t + Duration::from_secs(1);
+    a.handle_timeout(retry);
+    assert!(a.poll_stream().is_some(), "retried after a failure");
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+        let now = Instant::now();
+        let mut a = node(1, vec![], now);
+        a.handle_datagram(now, addr(2), &bytes);
+        let _ = a.serve_stream(now, &bytes);
+        a.handle_stream_response(now, &bytes);
+        let dropped: u64 = a.stats().drops.iter().sum();
+        prop_assert_eq!(dropped, 3);
+    }
+
+    /// Authenticated garbage (a keyholder with a bug) is malformed, never a panic.
+    #[test]
+    fn sealed_garbage_never_panics(body in proptest::collection::vec(any::<u8>(), 0..600), channel in 0u8..3) {
+        let now = Instant::now();
+        let mut a = node(1, vec![], now);
+        let mut w = crate::gossip::codec::Writer::new();
+        w.u8(channel);
+        w.str8("n2");
+        w.u64(1);
+        w.u64(1);
+        w.raw(&body);
+        let sealed = Keyring::new(key()).seal("test", [3; 24], &w.buf);
+        a.handle_datagram(now, addr(2), &sealed);
+        let _ = a.serve_stream(now, &sealed);
+        a.handle_stream_response(now, &sealed);
+        while a.poll_transmit().is_some() {}
+    }
+}
