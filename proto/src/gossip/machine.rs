@@ -64,6 +64,9 @@ pub enum Event {
     LocalSubnetChanged { subnet: Ipv4Net, claimed_at: Hlc },
     /// Every subnet of the pool is taken; this node has none until one frees up.
     SubnetPoolExhausted,
+    /// A node at `addr` gossips under this node's name: a configuration error (names must
+    /// be unique). Reported once per address.
+    NameConflict { addr: SocketAddr },
 }
 
 /// Why a [`Gossip`] could not be created.
@@ -176,6 +179,7 @@ pub struct Gossip {
     lhm: u32,
     claim_deadline: Option<Instant>,
     exhausted: bool,
+    conflicts_reported: BTreeSet<SocketAddr>,
     /// Since when no other member has been up (for the GC-horizon check).
     alone_since: Option<Instant>,
     stats: GossipStats,
@@ -261,6 +265,7 @@ impl Gossip {
             lhm: 0,
             claim_deadline: needs_claim.then(|| now + t.claim_wait),
             exhausted: false,
+            conflicts_reported: BTreeSet::new(),
             alone_since: Some(now),
             stats: GossipStats::default(),
             config,

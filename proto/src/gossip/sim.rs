@@ -70,6 +70,7 @@ pub(crate) enum Seen {
     Object(String, Option<Vec<u8>>),
     Subnet(Ipv4Net),
     Exhausted,
+    Conflict(SocketAddr),
 }
 
 pub(crate) struct SimNode {
@@ -353,6 +354,7 @@ impl Sim {
                     Event::ObjectChanged { key, value } => Seen::Object(key, value),
                     Event::LocalSubnetChanged { subnet, .. } => Seen::Subnet(subnet),
                     Event::SubnetPoolExhausted => Seen::Exhausted,
+                    Event::NameConflict { addr } => Seen::Conflict(addr),
                 };
                 self.nodes[i].seen.push((now, seen));
             }

@@ -81,6 +81,8 @@ pub struct GossipStats {
     pub streams_served: u64,
     pub streams_completed: u64,
     pub tombstones_collected: u64,
+    /// Alive claims for this node's name from another address (duplicate node names).
+    pub name_conflicts: u64,
 }
 
 impl GossipStats {

@@ -330,7 +330,16 @@ impl Gossip {
     ) {
         let name = record.name.clone();
         if name == self.local.name {
-            if !self.left && inc > self.local_inc {
+            if record.gossip_addr != self.local.gossip_addr {
+                // Another node uses our name. Refuting would start an incarnation war
+                // neither side can win; report it instead (memberlist does the same).
+                self.stats.name_conflicts += 1;
+                if self.conflicts_reported.insert(record.gossip_addr) {
+                    self.events.push_back(Event::NameConflict {
+                        addr: record.gossip_addr,
+                    });
+                }
+            } else if !self.left && inc > self.local_inc {
                 self.refute(inc, via.from);
             }
             return;

@@ -172,6 +172,60 @@ fn answered_probes_keep_local_health_at_zero() {
 }
 
 #[test]
+fn a_duplicate_name_is_reported_not_fought_over() {
+    let now = Instant::now();
+    let mut a = node(1, vec![], now);
+    let mut impostor = {
+        let record = NodeRecord::new("n1", addr(7), Ipv4Addr::new(192, 168, 0, 7), None);
+        Gossip::new(
+            GossipConfig::new("test", vec![addr(1)]),
+            record,
+            Keyring::new(key()),
+            99,
+            7,
+            now,
+            0,
+        )
+        .expect("valid")
+    };
+    let t = impostor
+        .poll_transmit()
+        .expect("announces itself to the seed");
+    a.handle_datagram(now, addr(7), &t.payload);
+    // The envelope's sender is "n1" too: dropped as our own. Deliver the claim via a third party.
+    let mut c = node(3, vec![addr(7)], now);
+    pump(now, &mut c, &mut impostor);
+    let before = a.member("n1").map(|m| m.incarnation);
+    let gossip = impostor_alive_via(&mut c, now);
+    a.handle_datagram(now, addr(3), &gossip);
+    assert_eq!(a.stats().name_conflicts, 1);
+    assert_eq!(a.poll_event(), Some(Event::NameConflict { addr: addr(7) }));
+    assert_eq!(
+        a.member("n1").map(|m| m.incarnation),
+        before,
+        "no refutation war"
+    );
+}
+
+/// A datagram from `c` carrying the impostor's Alive (c learned it when the impostor
+/// announced itself).
+fn impostor_alive_via(c: &mut Gossip, now: Instant) -> Vec<u8> {
+    c.handle_timeout(now);
+    while c.poll_transmit().is_some() {}
+    let alive = c
+        .members
+        .get("n1")
+        .map(|m| Message::Alive {
+            inc: m.inc,
+            version: m.version,
+            record: m.record.clone(),
+        })
+        .expect("c knows the impostor");
+    c.send(addr(1), &[alive], false);
+    c.poll_transmit().expect("sent").payload
+}
+
+#[test]
 fn local_updates_and_objects_are_validated() {
     let now = Instant::now();
     let mut a = node(1, vec![], now);
