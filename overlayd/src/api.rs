@@ -34,6 +34,27 @@ pub enum Request {
         name: String,
     },
     PodList,
+    Members,
+    Key {
+        action: KeyAction,
+        /// The key file, for install/use/remove (read by the daemon).
+        #[serde(default)]
+        file: Option<std::path::PathBuf>,
+    },
+}
+
+/// What `overlayd key` does to the running keyring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyAction {
+    /// Show the installed keys' fingerprints, primary first.
+    List,
+    /// Add a key: it decrypts from now on.
+    Install,
+    /// Make an installed key the primary: it encrypts from now on.
+    Use,
+    /// Remove a key that is not the primary.
+    Remove,
 }
 
 /// Every response: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.
@@ -64,6 +85,20 @@ pub struct Status {
     pub uptime_s: u64,
     /// Tunnel drops by reason, every reason listed.
     pub drops: BTreeMap<String, u64>,
+    /// With `[gossip]`: membership counts, traffic, drops by reason, key fingerprints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip: Option<crate::gossip::GossipReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Members {
+    pub members: Vec<crate::gossip::MemberReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Keys {
+    /// Fingerprints of the installed keys, primary first.
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

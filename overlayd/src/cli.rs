@@ -28,6 +28,26 @@ pub async fn show<T: DeserializeOwned + Serialize>(
 }
 
 pub fn status_table(s: &api::Status) -> String {
+    let mut out = status_lines(s);
+    if let Some(g) = &s.gossip {
+        out.push_str(&format!(
+            "gossip      {} alive, {} suspect, {} dead; health {}; sent {} B, received {} B; keys {}\n",
+            g.members_alive,
+            g.members_suspect,
+            g.members_dead,
+            g.local_health,
+            g.bytes_sent,
+            g.bytes_received,
+            g.key_fingerprints.join(", ")
+        ));
+        for (reason, n) in g.drops.iter().filter(|(_, n)| **n > 0) {
+            out.push_str(&format!("  gossip {reason:<11}{n}\n"));
+        }
+    }
+    out
+}
+
+fn status_lines(s: &api::Status) -> String {
     let dropped: u64 = s.drops.values().sum();
     let mut out = format!(
         "node        {}\nready       {}\nunderlay    {} on {}\npod subnet  {} (gateway {})\nvtep        {} udp/{} vni {}\nmtu         pods {} tunnel {}\npeers       {}\npods        {}\nuptime      {}s\ndrops       {}\n",
@@ -105,6 +125,41 @@ pub fn routes_table(r: &api::Routes) -> String {
             ]
         }),
     )
+}
+
+pub fn members_table(m: &api::Members) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    table(
+        &[
+            "NAME",
+            "ADDRESS",
+            "SUBNET",
+            "STATE",
+            "INCARNATION",
+            "LAST HEARD",
+        ],
+        m.members.iter().map(|m| {
+            vec![
+                m.name.clone(),
+                m.address.to_string(),
+                opt(m.subnet.map(|s| s.to_string())),
+                m.state.clone(),
+                m.incarnation.to_string(),
+                opt(m.last_heard_ms.map(|ms| format!("{ms} ms ago"))),
+            ]
+        }),
+    )
+}
+
+pub fn keys_table(k: &api::Keys) -> String {
+    let mut out = String::new();
+    for (i, key) in k.keys.iter().enumerate() {
+        out.push_str(&format!(
+            "{key}{}\n",
+            if i == 0 { "  (primary)" } else { "" }
+        ));
+    }
+    out
 }
 
 pub fn pods_table(p: &api::PodList) -> String {

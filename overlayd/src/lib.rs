@@ -10,6 +10,8 @@ pub mod cli;
 pub mod daemon;
 pub mod datapath;
 pub mod discovery;
+pub mod gossip;
+pub mod keys;
 pub mod nat;
 pub mod netlink;
 pub mod netns;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use overlayd::api::Request;
+use overlayd::api::{KeyAction, Request};
 use overlayd::{cli, daemon, pods};
 
 #[derive(Parser)]
@@ -52,6 +52,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cluster members as gossip sees them.
+    Members {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Gossip keys: `generate` prints a new one; the others change the running keyring
+    /// (install a key everywhere, then `use` it everywhere, then `remove` the old one).
+    Key {
+        action: KeyCommand,
+        /// The key file (install, use, remove); read by the daemon.
+        file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Add, delete or list pods.
     Pod {
         #[command(subcommand)]
@@ -62,6 +76,16 @@ enum Command {
         #[command(subcommand)]
         command: overlayd_lab::LabCommand,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KeyCommand {
+    /// Print a new random key (64 hex digits) to put in a key file.
+    Generate,
+    List,
+    Install,
+    Use,
+    Remove,
 }
 
 #[derive(Subcommand)]
@@ -102,13 +126,27 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check { config } => {
             let cfg = overlayd_config::load(&config)?;
+            let subnet = cfg.node.pod_subnet.map_or_else(
+                || format!("claimed from {} by gossip", cfg.cluster.cidr),
+                |s| s.to_string(),
+            );
+            let discovery = match &cfg.gossip {
+                Some(g) => format!("gossip with {} seeds", g.seeds.len()),
+                None => "no gossip".into(),
+            };
             println!(
-                "{}: ok (node {}, pod subnet {}, {} static peers)",
+                "{}: ok (node {}, pod subnet {subnet}, {discovery}, {} static peers)",
                 config.display(),
                 cfg.node.name,
-                cfg.node.pod_subnet,
                 cfg.peers.len()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Key {
+            action: KeyCommand::Generate,
+            ..
+        } => {
+            println!("{}", overlayd::keys::generate()?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Lab { command } => {
@@ -119,7 +157,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Run { config } => {
             init_logging();
             let cfg = overlayd_config::load(&config)?;
-            runtime()?.block_on(daemon::run(cfg))?;
+            runtime()?.block_on(daemon::run(cfg, config))?;
             Ok(ExitCode::SUCCESS)
         }
         command => {
@@ -140,6 +178,24 @@ async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
         Command::Peers { json } => cli::show(socket, Request::Peers, json, cli::peers_table).await,
         Command::Routes { json } => {
             cli::show(socket, Request::Routes, json, cli::routes_table).await
+        }
+        Command::Members { json } => {
+            cli::show(socket, Request::Members, json, cli::members_table).await
+        }
+        Command::Key { action, file, json } => {
+            let action = match action {
+                KeyCommand::List => KeyAction::List,
+                KeyCommand::Install => KeyAction::Install,
+                KeyCommand::Use => KeyAction::Use,
+                KeyCommand::Remove => KeyAction::Remove,
+                KeyCommand::Generate => unreachable!("handled before connecting"),
+            };
+            if action != KeyAction::List && file.is_none() {
+                anyhow::bail!("`overlayd key {action:?}` needs a key file");
+            }
+            // The daemon reads the file: give it a path that means the same there.
+            let file = file.map(std::path::absolute).transpose()?;
+            cli::show(socket, Request::Key { action, file }, json, cli::keys_table).await
         }
         Command::Pod { command } => match command {
             PodCommand::Add {

@@ -224,16 +224,42 @@ impl Netlink {
         }
     }
 
-    /// Adds a default route via `gateway` (used inside pods).
-    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+    /// Removes `addr` (whatever its prefix length) from a link; absent is fine.
+    pub async fn delete_addr(&self, index: u32, addr: Ipv4Addr) -> Result<()> {
+        let mut req = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(msg) = req.try_next().await.context("listing addresses")? {
+            let matches = msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == addr));
+            if matches {
+                match self.handle.address().del(msg).execute().await {
+                    Ok(()) => {}
+                    Err(e) if is_errno(&e, libc::EADDRNOTAVAIL) => {}
+                    Err(e) => return Err(e).with_context(|| format!("removing {addr}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the default route via `gateway` (used inside pods), replacing any other.
+    pub async fn set_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
             .build();
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("adding default route via {gateway}")),
-        }
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("setting the default route via {gateway}"))
     }
 
     /// The kernel's choice of route to `dst` (`ip route get`).

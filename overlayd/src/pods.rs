@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use overlayd_proto::ipam::PodIpam;
+use overlayd_proto::ipam::{IpamError, PodIpam};
 use overlayd_proto::pod::{host_veth_name, validate_pod_name};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +40,8 @@ pub struct Pods {
     path: PathBuf,
     ipam: PodIpam,
     pods: BTreeMap<String, PodRecord>,
+    /// Pods recorded with an address outside the current subnet, to be moved into it.
+    strays: Vec<PodRecord>,
     bridge: u32,
     mtu: u32,
 }
@@ -62,14 +64,22 @@ impl Pods {
             path,
             ipam,
             pods: BTreeMap::new(),
+            strays: Vec::new(),
             bridge,
             mtu,
         };
         for (name, record) in file.pods {
-            pods.ipam.restore(record.ip, &name).with_context(|| {
-                format!("pod {name} in {} holds {}", pods.path.display(), record.ip)
-            })?;
-            pods.pods.insert(name, record);
+            match pods.ipam.restore(record.ip, &name) {
+                Ok(()) => {
+                    pods.pods.insert(name, record);
+                }
+                // The node's subnet changed while the daemon was down: move the pod.
+                Err(IpamError::OutOfRange { .. }) => pods.strays.push(record),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("pod {name} in {}", pods.path.display()));
+                }
+            }
         }
         if let Some(cursor) = file.cursor {
             pods.ipam.set_cursor(cursor);
@@ -90,8 +100,19 @@ impl Pods {
     }
 
     /// Re-attaches the host side of every recorded pod to the bridge (after a restart the
-    /// bridge may be new). Pods whose veth is gone are reported and keep their address.
-    pub async fn reattach(&self, nl: &Netlink) -> Result<()> {
+    /// bridge may be new), and moves pods recorded in an older subnet into the current
+    /// one. Pods whose veth is gone are reported and keep their address.
+    pub async fn reattach(&mut self, nl: &Netlink) -> Result<()> {
+        let strays = std::mem::take(&mut self.strays);
+        for pod in strays {
+            let ip = self.ipam.allocate(&pod.name, None)?;
+            tracing::warn!(pod = %pod.name, old = %pod.ip, new = %ip, "the node's pod subnet changed; moving the pod");
+            if let Err(e) = self.readdress(&pod, ip, &self.ipam).await {
+                tracing::warn!(pod = %pod.name, "moving to {ip}: {e:#}");
+            }
+            self.pods.insert(pod.name.clone(), PodRecord { ip, ..pod });
+            self.save()?;
+        }
         for pod in self.pods.values() {
             match nl.link_by_name(&pod.veth).await? {
                 Some(link) => {
@@ -207,8 +228,40 @@ impl Pods {
             .ensure_addr(eth.index, pod.ip, self.ipam.subnet().prefix_len())
             .await?;
         in_pod.set_link(eth.index, None, None, true).await?;
-        in_pod.add_default_route(self.ipam.gateway()).await?;
+        in_pod.set_default_route(self.ipam.gateway()).await?;
         Ok(())
+    }
+
+    /// Moves every pod to a new pod subnet (the node lost a subnet conflict): each gets
+    /// an address of the new subnet and a default route via its gateway. Pods whose
+    /// namespace is gone keep a reservation in the new subnet, as they did in the old.
+    pub async fn renumber(&mut self, subnet: ipnet::Ipv4Net) -> Result<()> {
+        let mut ipam = PodIpam::new(subnet);
+        let mut renumbered = BTreeMap::new();
+        for (name, pod) in &self.pods {
+            let ip = ipam.allocate(name, None)?;
+            if let Err(e) = self.readdress(pod, ip, &ipam).await {
+                tracing::warn!(pod = %name, "moving to {ip}: {e:#}");
+            }
+            renumbered.insert(name.clone(), PodRecord { ip, ..pod.clone() });
+        }
+        self.ipam = ipam;
+        self.pods = renumbered;
+        self.save()
+    }
+
+    async fn readdress(&self, pod: &PodRecord, ip: Ipv4Addr, ipam: &PodIpam) -> Result<()> {
+        let ns = netns::open(&pod.netns)?;
+        let in_pod = Netlink::connect_in(std::os::fd::AsFd::as_fd(&ns))?;
+        let eth = in_pod
+            .link_by_name(POD_IFNAME)
+            .await?
+            .ok_or_else(|| anyhow!("the pod has no {POD_IFNAME}"))?;
+        in_pod
+            .ensure_addr(eth.index, ip, ipam.subnet().prefix_len())
+            .await?;
+        in_pod.delete_addr(eth.index, pod.ip).await?;
+        in_pod.set_default_route(ipam.gateway()).await
     }
 
     /// Deletes a pod: its veth pair, its namespace if the daemon made it, its address.

@@ -1,11 +1,15 @@
 //! `overlayd run`: sets up the node (bridge, TUN, NAT, pods), then keeps the kernel's
-//! routes and the tunnel's forwarding table in step with the peer set, serves the control
-//! API, and on SIGTERM/SIGINT removes or keeps the data path as configured.
+//! routes and the tunnel's forwarding table in step with the peer set — from the static
+//! `[[peer]]` list and, with `[gossip]`, from the cluster's members — serves the control
+//! API, and on SIGTERM/SIGINT leaves the cluster and removes or keeps the data path.
+
+mod api;
+mod gossip_setup;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -14,15 +18,13 @@ use overlayd_config::schema::{Config, OnExit};
 use overlayd_proto::PeerInfo;
 use overlayd_proto::dataplane::{ForwardingTable, LocalVtep};
 use overlayd_proto::ipam::PodIpam;
-use overlayd_proto::routing::{self, KernelRoute, LocalRouting, PeerPath, RouteKind, RouteOp};
+use overlayd_proto::routing::{self, LocalRouting, PeerPath, RouteOp};
 use overlayd_proto::wire::{MacAddr, vxlan};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Notify, watch};
 
-use crate::api::{self, PeerReport, Request, Response, RouteReport};
 use crate::datapath::{self, Datapath};
 use crate::discovery::{PeerSource, StaticPeers};
+use crate::gossip::GossipHandle;
 use crate::nat;
 use crate::netlink::{self, Link, Netlink};
 use crate::pods::Pods;
@@ -37,39 +39,80 @@ struct Local {
     name: String,
     underlay: Link,
     underlay_addr: Ipv4Addr,
-    pod_subnet: Ipv4Net,
-    gateway: Ipv4Addr,
     vtep_mac: MacAddr,
     pod_mtu: u32,
     tunnel_mtu: u32,
 }
 
+/// The pod subnet in force and its gateway (the bridge's address). Changes only when a
+/// claimed subnet loses a conflict.
+#[derive(Debug, Clone, Copy)]
+struct Subnet {
+    net: Ipv4Net,
+    gateway: Ipv4Addr,
+}
+
+impl Subnet {
+    fn new(net: Ipv4Net) -> Self {
+        Subnet {
+            net,
+            gateway: PodIpam::gateway_of(net),
+        }
+    }
+}
+
 struct Shared {
     cfg: Config,
+    config_path: PathBuf,
     local: Local,
+    subnet: RwLock<Subnet>,
     nl: Netlink,
     dp: Arc<Datapath>,
     pods: Mutex<Pods>,
     peers: std::sync::Mutex<Vec<(PeerInfo, PeerPath)>>,
+    gossip: Option<GossipHandle>,
+    /// Wakes the control loop (the local subnet changed).
+    reconcile_now: Notify,
     ready: AtomicBool,
     started: Instant,
     tun_index: u32,
     bridge_index: u32,
 }
 
-pub async fn run(cfg: Config) -> Result<()> {
+impl Shared {
+    fn subnet(&self) -> Subnet {
+        *self.subnet.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     netlink::require_net_admin()?;
     crate::netns::find_host_mount_ns();
     let nl = Netlink::connect()?;
     let local = resolve_local(&nl, &cfg).await?;
     tracing::info!(
         node = %local.name, underlay = %local.underlay_addr, dev = %local.underlay.name,
-        subnet = %local.pod_subnet, vtep_mac = %local.vtep_mac, "starting"
+        vtep_mac = %local.vtep_mac, "starting"
     );
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
 
+    let (gossip, gossip_task) = match &cfg.gossip {
+        Some(g) => {
+            let (handle, task) = gossip_setup::start(&cfg, g, &local).await?;
+            (Some(handle), Some(task))
+        }
+        None => (None, None),
+    };
+    let subnet = match (&cfg.node.pod_subnet, &gossip) {
+        (Some(net), _) => *net,
+        (None, Some(handle)) => gossip_setup::wait_for_subnet(&cfg, handle).await?,
+        (None, None) => bail!("node.pod_subnet is required without [gossip]"),
+    };
+    let subnet = Subnet::new(subnet);
+    tracing::info!(pod_subnet = %subnet.net, "pod subnet");
+
     let bridge_index = nl.ensure_bridge(&cfg.bridge.name, local.pod_mtu).await?;
-    nl.ensure_addr(bridge_index, local.gateway, local.pod_subnet.prefix_len())
+    nl.ensure_addr(bridge_index, subnet.gateway, subnet.net.prefix_len())
         .await?;
 
     let tun = Arc::new(create_tun(&cfg.tunnel.device, local.tunnel_mtu)?);
@@ -87,40 +130,43 @@ pub async fn run(cfg: Config) -> Result<()> {
     nl.set_link(tun_link.index, Some(local.tunnel_mtu), None, true)
         .await?;
 
-    if cfg.nat.masquerade {
-        nat::install(local.pod_subnet, cfg.cluster.cidr)?;
-    } else {
-        nat::remove()?;
-    }
+    apply_nat(&cfg, subnet.net)?;
 
-    let ipam = PodIpam::new(local.pod_subnet);
-    let pods = Pods::load(&cfg.daemon.state_dir, ipam, bridge_index, local.pod_mtu)?;
+    let ipam = PodIpam::new(subnet.net);
+    let mut pods = Pods::load(&cfg.daemon.state_dir, ipam, bridge_index, local.pod_mtu)?;
     pods.reattach(&nl).await?;
 
     let (sock, udp_state) = datapath::bind_udp(cfg.tunnel.port)?;
     let (sock, udp_state) = (Arc::new(sock), Arc::new(udp_state));
     let dp = Arc::new(Datapath::new(ForwardingTable::new(
-        local_vtep(&cfg, &local),
+        local_vtep(&cfg, &local, subnet),
         Vec::new(),
     )));
 
-    let listener = bind_api(&cfg.daemon.control_socket)?;
+    let listener = api::bind(&cfg.daemon.control_socket)?;
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
+        config_path,
         local: local.clone(),
+        subnet: RwLock::new(subnet),
         nl: nl.clone(),
         dp: dp.clone(),
         pods: Mutex::new(pods),
         peers: std::sync::Mutex::new(Vec::new()),
+        gossip: gossip.clone(),
+        reconcile_now: Notify::new(),
         ready: AtomicBool::new(false),
         started: Instant::now(),
         tun_index: tun_link.index,
         bridge_index,
     });
 
-    let source = StaticPeers::new(&cfg.peers);
+    let peer_source: Box<dyn PeerSource> = match &gossip {
+        Some(handle) => Box::new(handle.clone()),
+        None => Box::new(StaticPeers::new(&cfg.peers)),
+    };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(control_loop(shared.clone(), source.subscribe()));
+    tasks.spawn(control_loop(shared.clone(), peer_source.subscribe()));
     let mtu = local.tunnel_mtu as usize;
     tasks.spawn(datapath::tun_to_udp(
         dp.clone(),
@@ -136,18 +182,41 @@ pub async fn run(cfg: Config) -> Result<()> {
         sock.clone(),
         udp_state.clone(),
     ));
-    tasks.spawn(serve_api(shared.clone(), listener));
+    tasks.spawn(api::serve(shared.clone(), listener));
+    if let Some(handle) = &gossip {
+        tasks.spawn(follow_subnet(shared.clone(), handle.subnet()));
+    }
+    if let Some(task) = gossip_task {
+        tasks.spawn(async move {
+            task.await
+                .map_err(|e| anyhow!("gossip task: {e}"))?
+                .context("gossip")
+        });
+    }
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let outcome = tokio::select! {
-        _ = term.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
-        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); Ok(()) }
-        Some(done) = tasks.join_next() => match done {
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => Err(anyhow!("a daemon task ended unexpectedly")),
-            Err(e) => Err(anyhow!("a daemon task panicked: {e}")),
-        },
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut hup) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::hangup())?,
+    );
+    let outcome = loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break Ok(()) }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break Ok(()) }
+            _ = hup.recv() => reload_keys(&shared).await,
+            Some(done) = tasks.join_next() => break match done {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Err(anyhow!("a daemon task ended unexpectedly")),
+                Err(e) => Err(anyhow!("a daemon task panicked: {e}")),
+            },
+        }
     };
+    if let Some(handle) = &gossip {
+        match tokio::time::timeout(Duration::from_secs(2), handle.leave()).await {
+            Ok(Ok(())) => tracing::info!("left the cluster"),
+            _ => tracing::warn!("could not announce leaving the cluster; peers will detect it"),
+        }
+    }
     tasks.abort_all();
     let _ = std::fs::remove_file(&cfg.daemon.control_socket);
     if cfg.daemon.on_exit == OnExit::Remove {
@@ -212,8 +281,6 @@ async fn resolve_local(nl: &Netlink, cfg: &Config) -> Result<Local> {
     Ok(Local {
         name: node.name.clone(),
         underlay_addr,
-        pod_subnet: node.pod_subnet,
-        gateway: PodIpam::gateway_of(node.pod_subnet),
         vtep_mac: node
             .vtep_mac
             .unwrap_or_else(|| MacAddr::vtep_for_node(&node.name)),
@@ -223,11 +290,19 @@ async fn resolve_local(nl: &Netlink, cfg: &Config) -> Result<Local> {
     })
 }
 
-fn local_vtep(cfg: &Config, local: &Local) -> LocalVtep {
+fn local_vtep(cfg: &Config, local: &Local, subnet: Subnet) -> LocalVtep {
     LocalVtep {
         vni: cfg.tunnel.vni,
         mac: local.vtep_mac,
-        pod_subnet: local.pod_subnet,
+        pod_subnet: subnet.net,
+    }
+}
+
+fn apply_nat(cfg: &Config, pods: Ipv4Net) -> Result<()> {
+    if cfg.nat.masquerade {
+        nat::install(pods, cfg.cluster.cidr)
+    } else {
+        nat::remove()
     }
 }
 
@@ -262,14 +337,29 @@ async fn control_loop(
         }
         tokio::select! {
             changed = peers.changed() => if changed.is_err() { return Ok(()) },
+            _ = shared.reconcile_now.notified() => {}
             _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
         }
     }
 }
 
 async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
+    let subnet = shared.subnet();
+    // A peer whose subnet overlaps ours (a conflict gossip is still resolving) must not
+    // capture our own pods' traffic.
+    let peers: Vec<PeerInfo> = peers
+        .iter()
+        .filter(|p| {
+            let clash = p.pod_subnet.contains(&subnet.net.network()) || subnet.net.contains(&p.pod_subnet.network());
+            if clash {
+                tracing::warn!(peer = %p.name, subnet = %p.pod_subnet, "peer subnet overlaps ours; ignoring it until the conflict resolves");
+            }
+            !clash
+        })
+        .cloned()
+        .collect();
     let mut with_paths = Vec::with_capacity(peers.len());
-    for peer in peers {
+    for peer in &peers {
         let path = match shared.nl.route_get(peer.underlay).await {
             Ok(lookup) => routing::choose_path(
                 shared.cfg.tunnel.host_gw,
@@ -284,11 +374,11 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
         with_paths.push((peer.clone(), path));
     }
     shared.dp.install(ForwardingTable::new(
-        local_vtep(&shared.cfg, &shared.local),
-        peers.to_vec(),
+        local_vtep(&shared.cfg, &shared.local, subnet),
+        peers,
     ));
 
-    let desired = routing::plan(&local_routing(shared), &with_paths);
+    let desired = routing::plan(&local_routing(shared, subnet), &with_paths);
     let current = shared.nl.owned_routes().await?;
     let ops = routing::reconcile(&desired, &current);
     let mut failed = None;
@@ -305,12 +395,77 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     failed.map_or(Ok(()), Err)
 }
 
-fn local_routing(shared: &Shared) -> LocalRouting {
+fn local_routing(shared: &Shared, subnet: Subnet) -> LocalRouting {
     LocalRouting {
         cluster_cidr: shared.cfg.cluster.cidr,
-        tunnel_src: shared.local.gateway,
+        tunnel_src: subnet.gateway,
         tunnel_oif: shared.tun_index,
         underlay_oif: shared.local.underlay.index,
+    }
+}
+
+/// Moves the node to a new claimed subnet when gossip says so (a conflict was lost):
+/// bridge address, NAT, pods, then routes and the forwarding table.
+async fn follow_subnet(
+    shared: Arc<Shared>,
+    mut subnet: watch::Receiver<Option<Ipv4Net>>,
+) -> Result<()> {
+    loop {
+        if subnet.changed().await.is_err() {
+            return Ok(());
+        }
+        let Some(new) = *subnet.borrow_and_update() else {
+            continue;
+        };
+        let old = shared.subnet();
+        if new == old.net {
+            continue;
+        }
+        tracing::warn!(old = %old.net, %new, "pod subnet changed; moving the bridge and pods");
+        let new = Subnet::new(new);
+        let mut pods = shared.pods.lock().await;
+        shared
+            .nl
+            .ensure_addr(shared.bridge_index, new.gateway, new.net.prefix_len())
+            .await?;
+        shared
+            .nl
+            .delete_addr(shared.bridge_index, old.gateway)
+            .await?;
+        apply_nat(&shared.cfg, new.net)?;
+        *shared.subnet.write().unwrap_or_else(|e| e.into_inner()) = new;
+        pods.renumber(new.net).await?;
+        shared.reconcile_now.notify_one();
+    }
+}
+
+/// SIGHUP: make the running keyring what the config's key files say now.
+async fn reload_keys(shared: &Shared) {
+    let Some(handle) = &shared.gossip else {
+        tracing::info!("SIGHUP: no [gossip], nothing to reload");
+        return;
+    };
+    let reloaded = overlayd_config::load(&shared.config_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| {
+            cfg.gossip
+                .ok_or_else(|| anyhow!("[gossip] was removed; restart to turn gossip off"))
+        })
+        .and_then(|g| {
+            g.key_files
+                .iter()
+                .map(|f| crate::keys::load(f))
+                .collect::<Result<Vec<_>>>()
+        });
+    let result = match reloaded {
+        Ok(keys) => handle.keys(crate::gossip::KeyOp::Replace(keys)).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(fingerprints) => {
+            tracing::info!(keys = ?fingerprints, "SIGHUP: gossip keys reloaded (primary first)")
+        }
+        Err(e) => tracing::error!("SIGHUP: keeping the current keys: {e:#}"),
     }
 }
 
@@ -325,178 +480,4 @@ async fn remove_datapath(shared: &Shared) -> Result<()> {
         "data path removed (routes, TUN, bridge, NAT table); pods keep their namespaces"
     );
     Ok(())
-}
-
-fn bind_api(path: &PathBuf) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // A socket file left by a daemon that died; if a live daemon owned it, connecting works.
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        bail!("another overlayd is already serving {}", path.display());
-    }
-    let _ = std::fs::remove_file(path);
-    UnixListener::bind(path)
-        .with_context(|| format!("binding the control socket {}", path.display()))
-}
-
-async fn serve_api(shared: Arc<Shared>, listener: UnixListener) -> Result<()> {
-    loop {
-        let (stream, _) = listener
-            .accept()
-            .await
-            .context("accepting on the control socket")?;
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle_conn(&shared, stream).await {
-                tracing::debug!("control connection: {e:#}");
-            }
-        });
-    }
-}
-
-async fn handle_conn(shared: &Shared, stream: UnixStream) -> Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let n = BufReader::new(read)
-        .take(api::MAX_REQUEST as u64 + 1)
-        .read_line(&mut line)
-        .await?;
-    let response = if n > api::MAX_REQUEST {
-        error_response(anyhow!("request longer than {} bytes", api::MAX_REQUEST))
-    } else {
-        match serde_json::from_str::<Request>(&line) {
-            Ok(req) => match dispatch(shared, req).await {
-                Ok(value) => Response {
-                    ok: true,
-                    result: Some(value),
-                    error: None,
-                },
-                Err(e) => error_response(e),
-            },
-            Err(e) => error_response(anyhow!("bad request: {e}")),
-        }
-    };
-    let mut out = serde_json::to_vec(&response)?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    Ok(())
-}
-
-fn error_response(e: anyhow::Error) -> Response {
-    Response {
-        ok: false,
-        result: None,
-        error: Some(format!("{e:#}")),
-    }
-}
-
-async fn dispatch(shared: &Shared, req: Request) -> Result<serde_json::Value> {
-    Ok(match req {
-        Request::Status => serde_json::to_value(status(shared).await)?,
-        Request::Peers => serde_json::to_value(peers(shared)?)?,
-        Request::Routes => serde_json::to_value(routes(shared).await?)?,
-        Request::PodAdd { name, ip, netns } => {
-            let mut pods = shared.pods.lock().await;
-            let record = pods.add(&shared.nl, &name, ip, netns.as_deref()).await?;
-            tracing::info!(pod = %record.name, ip = %record.ip, netns = %record.netns.display(), "pod added");
-            serde_json::to_value(record)?
-        }
-        Request::PodDel { name } => {
-            let record = shared.pods.lock().await.del(&shared.nl, &name).await?;
-            tracing::info!(pod = %record.name, ip = %record.ip, "pod deleted");
-            serde_json::to_value(record)?
-        }
-        Request::PodList => serde_json::to_value(api::PodList {
-            pods: shared.pods.lock().await.list(),
-        })?,
-    })
-}
-
-async fn status(shared: &Shared) -> api::Status {
-    let l = &shared.local;
-    api::Status {
-        node: l.name.clone(),
-        ready: shared.ready.load(Ordering::Relaxed),
-        underlay_interface: l.underlay.name.clone(),
-        underlay: l.underlay_addr,
-        pod_subnet: l.pod_subnet,
-        gateway: l.gateway,
-        vtep_mac: l.vtep_mac.to_string(),
-        tunnel_port: shared.cfg.tunnel.port,
-        vni: shared.cfg.tunnel.vni,
-        tunnel_mtu: l.tunnel_mtu,
-        pod_mtu: l.pod_mtu,
-        peers: shared.peers.lock().map(|p| p.len()).unwrap_or(0),
-        pods: shared.pods.lock().await.len(),
-        uptime_s: shared.started.elapsed().as_secs(),
-        drops: drops_map(shared),
-    }
-}
-
-fn drops_map(shared: &Shared) -> std::collections::BTreeMap<String, u64> {
-    shared
-        .dp
-        .drops
-        .to_map()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
-}
-
-fn peers(shared: &Shared) -> Result<api::Peers> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let list = shared
-        .peers
-        .lock()
-        .map_err(|_| anyhow!("peer list lock poisoned"))?
-        .clone();
-    let peers = list
-        .into_iter()
-        .map(|(p, path)| {
-            let c = shared.dp.counters_of(&p.name);
-            PeerReport {
-                path: path.as_str().to_owned(),
-                vtep_mac: p.vtep_mac.to_string(),
-                tx_packets: c.tx_packets.load(Relaxed),
-                tx_bytes: c.tx_bytes.load(Relaxed),
-                rx_packets: c.rx_packets.load(Relaxed),
-                rx_bytes: c.rx_bytes.load(Relaxed),
-                drops: c.drops.load(Relaxed),
-                name: p.name,
-                underlay: p.underlay,
-                pod_subnet: p.pod_subnet,
-            }
-        })
-        .collect();
-    Ok(api::Peers {
-        peers,
-        drops: drops_map(shared),
-    })
-}
-
-async fn routes(shared: &Shared) -> Result<api::Routes> {
-    let links = shared.nl.links().await?;
-    let name_of = |index: Option<u32>| {
-        index
-            .and_then(|i| links.iter().find(|l| l.index == i))
-            .map(|l| l.name.clone())
-    };
-    let routes = shared
-        .nl
-        .owned_routes()
-        .await?
-        .into_iter()
-        .map(|r: KernelRoute| RouteReport {
-            dst: r.dst,
-            kind: match r.kind {
-                RouteKind::Unicast => "unicast".into(),
-                RouteKind::Blackhole => "blackhole".into(),
-            },
-            via: r.gateway,
-            dev: name_of(r.oif),
-            src: r.pref_src,
-        })
-        .collect();
-    Ok(api::Routes { routes })
 }

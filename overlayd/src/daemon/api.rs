@@ -1,0 +1,223 @@
+//! The control socket: one JSON request per connection line, answered from the daemon's
+//! shared state.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result, anyhow, bail};
+use overlayd_proto::routing::{KernelRoute, RouteKind};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::Shared;
+use crate::api::{self, KeyAction, PeerReport, Request, Response, RouteReport};
+use crate::gossip::KeyOp;
+
+pub(super) fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket file left by a daemon that died; if a live daemon owned it, connecting works.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("another overlayd is already serving {}", path.display());
+    }
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))
+}
+
+pub(super) async fn serve(shared: Arc<Shared>, listener: UnixListener) -> Result<()> {
+    loop {
+        let (stream, _) = listener
+            .accept()
+            .await
+            .context("accepting on the control socket")?;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle_conn(&shared, stream).await {
+                tracing::debug!("control connection: {e:#}");
+            }
+        });
+    }
+}
+
+async fn handle_conn(shared: &Shared, stream: UnixStream) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let n = BufReader::new(read)
+        .take(api::MAX_REQUEST as u64 + 1)
+        .read_line(&mut line)
+        .await?;
+    let response = if n > api::MAX_REQUEST {
+        error_response(anyhow!("request longer than {} bytes", api::MAX_REQUEST))
+    } else {
+        match serde_json::from_str::<Request>(&line) {
+            Ok(req) => match dispatch(shared, req).await {
+                Ok(value) => Response {
+                    ok: true,
+                    result: Some(value),
+                    error: None,
+                },
+                Err(e) => error_response(e),
+            },
+            Err(e) => error_response(anyhow!("bad request: {e}")),
+        }
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+fn error_response(e: anyhow::Error) -> Response {
+    Response {
+        ok: false,
+        result: None,
+        error: Some(format!("{e:#}")),
+    }
+}
+
+async fn dispatch(shared: &Shared, req: Request) -> Result<serde_json::Value> {
+    Ok(match req {
+        Request::Status => serde_json::to_value(status(shared).await)?,
+        Request::Peers => serde_json::to_value(peers(shared)?)?,
+        Request::Routes => serde_json::to_value(routes(shared).await?)?,
+        Request::PodAdd { name, ip, netns } => {
+            let mut pods = shared.pods.lock().await;
+            let record = pods.add(&shared.nl, &name, ip, netns.as_deref()).await?;
+            tracing::info!(pod = %record.name, ip = %record.ip, netns = %record.netns.display(), "pod added");
+            serde_json::to_value(record)?
+        }
+        Request::PodDel { name } => {
+            let record = shared.pods.lock().await.del(&shared.nl, &name).await?;
+            tracing::info!(pod = %record.name, ip = %record.ip, "pod deleted");
+            serde_json::to_value(record)?
+        }
+        Request::PodList => serde_json::to_value(api::PodList {
+            pods: shared.pods.lock().await.list(),
+        })?,
+        Request::Members => {
+            let members = gossip(shared)?.members().await?;
+            serde_json::to_value(api::Members { members })?
+        }
+        Request::Key { action, file } => {
+            let key = || -> Result<_> {
+                let file = file
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("this key action needs a key file"))?;
+                crate::keys::load(file)
+            };
+            let op = match action {
+                KeyAction::List => KeyOp::List,
+                KeyAction::Install => KeyOp::Install(key()?),
+                KeyAction::Use => KeyOp::Use(key()?),
+                KeyAction::Remove => KeyOp::Remove(key()?),
+            };
+            let keys = gossip(shared)?.keys(op).await?;
+            tracing::info!(?action, keys = ?keys, "gossip keyring changed (primary first)");
+            serde_json::to_value(api::Keys { keys })?
+        }
+    })
+}
+
+fn gossip(shared: &Shared) -> Result<&crate::gossip::GossipHandle> {
+    match &shared.gossip {
+        Some(handle) => Ok(handle),
+        None => bail!("this node runs without [gossip]: there are no members or keys"),
+    }
+}
+
+async fn status(shared: &Shared) -> api::Status {
+    let l = &shared.local;
+    let subnet = shared.subnet();
+    let gossip = match &shared.gossip {
+        Some(handle) => handle.report().await.ok(),
+        None => None,
+    };
+    api::Status {
+        gossip,
+        node: l.name.clone(),
+        ready: shared.ready.load(Ordering::Relaxed),
+        underlay_interface: l.underlay.name.clone(),
+        underlay: l.underlay_addr,
+        pod_subnet: subnet.net,
+        gateway: subnet.gateway,
+        vtep_mac: l.vtep_mac.to_string(),
+        tunnel_port: shared.cfg.tunnel.port,
+        vni: shared.cfg.tunnel.vni,
+        tunnel_mtu: l.tunnel_mtu,
+        pod_mtu: l.pod_mtu,
+        peers: shared.peers.lock().map(|p| p.len()).unwrap_or(0),
+        pods: shared.pods.lock().await.len(),
+        uptime_s: shared.started.elapsed().as_secs(),
+        drops: drops_map(shared),
+    }
+}
+
+fn drops_map(shared: &Shared) -> std::collections::BTreeMap<String, u64> {
+    shared
+        .dp
+        .drops
+        .to_map()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+}
+
+fn peers(shared: &Shared) -> Result<api::Peers> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let list = shared
+        .peers
+        .lock()
+        .map_err(|_| anyhow!("peer list lock poisoned"))?
+        .clone();
+    let peers = list
+        .into_iter()
+        .map(|(p, path)| {
+            let c = shared.dp.counters_of(&p.name);
+            PeerReport {
+                path: path.as_str().to_owned(),
+                vtep_mac: p.vtep_mac.to_string(),
+                tx_packets: c.tx_packets.load(Relaxed),
+                tx_bytes: c.tx_bytes.load(Relaxed),
+                rx_packets: c.rx_packets.load(Relaxed),
+                rx_bytes: c.rx_bytes.load(Relaxed),
+                drops: c.drops.load(Relaxed),
+                name: p.name,
+                underlay: p.underlay,
+                pod_subnet: p.pod_subnet,
+            }
+        })
+        .collect();
+    Ok(api::Peers {
+        peers,
+        drops: drops_map(shared),
+    })
+}
+
+async fn routes(shared: &Shared) -> Result<api::Routes> {
+    let links = shared.nl.links().await?;
+    let name_of = |index: Option<u32>| {
+        index
+            .and_then(|i| links.iter().find(|l| l.index == i))
+            .map(|l| l.name.clone())
+    };
+    let routes = shared
+        .nl
+        .owned_routes()
+        .await?
+        .into_iter()
+        .map(|r: KernelRoute| RouteReport {
+            dst: r.dst,
+            kind: match r.kind {
+                RouteKind::Unicast => "unicast".into(),
+                RouteKind::Blackhole => "blackhole".into(),
+            },
+            via: r.gateway,
+            dev: name_of(r.oif),
+            src: r.pref_src,
+        })
+        .collect();
+    Ok(api::Routes { routes })
+}

@@ -1,0 +1,488 @@
+//! The gossip shell: owns the UDP socket and TCP listener of the gossip port and drives
+//! `overlayd_proto::gossip::Gossip` — datagrams in, timers, transmits out, full-state
+//! streams over TCP — and turns its events into the daemon's peer set and local subnet.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use ipnet::Ipv4Net;
+use overlayd_proto::PeerInfo;
+use overlayd_proto::gossip::{Event, Gossip, Hlc, MemberState, SecretKey};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::discovery::PeerSource;
+
+/// Largest full-state request a peer may send us over TCP.
+const MAX_STREAM_REQUEST: usize = 64 * 1024;
+/// Largest full-state response we accept.
+const MAX_STREAM_RESPONSE: usize = 64 * 1024 * 1024;
+
+/// The claimed pod subnet, persisted so a restarted node gets it back.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SubnetClaim {
+    pub subnet: Ipv4Net,
+    pub claimed_at: u64,
+}
+
+impl SubnetClaim {
+    fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("subnet.json")
+    }
+
+    /// The claim persisted in `state_dir`, if any.
+    pub fn load(state_dir: &Path) -> Result<Option<SubnetClaim>> {
+        match std::fs::read(Self::path(state_dir)) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} is corrupt; remove it to claim a new subnet",
+                    Self::path(state_dir).display()
+                )
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("reading the persisted subnet claim"),
+        }
+    }
+
+    fn save(&self, state_dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(state_dir)?;
+        let path = Self::path(state_dir);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+}
+
+/// One member as `overlayd members` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberReport {
+    pub name: String,
+    pub address: SocketAddr,
+    pub subnet: Option<Ipv4Net>,
+    pub state: String,
+    pub incarnation: u64,
+    pub generation: u64,
+    /// Milliseconds since we last heard from it directly; `None` for ourselves and for
+    /// members only heard of through others.
+    pub last_heard_ms: Option<u64>,
+}
+
+/// Gossip counters for `overlayd status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GossipReport {
+    pub members_alive: usize,
+    pub members_suspect: usize,
+    pub members_dead: usize,
+    pub local_health: u32,
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    pub datagrams_received: u64,
+    pub bytes_received: u64,
+    pub drops: BTreeMap<String, u64>,
+    pub key_fingerprints: Vec<String>,
+}
+
+/// Changes to the running keyring.
+#[derive(Debug, Clone)]
+pub enum KeyOp {
+    List,
+    Install(SecretKey),
+    Use(SecretKey),
+    Remove(SecretKey),
+    /// Make the keyring exactly these keys, the first primary (config reload).
+    Replace(Vec<SecretKey>),
+}
+
+enum Command {
+    Members(oneshot::Sender<Vec<MemberReport>>),
+    Report(oneshot::Sender<GossipReport>),
+    Keys(KeyOp, oneshot::Sender<Result<Vec<String>>>),
+    Leave(oneshot::Sender<()>),
+}
+
+/// The daemon's handle on the running gossip task.
+#[derive(Clone)]
+pub struct GossipHandle {
+    commands: mpsc::Sender<Command>,
+    peers: watch::Sender<Vec<PeerInfo>>,
+    subnet: watch::Receiver<Option<Ipv4Net>>,
+}
+
+impl PeerSource for GossipHandle {
+    fn subscribe(&self) -> watch::Receiver<Vec<PeerInfo>> {
+        self.peers.subscribe()
+    }
+}
+
+impl GossipHandle {
+    pub async fn members(&self) -> Result<Vec<MemberReport>> {
+        self.ask(Command::Members).await
+    }
+
+    pub async fn report(&self) -> Result<GossipReport> {
+        self.ask(Command::Report).await
+    }
+
+    /// Applies a keyring change; returns the fingerprints installed afterwards, primary first.
+    pub async fn keys(&self, op: KeyOp) -> Result<Vec<String>> {
+        self.ask(|tx| Command::Keys(op, tx)).await?
+    }
+
+    /// Announces a graceful leave and waits until it has been sent.
+    pub async fn leave(&self) -> Result<()> {
+        self.ask(Command::Leave).await
+    }
+
+    /// The local pod subnet: `None` until claimed; changes if a conflict is lost.
+    pub fn subnet(&self) -> watch::Receiver<Option<Ipv4Net>> {
+        self.subnet.clone()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| anyhow!("the gossip task has stopped"))?;
+        rx.await.map_err(|_| anyhow!("the gossip task has stopped"))
+    }
+}
+
+/// Everything the gossip task needs.
+pub struct GossipSetup {
+    pub gossip: Gossip,
+    pub bind: SocketAddr,
+    pub state_dir: PathBuf,
+    /// Configured `[[peer]]`s (nodes that do not gossip), always part of the peer set.
+    pub static_peers: Vec<PeerInfo>,
+    pub stream_timeout: Duration,
+}
+
+/// Binds the gossip port (UDP and TCP) and starts the task.
+pub async fn start(
+    setup: GossipSetup,
+) -> Result<(GossipHandle, tokio::task::JoinHandle<Result<()>>)> {
+    let udp = UdpSocket::bind(setup.bind)
+        .await
+        .with_context(|| format!("binding the gossip UDP port {}", setup.bind))?;
+    let tcp = TcpListener::bind(setup.bind)
+        .await
+        .with_context(|| format!("binding the gossip TCP port {}", setup.bind))?;
+    let (commands, rx) = mpsc::channel(16);
+    let initial_subnet = setup.gossip.local().pod_subnet;
+    let peers = watch::Sender::new(setup.static_peers.clone());
+    let (subnet_tx, subnet) = watch::channel(initial_subnet);
+    let handle = GossipHandle {
+        commands,
+        peers: peers.clone(),
+        subnet,
+    };
+    let task = tokio::spawn(
+        Driver {
+            setup,
+            udp,
+            tcp,
+            commands: rx,
+            peers,
+            subnet: subnet_tx,
+            up: BTreeMap::new(),
+        }
+        .run(),
+    );
+    Ok((handle, task))
+}
+
+struct Driver {
+    setup: GossipSetup,
+    udp: UdpSocket,
+    tcp: TcpListener,
+    commands: mpsc::Receiver<Command>,
+    peers: watch::Sender<Vec<PeerInfo>>,
+    subnet: watch::Sender<Option<Ipv4Net>>,
+    /// Members that are up and have a subnet, by name.
+    up: BTreeMap<String, PeerInfo>,
+}
+
+pub fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Driver {
+    async fn run(mut self) -> Result<()> {
+        let (stream_done_tx, mut stream_done) = mpsc::channel::<(SocketAddr, Result<Vec<u8>>)>(8);
+        let (serve_tx, mut serve) = mpsc::channel::<(Vec<u8>, oneshot::Sender<Option<Vec<u8>>>)>(8);
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            self.flush(&stream_done_tx).await;
+            let deadline = self
+                .setup
+                .gossip
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                received = self.udp.recv_from(&mut buf) => {
+                    // A failing receive (ICMP port unreachable surfacing, say) is not fatal.
+                    if let Ok((n, from)) = received {
+                        self.setup.gossip.handle_datagram(Instant::now(), from, &buf[..n]);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let now = Instant::now();
+                    self.setup.gossip.set_wall_clock(now, wall_clock_ms());
+                    self.setup.gossip.handle_timeout(now);
+                }
+                Some((to, result)) = stream_done.recv() => match result {
+                    Ok(bytes) => self.setup.gossip.handle_stream_response(Instant::now(), &bytes),
+                    Err(e) => {
+                        tracing::debug!(%to, "full-state pull failed: {e:#}");
+                        self.setup.gossip.handle_stream_failed(Instant::now(), to);
+                    }
+                },
+                accepted = self.tcp.accept() => {
+                    if let Ok((conn, from)) = accepted {
+                        let serve_tx = serve_tx.clone();
+                        let timeout = self.setup.stream_timeout;
+                        tokio::spawn(async move {
+                            if let Err(e) = tokio::time::timeout(timeout, serve_conn(conn, serve_tx)).await.map_err(anyhow::Error::from).and_then(|r| r) {
+                                tracing::debug!(%from, "full-state stream: {e:#}");
+                            }
+                        });
+                    }
+                }
+                Some((request, reply)) = serve.recv() => {
+                    let _ = reply.send(self.setup.gossip.serve_stream(Instant::now(), &request).ok());
+                }
+                command = self.commands.recv() => match command {
+                    Some(command) => self.command(command).await,
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+
+    /// Sends what the core queued and acts on its events.
+    async fn flush(&mut self, stream_done: &mpsc::Sender<(SocketAddr, Result<Vec<u8>>)>) {
+        while let Some(t) = self.setup.gossip.poll_transmit() {
+            if let Err(e) = self.udp.send_to(&t.payload, t.dst).await {
+                tracing::debug!(dst = %t.dst, "gossip send: {e}");
+            }
+        }
+        while let Some(req) = self.setup.gossip.poll_stream() {
+            let done = stream_done.clone();
+            let timeout = self.setup.stream_timeout;
+            tokio::spawn(async move {
+                let result = tokio::time::timeout(timeout, pull(req.to, req.request))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r);
+                let _ = done.send((req.to, result)).await;
+            });
+        }
+        let mut changed = false;
+        while let Some(event) = self.setup.gossip.poll_event() {
+            changed |= self.event(event);
+        }
+        if changed {
+            let mut peers: BTreeMap<String, PeerInfo> = self
+                .setup
+                .static_peers
+                .iter()
+                .map(|p| (p.name.clone(), p.clone()))
+                .collect();
+            peers.extend(self.up.iter().map(|(k, v)| (k.clone(), v.clone())));
+            self.peers.send_replace(peers.into_values().collect());
+        }
+    }
+
+    /// Returns whether the peer set changed.
+    fn event(&mut self, event: Event) -> bool {
+        match event {
+            Event::MemberUp(record) | Event::MemberUpdated(record) => {
+                tracing::info!(member = %record.name, underlay = %record.underlay, subnet = ?record.pod_subnet, "member up");
+                match record.peer_info() {
+                    Some(info) => self.up.insert(record.name.clone(), info.clone()) != Some(info),
+                    None => self.up.remove(&record.name).is_some(),
+                }
+            }
+            Event::MemberDown { name, reason } => {
+                tracing::info!(member = %name, ?reason, "member down");
+                self.up.remove(&name).is_some()
+            }
+            Event::LocalSubnetChanged { subnet, claimed_at } => {
+                tracing::info!(%subnet, "claimed pod subnet");
+                let claim = SubnetClaim {
+                    subnet,
+                    claimed_at: claimed_at.0,
+                };
+                if let Err(e) = claim.save(&self.setup.state_dir) {
+                    tracing::error!(
+                        "persisting the subnet claim: {e:#}; a restart may claim another"
+                    );
+                }
+                self.subnet.send_replace(Some(subnet));
+                false
+            }
+            Event::SubnetPoolExhausted => {
+                tracing::error!(
+                    "every subnet of cluster.cidr is taken; this node has no pod subnet until one frees up"
+                );
+                false
+            }
+            Event::NameConflict { addr } => {
+                tracing::error!(%addr, "another node gossips under this node's name; node names must be unique");
+                false
+            }
+            Event::ObjectChanged { key, value } => {
+                tracing::debug!(%key, deleted = value.is_none(), "cluster object changed");
+                false
+            }
+        }
+    }
+
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Members(reply) => {
+                let now = Instant::now();
+                let members = self
+                    .setup
+                    .gossip
+                    .members()
+                    .map(|m| MemberReport {
+                        name: m.name.to_owned(),
+                        address: m.addr,
+                        subnet: m.record.and_then(|r| r.pod_subnet),
+                        state: m.state.as_str().to_owned(),
+                        incarnation: m.incarnation.incarnation,
+                        generation: m.incarnation.generation,
+                        last_heard_ms: m
+                            .last_heard
+                            .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                    })
+                    .collect();
+                let _ = reply.send(members);
+            }
+            Command::Report(reply) => {
+                let g = &self.setup.gossip;
+                let count = |s: MemberState| g.members().filter(|m| m.state == s).count();
+                let stats = g.stats();
+                let _ = reply.send(GossipReport {
+                    members_alive: count(MemberState::Alive),
+                    members_suspect: count(MemberState::Suspect),
+                    members_dead: count(MemberState::Dead) + count(MemberState::Left),
+                    local_health: g.health_score(),
+                    datagrams_sent: stats.datagrams_sent,
+                    bytes_sent: stats.bytes_sent,
+                    datagrams_received: stats.datagrams_received,
+                    bytes_received: stats.bytes_received,
+                    drops: stats
+                        .drops_by_name()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect(),
+                    key_fingerprints: fingerprints(g),
+                });
+            }
+            Command::Keys(op, reply) => {
+                let _ = reply.send(self.keys(op));
+            }
+            Command::Leave(reply) => {
+                self.setup.gossip.leave(Instant::now());
+                while let Some(t) = self.setup.gossip.poll_transmit() {
+                    let _ = self.udp.send_to(&t.payload, t.dst).await;
+                }
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn keys(&mut self, op: KeyOp) -> Result<Vec<String>> {
+        let ring = self.setup.gossip.keyring_mut();
+        match op {
+            KeyOp::List => {}
+            KeyOp::Install(key) => ring.install(key),
+            KeyOp::Use(key) => ring.use_primary(&key)?,
+            KeyOp::Remove(key) => ring.remove(&key)?,
+            KeyOp::Replace(keys) => {
+                let Some(primary) = keys.first() else {
+                    bail!("no keys given")
+                };
+                for key in &keys {
+                    ring.install(key.clone());
+                }
+                ring.use_primary(primary)?;
+                let stale: Vec<SecretKey> =
+                    ring.keys().filter(|k| !keys.contains(k)).cloned().collect();
+                for key in stale {
+                    ring.remove(&key)?;
+                }
+            }
+        }
+        Ok(fingerprints(&self.setup.gossip))
+    }
+}
+
+fn fingerprints(g: &Gossip) -> Vec<String> {
+    g.keyring()
+        .keys()
+        .map(|k| format!("{:016x}", k.fingerprint()))
+        .collect()
+}
+
+/// Client side of a full-state pull: length-prefixed request, length-prefixed response.
+async fn pull(to: SocketAddr, request: Vec<u8>) -> Result<Vec<u8>> {
+    let mut conn = TcpStream::connect(to)
+        .await
+        .with_context(|| format!("connecting to {to}"))?;
+    write_frame(&mut conn, &request).await?;
+    read_frame(&mut conn, MAX_STREAM_RESPONSE).await
+}
+
+/// Server side: one request, one response, then close.
+async fn serve_conn(
+    mut conn: TcpStream,
+    serve: mpsc::Sender<(Vec<u8>, oneshot::Sender<Option<Vec<u8>>>)>,
+) -> Result<()> {
+    let request = read_frame(&mut conn, MAX_STREAM_REQUEST).await?;
+    let (tx, rx) = oneshot::channel();
+    serve
+        .send((request, tx))
+        .await
+        .map_err(|_| anyhow!("gossip stopped"))?;
+    let response = rx
+        .await?
+        .ok_or_else(|| anyhow!("request refused (counted in gossip drops)"))?;
+    write_frame(&mut conn, &response).await
+}
+
+async fn write_frame(conn: &mut TcpStream, bytes: &[u8]) -> Result<()> {
+    let len = u32::try_from(bytes.len()).context("frame too large")?;
+    conn.write_all(&len.to_be_bytes()).await?;
+    conn.write_all(bytes).await?;
+    conn.flush().await?;
+    Ok(())
+}
+
+async fn read_frame(conn: &mut TcpStream, max: usize) -> Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        bail!("frame of {len} bytes exceeds {max}");
+    }
+    let mut buf = vec![0u8; len];
+    conn.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// The HLC of a persisted claim.
+pub fn claim_hlc(claim: &SubnetClaim) -> Hlc {
+    Hlc(claim.claimed_at)
+}

@@ -1,0 +1,99 @@
+//! Gossip key files: 32 random bytes written as 64 hex digits (what `overlayd key
+//! generate` prints) or as standard base64 (what `openssl rand -base64 32` prints).
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use overlayd_proto::gossip::SecretKey;
+
+/// Reads and parses one key file.
+pub fn load(path: &Path) -> Result<SecretKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading gossip key {}", path.display()))?;
+    parse(&text).with_context(|| format!("gossip key {}", path.display()))
+}
+
+/// Parses a key: 64 hex digits or base64 of 32 bytes, surrounding whitespace ignored.
+pub fn parse(text: &str) -> Result<SecretKey> {
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()?
+    } else {
+        base64(text).context(
+            "expected 64 hex digits or base64 of 32 bytes (`overlayd key generate` makes one)",
+        )?
+    };
+    let key: [u8; 32] = bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| anyhow::anyhow!("a key is 32 bytes, this one has {}", b.len()))?;
+    Ok(SecretKey(key))
+}
+
+/// A new random key from the kernel's CSPRNG, as 64 hex digits.
+pub fn generate() -> Result<String> {
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .context("reading /dev/urandom")?;
+    Ok(key.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A random u64 from the kernel's CSPRNG (seeds for the gossip core's nonce salt).
+pub fn random_u64() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+fn base64(text: &str) -> Result<Vec<u8>> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let digits = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in digits.bytes() {
+        let Some(v) = ALPHABET.iter().position(|a| *a == c) else {
+            bail!("not base64: unexpected character {:?}", c as char);
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hex_and_base64_of_the_same_key() {
+        let hex = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+        let b64 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let want: [u8; 32] = std::array::from_fn(|i| i as u8);
+        assert_eq!(parse(hex).unwrap().0, want);
+        assert_eq!(parse(&format!("  {b64}\n")).unwrap().0, want);
+    }
+
+    #[test]
+    fn rejects_wrong_lengths_and_garbage() {
+        assert!(parse("abcd").is_err());
+        assert!(parse("AAEC").is_err());
+        assert!(parse("not a key at all!").is_err());
+    }
+
+    #[test]
+    fn generated_keys_parse_and_differ() {
+        let (a, b) = (generate().unwrap(), generate().unwrap());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        parse(&a).unwrap();
+    }
+}
