@@ -47,7 +47,14 @@ pub enum LabCommand {
         #[arg(long, default_value = "lab", value_parser = lab_name)]
         name: String,
     },
-    /// Start a node's daemon again with the same config and wait until it is ready.
+    /// Stop a node's daemon with SIGTERM: it leaves the gossip cluster and cleans up.
+    Stop {
+        node: String,
+        #[arg(long, default_value = "lab", value_parser = lab_name)]
+        name: String,
+    },
+    /// Start a node's daemon again with the same config and wait until it is ready and,
+    /// with gossip, every node lists every other one as a peer.
     Start {
         node: String,
         #[arg(long, default_value = "lab", value_parser = lab_name)]
@@ -100,11 +107,21 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
             println!("killed the daemon of {node} (SIGKILL)");
             Ok(ExitCode::SUCCESS)
         }
+        LabCommand::Stop { node, name } => {
+            Lab::open(&name)?.stop_daemon(&node)?;
+            println!("stopped the daemon of {node} (SIGTERM)");
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Start { node, name } => {
             let mut lab = Lab::open(&name)?;
             lab.start_daemon(&node)?;
-            let pid = lab.node(&node)?.pid().map_or("?".into(), |p| p.to_string());
-            println!("started the daemon of {node} (pid {pid}); it is ready");
+            let node = lab.node(&node)?;
+            let pid = node.pid().map_or("?".into(), |p| p.to_string());
+            let subnet = node.pod_subnet().map_or("?".into(), |s| s.to_string());
+            println!(
+                "started the daemon of {} (pid {pid}, pod subnet {subnet}); it is ready",
+                node.name()
+            );
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Partition {
@@ -244,6 +261,13 @@ mod tests {
             LabCommand::Exec {
                 target: "n1".into(),
                 cmd: vec!["ip".into(), "-br".into(), "addr".into()],
+                name: "t".into()
+            }
+        );
+        assert_eq!(
+            parse(&["stop", "n2", "--name", "t"]).unwrap(),
+            LabCommand::Stop {
+                node: "n2".into(),
                 name: "t".into()
             }
         );

@@ -1,10 +1,11 @@
 //! Talking to a lab node's daemon through the `overlayd` CLI, as a user would.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::netns::{self, NetnsError};
@@ -17,6 +18,43 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Status {
     pub node: String,
     pub ready: bool,
+    /// The pod subnet in force: configured or claimed by gossip.
+    #[serde(default)]
+    pub pod_subnet: Option<Ipv4Net>,
+}
+
+/// One entry of `overlayd members --json`: a gossip member as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    /// Its gossip address.
+    pub address: SocketAddr,
+    /// Its pod subnet; `None` while it has not claimed one.
+    pub subnet: Option<Ipv4Net>,
+    pub state: MemberState,
+    pub incarnation: u64,
+    /// Changes each time the member's daemon starts.
+    pub generation: u64,
+    /// Milliseconds since this node last heard from it directly; `None` for itself and
+    /// for members only heard of through others.
+    pub last_heard_ms: Option<u64>,
+}
+
+/// A gossip member's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Alive,
+    /// Failed a probe; declared dead unless it refutes in time.
+    Suspect,
+    Dead,
+    /// Left gracefully (its daemon was stopped).
+    Left,
+}
+
+#[derive(Deserialize)]
+struct Members {
+    members: Vec<Member>,
 }
 
 /// One entry of `overlayd peers --json`.
@@ -94,6 +132,10 @@ pub fn status(bin: &Path, ns: &str, socket: &Path) -> Result<Status, ClientError
 
 pub fn peers(bin: &Path, ns: &str, socket: &Path) -> Result<Vec<PeerReport>, ClientError> {
     json::<Peers>(bin, ns, socket, &["peers", "--json"]).map(|p| p.peers)
+}
+
+pub fn members(bin: &Path, ns: &str, socket: &Path) -> Result<Vec<Member>, ClientError> {
+    json::<Members>(bin, ns, socket, &["members", "--json"]).map(|m| m.members)
 }
 
 /// `overlayd pod add NAME --netns NETNS_PATH --json`.

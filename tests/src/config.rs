@@ -1,12 +1,16 @@
 //! Node config generation: one `overlayd.toml` per daemon node of a lab.
 //!
-//! Everything a node learns about the others comes from [`node_config`]; when gossip
-//! replaces static peers, only that function changes.
+//! Everything a node learns about the others comes from [`node_config`]: with gossip, the
+//! seed to join through and the static peers that do not gossip; without, every other
+//! node as a static peer.
 
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
-use overlayd_config::schema::{Config, Daemon, Node, Peer};
+use overlayd_config::ConfigError;
+use overlayd_config::schema::{Config, Daemon, Gossip, Node, Peer};
 
+use crate::lab::run_dir;
 use crate::topology::{NodeSpec, Topology};
 
 /// Where one node's files live inside the lab's run directory.
@@ -37,19 +41,29 @@ impl NodePaths {
     }
 }
 
-/// The config of `node`: its own identity and paths, every other node of the topology as
-/// a static peer, and the topology's `[config]` table deep-merged on top.
+/// `RUN/gossip.key`: the one gossip key every node of the lab shares.
+pub fn gossip_key_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("gossip.key")
+}
+
+/// The config of daemon node `node` in lab `lab`: its own identity and paths under
+/// [`run_dir`]`(lab)`, how it finds the others, and the topology's `[config]` table
+/// deep-merged on top.
 ///
-/// Returns `Err` iff the merged table is not a valid [`Config`] (unknown key, wrong type).
-pub fn node_config(
-    topology: &Topology,
-    node: &NodeSpec,
-    run_dir: &Path,
-) -> Result<Config, toml::de::Error> {
-    let paths = NodePaths::new(run_dir, &node.name);
+/// With gossip: `[gossip]` with the key file [`gossip_key_path`], the seed's underlay
+/// address as the only seed (none for the seed itself), `cluster.name = "lab-LAB"`, and
+/// static peers only for the nodes with `daemon = false`; `node.pod_subnet` is `None`
+/// unless the topology fixes it. Without gossip: every other node as a static peer.
+///
+/// Returns `Err` iff the result does not pass the daemon's config checks (an unknown
+/// `[config]` key, a wrong type, values that do not fit together).
+pub fn node_config(topology: &Topology, node: &NodeSpec, lab: &str) -> Result<Config, ConfigError> {
+    let run_dir = run_dir(lab);
+    let paths = NodePaths::new(&run_dir, &node.name);
     let mut config = Config {
         node: Node {
             name: node.name.clone(),
+            zone: "default".into(),
             underlay_interface: Some("eth0".into()),
             underlay_address: Some(node.underlay),
             advertise_address: None,
@@ -65,34 +79,68 @@ pub fn node_config(
             control_socket: paths.socket,
             ..Default::default()
         },
+        gossip: gossip(topology, node, &run_dir),
         peers: static_peers(topology, &node.name),
     };
     config.cluster.cidr = topology.cluster_cidr();
-    merge_overrides(config, topology.config())
+    if topology.gossip() {
+        config.cluster.name = format!("lab-{lab}");
+    }
+    let file = paths.config.display().to_string();
+    merge_overrides(config, topology.config(), &file)
 }
 
+/// `[gossip]`: join through the seed (unless this is the seed) with the lab's key.
+fn gossip(topology: &Topology, node: &NodeSpec, run_dir: &Path) -> Option<Gossip> {
+    let seed = topology.seed()?;
+    let seeds = if seed.name == node.name {
+        Vec::new()
+    } else {
+        vec![seed.underlay.to_string()]
+    };
+    Some(Gossip {
+        bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, Gossip::DEFAULT_PORT),
+        advertise: None,
+        seeds,
+        key_files: vec![gossip_key_path(run_dir)],
+        profile: Default::default(),
+        timing: Default::default(),
+    })
+}
+
+/// The nodes `me` knows statically: without gossip every other node, with gossip only
+/// those that do not gossip (`daemon = false`).
 fn static_peers(topology: &Topology, me: &str) -> Vec<Peer> {
     topology
         .nodes()
         .iter()
-        .filter(|n| n.name != me)
-        .map(|n| Peer {
-            name: n.name.clone(),
-            underlay_address: n.underlay,
-            pod_subnet: n.pod_subnet,
-            vtep_mac: n.vtep_mac,
+        .filter(|n| n.name != me && (!topology.gossip() || !n.daemon))
+        .filter_map(|n| {
+            // Never `None` here: the topology fixes the subnet of every node that does
+            // not claim one.
+            let pod_subnet = n.pod_subnet?;
+            Some(Peer {
+                name: n.name.clone(),
+                underlay_address: n.underlay,
+                pod_subnet,
+                vtep_mac: n.vtep_mac,
+            })
         })
         .collect()
 }
 
-fn merge_overrides(config: Config, overrides: &toml::Table) -> Result<Config, toml::de::Error> {
-    if overrides.is_empty() {
-        return Ok(config);
-    }
+/// `config` with `overrides` deep-merged into it, checked as the daemon checks its file
+/// (`file` names it in errors).
+fn merge_overrides(
+    config: Config,
+    overrides: &toml::Table,
+    file: &str,
+) -> Result<Config, ConfigError> {
     let mut table =
         toml::Table::try_from(&config).expect("a Config always serializes to a TOML table");
     deep_merge(&mut table, overrides);
-    toml::Value::Table(table).try_into()
+    let text = toml::to_string(&table).expect("a TOML table always serializes");
+    overlayd_config::parse(&text, file)
 }
 
 /// Tables merge key by key; any other value in `over` replaces the one in `base`.
@@ -110,13 +158,17 @@ fn deep_merge(base: &mut toml::Table, over: &toml::Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::DEFAULT_TOPOLOGY;
+
+    fn config_of(topo: &Topology, node: &str) -> Config {
+        node_config(topo, topo.node(node).unwrap(), "x").unwrap()
+    }
 
     #[test]
-    fn node_config_lists_every_other_node_as_peer() {
-        let topo = Topology::default();
-        let n1 = topo.node("n1").unwrap();
+    fn without_gossip_every_other_node_is_a_static_peer() {
+        let topo = Topology::parse(&format!("gossip = false\n{DEFAULT_TOPOLOGY}")).unwrap();
 
-        let config = node_config(&topo, n1, Path::new("/run/overlayd-lab/x")).unwrap();
+        let config = config_of(&topo, "n1");
 
         assert_eq!(config.node.name, "n1");
         assert_eq!(config.node.underlay_interface.as_deref(), Some("eth0"));
@@ -124,25 +176,107 @@ mod tests {
             config.node.underlay_address.unwrap().to_string(),
             "10.100.1.11"
         );
-        assert_eq!(config.node.pod_subnet.to_string(), "10.244.1.0/24");
+        assert_eq!(config.node.pod_subnet.unwrap().to_string(), "10.244.1.0/24");
         assert_eq!(
             config.daemon.control_socket,
             Path::new("/run/overlayd-lab/x/n1/overlayd.sock")
         );
         assert_eq!(config.daemon.state_dir, Path::new("/run/overlayd-lab/x/n1"));
+        assert_eq!(config.gossip, None);
+        assert_eq!(config.cluster.name, "overlayd");
         let peers: Vec<_> = config
             .peers
             .iter()
-            .map(|p| (p.name.as_str(), p.underlay_address.to_string()))
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.underlay_address.to_string(),
+                    p.pod_subnet.to_string(),
+                )
+            })
             .collect();
         assert_eq!(
             peers,
             [
-                ("n2", "10.100.1.12".into()),
-                ("n3", "10.100.2.11".into()),
-                ("n4", "10.100.2.12".into())
+                ("n2", "10.100.1.12".into(), "10.244.2.0/24".into()),
+                ("n3", "10.100.2.11".into(), "10.244.3.0/24".into()),
+                ("n4", "10.100.2.12".into(), "10.244.4.0/24".into())
             ]
         );
+    }
+
+    #[test]
+    fn with_gossip_nodes_claim_subnets_and_join_through_the_seed() {
+        let topo = Topology::default();
+
+        let seed = config_of(&topo, "n1");
+        let other = config_of(&topo, "n3");
+
+        for config in [&seed, &other] {
+            let gossip = config.gossip.as_ref().unwrap();
+            assert_eq!(config.node.pod_subnet, None, "{}", config.node.name);
+            assert!(config.peers.is_empty(), "{:?}", config.peers);
+            assert_eq!(config.cluster.name, "lab-x");
+            assert_eq!(
+                gossip.key_files,
+                [PathBuf::from("/run/overlayd-lab/x/gossip.key")]
+            );
+            assert_eq!(gossip.bind.to_string(), "0.0.0.0:7946");
+        }
+        assert!(
+            seed.gossip.unwrap().seeds.is_empty(),
+            "the seed joins no one"
+        );
+        assert_eq!(other.gossip.unwrap().seeds, ["10.100.1.11"]);
+    }
+
+    #[test]
+    fn with_gossip_only_daemonless_nodes_are_static_peers() {
+        let topo = Topology::parse(
+            r#"
+            seed = "n2"
+            [[segment]]
+            name = "a"
+            subnet = "10.100.1.0/24"
+            [[node]]
+            name = "n1"
+            segment = "a"
+            pod_subnet = "10.244.50.0/24"
+            [[node]]
+            name = "n2"
+            segment = "a"
+            [[node]]
+            name = "k"
+            segment = "a"
+            daemon = false
+            vtep_mac = "0e:00:00:00:00:07"
+            "#,
+        )
+        .unwrap();
+
+        let n1 = config_of(&topo, "n1");
+        let n2 = config_of(&topo, "n2");
+
+        assert_eq!(
+            n1.node.pod_subnet.unwrap().to_string(),
+            "10.244.50.0/24",
+            "a fixed subnet stays fixed"
+        );
+        assert_eq!(n2.node.pod_subnet, None);
+        assert_eq!(n1.gossip.as_ref().unwrap().seeds, ["10.100.1.12"]);
+        assert!(n2.gossip.as_ref().unwrap().seeds.is_empty());
+        for config in [&n1, &n2] {
+            let peers: Vec<_> = config
+                .peers
+                .iter()
+                .map(|p| (p.name.as_str(), p.pod_subnet.to_string()))
+                .collect();
+            assert_eq!(peers, [("k", "10.244.3.0/24".to_string())]);
+            assert_eq!(
+                config.peers[0].vtep_mac.unwrap().to_string(),
+                "0e:00:00:00:00:07"
+            );
+        }
     }
 
     #[test]
@@ -156,22 +290,22 @@ mod tests {
             name = "n1"
             segment = "a"
             [[node]]
-            name = "k"
+            name = "n2"
             segment = "a"
-            daemon = false
-            vtep_mac = "0e:00:00:00:00:07"
             [config.tunnel]
             host_gw = false
             port = 4789
             [config.daemon]
             on_exit = "keep"
+            [config.gossip.timing]
+            probe_interval_ms = 200
             "#,
         )
         .unwrap();
 
-        let config = node_config(&topo, topo.node("n1").unwrap(), Path::new("/r")).unwrap();
+        let config = config_of(&topo, "n2");
         let text = toml::to_string(&config).unwrap();
-        let back: Config = toml::from_str(&text).unwrap();
+        let back = overlayd_config::parse(&text, "n2.toml").unwrap();
 
         assert!(!config.tunnel.host_gw);
         assert_eq!(config.tunnel.port, 4789);
@@ -179,11 +313,14 @@ mod tests {
         assert_eq!(config.daemon.on_exit, overlayd_config::schema::OnExit::Keep);
         assert_eq!(
             config.daemon.control_socket,
-            Path::new("/r/n1/overlayd.sock")
+            Path::new("/run/overlayd-lab/x/n2/overlayd.sock")
         );
+        let gossip = config.gossip.as_ref().unwrap();
+        assert_eq!(gossip.timing.probe_interval_ms, Some(200));
         assert_eq!(
-            config.peers[0].vtep_mac.unwrap().to_string(),
-            "0e:00:00:00:00:07"
+            gossip.seeds,
+            ["10.100.1.11"],
+            "merged next to the lab's keys"
         );
         assert_eq!(back, config);
     }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{self, ClientError, PeerReport, Status};
-use crate::config::{NodePaths, node_config};
+use crate::client::{self, ClientError, Member, PeerReport, Status};
+use crate::config::{NodePaths, gossip_key_path, node_config};
 use crate::netns::{self, NetnsError};
 use crate::process;
 use crate::topology::{NodeSpec, Segment, Topology};
@@ -23,8 +23,15 @@ use crate::topology::{NodeSpec, Segment, Topology};
 /// Every lab keeps its files in `RUN_ROOT/NAME/`.
 pub const RUN_ROOT: &str = "/run/overlayd-lab";
 
-/// How long [`Lab::up`] and [`Lab::start_daemon`] wait for daemons to report ready.
+/// How long [`Lab::up`] and [`Lab::start_daemon`] wait for daemons to report ready, and
+/// then (with gossip) for every node to list every other one as a peer.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`Lab::stop_daemon`] waits for a daemon to exit after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Pause between two looks at the daemons while waiting for them.
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Log lines quoted in an error about a daemon.
 const LOG_TAIL_LINES: usize = 15;
@@ -86,6 +93,12 @@ pub enum LabError {
         log: String,
         tail: String,
     },
+    #[error(
+        "the daemon of node {node:?} (pid {pid}) did not exit within {} s of SIGTERM; \
+         see its log {log}, or end it with `overlayd lab kill {node}`",
+        STOP_TIMEOUT.as_secs()
+    )]
+    DidNotExit { node: String, pid: u32, log: String },
     #[error("processes {pids:?} of lab {name:?} survived SIGKILL; its namespaces may linger")]
     Survivors { name: String, pids: Vec<u32> },
 }
@@ -114,6 +127,10 @@ struct LabState {
 struct NodeState {
     name: String,
     pid: Option<u32>,
+    /// The pod subnet the daemon reported when it last became ready (claimed or
+    /// configured); `None` before that.
+    #[serde(default)]
+    pod_subnet: Option<Ipv4Net>,
     pods: Vec<Pod>,
 }
 
@@ -152,7 +169,8 @@ pub struct PsNode {
     pub pid: Option<u32>,
     pub segment: String,
     pub underlay: Ipv4Addr,
-    pub subnet: Ipv4Net,
+    /// [`Node::pod_subnet`]: `None` while a claiming node's daemon has not reported one.
+    pub subnet: Option<Ipv4Net>,
     pub pods: Vec<PsPod>,
 }
 
@@ -210,8 +228,11 @@ pub fn validate_lab_name(name: &str) -> Result<(), LabError> {
 }
 
 impl Lab {
-    /// Builds lab `name` from `topology`: namespaces, segments, node configs, daemons
-    /// (waiting up to [`READY_TIMEOUT`] until all report ready) and pods.
+    /// Builds lab `name` from `topology`: namespaces, segments, node configs (and with
+    /// gossip the key `RUN/gossip.key`), daemons and pods. Before it adds pods it waits up
+    /// to [`READY_TIMEOUT`] until every daemon reports ready and then, with gossip, up to
+    /// as long again until they have converged ([`Lab::wait_converged`]), so pods can
+    /// talk at once.
     ///
     /// Returns `Err` if a lab of that name exists or any step fails; the half-built lab
     /// is then torn down, keeping only the daemons' logs and configs in its run dir.
@@ -242,6 +263,7 @@ impl Lab {
             .map(|n| NodeState {
                 name: n.name.clone(),
                 pid: None,
+                pod_subnet: None,
                 pods: Vec::new(),
             })
             .collect();
@@ -435,10 +457,18 @@ impl Lab {
             .map_err(|e| node.client_error(e))
     }
 
-    /// `overlayd peers --json` of `node`.
+    /// `overlayd peers --json` of `node`: the peers its data path uses.
     pub fn peers(&self, node: &str) -> Result<Vec<PeerReport>, LabError> {
         let node = self.daemon_node(node)?;
         client::peers(self.overlayd_bin(), &node.netns(), &node.socket_path())
+            .map_err(|e| node.client_error(e))
+    }
+
+    /// `overlayd members --json` of `node`: the gossip members it knows, itself included.
+    /// Returns `Err` if the node runs no daemon, it runs without gossip, or the call fails.
+    pub fn members(&self, node: &str) -> Result<Vec<Member>, LabError> {
+        let node = self.daemon_node(node)?;
+        client::members(self.overlayd_bin(), &node.netns(), &node.socket_path())
             .map_err(|e| node.client_error(e))
     }
 
@@ -476,28 +506,40 @@ impl Lab {
         Ps { nodes }
     }
 
-    /// Kills the daemon of `node` with SIGKILL and waits until it is gone.
+    /// Kills the daemon of `node` with SIGKILL and waits until it is gone, as in a crash:
+    /// it leaves its kernel state behind and does not leave the gossip cluster.
     pub fn kill_daemon(&mut self, node: &str) -> Result<(), LabError> {
-        let (pid, pid_file) = {
-            let n = self.daemon_node(node)?;
-            let pid = n
-                .pid()
-                .ok_or_else(|| LabError::NotRunning { node: node.into() })?;
-            (pid, n.paths().pid)
-        };
+        let pid = self.running_pid(node)?;
         if !process::kill_now(pid) {
             return Err(LabError::Survivors {
                 name: self.name().into(),
                 pids: vec![pid],
             });
         }
-        let index = self.node_index(node)?;
-        self.state.nodes[index].pid = None;
-        remove_file_if_exists(&pid_file)?;
-        self.save()
+        self.forget_daemon(node)
     }
 
-    /// Starts the daemon of `node` again with the same config and waits until it is ready.
+    /// Stops the daemon of `node` with SIGTERM, as an operator would: it leaves the
+    /// gossip cluster and cleans up. Waits up to [`STOP_TIMEOUT`] for it to exit.
+    pub fn stop_daemon(&mut self, node: &str) -> Result<(), LabError> {
+        let pid = self.running_pid(node)?;
+        process::signal(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| LabError::Io {
+            path: format!("/proc/{pid}"),
+            source: e.into(),
+        })?;
+        if !process::wait_gone(&[pid], STOP_TIMEOUT).is_empty() {
+            return Err(LabError::DidNotExit {
+                node: node.into(),
+                pid,
+                log: self.node(node)?.log_path().display().to_string(),
+            });
+        }
+        self.forget_daemon(node)
+    }
+
+    /// Starts the daemon of `node` again with the same config and waits until it is ready
+    /// and, with gossip, until every running daemon lists every other one as a peer
+    /// ([`Lab::wait_converged`]); each wait is bounded by [`READY_TIMEOUT`].
     pub fn start_daemon(&mut self, node: &str) -> Result<(), LabError> {
         if let Some(pid) = self.daemon_node(node)?.pid() {
             return Err(LabError::AlreadyRunning {
@@ -508,7 +550,7 @@ impl Lab {
         let index = self.node_index(node)?;
         self.spawn_daemon(index)?;
         self.save()?;
-        self.wait_ready(&[node.to_string()], READY_TIMEOUT)
+        self.settle(&[node.to_string()])
     }
 
     /// Waits until every node in `nodes` reports `ready: true`. Returns `Err` naming the
@@ -545,7 +587,7 @@ impl Lab {
                         timeout.as_secs()
                     )));
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(POLL_INTERVAL);
             }
         }
         Ok(())
@@ -554,6 +596,9 @@ impl Lab {
     fn build(&mut self) -> Result<(), LabError> {
         self.save()?;
         self.build_network()?;
+        if self.topology().seed().is_some() {
+            write_gossip_key(&gossip_key_path(&self.run_dir))?;
+        }
         let mut daemons = Vec::new();
         for index in 0..self.state.nodes.len() {
             let spec = &self.state.topology.nodes()[index];
@@ -566,13 +611,52 @@ impl Lab {
             daemons.push(name);
         }
         self.save()?;
-        self.wait_ready(&daemons, READY_TIMEOUT)?;
+        self.settle(&daemons)?;
         for index in 0..self.state.nodes.len() {
             for n in 1..=self.state.topology.nodes()[index].pods as usize {
                 let pod = self.attach_pod(index, n)?;
                 self.state.nodes[index].pods.push(pod);
             }
         }
+        self.save()
+    }
+
+    /// Waits until the daemons of `nodes`, just started, are ready, records their pod
+    /// subnets and, with gossip, waits until the lab has converged.
+    fn settle(&mut self, nodes: &[String]) -> Result<(), LabError> {
+        self.wait_ready(nodes, READY_TIMEOUT)?;
+        self.record_subnets(nodes)?;
+        if self.topology().gossip() {
+            self.wait_converged(READY_TIMEOUT)?;
+            // A claim that lost a conflict while converging has moved.
+            self.record_subnets(nodes)?;
+        }
+        Ok(())
+    }
+
+    /// Saves the pod subnet each daemon of `nodes` reports in `overlayd status`.
+    fn record_subnets(&mut self, nodes: &[String]) -> Result<(), LabError> {
+        for name in nodes {
+            let subnet = self.status(name)?.pod_subnet;
+            let index = self.node_index(name)?;
+            self.state.nodes[index].pod_subnet = subnet;
+        }
+        self.save()
+    }
+
+    /// The PID of the running daemon of `node`.
+    fn running_pid(&self, node: &str) -> Result<u32, LabError> {
+        self.daemon_node(node)?
+            .pid()
+            .ok_or_else(|| LabError::NotRunning { node: node.into() })
+    }
+
+    /// Notes that the daemon of `node` is gone: no PID in the state, no pid file.
+    fn forget_daemon(&mut self, node: &str) -> Result<(), LabError> {
+        let pid_file = self.node(node)?.paths().pid;
+        let index = self.node_index(node)?;
+        self.state.nodes[index].pid = None;
+        remove_file_if_exists(&pid_file)?;
         self.save()
     }
 
@@ -653,7 +737,7 @@ impl Lab {
             node: spec.name.clone(),
             reason,
         };
-        let config = node_config(self.topology(), spec, &self.run_dir)
+        let config = node_config(self.topology(), spec, self.name())
             .map_err(|e| config_error(e.to_string()))?;
         let text = toml::to_string(&config).map_err(|e| config_error(e.to_string()))?;
         fs::create_dir_all(&paths.state_dir).map_err(io_err(&paths.state_dir))?;
@@ -780,8 +864,12 @@ impl<'a> Node<'a> {
         self.spec.underlay
     }
 
-    pub fn pod_subnet(&self) -> Ipv4Net {
-        self.spec.pod_subnet
+    /// The node's pod subnet: for a daemon node the one its daemon reported (claimed or
+    /// configured) when it last became ready, else the topology's. `None` iff the node
+    /// claims its subnet and its daemon has not reported one yet. It stays known while the
+    /// daemon is down.
+    pub fn pod_subnet(&self) -> Option<Ipv4Net> {
+        self.state.pod_subnet.or(self.spec.pod_subnet)
     }
 
     pub fn pods(&self) -> &'a [Pod] {
@@ -820,7 +908,7 @@ impl<'a> Node<'a> {
         }
     }
 
-    fn not_ready(&self, reason: String) -> LabError {
+    pub(crate) fn not_ready(&self, reason: String) -> LabError {
         let log = self.log_path();
         LabError::NotReady {
             node: self.name().into(),
@@ -885,7 +973,7 @@ impl fmt::Display for Ps {
                     n.pid.map_or_else(|| "-".into(), |p| p.to_string()),
                     n.segment.clone(),
                     n.underlay.to_string(),
-                    n.subnet.to_string(),
+                    n.subnet.map_or_else(|| "-".into(), |s| s.to_string()),
                     pods.join(" "),
                 ]
             })
@@ -987,6 +1075,25 @@ fn remove_all_but_logs(run_dir: &Path) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Writes a new gossip key, 32 random bytes as 64 lowercase hex digits, readable only by
+/// its owner (as `overlayd key generate` makes one).
+fn write_gossip_key(path: &Path) -> Result<(), LabError> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut key = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(io_err("/dev/urandom"))?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{hex}\n").as_bytes()))
+        .map_err(io_err(path))
+}
+
 fn create_netns(name: &str) -> Result<(), LabError> {
     netns::add(name)?;
     netns::run_in(name, &["ip", "link", "set", "lo", "up"])?;
@@ -1061,7 +1168,7 @@ mod tests {
                 pid: None,
                 segment: "a".into(),
                 underlay: Ipv4Addr::new(10, 100, 1, 11),
-                subnet: "10.244.1.0/24".parse().unwrap(),
+                subnet: Some("10.244.1.0/24".parse().unwrap()),
                 pods: vec![PsPod {
                     name: "n1-p1".into(),
                     ip: Ipv4Addr::new(10, 244, 1, 2),

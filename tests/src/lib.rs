@@ -34,6 +34,7 @@ mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+mod converge;
 mod lab;
 pub mod netns;
 mod partition;
@@ -43,10 +44,10 @@ pub mod topology;
 pub use bench::{BenchReport, BenchRow, bench};
 pub use check::{CheckReport, PairResult};
 pub use cli::{LabCommand, run};
-pub use client::{PeerReport, Status};
+pub use client::{Member, MemberState, PeerReport, Status};
 pub use lab::{
-    Lab, LabError, LabGuard, Node, Pod, Ps, PsNode, PsPod, READY_TIMEOUT, RUN_ROOT, lab_namespaces,
-    netns_prefix, node_netns, pod_netns, router_netns, run_dir, validate_lab_name,
+    Lab, LabError, LabGuard, Node, Pod, Ps, PsNode, PsPod, READY_TIMEOUT, RUN_ROOT, STOP_TIMEOUT,
+    lab_namespaces, netns_prefix, node_netns, pod_netns, router_netns, run_dir, validate_lab_name,
 };
 pub use netns::{Netns, NetnsError, in_netns, run_in, try_in_netns};
 pub use topology::{DEFAULT_TOPOLOGY, NodeSpec, Segment, Topology, TopologyError};

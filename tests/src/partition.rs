@@ -32,6 +32,20 @@ impl Lab {
         nft(&self.router_netns(), &script)
     }
 
+    /// The pairs of segments cut apart now, each once, as [`Lab::partition`] was called.
+    pub fn partitions(&self) -> Result<Vec<(String, String)>, LabError> {
+        let ruleset = netns::run_in(&self.router_netns(), &["nft", "list", "ruleset"])?;
+        let is_segment = |name: &str| self.topology().segment(name).is_some();
+        let mut pairs: Vec<(String, String)> = cut_pairs(&ruleset)
+            .filter(|(a, b)| is_segment(a) && is_segment(b))
+            .map(|(a, b)| if a < b { (a, b) } else { (b, a) })
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        pairs.sort();
+        pairs.dedup();
+        Ok(pairs)
+    }
+
     /// Lifts every partition.
     pub fn heal(&self) -> Result<(), LabError> {
         nft(
@@ -39,6 +53,16 @@ impl Lab {
             &format!("add table inet {TABLE}\ndelete table inet {TABLE}\n"),
         )
     }
+}
+
+/// The `A-B` comments [`Lab::partition`] puts on its drop rules, as `(A, B)`. Segment
+/// names hold no `-`, so the split is unambiguous.
+fn cut_pairs(ruleset: &str) -> impl Iterator<Item = (&str, &str)> {
+    ruleset.lines().filter_map(|line| {
+        let rest = &line[line.find("comment \"")? + "comment \"".len()..];
+        let comment = &rest[..rest.find('"')?];
+        comment.split_once('-')
+    })
 }
 
 fn nft(ns: &str, script: &str) -> Result<(), LabError> {
@@ -66,4 +90,26 @@ fn nft(ns: &str, script: &str) -> Result<(), LabError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_pairs_come_from_the_rule_comments() {
+        let ruleset = r#"table inet ovl_partition {
+	chain forward {
+		type filter hook forward priority -10; policy accept;
+		ip saddr 10.100.1.0/24 ip daddr 10.100.2.0/24 drop comment "a-b"
+		ip saddr 10.100.2.0/24 ip daddr 10.100.1.0/24 drop comment "b-a"
+		counter packets 0 bytes 0
+	}
+}"#;
+
+        let pairs: Vec<_> = cut_pairs(ruleset).collect();
+
+        assert_eq!(pairs, [("a", "b"), ("b", "a")]);
+        assert_eq!(cut_pairs("").count(), 0);
+    }
 }

@@ -1,6 +1,7 @@
-//! The lab's topology file: segments (L2 networks joined by one router) and the nodes on
-//! them. Parsing resolves every default (addresses, pod subnets), so a [`Topology`] is
-//! always valid and complete.
+//! The lab's topology file: segments (L2 networks joined by one router), the nodes on
+//! them, and how the nodes find each other (gossip through one seed, or static peers).
+//! Parsing resolves every default (addresses, pod subnets, the seed), so a [`Topology`]
+//! is always valid and complete.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -11,9 +12,11 @@ use overlayd_proto::wire::MacAddr;
 use serde::{Deserialize, Serialize};
 
 /// The topology used when none is given: segments `a` and `b` joined by the router,
-/// nodes `n1`, `n2` on `a` and `n3`, `n4` on `b`, two pods each.
+/// nodes `n1`, `n2` on `a` and `n3`, `n4` on `b`, two pods each; the nodes gossip, join
+/// through `n1` and claim their pod subnets.
 pub const DEFAULT_TOPOLOGY: &str = r#"
 cluster_cidr = "10.244.0.0/16"
+# gossip = true (the default), seed = the first node with a daemon (n1)
 
 [[segment]]
 name = "a"
@@ -47,10 +50,21 @@ const DEFAULT_PODS: u32 = 2;
 /// (.11, .12, …); the router takes host 1.
 const FIRST_NODE_HOST: u32 = 10;
 
+/// Prefix length of claimed pod subnets when `[config.cluster]` does not set
+/// `subnet_prefix` (the daemon's default).
+const DEFAULT_SUBNET_PREFIX: u8 = 24;
+
 /// A validated topology with every default filled in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Topology {
     cluster_cidr: Ipv4Net,
+    /// A lab saved before gossip existed ran on static peers.
+    #[serde(default)]
+    gossip: bool,
+    /// The node every other daemon node joins through; `Some` iff `gossip` and some node
+    /// runs a daemon.
+    #[serde(default)]
+    seed: Option<String>,
     segments: Vec<Segment>,
     nodes: Vec<NodeSpec>,
     config: toml::Table,
@@ -82,7 +96,10 @@ pub struct NodeSpec {
     pub segment: String,
     /// Address of `eth0` in the node namespace, inside the segment's subnet.
     pub underlay: Ipv4Addr,
-    pub pod_subnet: Ipv4Net,
+    /// The node's configured pod subnet. `None`: its daemon claims one by gossip (see
+    /// `Node::pod_subnet` for the one it got). Always `Some` without gossip and for nodes
+    /// with `daemon = false`, which are static peers.
+    pub pod_subnet: Option<Ipv4Net>,
     /// Pods `NAME-p1` ..= `NAME-pN` the lab adds through the daemon (0 when `daemon` is false).
     pub pods: u32,
     /// Whether the lab runs `overlayd` on this node.
@@ -155,15 +172,32 @@ pub enum TopologyError {
         cidr: Ipv4Net,
     },
     #[error(
-        "node {node:?} wants {pods} pods but pod_subnet {subnet} has room for {room}; \
+        "node {node:?} wants {pods} pods but {subnet} has room for {room}; \
          lower pods or widen the subnet"
     )]
     TooManyPods {
         node: String,
         pods: u32,
-        subnet: Ipv4Net,
+        /// `pod_subnet 10.244.9.0/30` or `a claimed /24`.
+        subnet: String,
         room: u64,
     },
+    #[error("seed {seed:?} names no node; set seed to one of the [[node]] names")]
+    UnknownSeed { seed: String },
+    #[error(
+        "seed {seed:?} has daemon = false, so nothing can join through it; \
+         pick a node that runs a daemon"
+    )]
+    SeedWithoutDaemon { seed: String },
+    #[error("seed = {seed:?} needs gossip; remove seed or set gossip = true")]
+    SeedWithoutGossip { seed: String },
+    #[error(
+        "[config.gossip] needs gossip = true (without it nodes use static peers); \
+         remove [config.gossip] or set gossip = true"
+    )]
+    GossipConfigWithoutGossip,
+    #[error("[config.cluster] subnet_prefix = {0} is not a prefix length; use 1 to 30")]
+    BadSubnetPrefix(i64),
     #[error(
         "node {node:?} has daemon = false, so it cannot have pods (pods = {pods}); set pods = 0"
     )]
@@ -173,8 +207,16 @@ pub enum TopologyError {
          remove it from the topology's [config] table"
     )]
     ReservedConfigKey { key: &'static str },
-    #[error("[config] does not merge into a valid node config: {0}")]
-    Config(#[source] toml::de::Error),
+    #[error(
+        "[config] does not merge into a valid config for node {node:?}: {}: {}",
+        source.key(),
+        source.message()
+    )]
+    Config {
+        node: String,
+        #[source]
+        source: overlayd_config::ConfigError,
+    },
 }
 
 /// The file format, exactly as written: unknown keys are errors.
@@ -183,6 +225,9 @@ pub enum TopologyError {
 struct TopologyFile {
     #[serde(default = "default_cluster_cidr")]
     cluster_cidr: Ipv4Net,
+    #[serde(default = "yes")]
+    gossip: bool,
+    seed: Option<String>,
     #[serde(default, rename = "segment")]
     segments: Vec<Segment>,
     #[serde(default, rename = "node")]
@@ -240,6 +285,18 @@ impl Topology {
         self.cluster_cidr
     }
 
+    /// Whether daemon nodes find each other by gossip (`gossip = true`, the default)
+    /// rather than as static peers.
+    pub fn gossip(&self) -> bool {
+        self.gossip
+    }
+
+    /// The node the other daemon nodes join through: `seed`, or the first node with a
+    /// daemon. `None` iff the topology has no gossip or no daemon node.
+    pub fn seed(&self) -> Option<&NodeSpec> {
+        self.node(self.seed.as_deref()?)
+    }
+
     pub fn segments(&self) -> &[Segment] {
         &self.segments
     }
@@ -270,6 +327,8 @@ fn resolve(mut file: TopologyFile) -> Result<Topology, TopologyError> {
         segment.subnet = segment.subnet.trunc();
     }
     check_segments(&file.segments, file.cluster_cidr)?;
+    check_config_table(&file.config, file.gossip)?;
+    let claim_prefix = subnet_prefix(&file.config)?;
     let mut seen = HashSet::new();
     let mut nodes = Vec::with_capacity(file.nodes.len());
     for (index, node) in file.nodes.into_iter().enumerate() {
@@ -291,20 +350,24 @@ fn resolve(mut file: TopologyFile) -> Result<Topology, TopologyError> {
             .filter(|n: &&NodeSpec| n.segment == segment.name)
             .count();
         let underlay = node_address(segment, position)?;
+        let claims = file.gossip && node.daemon;
         let pod_subnet = match node.pod_subnet {
-            Some(subnet) => subnet.trunc(),
-            None => default_pod_subnet(file.cluster_cidr, index).ok_or_else(|| {
+            Some(subnet) => Some(subnet.trunc()),
+            None if claims => None,
+            None => Some(default_pod_subnet(file.cluster_cidr, index).ok_or_else(|| {
                 TopologyError::NoPodSubnet {
                     node: node.name.clone(),
                     index,
                     cidr: file.cluster_cidr,
                 }
-            })?,
+            })?),
         };
-        if !file.cluster_cidr.contains(&pod_subnet) {
+        if let Some(subnet) = pod_subnet
+            && !file.cluster_cidr.contains(&subnet)
+        {
             return Err(TopologyError::PodSubnetOutsideCluster {
                 node: node.name,
-                subnet: pod_subnet,
+                subnet,
                 cidr: file.cluster_cidr,
             });
         }
@@ -318,16 +381,7 @@ fn resolve(mut file: TopologyFile) -> Result<Topology, TopologyError> {
                 });
             }
         };
-        // The bridge takes the first host; pods need one address each after it.
-        let room = hosts(pod_subnet).saturating_sub(1);
-        if u64::from(pods) > room {
-            return Err(TopologyError::TooManyPods {
-                node: node.name,
-                pods,
-                subnet: pod_subnet,
-                room,
-            });
-        }
+        check_pod_room(&node.name, pods, pod_subnet, claim_prefix)?;
         nodes.push(NodeSpec {
             name: node.name,
             segment: segment.name.clone(),
@@ -339,19 +393,93 @@ fn resolve(mut file: TopologyFile) -> Result<Topology, TopologyError> {
         });
     }
     check_pod_subnets(&nodes)?;
-    check_config_table(&file.config)?;
+    let seed = resolve_seed(file.seed, file.gossip, &nodes)?;
     let topology = Topology {
         cluster_cidr: file.cluster_cidr,
+        gossip: file.gossip,
+        seed,
         segments: file.segments,
         nodes,
         config: file.config,
     };
-    // Catch bad [config] keys now rather than when a daemon reads its file.
-    for node in &topology.nodes {
-        crate::config::node_config(&topology, node, Path::new("/run/overlayd-lab/check"))
-            .map_err(TopologyError::Config)?;
+    // Catch bad [config] keys and values now rather than when a daemon reads its file.
+    for node in topology.nodes.iter().filter(|n| n.daemon) {
+        check_node_config(&topology, node)?;
     }
     Ok(topology)
+}
+
+/// The seed the file names (a daemon node), else the first daemon node; `None` without
+/// gossip or without daemon nodes.
+fn resolve_seed(
+    seed: Option<String>,
+    gossip: bool,
+    nodes: &[NodeSpec],
+) -> Result<Option<String>, TopologyError> {
+    let Some(seed) = seed else {
+        let first = nodes.iter().find(|n| n.daemon);
+        return Ok(first.filter(|_| gossip).map(|n| n.name.clone()));
+    };
+    if !gossip {
+        return Err(TopologyError::SeedWithoutGossip { seed });
+    }
+    match nodes.iter().find(|n| n.name == seed) {
+        None => Err(TopologyError::UnknownSeed { seed }),
+        Some(node) if !node.daemon => Err(TopologyError::SeedWithoutDaemon { seed }),
+        Some(_) => Ok(Some(seed)),
+    }
+}
+
+/// The bridge takes the subnet's first host; pods need one address each after it. A node
+/// that claims its subnet gets one of `claim_prefix`.
+fn check_pod_room(
+    node: &str,
+    pods: u32,
+    subnet: Option<Ipv4Net>,
+    claim_prefix: u8,
+) -> Result<(), TopologyError> {
+    let (room, describe) = match subnet {
+        Some(subnet) => (hosts(subnet), format!("pod_subnet {subnet}")),
+        None => (
+            (1u64 << (32 - u32::from(claim_prefix))).saturating_sub(2),
+            format!("a claimed /{claim_prefix}"),
+        ),
+    };
+    let room = room.saturating_sub(1);
+    if u64::from(pods) > room {
+        return Err(TopologyError::TooManyPods {
+            node: node.into(),
+            pods,
+            subnet: describe,
+            room,
+        });
+    }
+    Ok(())
+}
+
+/// `cluster.subnet_prefix` as the `[config]` table sets it, else the daemon's default.
+fn subnet_prefix(config: &toml::Table) -> Result<u8, TopologyError> {
+    let set = config
+        .get("cluster")
+        .and_then(|c| c.get("subnet_prefix"))
+        .and_then(toml::Value::as_integer);
+    match set {
+        None => Ok(DEFAULT_SUBNET_PREFIX),
+        Some(prefix) => u8::try_from(prefix)
+            .ok()
+            .filter(|p| (1..=30).contains(p))
+            .ok_or(TopologyError::BadSubnetPrefix(prefix)),
+    }
+}
+
+/// Generates the node's config, which runs it through the daemon's own config checks.
+fn check_node_config(topology: &Topology, node: &NodeSpec) -> Result<(), TopologyError> {
+    crate::config::node_config(topology, node, "check")
+        .map(drop)
+        .map_err(|source| TopologyError::Config {
+            node: node.name.clone(),
+            source,
+        })
 }
 
 fn check_segments(segments: &[Segment], cluster: Ipv4Net) -> Result<(), TopologyError> {
@@ -428,14 +556,19 @@ fn check_name(
     }
 }
 
+/// Pod subnets the topology fixes must be disjoint; claimed ones are the daemons' job.
 fn check_pod_subnets(nodes: &[NodeSpec]) -> Result<(), TopologyError> {
-    for (i, node) in nodes.iter().enumerate() {
-        for other in &nodes[..i] {
-            if overlaps(node.pod_subnet, other.pod_subnet) {
+    let fixed: Vec<(&str, Ipv4Net)> = nodes
+        .iter()
+        .filter_map(|n| Some((n.name.as_str(), n.pod_subnet?)))
+        .collect();
+    for (i, (node, subnet)) in fixed.iter().enumerate() {
+        for (other, other_subnet) in &fixed[..i] {
+            if overlaps(*subnet, *other_subnet) {
                 return Err(TopologyError::Overlap {
                     what: "pod subnet",
-                    a: format!("{} (node {})", node.pod_subnet, node.name),
-                    b: format!("{} (node {})", other.pod_subnet, other.name),
+                    a: format!("{subnet} (node {node})"),
+                    b: format!("{other_subnet} (node {other})"),
                 });
             }
         }
@@ -443,7 +576,10 @@ fn check_pod_subnets(nodes: &[NodeSpec]) -> Result<(), TopologyError> {
     Ok(())
 }
 
-fn check_config_table(config: &toml::Table) -> Result<(), TopologyError> {
+fn check_config_table(config: &toml::Table, gossip: bool) -> Result<(), TopologyError> {
+    if !gossip && config.contains_key("gossip") {
+        return Err(TopologyError::GossipConfigWithoutGossip);
+    }
     if config.contains_key("node") {
         return Err(TopologyError::ReservedConfigKey { key: "node" });
     }
@@ -525,39 +661,146 @@ mod tests {
         subnet = "10.100.2.0/24"
     "#;
 
-    #[test]
-    fn default_topology_resolves_addresses_and_subnets() {
-        let topo = Topology::default();
-
-        let summary: Vec<_> = topo
-            .nodes()
+    fn summary(topo: &Topology) -> Vec<(&str, &str, String, Option<String>, u32)> {
+        topo.nodes()
             .iter()
             .map(|n| {
                 (
                     n.name.as_str(),
                     n.segment.as_str(),
                     n.underlay.to_string(),
-                    n.pod_subnet.to_string(),
+                    n.pod_subnet.map(|s| s.to_string()),
                     n.pods,
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn default_topology_gossips_through_n1_and_claims_subnets() {
+        let topo = Topology::default();
 
         assert_eq!(
-            summary,
+            summary(&topo),
             [
-                ("n1", "a", "10.100.1.11".into(), "10.244.1.0/24".into(), 2),
-                ("n2", "a", "10.100.1.12".into(), "10.244.2.0/24".into(), 2),
-                ("n3", "b", "10.100.2.11".into(), "10.244.3.0/24".into(), 2),
-                ("n4", "b", "10.100.2.12".into(), "10.244.4.0/24".into(), 2),
+                ("n1", "a", "10.100.1.11".into(), None, 2),
+                ("n2", "a", "10.100.1.12".into(), None, 2),
+                ("n3", "b", "10.100.2.11".into(), None, 2),
+                ("n4", "b", "10.100.2.12".into(), None, 2),
             ]
         );
+        assert!(topo.gossip());
+        assert_eq!(topo.seed().map(|n| n.name.as_str()), Some("n1"));
         assert_eq!(topo.cluster_cidr().to_string(), "10.244.0.0/16");
         assert_eq!(
             topo.segments()[1].router_address(),
             Ipv4Addr::new(10, 100, 2, 1)
         );
         assert_eq!(topo.segments()[0].bridge(), "seg-a");
+    }
+
+    #[test]
+    fn without_gossip_subnets_default_to_the_nodes_index() {
+        let topo = Topology::parse(&format!("gossip = false\n{DEFAULT_TOPOLOGY}")).unwrap();
+
+        let subnets: Vec<_> = summary(&topo).into_iter().map(|n| n.3).collect();
+
+        assert_eq!(
+            subnets,
+            [
+                "10.244.1.0/24",
+                "10.244.2.0/24",
+                "10.244.3.0/24",
+                "10.244.4.0/24"
+            ]
+            .map(|s| Some(s.to_string()))
+        );
+        assert!(!topo.gossip());
+        assert_eq!(topo.seed(), None);
+    }
+
+    #[test]
+    fn seed_names_a_daemon_node_or_defaults_to_the_first_one() {
+        let nodes = "[[node]]\nname = \"k\"\nsegment = \"a\"\ndaemon = false\n\
+                     [[node]]\nname = \"n1\"\nsegment = \"a\"\n\
+                     [[node]]\nname = \"n2\"\nsegment = \"b\"\n";
+        let parse = |head: &str| Topology::parse(&format!("{head}\n{TWO_SEGMENTS}\n{nodes}"));
+
+        let first = parse("").unwrap();
+        let chosen = parse("seed = \"n2\"").unwrap();
+        let daemonless = Topology::parse(&format!(
+            "{TWO_SEGMENTS}\n[[node]]\nname = \"k\"\nsegment = \"a\"\ndaemon = false\n"
+        ))
+        .unwrap();
+
+        assert_eq!(first.seed().unwrap().name, "n1", "k runs no daemon");
+        assert_eq!(chosen.seed().unwrap().name, "n2");
+        assert_eq!(daemonless.seed(), None);
+        let [k, n1, _] = first.nodes() else {
+            panic!("three nodes")
+        };
+        assert_eq!(
+            k.pod_subnet.map(|s| s.to_string()).as_deref(),
+            Some("10.244.1.0/24"),
+            "a static peer always has a subnet"
+        );
+        assert_eq!(n1.pod_subnet, None);
+        let err = parse("seed = \"n9\"").unwrap_err().to_string();
+        assert!(err.contains("seed \"n9\" names no node"), "{err}");
+        let err = parse("seed = \"k\"").unwrap_err().to_string();
+        assert!(err.contains("seed \"k\" has daemon = false"), "{err}");
+        let err = parse("gossip = false\nseed = \"n1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs gossip"), "{err}");
+    }
+
+    #[test]
+    fn gossip_config_is_checked_against_the_gossip_switch() {
+        let node = "[[node]]\nname = \"n1\"\nsegment = \"a\"\n";
+
+        let err = parse_err(&format!(
+            "gossip = false\n{TWO_SEGMENTS}\n{node}[config.gossip.timing]\nprobe_interval_ms = 500\n"
+        ));
+        let typo = parse_err(&format!(
+            "{TWO_SEGMENTS}\n{node}[config.gossip.timing]\nprobe_intervall_ms = 500\n"
+        ));
+        let ok = Topology::parse(&format!(
+            "{TWO_SEGMENTS}\n{node}[config.gossip]\nprofile = \"wan\"\n"
+        ));
+
+        assert!(err.contains("[config.gossip] needs gossip = true"), "{err}");
+        assert!(
+            typo.contains("node \"n1\"") && typo.contains("probe_intervall_ms"),
+            "{typo}"
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn claiming_nodes_get_room_for_pods_by_subnet_prefix() {
+        let node = |pods: u32| {
+            format!("{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\npods = {pods}\n")
+        };
+
+        let fits = Topology::parse(&node(253));
+        let too_many = parse_err(&node(254));
+        let small = parse_err(&format!(
+            "{}[config.cluster]\nsubnet_prefix = 28\n",
+            node(14)
+        ));
+        let bad = parse_err(&format!(
+            "{}[config.cluster]\nsubnet_prefix = 40\n",
+            node(1)
+        ));
+
+        assert!(fits.is_ok(), "{fits:?}");
+        assert!(
+            too_many.contains("a claimed /24 has room for 253"),
+            "{too_many}"
+        );
+        assert!(small.contains("a claimed /28 has room for 13"), "{small}");
+        assert!(bad.contains("subnet_prefix = 40"), "{bad}");
     }
 
     #[test]
@@ -586,11 +829,11 @@ mod tests {
             panic!("two nodes")
         };
         assert_eq!(
-            (x.pods, x.pod_subnet.to_string(), x.daemon),
+            (x.pods, x.pod_subnet.unwrap().to_string(), x.daemon),
             (3, "10.50.77.0/24".into(), true)
         );
         assert_eq!(
-            (k.pods, k.pod_subnet.to_string(), k.daemon),
+            (k.pods, k.pod_subnet.unwrap().to_string(), k.daemon),
             (0, "10.50.2.0/24".into(), false)
         );
         assert_eq!(k.underlay, Ipv4Addr::new(10, 100, 2, 12));
@@ -663,7 +906,7 @@ mod tests {
     #[test]
     fn rejects_pod_subnet_overflow_and_outside_cluster() {
         let err = parse_err(&format!(
-            "cluster_cidr = \"10.244.0.0/24\"\n{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\n"
+            "cluster_cidr = \"10.244.0.0/24\"\n{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\ndaemon = false\n"
         ));
         assert!(err.contains("cannot derive a /24 pod subnet"), "{err}");
 
@@ -702,10 +945,16 @@ mod tests {
         assert!(err.contains("overlaps"), "{err}");
 
         let err = parse_err(&format!(
-            "{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\npod_subnet = \"10.244.2.0/24\"\n\
+            "gossip = false\n{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\npod_subnet = \"10.244.2.0/24\"\n\
              [[node]]\nname = \"n2\"\nsegment = \"a\"\n"
         ));
         assert!(err.contains("pod subnet 10.244.2.0/24"), "{err}");
+
+        let err = parse_err(&format!(
+            "{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\npod_subnet = \"10.244.2.0/24\"\n\
+             [[node]]\nname = \"n2\"\nsegment = \"a\"\npod_subnet = \"10.244.2.128/25\"\n"
+        ));
+        assert!(err.contains("pod subnet 10.244.2.128/25"), "{err}");
     }
 
     #[test]

@@ -2,11 +2,69 @@
 # A stand-in for `overlayd` in the lab crate's own tests: the same CLI contract, host-gw
 # routes only (peers that are not on-link get path "udp" and no route). State lives in
 # files beside the control socket; the "socket" is a plain file whose existence means ready.
+#
+# With [gossip] the "cluster" is the lab's run dir: every node publishes RUN/NODE/member
+# ("NAME UNDERLAY SUBNET PID") and takes as peers the other members whose process is
+# alive, besides its static peers. A node without node.pod_subnet claims the first free
+# /24 from .101 up of cluster.cidr (a mkdir in RUN/fake-claims is atomic) and keeps it
+# across restarts. The key file must exist with mode 0600 and hold 64 hex digits.
 set -euo pipefail
 
 die() { echo "fake-overlayd: $*" >&2; exit 1; }
 value() { # value SECTION KEY FILE: the first `KEY = "V"` after line `[SECTION]`
     sed -n "/^\[$1\]/,/^\[/ s/^$2 = \"\(.*\)\"\$/\1/p" "$3" | head -n 1
+}
+socket_dir() { # the state dir of the daemon OVERLAYD_SOCKET points at, if it is ready
+    local sock=${OVERLAYD_SOCKET:?}
+    [ -e "$sock" ] || die "cannot connect to $sock"
+    dirname "$sock"
+}
+
+# route_peer UNDERLAY SUBNET: a host-gw route if the peer is on-link; prints the path.
+route_peer() {
+    if [[ $(ip route get "$1") == *" via "* ]]; then
+        echo udp
+    else
+        ip route replace "$2" via "$1"
+        echo host-gw
+    fi
+}
+
+# add_peer NAME UNDERLAY SUBNET PATH: appends the peer's JSON to $peers.
+add_peer() {
+    peers+="${peers:+,}{\"name\":\"$1\",\"underlay\":\"$2\",\"pod_subnet\":\"$3\",\"path\":\"$4\",\"tx_packets\":0,\"tx_bytes\":0,\"rx_packets\":0,\"rx_bytes\":0,\"drops\":0}"
+}
+
+# gossip_peers: $static_peers plus every other live member, into $dir/peers.json. Routes
+# are set once per member address and subnet ($routed caches the path).
+declare -A routed=()
+gossip_peers() {
+    local m n u s p
+    peers=$static_peers
+    for m in "$run"/*/member; do
+        [ -e "$m" ] || continue
+        read -r n u s p < "$m"
+        [ "$n" != "$name" ] && kill -0 "$p" 2>/dev/null || continue
+        case ${routed[$n]:-} in
+        "$u $s "*) ;;
+        *) routed[$n]="$u $s $(route_peer "$u" "$s")" ;;
+        esac
+        add_peer "$n" "$u" "$s" "${routed[$n]##* }"
+    done
+    echo "{\"peers\":[$peers]}" > "$dir/peers.tmp"
+    mv "$dir/peers.tmp" "$dir/peers.json"
+}
+
+claim() { # claim CIDR: the first free /24 from .101 up
+    local prefix=${1%.*.*} i
+    mkdir -p "$run/fake-claims"
+    for i in $(seq 101 254); do
+        if mkdir "$run/fake-claims/$i" 2>/dev/null; then
+            echo "$prefix.$i.0/24"
+            return
+        fi
+    done
+    die "every subnet of $1 is taken"
 }
 
 cmd=${1:-}; shift || true
@@ -16,48 +74,78 @@ run)
     config=$2
     sock=$(value daemon control_socket "$config")
     dir=$(dirname "$sock")
+    run=$(dirname "$dir")
     name=$(value node name "$config")
+    underlay=$(value node underlay_address "$config")
     subnet=$(value node pod_subnet "$config")
-    base=${subnet%.*}
     mkdir -p "$dir"
+    rm -f "$dir/gossip" "$dir/left"
+    if grep -q '^\[gossip\]$' "$config"; then
+        key=$(sed -n '/^\[gossip\]/,/^\[/ s/^key_files = \["\([^"]*\)".*/\1/p' "$config")
+        [ -f "$key" ] || die "gossip key file $key does not exist"
+        [ "$(stat -c %a "$key")" = 600 ] || die "gossip key file $key is not mode 0600"
+        grep -qE '^[0-9a-f]{64}$' "$key" || die "gossip key file $key holds no key"
+        touch "$dir/gossip"
+        if [ -z "$subnet" ]; then
+            [ -s "$dir/claim" ] || claim "$(value cluster cidr "$config")" > "$dir/claim"
+            subnet=$(cat "$dir/claim")
+        fi
+    fi
+    [ -n "$subnet" ] || die "node.pod_subnet is required without [gossip]"
+    base=${subnet%.*}
     echo "$name" > "$dir/name"
     echo "$base" > "$dir/base"
+    echo "$subnet" > "$dir/subnet"
     ip link add ovd0 type bridge 2>/dev/null || true
     ip addr replace "$base.1/24" dev ovd0
     ip link set ovd0 up
     peers=""
-    while read -r peer underlay psubnet; do
-        route=$(ip route get "$underlay")
-        if [[ $route == *" via "* ]]; then
-            path=udp
-        else
-            path=host-gw
-            ip route replace "$psubnet" via "$underlay"
-        fi
-        peers+="${peers:+,}{\"name\":\"$peer\",\"underlay\":\"$underlay\",\"pod_subnet\":\"$psubnet\",\"path\":\"$path\",\"tx_packets\":0,\"tx_bytes\":0,\"rx_packets\":0,\"rx_bytes\":0,\"drops\":0}"
+    while read -r peer peer_underlay peer_subnet; do
+        add_peer "$peer" "$peer_underlay" "$peer_subnet" "$(route_peer "$peer_underlay" "$peer_subnet")"
     done < <(awk -F' = ' '/^\[\[peer\]\]/ {p=1; next} /^\[/ {p=0}
         p && $1=="name" {n=$2} p && $1=="underlay_address" {u=$2}
         p && $1=="pod_subnet" {gsub(/"/,"",n); gsub(/"/,"",u); gsub(/"/,"",$2); print n, u, $2}' "$config")
+    static_peers=$peers
     echo "{\"peers\":[$peers]}" > "$dir/peers.json"
+    if [ -e "$dir/gossip" ]; then
+        echo "$name $underlay $subnet $$" > "$dir/member.tmp"
+        mv "$dir/member.tmp" "$dir/member"
+        gossip_peers
+    fi
     echo "fake-overlayd: node $name ready" >&2
     touch "$sock"
-    trap 'rm -f "$sock"; exit 0' TERM INT
-    while :; do sleep 1; done
+    trap 'touch "$dir/left"; rm -f "$sock"; exit 0' TERM INT
+    while :; do
+        sleep 0.2
+        [ ! -e "$dir/gossip" ] || gossip_peers
+    done
     ;;
 status)
-    sock=${OVERLAYD_SOCKET:?}
-    [ -e "$sock" ] || die "cannot connect to $sock"
-    echo "{\"node\":\"$(cat "$(dirname "$sock")/name")\",\"ready\":true}"
+    dir=$(socket_dir)
+    echo "{\"node\":\"$(cat "$dir/name")\",\"ready\":true,\"pod_subnet\":\"$(cat "$dir/subnet")\"}"
     ;;
 peers)
-    sock=${OVERLAYD_SOCKET:?}
-    [ -e "$sock" ] || die "cannot connect to $sock"
-    cat "$(dirname "$sock")/peers.json"
+    cat "$(socket_dir)/peers.json"
+    ;;
+members)
+    dir=$(socket_dir)
+    [ -e "$dir/gossip" ] || die "this node runs without [gossip]: there are no members"
+    me=$(cat "$dir/name")
+    out=""
+    for m in "$(dirname "$dir")"/*/member; do
+        read -r n u s p < "$m"
+        heard=0
+        if [ "$n" = "$me" ]; then state=alive; heard=null
+        elif kill -0 "$p" 2>/dev/null; then state=alive
+        elif [ -e "$(dirname "$m")/left" ]; then state=left
+        else state=dead
+        fi
+        out+="${out:+,}{\"name\":\"$n\",\"address\":\"$u:7946\",\"subnet\":\"$s\",\"state\":\"$state\",\"incarnation\":1,\"generation\":$p,\"last_heard_ms\":$heard}"
+    done
+    echo "{\"members\":[$out]}"
     ;;
 pod)
-    sock=${OVERLAYD_SOCKET:?}
-    [ -e "$sock" ] || die "cannot connect to $sock"
-    dir=$(dirname "$sock")
+    dir=$(socket_dir)
     [ "${1:-}" = add ] || die "only pod add is faked"
     pod=$2; [ "${3:-}" = --netns ] || die "pod add needs --netns"
     netns=$4

@@ -1,13 +1,15 @@
 //! The lab against the real kernel (needs root): namespaces, addresses, routing through
-//! the router, teardown after panics and crashes, and the daemon workflow against a fake
-//! `overlayd` (tests/fake-overlayd.sh) that honours the CLI contract with host-gw routes.
+//! the router, teardown after panics and crashes, and the daemon workflow, static and by
+//! gossip, against a fake `overlayd` (tests/fake-overlayd.sh) that honours the CLI
+//! contract with host-gw routes.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
-use overlayd_lab::{Lab, node_netns};
+use overlayd_lab::{Lab, MemberState, node_netns};
 use overlayd_lab::{
     LabCommand, LabError, Topology, in_netns, lab_namespaces, netns, process, run_dir, run_in,
 };
@@ -38,8 +40,10 @@ segment = "b"
 daemon = false
 "#;
 
-/// n1, n2 with (fake) daemons and two pods each on segment a; n3 without a daemon on b.
-const WITH_DAEMONS: &str = r#"
+/// n1, n2 with (fake) daemons and two pods each on segment a; n3 without a daemon on b;
+/// static peers.
+const STATIC_DAEMONS: &str = r#"
+gossip = false
 [[segment]]
 name = "a"
 subnet = "10.100.1.0/24"
@@ -54,6 +58,31 @@ name = "n2"
 segment = "a"
 [[node]]
 name = "n3"
+segment = "b"
+daemon = false
+"#;
+
+/// Gossip through n1: n1, n2 with two pods each on segment a, n3 without pods on b (the
+/// fake has no tunnel), k without a daemon (a static peer, subnet 10.244.4.0/24) on b.
+const GOSSIP_DAEMONS: &str = r#"
+[[segment]]
+name = "a"
+subnet = "10.100.1.0/24"
+[[segment]]
+name = "b"
+subnet = "10.100.2.0/24"
+[[node]]
+name = "n1"
+segment = "a"
+[[node]]
+name = "n2"
+segment = "a"
+[[node]]
+name = "n3"
+segment = "b"
+pods = 0
+[[node]]
+name = "k"
 segment = "b"
 daemon = false
 "#;
@@ -269,7 +298,7 @@ fn daemons_become_ready_get_pods_and_check_passes() {
         return;
     }
     let name = unique_name('f');
-    let topo = Topology::parse(WITH_DAEMONS).unwrap();
+    let topo = Topology::parse(STATIC_DAEMONS).unwrap();
 
     let mut lab = Lab::up(&name, &topo, Path::new(FAKE_OVERLAYD)).unwrap();
 
@@ -290,7 +319,13 @@ fn daemons_become_ready_get_pods_and_check_passes() {
     let config: overlayd_config::schema::Config =
         toml::from_str(&std::fs::read_to_string(n1.config_path()).unwrap()).unwrap();
     assert_eq!(config.peers.len(), 2);
+    assert_eq!(config.gossip, None);
+    assert!(!run_dir(&name).join("gossip.key").exists());
     assert!(lab.status("n1").unwrap().ready);
+    assert_eq!(
+        lab.node("n1").unwrap().pod_subnet().unwrap().to_string(),
+        "10.244.1.0/24"
+    );
     let paths: Vec<(String, String)> = lab
         .peers("n1")
         .unwrap()
@@ -346,6 +381,158 @@ fn daemons_become_ready_get_pods_and_check_passes() {
 }
 
 #[test]
+fn gossip_daemons_claim_subnets_converge_and_restart() {
+    if !is_root() {
+        return;
+    }
+    let name = unique_name('g');
+    let topo = Topology::parse(GOSSIP_DAEMONS).unwrap();
+
+    let mut lab = Lab::up(&name, &topo, Path::new(FAKE_OVERLAYD)).unwrap();
+
+    // Each daemon claimed its own subnet (the fake takes .101 up); k keeps the topology's.
+    let subnet = |lab: &Lab, node: &str| lab.node(node).unwrap().pod_subnet().unwrap();
+    let mut claimed: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| subnet(&lab, n).to_string())
+        .collect();
+    claimed.sort();
+    assert_eq!(
+        claimed,
+        ["10.244.101.0/24", "10.244.102.0/24", "10.244.103.0/24"]
+    );
+    assert_eq!(subnet(&lab, "k").to_string(), "10.244.4.0/24");
+    for pod in lab.pods() {
+        assert!(subnet(&lab, &pod.node).contains(&pod.ip), "{pod:?}");
+    }
+    let ps = serde_json::to_value(lab.ps()).unwrap();
+    assert_eq!(ps["nodes"][1]["subnet"], subnet(&lab, "n2").to_string());
+    assert_eq!(ps["nodes"][3]["subnet"], "10.244.4.0/24");
+    assert_eq!(
+        Lab::open(&name).unwrap().ps(),
+        lab.ps(),
+        "saved in lab.json"
+    );
+
+    // Configs: join through n1 with the lab's key; k is the only static peer.
+    let key = run_dir(&name).join("gossip.key");
+    let config = overlayd_config::load(&lab.node("n2").unwrap().config_path()).unwrap();
+    let gossip = config.gossip.unwrap();
+    assert_eq!(gossip.seeds, ["10.100.1.11"]);
+    assert_eq!(gossip.key_files, std::slice::from_ref(&key));
+    assert_eq!(config.node.pod_subnet, None);
+    assert_eq!(config.cluster.name, format!("lab-{name}"));
+    let statics: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(statics, ["k"]);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let hex = std::fs::read_to_string(&key).unwrap();
+    assert!(
+        hex.trim().len() == 64 && hex.trim().bytes().all(|b| b.is_ascii_hexdigit()),
+        "{hex:?}"
+    );
+
+    // Converged: members and the data path's peers.
+    let members = |lab: &Lab| {
+        let mut m: Vec<(String, MemberState)> = lab
+            .members("n1")
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.name, m.state))
+            .collect();
+        m.sort_by(|a, b| a.0.cmp(&b.0));
+        m
+    };
+    let alive = |n: &str| (n.to_string(), MemberState::Alive);
+    assert_eq!(members(&lab), [alive("n1"), alive("n2"), alive("n3")]);
+    let mut paths: Vec<(String, String)> = lab
+        .peers("n1")
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name, p.path))
+        .collect();
+    paths.sort();
+    let path = |n: &str, p: &str| (n.to_string(), p.to_string());
+    assert_eq!(
+        paths,
+        [path("k", "udp"), path("n2", "host-gw"), path("n3", "udp")]
+    );
+    let report = lab.check().unwrap();
+    assert!(report.ok(), "{}", report.matrix());
+    assert_eq!(report.results.len(), 12);
+
+    // A graceful stop leaves; a restart keeps the claimed subnet.
+    let n2_subnet = subnet(&lab, "n2");
+    lab.stop_daemon("n2").unwrap();
+    assert_eq!(lab.node("n2").unwrap().pid(), None);
+    assert_eq!(lab.node("n2").unwrap().pod_subnet(), Some(n2_subnet));
+    assert_eq!(members(&lab)[1], ("n2".to_string(), MemberState::Left));
+    lab.wait_converged(Duration::from_secs(5)).unwrap();
+    lab.start_daemon("n2").unwrap();
+    assert_eq!(subnet(&lab, "n2"), n2_subnet);
+    assert_eq!(members(&lab)[1], alive("n2"));
+    lab.kill_daemon("n3").unwrap();
+    assert_eq!(members(&lab)[2], ("n3".to_string(), MemberState::Dead));
+    lab.start_daemon("n3").unwrap();
+    assert!(matches!(
+        lab.stop_daemon("k"),
+        Err(LabError::NoDaemon { .. })
+    ));
+
+    // Convergence wants each member with the subnet it reports; nodes cut apart by a
+    // partition need not know each other.
+    let n3_record = run_dir(&name).join("n3/member");
+    let record = std::fs::read_to_string(&n3_record).unwrap();
+    let n3_subnet = subnet(&lab, "n3").to_string();
+    std::fs::write(&n3_record, record.replace(&n3_subnet, "10.244.250.0/24")).unwrap();
+    let err = lab
+        .wait_converged(Duration::from_secs(1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node \"n1\"")
+            && err.contains(&format!("lacks n3 ({n3_subnet})"))
+            && err.contains("n3 (10.244.250.0/24)")
+            && err.contains("n1.log"),
+        "{err}"
+    );
+    lab.partition("a", "b").unwrap();
+    lab.wait_converged(Duration::from_secs(1)).unwrap();
+    lab.heal().unwrap();
+    assert!(lab.wait_converged(Duration::from_secs(1)).is_err());
+
+    drop(lab);
+
+    assert_eq!(lab_namespaces(&name).unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn up_fails_when_a_claimed_subnet_overlaps_a_static_peer() {
+    if !is_root() {
+        return;
+    }
+    let name = unique_name('o');
+    // The fake's first claim is 10.244.101.0/24.
+    let topo = Topology::parse(&GOSSIP_DAEMONS.replace(
+        "daemon = false",
+        "daemon = false\npod_subnet = \"10.244.101.0/24\"",
+    ))
+    .unwrap();
+
+    let err = Lab::up(&name, &topo, Path::new(FAKE_OVERLAYD))
+        .unwrap_err()
+        .to_string();
+
+    assert!(
+        err.contains("overlaps 10.244.101.0/24 of static peer k"),
+        "{err}"
+    );
+    assert_eq!(lab_namespaces(&name).unwrap(), Vec::<String>::new());
+    Lab::down(&name).unwrap();
+}
+
+#[test]
 fn up_fails_naming_the_node_and_its_log_when_a_daemon_dies() {
     if !is_root() {
         return;
@@ -360,7 +547,7 @@ fn up_fails_naming_the_node_and_its_log_when_a_daemon_dies() {
     )
     .unwrap();
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let topo = Topology::parse(WITH_DAEMONS).unwrap();
+    let topo = Topology::parse(GOSSIP_DAEMONS).unwrap();
 
     let err = Lab::up(&name, &topo, &broken).unwrap_err().to_string();
 
@@ -390,7 +577,7 @@ fn cli_commands_drive_a_lab() {
     }
     let name = unique_name('c');
     let file = std::env::temp_dir().join(format!("overlayd-lab-test-{name}.toml"));
-    std::fs::write(&file, WITH_DAEMONS).unwrap();
+    std::fs::write(&file, GOSSIP_DAEMONS).unwrap();
     let bin = PathBuf::from(FAKE_OVERLAYD);
     let run = |cmd| format!("{:?}", overlayd_lab::run(cmd, bin.clone()).unwrap());
     let ok = format!("{:?}", ExitCode::SUCCESS);
@@ -417,6 +604,29 @@ fn cli_commands_drive_a_lab() {
         }),
         ok
     );
+    let node = |node: &str| (node.to_string(), name.clone());
+    let (n, lab) = node("n2");
+    assert_eq!(run(LabCommand::Stop { node: n, name: lab }), ok);
+    let (n, lab) = node("n2");
+    assert_eq!(run(LabCommand::Start { node: n, name: lab }), ok);
+    let (n, lab) = node("n1");
+    assert_eq!(run(LabCommand::Kill { node: n, name: lab }), ok);
+    let (n, lab) = node("n1");
+    assert_eq!(run(LabCommand::Start { node: n, name: lab }), ok);
+    assert_eq!(
+        run(LabCommand::Partition {
+            segment_a: "a".into(),
+            segment_b: "b".into(),
+            name: name.clone()
+        }),
+        ok
+    );
+    assert_eq!(
+        Lab::open(&name).unwrap().partitions().unwrap(),
+        [("a".to_string(), "b".to_string())]
+    );
+    assert_eq!(run(LabCommand::Heal { name: name.clone() }), ok);
+    assert_eq!(Lab::open(&name).unwrap().partitions().unwrap(), []);
     let exit_3 = LabCommand::Exec {
         target: "n1-p1".into(),
         cmd: vec!["sh".into(), "-c".into(), "exit 3".into()],

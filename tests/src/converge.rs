@@ -1,0 +1,188 @@
+//! Convergence: the lab is ready for pods when every running daemon's data path knows
+//! every other running daemon node (with the pod subnet that node reports) and every
+//! static peer. With gossip that takes longer than each daemon's own `ready`.
+
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+
+use crate::client::PeerReport;
+use crate::lab::{Lab, LabError, Node, POLL_INTERVAL};
+
+/// A node whose data path must list `name` with `subnet`.
+struct Expected<'a> {
+    node: Node<'a>,
+    subnet: Ipv4Net,
+}
+
+/// Why the lab has not converged yet: which node lacks what.
+struct Gap<'a> {
+    node: Node<'a>,
+    reason: String,
+}
+
+impl Lab {
+    /// Waits until every daemon node that runs now lists, in `overlayd peers --json`,
+    /// every other one with the pod subnet that node's `overlayd status` reports, and
+    /// every `daemon = false` node. Pairs of nodes on segments cut apart by
+    /// [`Lab::partition`] need not know each other.
+    ///
+    /// Returns `Err` naming the node, what it lacks and its log if that does not happen
+    /// within `timeout`, at once if one of those daemons exits, or if a claimed subnet
+    /// overlaps a static peer's (no daemon can resolve that).
+    pub fn wait_converged(&self, timeout: Duration) -> Result<(), LabError> {
+        let deadline = Instant::now() + timeout;
+        let running: Vec<Node<'_>> = self
+            .nodes()
+            .filter(|n| n.spec().daemon && n.pid().is_some())
+            .collect();
+        loop {
+            if let Some(gone) = running.iter().find(|n| n.pid().is_none()) {
+                return Err(gone.not_ready("its daemon exited while the lab converged".into()));
+            }
+            let Some(gap) = self.convergence_gap(&running)? else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                return Err(gap.node.not_ready(format!(
+                    "the lab has not converged after {} s: {}",
+                    timeout.as_secs(),
+                    gap.reason
+                )));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// The first node of `running` whose view is still incomplete; `None` once all agree.
+    fn convergence_gap<'a>(&'a self, running: &[Node<'a>]) -> Result<Option<Gap<'a>>, LabError> {
+        let cut = self.partitions()?;
+        let mut expected = Vec::new();
+        for &node in running {
+            let gap = |reason: String| Ok(Some(Gap { node, reason }));
+            match self.status(node.name()) {
+                Ok(status) => match status.pod_subnet {
+                    Some(subnet) => expected.push(Expected { node, subnet }),
+                    None => return gap("it reports no pod subnet yet".into()),
+                },
+                Err(e) => return gap(e.to_string()),
+            }
+        }
+        let statics: Vec<Expected<'a>> = self
+            .nodes()
+            .filter(|n| !n.spec().daemon)
+            .filter_map(|node| {
+                let subnet = node.spec().pod_subnet?;
+                Some(Expected { node, subnet })
+            })
+            .collect();
+        check_claims_against_static_peers(&expected, &statics)?;
+        for &node in running {
+            let peers = match self.peers(node.name()) {
+                Ok(peers) => peers,
+                Err(e) => {
+                    return Ok(Some(Gap {
+                        node,
+                        reason: e.to_string(),
+                    }));
+                }
+            };
+            let apart = |other: &Node<'_>| {
+                let (a, b) = (&node.spec().segment, &other.spec().segment);
+                cut.iter()
+                    .any(|(x, y)| (x == a && y == b) || (x == b && y == a))
+            };
+            let missing: Vec<String> = expected
+                .iter()
+                .chain(&statics)
+                .filter(|e| e.node.name() != node.name() && !apart(&e.node))
+                .filter(|e| !lists(&peers, e.node.name(), e.subnet))
+                .map(|e| format!("{} ({})", e.node.name(), e.subnet))
+                .collect();
+            if !missing.is_empty() {
+                let listed: Vec<String> = peers
+                    .iter()
+                    .map(|p| format!("{} ({})", p.name, p.pod_subnet))
+                    .collect();
+                return Ok(Some(Gap {
+                    node,
+                    reason: format!(
+                        "`overlayd peers` on {} lacks {}; it lists [{}]",
+                        node.name(),
+                        missing.join(", "),
+                        listed.join(", ")
+                    ),
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Whether `peers` has `name` with pod subnet `subnet`.
+fn lists(peers: &[PeerReport], name: &str, subnet: Ipv4Net) -> bool {
+    peers
+        .iter()
+        .any(|p| p.name == name && p.pod_subnet.parse::<Ipv4Net>() == Ok(subnet))
+}
+
+/// Daemons do not count static peers' subnets as taken when they claim one, and ignore
+/// a peer whose subnet overlaps their own: such a lab never converges, so say why now.
+fn check_claims_against_static_peers(
+    claimed: &[Expected<'_>],
+    statics: &[Expected<'_>],
+) -> Result<(), LabError> {
+    for c in claimed
+        .iter()
+        .filter(|c| c.node.spec().pod_subnet.is_none())
+    {
+        if let Some(s) = statics.iter().find(|s| overlaps(c.subnet, s.subnet)) {
+            return Err(c.node.not_ready(format!(
+                "it claimed pod subnet {}, which overlaps {} of static peer {} (daemon = false); \
+                 set pod_subnet for {} or for {} in the topology",
+                c.subnet,
+                s.subnet,
+                s.node.name(),
+                s.node.name(),
+                c.node.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn peer(name: &str, subnet: &str) -> PeerReport {
+        PeerReport {
+            name: name.into(),
+            underlay: Ipv4Addr::new(10, 0, 0, 1).to_string(),
+            pod_subnet: subnet.into(),
+            path: "udp".into(),
+            tx_packets: 0,
+            tx_bytes: 0,
+            rx_packets: 0,
+            rx_bytes: 0,
+            drops: 0,
+        }
+    }
+
+    #[test]
+    fn a_peer_counts_only_with_the_subnet_its_node_reports() {
+        let peers = [peer("n2", "10.244.7.0/24"), peer("k", "garbage")];
+        let subnet = |s: &str| s.parse::<Ipv4Net>().unwrap();
+
+        assert!(lists(&peers, "n2", subnet("10.244.7.0/24")));
+        assert!(!lists(&peers, "n2", subnet("10.244.8.0/24")), "stale claim");
+        assert!(!lists(&peers, "n3", subnet("10.244.7.0/24")));
+        assert!(!lists(&peers, "k", subnet("10.244.9.0/24")));
+    }
+}
