@@ -18,6 +18,8 @@ struct Expected<'a> {
 /// Why the lab has not converged yet: which node lacks what.
 struct Gap<'a> {
     node: Node<'a>,
+    /// How many nodes it lacks; `usize::MAX` when it cannot even be asked.
+    missing: usize,
     reason: String,
 }
 
@@ -27,9 +29,10 @@ impl Lab {
     /// every `daemon = false` node. Pairs of nodes on segments cut apart by
     /// [`Lab::partition`] need not know each other.
     ///
-    /// Returns `Err` naming the node, what it lacks and its log if that does not happen
-    /// within `timeout`, at once if one of those daemons exits, or if a claimed subnet
-    /// overlaps a static peer's (no daemon can resolve that).
+    /// Returns `Err` if that does not happen within `timeout`, naming the node whose view
+    /// lacks the most (with what it lacks and its log) and the others still incomplete; at
+    /// once if one of those daemons exits, or if a claimed subnet overlaps a static
+    /// peer's (no daemon resolves that).
     pub fn wait_converged(&self, timeout: Duration) -> Result<(), LabError> {
         let deadline = Instant::now() + timeout;
         let running: Vec<Node<'_>> = self
@@ -40,33 +43,38 @@ impl Lab {
             if let Some(gone) = running.iter().find(|n| n.pid().is_none()) {
                 return Err(gone.not_ready("its daemon exited while the lab converged".into()));
             }
-            let Some(gap) = self.convergence_gap(&running)? else {
+            let gaps = self.convergence_gaps(&running)?;
+            if gaps.is_empty() {
                 return Ok(());
-            };
+            }
             if Instant::now() >= deadline {
-                return Err(gap.node.not_ready(format!(
-                    "the lab has not converged after {} s: {}",
-                    timeout.as_secs(),
-                    gap.reason
-                )));
+                return Err(not_converged(gaps, timeout));
             }
             std::thread::sleep(POLL_INTERVAL);
         }
     }
 
-    /// The first node of `running` whose view is still incomplete; `None` once all agree.
-    fn convergence_gap<'a>(&'a self, running: &[Node<'a>]) -> Result<Option<Gap<'a>>, LabError> {
+    /// The nodes of `running` whose view is still incomplete, in topology order.
+    fn convergence_gaps<'a>(&'a self, running: &[Node<'a>]) -> Result<Vec<Gap<'a>>, LabError> {
         let cut = self.partitions()?;
+        let mut gaps = Vec::new();
         let mut expected = Vec::new();
         for &node in running {
-            let gap = |reason: String| Ok(Some(Gap { node, reason }));
-            match self.status(node.name()) {
+            let reason = match self.status(node.name()) {
                 Ok(status) => match status.pod_subnet {
-                    Some(subnet) => expected.push(Expected { node, subnet }),
-                    None => return gap("it reports no pod subnet yet".into()),
+                    Some(subnet) => {
+                        expected.push(Expected { node, subnet });
+                        continue;
+                    }
+                    None => "it reports no pod subnet yet".to_string(),
                 },
-                Err(e) => return gap(e.to_string()),
-            }
+                Err(e) => e.to_string(),
+            };
+            gaps.push(Gap {
+                node,
+                missing: usize::MAX,
+                reason,
+            });
         }
         let statics: Vec<Expected<'a>> = self
             .nodes()
@@ -77,14 +85,17 @@ impl Lab {
             })
             .collect();
         check_claims_against_static_peers(&expected, &statics)?;
-        for &node in running {
+        for e in &expected {
+            let node = e.node;
             let peers = match self.peers(node.name()) {
                 Ok(peers) => peers,
                 Err(e) => {
-                    return Ok(Some(Gap {
+                    gaps.push(Gap {
                         node,
+                        missing: usize::MAX,
                         reason: e.to_string(),
-                    }));
+                    });
+                    continue;
                 }
             };
             let apart = |other: &Node<'_>| {
@@ -104,19 +115,47 @@ impl Lab {
                     .iter()
                     .map(|p| format!("{} ({})", p.name, p.pod_subnet))
                     .collect();
-                return Ok(Some(Gap {
+                gaps.push(Gap {
                     node,
+                    missing: missing.len(),
                     reason: format!(
                         "`overlayd peers` on {} lacks {}; it lists [{}]",
                         node.name(),
                         missing.join(", "),
                         listed.join(", ")
                     ),
-                }));
+                });
             }
         }
-        Ok(None)
+        Ok(gaps)
     }
+}
+
+/// The error for a lab still not converged: about the node that lacks the most (the
+/// first of those), naming the others that lack something too. `gaps` is not empty.
+fn not_converged(gaps: Vec<Gap<'_>>, timeout: Duration) -> LabError {
+    let worst = gaps
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, g)| (g.missing, std::cmp::Reverse(*i)))
+        .map_or(0, |(i, _)| i);
+    let others: Vec<&str> = gaps
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != worst)
+        .map(|(_, g)| g.node.name())
+        .collect();
+    let gap = &gaps[worst];
+    let also = if others.is_empty() {
+        String::new()
+    } else {
+        format!(" (the views of {} are incomplete too)", others.join(", "))
+    };
+    gap.node.not_ready(format!(
+        "the lab has not converged after {} s: {}{also}",
+        timeout.as_secs(),
+        gap.reason
+    ))
 }
 
 /// Whether `peers` has `name` with pod subnet `subnet`.

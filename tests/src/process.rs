@@ -47,7 +47,7 @@ pub fn cmdline_mentions(pid: u32, needle: &Path) -> bool {
 }
 
 /// Whether `pid` is running. Reaps it if it is an exited child of ours; a zombie that is
-/// someone else's child counts as gone.
+/// someone else's child counts as gone once its last thread has exited.
 pub fn is_alive(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
@@ -60,11 +60,21 @@ pub fn is_alive(pid: u32) -> bool {
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself hold ") ".
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X'])),
+        Ok(stat) => {
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_none_or(|(_, rest)| rest.starts_with(['Z', 'X']));
+            // A killed multi-threaded process shows its leader as a zombie while its other
+            // threads still exit, holding its sockets: a restart could not bind them yet.
+            !zombie || threads(pid) > 1
+        }
         Err(_) => false,
     }
+}
+
+/// How many threads of `pid` remain (entries of /proc/PID/task), 0 if it is gone.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |entries| entries.count())
 }
 
 /// Sends `signal` to `pid`; a process that is already gone is not an error.
