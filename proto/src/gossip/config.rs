@@ -57,10 +57,10 @@ impl Timing {
     ///
     /// | timer | default |
     /// |---|---|
-    /// | probe_interval | 500 ms |
-    /// | probe_timeout | 200 ms |
+    /// | probe_interval | 400 ms |
+    /// | probe_timeout | 150 ms |
     /// | indirect_probes | 3 |
-    /// | suspicion_mult / max_mult / confirmations | 2 / 3 / 3 (min 1 s, max 3 s at n ≤ 10) |
+    /// | suspicion_mult / max_mult / confirmations | 2 / 3 / 3 (min 0.8 s, max 2.4 s at n ≤ 10) |
     /// | gossip_interval / fanout | 100 ms / 3 |
     /// | push_pull_interval | 15 s |
     /// | reannounce_interval | 2 s |
@@ -72,8 +72,8 @@ impl Timing {
     /// | claim_wait | 5 s |
     pub fn lan() -> Self {
         Timing {
-            probe_interval: Duration::from_millis(500),
-            probe_timeout: Duration::from_millis(200),
+            probe_interval: Duration::from_millis(400),
+            probe_timeout: Duration::from_millis(150),
             indirect_probes: 3,
             suspicion_mult: 2,
             suspicion_max_mult: 3,
