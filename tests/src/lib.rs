@@ -10,8 +10,13 @@
 //!   `overlayd run --config /run/overlayd-lab/LAB/NODE.toml` (unless `daemon = false`);
 //! - per pod a namespace `ovl-LAB-NODE-pN` that the node's daemon attached
 //!   (`overlayd pod add NODE-pN --netns /run/netns/ovl-LAB-NODE-pN`);
-//! - `/run/overlayd-lab/LAB/`: `lab.json` (state), `NODE.toml`, `NODE.log`, `NODE.pid`
-//!   and `NODE/` (the daemon's state dir and control socket `overlayd.sock`).
+//! - `/run/overlayd-lab/LAB/`: `lab.json` (state), `NODE.toml`, `NODE.log`, `NODE.pid`,
+//!   `NODE/` (the daemon's state dir and control socket `overlayd.sock`) and, with gossip,
+//!   `gossip.key`.
+//!
+//! By default the daemons gossip: each joins through one seed node and claims its pod
+//! subnet, and [`Lab::up`] returns once every daemon lists every other one as a peer
+//! ([`Lab::wait_converged`]). `gossip = false` in the topology gives static peers.
 //!
 //! Everything is keyed by the lab's name, so labs with different names run side by side;
 //! nothing is created in the host's network namespace. [`Lab::down`] needs only the name
