@@ -8,6 +8,9 @@ use super::subnet::SubnetPool;
 /// Largest datagram the core emits, sealing overhead included: fits a 1500-byte MTU
 /// with IPv6 and UDP headers and some tunnel headroom, so gossip never fragments.
 pub const MAX_PACKET: usize = 1400;
+/// Smallest `max_packet` allowed: a UDP payload that fits IPv6's minimum MTU (1280 − 40 −
+/// 8). Every message the core builds fits one datagram of this size.
+pub const MIN_PACKET: usize = 1232;
 
 /// Every timer of the protocol. `n` below is the number of live members.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,8 +166,8 @@ pub struct GossipConfig {
     /// own address may be listed (it is skipped), so every node can share one list.
     pub seeds: Vec<SocketAddr>,
     pub timing: Timing,
-    /// Largest datagram, sealing included. At least 576 (the IPv4 minimum reassembly
-    /// size); [`MAX_PACKET`] by default.
+    /// Largest datagram, sealing included: [`MIN_PACKET`]..=65507, [`MAX_PACKET`] by
+    /// default. Keep it equal cluster-wide: larger datagrams are dropped as oversized.
     pub max_packet: usize,
     /// Where nodes without a configured subnet claim one. `None`: no claiming.
     pub subnet_pool: Option<SubnetPool>,
@@ -184,7 +187,7 @@ impl GossipConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.timing.validate()?;
-        if !(576..=65_507).contains(&self.max_packet) {
+        if !(MIN_PACKET..=65_507).contains(&self.max_packet) {
             return Err(ConfigError::MaxPacket(self.max_packet));
         }
         if self.cluster_name.is_empty() {
@@ -208,7 +211,7 @@ pub enum ConfigError {
     ProbeTimeoutTooLong,
     #[error("suspicion_mult, suspicion_max_mult and retransmit_mult must be at least 1")]
     ZeroMultiplier,
-    #[error("max_packet {0} is outside 576..=65507")]
+    #[error("max_packet {0} is outside {MIN_PACKET}..=65507")]
     MaxPacket(usize),
     #[error("cluster_name must not be empty")]
     NoClusterName,

@@ -10,9 +10,9 @@ use super::message::OBJECT_BUCKETS;
 
 /// Longest object key, in bytes.
 pub const MAX_KEY_LEN: usize = 255;
-/// Longest object value, in bytes: one write must fit one datagram with the longest key
-/// and writer name (checked by a test against [`super::MAX_PACKET`]).
-pub const MAX_VALUE_LEN: usize = 896;
+/// Longest object value, in bytes: one write must fit the smallest datagram with the
+/// longest key and writer name (checked by a test against [`super::config::MIN_PACKET`]).
+pub const MAX_VALUE_LEN: usize = 768;
 
 /// One register: the winning write so far.
 #[derive(Debug, Clone, PartialEq, Eq)]

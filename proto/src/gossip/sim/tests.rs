@@ -636,6 +636,11 @@ fn gossip_report() {
             update.as_secs_f64() * 1000.0,
             detect.as_secs_f64()
         );
+        let replays =
+            sim.total_drops(GossipDrop::Replayed) + sim.total_drops(GossipDrop::StaleGeneration);
+        if replays > 0 {
+            println!("  (N={n}: {replays} datagrams dropped by replay windows)");
+        }
     }
     // Failure detection spread at N=5 over many seeds.
     let mut times = Vec::new();
