@@ -19,8 +19,7 @@ pub struct Status {
     pub node: String,
     pub ready: bool,
     /// The pod subnet in force: configured or claimed by gossip.
-    #[serde(default)]
-    pub pod_subnet: Option<Ipv4Net>,
+    pub pod_subnet: Ipv4Net,
 }
 
 /// One entry of `overlayd members --json`: a gossip member as this node sees it.

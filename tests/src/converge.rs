@@ -60,21 +60,17 @@ impl Lab {
         let mut gaps = Vec::new();
         let mut expected = Vec::new();
         for &node in running {
-            let reason = match self.status(node.name()) {
-                Ok(status) => match status.pod_subnet {
-                    Some(subnet) => {
-                        expected.push(Expected { node, subnet });
-                        continue;
-                    }
-                    None => "it reports no pod subnet yet".to_string(),
-                },
-                Err(e) => e.to_string(),
-            };
-            gaps.push(Gap {
-                node,
-                missing: usize::MAX,
-                reason,
-            });
+            match self.status(node.name()) {
+                Ok(status) => expected.push(Expected {
+                    node,
+                    subnet: status.pod_subnet,
+                }),
+                Err(e) => gaps.push(Gap {
+                    node,
+                    missing: usize::MAX,
+                    reason: e.to_string(),
+                }),
+            }
         }
         let statics: Vec<Expected<'a>> = self
             .nodes()

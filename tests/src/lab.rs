@@ -639,7 +639,7 @@ impl Lab {
         for name in nodes {
             let subnet = self.status(name)?.pod_subnet;
             let index = self.node_index(name)?;
-            self.state.nodes[index].pod_subnet = subnet;
+            self.state.nodes[index].pod_subnet = Some(subnet);
         }
         self.save()
     }
