@@ -622,14 +622,20 @@ impl Lab {
     }
 
     /// Waits until the daemons of `nodes`, just started, are ready, records their pod
-    /// subnets and, with gossip, waits until the lab has converged.
+    /// subnets and, with gossip, waits until the lab has converged and records the
+    /// subnets of all running daemons again.
     fn settle(&mut self, nodes: &[String]) -> Result<(), LabError> {
         self.wait_ready(nodes, READY_TIMEOUT)?;
         self.record_subnets(nodes)?;
         if self.topology().gossip() {
             self.wait_converged(READY_TIMEOUT)?;
-            // A claim that lost a conflict while converging has moved.
-            self.record_subnets(nodes)?;
+            // A claim that lost a conflict while converging has moved, on any node.
+            let running: Vec<String> = self
+                .nodes()
+                .filter(|n| n.spec.daemon && n.pid().is_some())
+                .map(|n| n.name().to_string())
+                .collect();
+            self.record_subnets(&running)?;
         }
         Ok(())
     }
