@@ -653,7 +653,7 @@ fn probe_timeout_not_shorter_than_the_profiles_interval() {
     assert_eq!(
         error_in_gossip("[gossip.timing]\nprobe_timeout_ms = 500\n"),
         "o.toml:8:20: gossip.timing.probe_timeout_ms: 500 ms is not shorter than the lan \
-         profile's probe interval of 500 ms; expected a probe timeout shorter than the probe \
+         profile's probe interval of 400 ms; expected a probe timeout shorter than the probe \
          interval"
     );
 }

@@ -113,6 +113,14 @@ enum PodCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A CLI piped into `head` should end quietly when the pipe closes, as Unix tools do,
+        // instead of panicking in println!. The daemon keeps Rust's default (EPIPE errors).
+        // SAFETY: resetting a signal's disposition before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -32,7 +32,8 @@ pub(crate) fn host_gw_within_a_segment_bypasses_the_daemon() -> Result<()> {
         tun_before == tun_after,
         "TUN packet counters moved: {tun_before:?} -> {tun_after:?}"
     );
-    let route = ns_run(&n1, &["ip", "route", "show", "10.244.2.0/24"])?;
+    let n2_subnet = subnet_of(&lab, "n2")?;
+    let route = ns_run(&n1, &["ip", "route", "show", &n2_subnet])?;
     ensure!(
         route.contains("via 10.100.1.12 dev eth0") && route.contains("proto 79"),
         "route: {route}"
@@ -186,10 +187,11 @@ pub(crate) fn masquerade_outside_cluster_pod_source_kept_inside() -> Result<()> 
         &lab.node("n1")?.netns(),
         &["nft", "list", "table", "ip", "overlayd"],
     )?;
-    ensure!(
-        rules.contains("ip saddr 10.244.1.0/24 ip daddr != 10.244.0.0/16 masquerade"),
-        "rules:\n{rules}"
+    let masquerade = format!(
+        "ip saddr {} ip daddr != 10.244.0.0/16 masquerade",
+        subnet_of(&lab, "n1")?
     );
+    ensure!(rules.contains(&masquerade), "rules:\n{rules}");
     Ok(())
 }
 
@@ -279,4 +281,12 @@ fn peer(lab: &Lab, on: &str, name: &str) -> Result<overlayd_lab::PeerReport> {
         .into_iter()
         .find(|p| p.name == name)
         .with_context(|| format!("{on} has no peer {name}"))
+}
+
+/// The pod subnet a node's daemon holds (claimed by gossip in the default lab).
+pub(crate) fn subnet_of(lab: &Lab, node: &str) -> Result<String> {
+    lab.node(node)?
+        .pod_subnet()
+        .map(|s| s.to_string())
+        .with_context(|| format!("{node} has no pod subnet yet"))
 }

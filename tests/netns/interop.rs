@@ -33,6 +33,12 @@ pub(crate) fn kernel_vxlan_node_interoperates_both_ways() -> Result<()> {
     let status: serde_json::Value =
         serde_json::from_slice(&lab.overlayd("n1", &["status", "--json"])?.stdout)?;
     let n1_mac = status["vtep_mac"].as_str().context("vtep_mac")?.to_owned();
+    // n1 claimed its subnet by gossip; the kernel side routes it via its network address.
+    let n1_subnet = status["pod_subnet"]
+        .as_str()
+        .context("pod_subnet")?
+        .to_owned();
+    let n1_net = n1_subnet.split('/').next().unwrap_or_default().to_owned();
     let (n1_underlay, k1_underlay) = (
         n1.underlay().to_string(),
         lab.node("k1")?.underlay().to_string(),
@@ -74,7 +80,7 @@ pub(crate) fn kernel_vxlan_node_interoperates_both_ways() -> Result<()> {
         "ip",
         "neigh",
         "replace",
-        "10.244.1.0",
+        &n1_net,
         "lladdr",
         &n1_mac,
         "dev",
@@ -96,9 +102,9 @@ pub(crate) fn kernel_vxlan_node_interoperates_both_ways() -> Result<()> {
         "ip",
         "route",
         "add",
-        "10.244.1.0/24",
+        &n1_subnet,
         "via",
-        "10.244.1.0",
+        &n1_net,
         "dev",
         "flannel.1",
         "onlink",

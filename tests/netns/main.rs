@@ -7,6 +7,7 @@
 
 mod cluster;
 mod faults;
+mod gossip;
 mod interop;
 mod support;
 
@@ -59,6 +60,26 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
     (
         "on_exit_keep_leaves_the_data_path",
         faults::on_exit_keep_leaves_the_data_path,
+    ),
+    (
+        "gossip_five_nodes_join_from_one_seed_and_survive_kill_9",
+        gossip::five_nodes_join_from_one_seed_and_survive_kill_9,
+    ),
+    (
+        "gossip_partition_for_30s_then_heal_restores_the_mesh",
+        gossip::partition_for_30s_then_heal_restores_the_mesh,
+    ),
+    (
+        "gossip_graceful_leave_is_seen_at_once",
+        gossip::graceful_leave_is_seen_at_once,
+    ),
+    (
+        "gossip_wrong_key_and_forged_gossip_are_refused_and_counted",
+        gossip::wrong_key_and_forged_gossip_are_refused_and_counted,
+    ),
+    (
+        "gossip_key_rotation_keeps_the_cluster_up",
+        gossip::key_rotation_keeps_the_cluster_up,
     ),
 ];
 

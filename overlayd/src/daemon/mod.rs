@@ -211,7 +211,12 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
             },
         }
     };
-    if let Some(handle) = &gossip {
+    // With `on_exit = "keep"` the stop is a restart (an upgrade, say): no leave, so peers
+    // keep their routes to us unless we stay away longer than failure detection takes.
+    if let Some(handle) = gossip
+        .as_ref()
+        .filter(|_| cfg.daemon.on_exit == OnExit::Remove)
+    {
         match tokio::time::timeout(Duration::from_secs(2), handle.leave()).await {
             Ok(Ok(())) => tracing::info!("left the cluster"),
             _ => tracing::warn!("could not announce leaving the cluster; peers will detect it"),
