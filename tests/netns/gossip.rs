@@ -140,6 +140,24 @@ pub(crate) fn five_nodes_join_from_one_seed_and_survive_kill_9() -> Result<()> {
         "gossip: kill -9 of n5 known to all 4 peers after {detected:?}, its routes gone after {routes_gone:?}"
     );
 
+    // The tunnel port now refuses the dead member's underlay address.
+    let unknown = |lab: &Lab| -> Result<u64> {
+        let status: serde_json::Value =
+            serde_json::from_slice(&lab.overlayd("n1", &["status", "--json"])?.stdout)?;
+        Ok(status["drops"]["unknown_sender"].as_u64().unwrap_or(0))
+    };
+    let before = unknown(&lab)?;
+    let from_dead = in_netns(&lab.node("n5")?.netns(), || UdpSocket::bind("0.0.0.0:0"))?;
+    from_dead.send_to(
+        &[0x08, 0, 0, 0, 0, 0, 1, 0],
+        (lab.node("n1")?.underlay(), 8472),
+    )?;
+    wait_for(
+        "n1 to refuse tunnel traffic from the dead n5",
+        Duration::from_secs(5),
+        || Ok(unknown(&lab)? > before),
+    )?;
+
     lab.start_daemon("n5")?;
     ensure!(
         lab.status("n5")?.pod_subnet == subnet,
