@@ -74,6 +74,7 @@ pub(super) async fn start(
     let mut config = GossipConfig::new(cfg.cluster.name.clone(), seeds);
     config.timing = g.timing();
     config.subnet_pool = Some(cfg.cluster.subnet_pool());
+    config.reserved = cfg.peers.iter().map(|p| p.pod_subnet).collect();
     let stream_timeout = config.timing.stream_timeout;
     let generation = SystemTime::now()
         .duration_since(UNIX_EPOCH)

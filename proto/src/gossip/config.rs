@@ -1,6 +1,8 @@
 //! Gossip configuration and timer profiles.
 
 use std::net::SocketAddr;
+
+use ipnet::Ipv4Net;
 use std::time::Duration;
 
 use super::subnet::SubnetPool;
@@ -171,6 +173,9 @@ pub struct GossipConfig {
     pub max_packet: usize,
     /// Where nodes without a configured subnet claim one. `None`: no claiming.
     pub subnet_pool: Option<SubnetPool>,
+    /// Subnets held outside gossip's view (static peers that do not gossip, such as a
+    /// kernel vxlan node): claims avoid them, and a claim that overlaps one is moved.
+    pub reserved: Vec<Ipv4Net>,
 }
 
 impl GossipConfig {
@@ -182,6 +187,7 @@ impl GossipConfig {
             timing: Timing::lan(),
             max_packet: MAX_PACKET,
             subnet_pool: None,
+            reserved: Vec::new(),
         }
     }
 

@@ -874,18 +874,20 @@ impl Gossip {
             is_static: false,
             claimed_at: self.local.subnet_claimed_at,
         };
-        let loses = self.members.values().filter(|m| m.state.is_up()).any(|m| {
-            let Some(subnet) = m.record.pod_subnet else {
-                return false;
-            };
-            let other = Claim {
-                owner: &m.record.name,
-                subnet,
-                is_static: m.record.subnet_static,
-                claimed_at: m.record.subnet_claimed_at,
-            };
-            conflict_loser(&local, &other) == Some(Loser::A)
-        });
+        let reserved = self.config.reserved.iter().any(|r| overlaps(*r, mine));
+        let loses = reserved
+            || self.members.values().filter(|m| m.state.is_up()).any(|m| {
+                let Some(subnet) = m.record.pod_subnet else {
+                    return false;
+                };
+                let other = Claim {
+                    owner: &m.record.name,
+                    subnet,
+                    is_static: m.record.subnet_static,
+                    claimed_at: m.record.subnet_claimed_at,
+                };
+                conflict_loser(&local, &other) == Some(Loser::A)
+            });
         if loses {
             self.claim(now, pool);
         }
@@ -898,6 +900,7 @@ impl Gossip {
             .members
             .values()
             .filter_map(|m| m.record.pod_subnet)
+            .chain(self.config.reserved.iter().copied())
             .collect();
         match choose_subnet(&self.local.name, pool.cluster, pool.prefix, &taken) {
             Some(subnet) => {

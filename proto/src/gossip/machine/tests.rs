@@ -347,3 +347,61 @@ proptest! {
         while a.poll_transmit().is_some() {}
     }
 }
+
+#[test]
+fn claims_avoid_subnets_reserved_for_static_peers() {
+    let now = Instant::now();
+    let pool = crate::gossip::SubnetPool {
+        cluster: "10.244.0.0/16".parse().unwrap(),
+        prefix: 24,
+    };
+    let preferred =
+        crate::gossip::subnet::choose_subnet("n1", pool.cluster, pool.prefix, &[]).unwrap();
+    let mut config = GossipConfig::new("test", Vec::new());
+    config.subnet_pool = Some(pool);
+    config.reserved = vec![preferred];
+    let record = NodeRecord::new("n1", addr(1), Ipv4Addr::new(192, 168, 0, 1), None);
+    let mut g = Gossip::new(
+        config,
+        record,
+        Keyring::new(key()),
+        1,
+        1,
+        now,
+        1_700_000_000_000,
+    )
+    .unwrap();
+    g.handle_timeout(now + Duration::from_secs(10));
+    let claimed = std::iter::from_fn(|| g.poll_event()).find_map(|e| match e {
+        Event::LocalSubnetChanged { subnet, .. } => Some(subnet),
+        _ => None,
+    });
+    let claimed = claimed.expect("a subnet is claimed");
+    assert_ne!(claimed, preferred);
+    assert!(!crate::gossip::subnet::overlaps(claimed, preferred));
+
+    // A persisted claim that a static peer now holds is moved too.
+    let mut config = GossipConfig::new("test", Vec::new());
+    config.subnet_pool = Some(pool);
+    config.reserved = vec![claimed];
+    let record = NodeRecord::new("n1", addr(1), Ipv4Addr::new(192, 168, 0, 1), Some(claimed));
+    let mut g = Gossip::new(
+        config,
+        record,
+        Keyring::new(key()),
+        2,
+        1,
+        now,
+        1_700_000_000_000,
+    )
+    .unwrap();
+    g.handle_timeout(now + Duration::from_secs(10));
+    let moved = std::iter::from_fn(|| g.poll_event()).find_map(|e| match e {
+        Event::LocalSubnetChanged { subnet, .. } => Some(subnet),
+        _ => None,
+    });
+    assert!(
+        moved.is_some_and(|s| !crate::gossip::subnet::overlaps(s, claimed)),
+        "{moved:?}"
+    );
+}
