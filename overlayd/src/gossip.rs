@@ -23,6 +23,10 @@ const MAX_STREAM_REQUEST: usize = 64 * 1024;
 /// Largest full-state response we accept.
 const MAX_STREAM_RESPONSE: usize = 64 * 1024 * 1024;
 
+/// A full-state request from a peer's TCP connection, and where to send the answer
+/// (`None`: refused, the connection is closed).
+type ServeRequest = (Vec<u8>, oneshot::Sender<Option<Vec<u8>>>);
+
 /// The claimed pod subnet, persisted so a restarted node gets it back.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SubnetClaim {
@@ -219,7 +223,7 @@ pub fn wall_clock_ms() -> u64 {
 impl Driver {
     async fn run(mut self) -> Result<()> {
         let (stream_done_tx, mut stream_done) = mpsc::channel::<(SocketAddr, Result<Vec<u8>>)>(8);
-        let (serve_tx, mut serve) = mpsc::channel::<(Vec<u8>, oneshot::Sender<Option<Vec<u8>>>)>(8);
+        let (serve_tx, mut serve) = mpsc::channel::<ServeRequest>(8);
         let mut buf = vec![0u8; 65_536];
         loop {
             self.flush(&stream_done_tx).await;
@@ -446,10 +450,7 @@ async fn pull(to: SocketAddr, request: Vec<u8>) -> Result<Vec<u8>> {
 }
 
 /// Server side: one request, one response, then close.
-async fn serve_conn(
-    mut conn: TcpStream,
-    serve: mpsc::Sender<(Vec<u8>, oneshot::Sender<Option<Vec<u8>>>)>,
-) -> Result<()> {
+async fn serve_conn(mut conn: TcpStream, serve: mpsc::Sender<ServeRequest>) -> Result<()> {
     let request = read_frame(&mut conn, MAX_STREAM_REQUEST).await?;
     let (tx, rx) = oneshot::channel();
     serve

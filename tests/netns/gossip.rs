@@ -314,7 +314,7 @@ pub(crate) fn wrong_key_and_forged_gossip_are_refused_and_counted() -> Result<()
     let mut junk = vec![0u8; 200];
     junk[0] = 1;
     sock.send_to(&junk, target)?; // right version byte, wrong everything else
-    sock.send_to(&vec![0xee; 200], target)?; // unknown version
+    sock.send_to(&[0xee; 200], target)?; // unknown version
 
     std::thread::sleep(Duration::from_secs(8));
     let result = (|| -> Result<()> {
