@@ -19,21 +19,26 @@ pub struct StaticPeers {
 
 impl StaticPeers {
     pub fn new(peers: &[Peer]) -> Self {
-        let infos = peers
-            .iter()
-            .map(|p| PeerInfo {
-                name: p.name.clone(),
-                underlay: p.underlay_address,
-                pod_subnet: p.pod_subnet,
-                vtep_mac: p
-                    .vtep_mac
-                    .unwrap_or_else(|| MacAddr::vtep_for_node(&p.name)),
-            })
-            .collect();
         StaticPeers {
-            tx: watch::Sender::new(infos),
+            tx: watch::Sender::new(peer_infos(peers)),
         }
     }
+}
+
+/// The data path's view of `[[peer]]` entries; a peer without a configured VTEP MAC has
+/// the one derived from its name, as it derives it itself.
+pub fn peer_infos(peers: &[Peer]) -> Vec<PeerInfo> {
+    peers
+        .iter()
+        .map(|p| PeerInfo {
+            name: p.name.clone(),
+            underlay: p.underlay_address,
+            pod_subnet: p.pod_subnet,
+            vtep_mac: p
+                .vtep_mac
+                .unwrap_or_else(|| MacAddr::vtep_for_node(&p.name)),
+        })
+        .collect()
 }
 
 impl PeerSource for StaticPeers {

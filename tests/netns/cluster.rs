@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result, ensure};
 use overlayd_lab::Lab;
 
-use crate::support::{default_lab, link_packets, ns_cmd, ns_run, ping, tcp_transfer};
+use crate::support::{default_lab, df_ping, link_packets, ns_run, ping, tcp_transfer};
 
 /// 8a: pods on nodes of one segment talk over host-gw routes: the daemon's peer entry
 /// says host-gw, the kernel route goes via the peer's underlay address, and neither the
@@ -112,47 +112,17 @@ pub(crate) fn mtu_1500_pods_bulk_transfer_and_frag_needed() -> Result<()> {
     tcp_transfer(&dst.netns, &src.netns, src.ip, 20 << 20).context("bulk TCP back")?;
 
     // A fresh destination, so no PMTU is cached yet.
-    let fresh = lab.pod("n3-p1")?;
-    let out = ns_cmd(
-        &src.netns,
-        &[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            "-M",
-            "do",
-            "-s",
-            "1472",
-            &fresh.ip.to_string(),
-        ],
-    )?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let fresh = lab.pod("n3-p1")?.ip;
+    let (_, text) = df_ping(&src.netns, fresh, 1472)?;
     ensure!(
         text.contains("Frag needed") && text.contains("mtu = 1450"),
         "a 1500-byte DF ping should get ICMP fragmentation needed (mtu 1450):\n{text}"
     );
     // Small enough for the tunnel: crosses.
-    let out = ns_cmd(
-        &src.netns,
-        &[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            "-M",
-            "do",
-            "-s",
-            "1422",
-            &fresh.ip.to_string(),
-        ],
-    )?;
+    let (crossed, text) = df_ping(&src.netns, fresh, 1422)?;
     ensure!(
-        out.status.success(),
-        "a 1450-byte DF ping did not cross the tunnel"
+        crossed,
+        "a 1450-byte DF ping did not cross the tunnel:\n{text}"
     );
     Ok(())
 }

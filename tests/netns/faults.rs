@@ -5,11 +5,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use overlayd_lab::{Lab, Topology, in_netns};
+use overlayd_lab::{Lab, in_netns};
 use overlayd_proto::wire::MacAddr;
 use overlayd_proto::wire::vxlan::EncapHeader;
 
-use crate::support::{default_lab, lab, link_packets, ns_run, ping, tcp_transfer, wait_for};
+use crate::support::{
+    default_lab, lab, link_packets, ns_run, ping, tcp_transfer, two_segments, two_segments_with,
+    wait_for,
+};
 
 /// A VXLAN datagram as `from` would send it to `to`, carrying an IPv4/UDP packet.
 fn frame(vni: u32, from: &str, to_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
@@ -250,12 +253,6 @@ pub(crate) fn kill_9_and_restart_keeps_pods_and_host_gw() -> Result<()> {
 }
 
 const SMALL: &str = r#"
-[[segment]]
-name = "a"
-subnet = "10.100.1.0/24"
-[[segment]]
-name = "b"
-subnet = "10.100.2.0/24"
 [[node]]
 name = "n1"
 segment = "a"
@@ -284,7 +281,7 @@ fn sigterm(lab: &Lab, node: &str) -> Result<()> {
 /// A clean stop (SIGTERM) removes the daemon's routes, TUN, bridge and NAT table, and
 /// nothing else; pods survive and are attached again on the next start.
 pub(crate) fn clean_stop_removes_only_what_is_ours() -> Result<()> {
-    let mut lab = lab("cs", &Topology::parse(SMALL)?)?;
+    let mut lab = lab("cs", &two_segments(SMALL)?)?;
     let ns = lab.node("n1")?.netns();
     let n = |args: &[&str]| ns_run(&ns, args);
     n(&["ip", "route", "add", "192.0.2.0/24", "via", "10.100.1.1"])?;
@@ -335,8 +332,8 @@ pub(crate) fn clean_stop_removes_only_what_is_ours() -> Result<()> {
 pub(crate) fn on_exit_keep_leaves_the_data_path() -> Result<()> {
     // Static peers: what `keep` promises is about this node's own data path; with gossip
     // the peers would also forget a node that stays away longer than failure detection.
-    let topology = format!("gossip = false\n{SMALL}\n[config.daemon]\non_exit = \"keep\"\n");
-    let mut lab = lab("ke", &Topology::parse(&topology)?)?;
+    let nodes = format!("{SMALL}\n[config.daemon]\non_exit = \"keep\"\n");
+    let mut lab = lab("ke", &two_segments_with("gossip = false", &nodes)?)?;
     let ns = lab.node("n1")?.netns();
     let routes_before = ns_run(&ns, &["ip", "route", "show", "proto", "79"])?;
     sigterm(&lab, "n1")?;

@@ -8,18 +8,12 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use overlayd_lab::{Lab, Topology, in_netns};
+use overlayd_lab::{Lab, in_netns};
 
-use crate::support::{lab, ns_run, overlayd_bin, ping, wait_for};
+use crate::support::{lab, ns_run, overlayd_bin, ping, two_segments, wait_for};
 
 /// Five gossiping nodes over two segments; n1 is the seed, every node claims its subnet.
 const FIVE: &str = r#"
-[[segment]]
-name = "a"
-subnet = "10.100.1.0/24"
-[[segment]]
-name = "b"
-subnet = "10.100.2.0/24"
 [[node]]
 name = "n1"
 segment = "a"
@@ -100,7 +94,7 @@ fn assert_full_mesh(lab: &Lab) -> Result<()> {
 /// `kill -9`'d node is declared dead by all and its routes leave every peer; restarted,
 /// it comes back with the same subnet.
 pub(crate) fn five_nodes_join_from_one_seed_and_survive_kill_9() -> Result<()> {
-    let mut lab = lab("g5", &Topology::parse(FIVE)?)?;
+    let mut lab = lab("g5", &two_segments(FIVE)?)?;
     assert_full_mesh(&lab)?;
 
     let subnet = lab.status("n5")?.pod_subnet;
@@ -177,7 +171,7 @@ pub(crate) fn five_nodes_join_from_one_seed_and_survive_kill_9() -> Result<()> {
 /// 9: a 30 s partition between the two segments: each side declares the other dead;
 /// after healing, the full mesh comes back without any restart.
 pub(crate) fn partition_for_30s_then_heal_restores_the_mesh() -> Result<()> {
-    let lab = lab("gp", &Topology::parse(FIVE)?)?;
+    let lab = lab("gp", &two_segments(FIVE)?)?;
     assert_full_mesh(&lab)?;
     let pids: Vec<_> = NODES
         .iter()
@@ -240,7 +234,7 @@ pub(crate) fn partition_for_30s_then_heal_restores_the_mesh() -> Result<()> {
 /// A graceful stop (SIGTERM) is announced: peers mark the node `left` at once, far
 /// sooner than failure detection, and drop its routes.
 pub(crate) fn graceful_leave_is_seen_at_once() -> Result<()> {
-    let mut lab = lab("gl", &Topology::parse(FIVE)?)?;
+    let mut lab = lab("gl", &two_segments(FIVE)?)?;
     assert_full_mesh(&lab)?;
     let subnet = lab.status("n3")?.pod_subnet;
     let t = Instant::now();
@@ -272,10 +266,10 @@ pub(crate) fn graceful_leave_is_seen_at_once() -> Result<()> {
 /// others count its datagrams as undecryptable. Forged, truncated and replayed gossip
 /// datagrams are dropped and counted too, and membership carries on.
 pub(crate) fn wrong_key_and_forged_gossip_are_refused_and_counted() -> Result<()> {
-    let topology = format!(
+    let nodes = format!(
         "{FIVE}\n[[node]]\nname = \"x1\"\nsegment = \"b\"\npods = 0\ndaemon = false\npod_subnet = \"10.244.250.0/24\"\n"
     );
-    let lab = lab("gk", &Topology::parse(&topology)?)?;
+    let lab = lab("gk", &two_segments(&nodes)?)?;
     let n1 = lab.node("n1")?.underlay();
     let before = gossip_drops(&lab, "n1")?;
 
@@ -391,7 +385,7 @@ fn replay_is_counted(lab: &Lab, n1: Ipv4Addr) -> Result<()> {
 /// Key rotation without downtime: install a new key on every node, make it primary
 /// everywhere, remove the old one; members stay alive throughout and pods keep talking.
 pub(crate) fn key_rotation_keeps_the_cluster_up() -> Result<()> {
-    let lab = lab("gr", &Topology::parse(FIVE)?)?;
+    let lab = lab("gr", &two_segments(FIVE)?)?;
     let dir = lab.run_dir().join("rotation");
     std::fs::create_dir_all(&dir)?;
     let new = dir.join("new.key");

@@ -2,17 +2,10 @@
 //! vxlan backend does, exchanges pod traffic with an overlayd node in both directions.
 
 use anyhow::{Context, Result, ensure};
-use overlayd_lab::Topology;
 
-use crate::support::{lab, ns_run, ping, tcp_transfer};
+use crate::support::{lab, ns_run, ping, tcp_transfer, two_segments};
 
-const TOPOLOGY: &str = r#"
-[[segment]]
-name = "a"
-subnet = "10.100.1.0/24"
-[[segment]]
-name = "b"
-subnet = "10.100.2.0/24"
+const NODES: &str = r#"
 [[node]]
 name = "n1"
 segment = "a"
@@ -27,7 +20,7 @@ vtep_mac = "0e:00:00:00:09:01"
 "#;
 
 pub(crate) fn kernel_vxlan_node_interoperates_both_ways() -> Result<()> {
-    let lab = lab("kv", &Topology::parse(TOPOLOGY)?)?;
+    let lab = lab("kv", &two_segments(NODES)?)?;
     let n1 = lab.node("n1")?;
     let k1 = lab.node("k1")?.netns();
     let status: serde_json::Value =

@@ -101,7 +101,7 @@ fn main() {
     }
     let trial = |(name, f): &(&'static str, TestFn)| {
         let f = *f;
-        Trial::test(*name, move || f().map_err(|e| format!("{e:#}").into()))
+        Trial::test(*name, move || support::with_logs(f).map_err(Into::into))
     };
     let mut trials: Vec<Trial> = ROOT_TESTS
         .iter()

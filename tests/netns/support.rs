@@ -19,15 +19,113 @@ pub(crate) fn lab_name(tag: &str) -> String {
 }
 
 /// Brings up a lab; it is torn down when the guard drops, also on panic.
-pub(crate) fn lab(tag: &str, topology: &Topology) -> Result<LabGuard> {
+pub(crate) fn lab(tag: &str, topology: &Topology) -> Result<TestLab> {
     let name = lab_name(tag);
     // A lab of this name can only be left over from a killed run of this same test.
     let _ = Lab::down(&name);
-    Lab::up(&name, topology, overlayd_bin()).with_context(|| format!("bringing up lab {name}"))
+    LOG_DIRS.with(|dirs| dirs.borrow_mut().push(log_dir(&name)));
+    let guard = Lab::up(&name, topology, overlayd_bin())
+        .with_context(|| format!("bringing up lab {name}"))?;
+    Ok(TestLab(Some(guard)))
+}
+
+thread_local! {
+    /// Where the labs of the test running on this thread leave their daemons' logs.
+    static LOG_DIRS: std::cell::RefCell<Vec<std::path::PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn log_dir(lab: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join("overlayd-test-logs").join(lab)
+}
+
+/// A test's lab: torn down on drop like the [`LabGuard`] it wraps, after its daemons'
+/// logs are copied out of the run directory, so a failure can show them.
+pub(crate) struct TestLab(Option<LabGuard>);
+
+impl std::ops::Deref for TestLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        self.0.as_deref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for TestLab {
+    fn deref_mut(&mut self) -> &mut Lab {
+        self.0.as_deref_mut().expect("present until drop")
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if let Some(guard) = self.0.take() {
+            let dir = log_dir(guard.name());
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::create_dir_all(&dir);
+            if let Ok(entries) = std::fs::read_dir(guard.run_dir()) {
+                for entry in entries
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                {
+                    let _ = std::fs::copy(entry.path(), dir.join(entry.file_name()));
+                }
+            }
+        }
+    }
+}
+
+/// Runs a test; on failure, appends the last lines of every daemon log of its labs.
+pub(crate) fn with_logs(test: fn() -> Result<()>) -> Result<(), String> {
+    LOG_DIRS.with(|dirs| dirs.borrow_mut().clear());
+    let Err(e) = test() else { return Ok(()) };
+    let mut message = format!("{e:#}");
+    for dir in LOG_DIRS.with(|dirs| dirs.borrow().clone()) {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut logs: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+            message.push_str(&format!(
+                "\n--- last lines of {} ---\n{tail}",
+                log.display()
+            ));
+        }
+    }
+    Err(message)
+}
+
+/// Segments a (10.100.1.0/24) and b (10.100.2.0/24) joined by the router, then `nodes`
+/// (`[[node]]` tables and anything else a test adds).
+pub(crate) fn two_segments(nodes: &str) -> Result<Topology> {
+    two_segments_with("", nodes)
+}
+
+/// [`two_segments`] with top-level keys (`gossip = false`, say) in front.
+pub(crate) fn two_segments_with(top_level: &str, nodes: &str) -> Result<Topology> {
+    let text = format!(
+        "{top_level}\n[[segment]]\nname = \"a\"\nsubnet = \"10.100.1.0/24\"\n\
+         [[segment]]\nname = \"b\"\nsubnet = \"10.100.2.0/24\"\n{nodes}"
+    );
+    Ok(Topology::parse(&text)?)
+}
+
+/// A DF ping of `size` payload bytes from `ns` to `dst`: its exit status and all output.
+pub(crate) fn df_ping(ns: &str, dst: Ipv4Addr, size: u16) -> Result<(bool, String)> {
+    let (size, dst) = (size.to_string(), dst.to_string());
+    let out = ns_cmd(
+        ns,
+        &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", &size, &dst],
+    )?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok((out.status.success(), text))
 }
 
 /// The default topology: segments a and b, n1 n2 on a, n3 n4 on b, two pods each.
-pub(crate) fn default_lab(tag: &str) -> Result<LabGuard> {
+pub(crate) fn default_lab(tag: &str) -> Result<TestLab> {
     lab(tag, &Topology::default())
 }
 

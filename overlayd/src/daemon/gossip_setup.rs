@@ -6,9 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use ipnet::Ipv4Net;
 use overlayd_config::schema::{Config, Gossip as GossipConfigFile};
-use overlayd_proto::PeerInfo;
 use overlayd_proto::gossip::{Gossip, GossipConfig, Hlc, Keyring, NodeRecord};
-use overlayd_proto::wire::MacAddr;
 
 use super::Local;
 use crate::gossip::{self, GossipHandle, GossipSetup, SubnetClaim};
@@ -89,18 +87,7 @@ pub(super) async fn start(
         gossip::wall_clock_ms(),
     )
     .context("starting gossip")?;
-    let static_peers = cfg
-        .peers
-        .iter()
-        .map(|p| PeerInfo {
-            name: p.name.clone(),
-            underlay: p.underlay_address,
-            pod_subnet: p.pod_subnet,
-            vtep_mac: p
-                .vtep_mac
-                .unwrap_or_else(|| MacAddr::vtep_for_node(&p.name)),
-        })
-        .collect();
+    let static_peers = crate::discovery::peer_infos(&cfg.peers);
     gossip::start(GossipSetup {
         gossip: core,
         bind: SocketAddr::V4(g.bind),

@@ -405,3 +405,56 @@ fn claims_avoid_subnets_reserved_for_static_peers() {
         "{moved:?}"
     );
 }
+
+/// A seed node (no seeds of its own) restarts faster than failure detection: nobody
+/// re-announces to it, since nobody thinks it died. The pings it gets from members must be
+/// enough for it to learn the cluster again.
+#[test]
+fn a_restarted_seed_without_seeds_rejoins_from_the_first_ping() {
+    let t0 = Instant::now();
+    let (_old_a, mut b) = join_pair(t0);
+    let mut a = node(1, vec![], t0);
+    // `node()` gives generation 1001 again; a real restart has a newer one.
+    a = {
+        let record = a.local().clone();
+        Gossip::new(
+            GossipConfig::new("test", vec![]),
+            record,
+            Keyring::new(key()),
+            5000,
+            9,
+            t0,
+            1_700_000_000_000,
+        )
+        .expect("valid")
+    };
+    assert!(
+        a.members().all(|m| m.is_local),
+        "the restarted seed starts alone"
+    );
+
+    // b's probes reach the new a; a answers, greets b and pulls from it.
+    let mut now = t0;
+    for _ in 0..40 {
+        now += Duration::from_millis(100);
+        b.handle_timeout(now);
+        a.handle_timeout(now);
+        pump(now, &mut a, &mut b);
+        while let Some(req) = a.poll_stream() {
+            assert_eq!(req.to, addr(2));
+            let resp = b.serve_stream(now, &req.request).expect("served");
+            a.handle_stream_response(now, &resp);
+        }
+        if a.member("n2")
+            .is_some_and(|m| m.state == MemberState::Alive)
+        {
+            return;
+        }
+    }
+    panic!(
+        "the restarted seed never learned n2: {:?}",
+        a.members()
+            .map(|m| (m.name.to_owned(), m.state))
+            .collect::<Vec<_>>()
+    );
+}
