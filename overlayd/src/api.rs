@@ -85,6 +85,9 @@ pub struct Status {
     pub uptime_s: u64,
     /// Tunnel drops by reason, every reason listed.
     pub drops: BTreeMap<String, u64>,
+    /// Tunnel I/O: TUN packets read, TUN write errors, UDP sends and send errors.
+    #[serde(default)]
+    pub io: BTreeMap<String, u64>,
     /// With `[gossip]`: membership counts, traffic, drops by reason, key fingerprints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gossip: Option<crate::gossip::GossipReport>,
@@ -107,6 +110,9 @@ pub struct PeerReport {
     pub underlay: Ipv4Addr,
     pub pod_subnet: Ipv4Net,
     pub path: String,
+    /// Why the kernel refused this peer's route, if it did (a foreign route in the way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_error: Option<String>,
     pub vtep_mac: String,
     pub tx_packets: u64,
     pub tx_bytes: u64,
@@ -118,8 +124,21 @@ pub struct PeerReport {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Peers {
     pub peers: Vec<PeerReport>,
+    /// Peers left out of routes and the tunnel, with the reason.
+    #[serde(default)]
+    pub rejected: Vec<RejectedPeer>,
     /// Drops by reason for the node, including those no peer can be blamed for.
     pub drops: BTreeMap<String, u64>,
+}
+
+/// A peer the data path does not use: its subnet or address would collide or capture
+/// traffic that is not its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RejectedPeer {
+    pub name: String,
+    pub underlay: Ipv4Addr,
+    pub pod_subnet: Ipv4Net,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,8 +160,22 @@ pub struct PodList {
     pub pods: Vec<PodRecord>,
 }
 
+/// How long the CLI waits for the daemon (pod add does netlink work; it is quick).
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Sends one request and returns the result, or the daemon's error as `Err`.
 pub async fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> Result<T> {
+    tokio::time::timeout(CALL_TIMEOUT, call_inner(socket, request))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "the daemon at {} did not answer within {CALL_TIMEOUT:?}",
+                socket.display()
+            )
+        })?
+}
+
+async fn call_inner<T: DeserializeOwned>(socket: &Path, request: &Request) -> Result<T> {
     let stream = UnixStream::connect(socket).await.with_context(|| {
         format!(
             "cannot reach the daemon at {}; is `overlayd run` running? (set --socket or OVERLAYD_SOCKET)",

@@ -101,6 +101,23 @@ pub fn peers_table(p: &api::Peers) -> String {
         ],
         rows,
     );
+    for r in &p.peers {
+        if let Some(e) = &r.route_error {
+            out.push_str(&format!(
+                "\nroute to {} ({}) FAILED: {e}\n",
+                r.name, r.pod_subnet
+            ));
+        }
+    }
+    if !p.rejected.is_empty() {
+        out.push_str("\npeers left out:\n");
+        for r in &p.rejected {
+            out.push_str(&format!(
+                "  {} {} {}: {}\n",
+                r.name, r.underlay, r.pod_subnet, r.reason
+            ));
+        }
+    }
     let unattributed: Vec<_> = p.drops.iter().filter(|(_, n)| **n > 0).collect();
     if !unattributed.is_empty() {
         out.push_str("\ndrops by reason (all peers and unknown senders):\n");

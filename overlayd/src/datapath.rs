@@ -15,7 +15,6 @@ use dashmap::DashMap;
 use overlayd_proto::dataplane::{DropReason, ForwardingTable};
 use overlayd_proto::wire::vxlan::ENCAP_LEN;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
-use serde::Serialize;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tun_rs::AsyncDevice;
@@ -61,12 +60,26 @@ impl DropCounters {
 }
 
 /// Counters of the TUN/UDP I/O itself (not of decisions).
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct IoCounters {
     pub tun_read_packets: AtomicU64,
     pub tun_write_errors: AtomicU64,
     pub udp_send_batches: AtomicU64,
     pub udp_send_errors: AtomicU64,
+}
+
+impl IoCounters {
+    pub fn to_map(&self) -> std::collections::BTreeMap<String, u64> {
+        [
+            ("tun_read_packets", &self.tun_read_packets),
+            ("tun_write_errors", &self.tun_write_errors),
+            ("udp_send_batches", &self.udp_send_batches),
+            ("udp_send_errors", &self.udp_send_errors),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.load(Relaxed)))
+        .collect()
+    }
 }
 
 /// What the hot path reads: the table and each peer's counters, by `PeerIndex`.

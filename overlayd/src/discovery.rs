@@ -1,5 +1,6 @@
-//! Where the daemon learns its peers. Static config today; gossip implements the same
-//! interface later. A source publishes the whole current peer set on a watch channel.
+//! Where the daemon learns its peers: the static `[[peer]]` list, or the gossip task
+//! (which adds the static peers to the members it knows). A source publishes the whole
+//! current peer set on a watch channel.
 
 use overlayd_config::schema::Peer;
 use overlayd_proto::PeerInfo;

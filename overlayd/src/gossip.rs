@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use ipnet::Ipv4Net;
 use overlayd_proto::PeerInfo;
-use overlayd_proto::gossip::{Event, Gossip, Hlc, MemberState, SecretKey};
+use overlayd_proto::gossip::{Event, Gossip, MemberState, SecretKey};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -22,6 +22,10 @@ use crate::discovery::PeerSource;
 const MAX_STREAM_REQUEST: usize = 64 * 1024;
 /// Largest full-state response we accept.
 const MAX_STREAM_RESPONSE: usize = 64 * 1024 * 1024;
+/// Full-state streams served at once; further connections are closed at once.
+const MAX_STREAMS: usize = 32;
+/// Pause after a failed accept (out of file descriptors), instead of spinning.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A full-state request from a peer's TCP connection, and where to send the answer
 /// (`None`: refused, the connection is closed).
@@ -225,6 +229,7 @@ impl Driver {
         let (stream_done_tx, mut stream_done) = mpsc::channel::<(SocketAddr, Result<Vec<u8>>)>(8);
         let (serve_tx, mut serve) = mpsc::channel::<ServeRequest>(8);
         let mut buf = vec![0u8; 65_536];
+        let streams = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
         loop {
             self.flush(&stream_done_tx).await;
             let deadline = self
@@ -251,17 +256,29 @@ impl Driver {
                         self.setup.gossip.handle_stream_failed(Instant::now(), to);
                     }
                 },
-                accepted = self.tcp.accept() => {
-                    if let Ok((conn, from)) = accepted {
+                accepted = self.tcp.accept() => match accepted {
+                    Ok((conn, from)) => {
+                        // Anyone can connect before authenticating: bound what they hold.
+                        let Ok(permit) = streams.clone().try_acquire_owned() else {
+                            tracing::debug!(%from, "refusing a full-state stream: {MAX_STREAMS} in flight");
+                            continue;
+                        };
                         let serve_tx = serve_tx.clone();
                         let timeout = self.setup.stream_timeout;
                         tokio::spawn(async move {
-                            if let Err(e) = tokio::time::timeout(timeout, serve_conn(conn, serve_tx)).await.map_err(anyhow::Error::from).and_then(|r| r) {
+                            let served = tokio::time::timeout(timeout, serve_conn(conn, serve_tx)).await;
+                            if let Err(e) = served.map_err(anyhow::Error::from).and_then(|r| r) {
                                 tracing::debug!(%from, "full-state stream: {e:#}");
                             }
+                            drop(permit);
                         });
                     }
-                }
+                    Err(e) => {
+                        // Out of file descriptors, say: wait instead of spinning on it.
+                        tracing::warn!("accepting on the gossip TCP port: {e}");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                },
                 Some((request, reply)) = serve.recv() => {
                     let _ = reply.send(self.setup.gossip.serve_stream(Instant::now(), &request).ok());
                 }
@@ -311,7 +328,7 @@ impl Driver {
     fn event(&mut self, event: Event) -> bool {
         match event {
             Event::MemberUp(record) | Event::MemberUpdated(record) => {
-                tracing::info!(member = %record.name, underlay = %record.underlay, subnet = ?record.pod_subnet, "member up");
+                tracing::info!(member = %record.name, underlay = %record.underlay, subnet = ?record.pod_subnet, "member up or updated");
                 match record.peer_info() {
                     Some(info) => self.up.insert(record.name.clone(), info.clone()) != Some(info),
                     None => self.up.remove(&record.name).is_some(),
@@ -478,12 +495,12 @@ async fn read_frame(conn: &mut TcpStream, max: usize) -> Result<Vec<u8>> {
     if len > max {
         bail!("frame of {len} bytes exceeds {max}");
     }
-    let mut buf = vec![0u8; len];
-    conn.read_exact(&mut buf).await?;
+    // Grow with what actually arrives: a peer announcing a large frame and sending
+    // nothing does not get us to allocate it.
+    let mut buf = Vec::with_capacity(len.min(64 * 1024));
+    (&mut *conn).take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        bail!("connection closed after {} of {len} bytes", buf.len());
+    }
     Ok(buf)
-}
-
-/// The HLC of a persisted claim.
-pub fn claim_hlc(claim: &SubnetClaim) -> Hlc {
-    Hlc(claim.claimed_at)
 }

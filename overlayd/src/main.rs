@@ -17,8 +17,8 @@ use overlayd::{cli, daemon, pods};
     about = "Overlay network daemon: pods, host-gw and VXLAN/UDP between nodes"
 )]
 struct Cli {
-    /// Control socket of the daemon to talk to (default: daemon.control_socket of --config,
-    /// else /run/overlayd/overlayd.sock).
+    /// Control socket of the daemon to talk to (default /run/overlayd/overlayd.sock, the
+    /// default of daemon.control_socket).
     #[arg(long, global = true, env = "OVERLAYD_SOCKET")]
     socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -203,7 +203,14 @@ async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
             }
             // The daemon reads the file: give it a path that means the same there.
             let file = file.map(std::path::absolute).transpose()?;
-            cli::show(socket, Request::Key { action, file }, json, cli::keys_table).await
+            cli::show(socket, Request::Key { action, file }, json, cli::keys_table).await?;
+            if action != KeyAction::List {
+                eprintln!(
+                    "note: this changed the running keyring only; make gossip.key_files say the \
+                     same (the first file is the primary) before the daemon restarts"
+                );
+            }
+            Ok(())
         }
         Command::Pod { command } => match command {
             PodCommand::Add {

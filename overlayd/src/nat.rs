@@ -30,19 +30,35 @@ pub fn install(pods: Ipv4Net, cluster: Ipv4Net) -> Result<()> {
     nft(&ruleset(pods, cluster))
 }
 
-/// Removes the table if it exists.
+/// Removes the table if it exists. Without nft installed there is no table to remove.
 pub fn remove() -> Result<()> {
-    nft(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n"))
+    match nft(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")) {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 fn nft(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
+    let mut child = match Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running nft (install the nftables package, or set nat.masquerade = false)")?;
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(anyhow::Error::new(e).context(
+                "nft is not installed: install the nftables package, or set nat.masquerade = false",
+            ));
+        }
+        Err(e) => return Err(e).context("running nft"),
+    };
     child
         .stdin
         .take()

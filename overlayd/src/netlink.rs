@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -37,8 +37,6 @@ pub struct Link {
     pub index: u32,
     pub name: String,
     pub mtu: u32,
-    pub controller: Option<u32>,
-    pub up: bool,
 }
 
 impl Netlink {
@@ -356,14 +354,11 @@ fn to_link(msg: &LinkMessage) -> Link {
         index: msg.header.index,
         name: String::new(),
         mtu: 0,
-        controller: None,
-        up: msg.header.flags.contains(LinkFlags::Up),
     };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Mtu(m) => link.mtu = *m,
-            LinkAttribute::Controller(c) => link.controller = Some(*c),
             _ => {}
         }
     }
@@ -424,10 +419,32 @@ fn to_message(route: &KernelRoute) -> RouteMessage {
     b.build()
 }
 
-/// Fails unless this process may do the kernel work (root or CAP_NET_ADMIN).
+/// Fails unless this process may do the kernel work: CAP_NET_ADMIN for links, routes
+/// and nftables, CAP_SYS_ADMIN for network namespaces (setns, mounts). Root has both; a
+/// service may get them as ambient capabilities instead.
 pub fn require_net_admin() -> Result<()> {
-    if nix::unistd::geteuid().is_root() {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let missing: Vec<&str> = [
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| effective & (1 << bit) == 0)
+    .map(|(_, name)| name)
+    .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    bail!("overlayd needs root (CAP_NET_ADMIN) to manage interfaces, routes and namespaces")
+    bail!(
+        "overlayd needs {} to manage interfaces, routes and namespaces: run it as root or grant them",
+        missing.join(" and ")
+    )
 }

@@ -39,6 +39,23 @@ pub fn open(path: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// The inode of an open namespace file: its identity.
+pub fn inode(ns: &File) -> Result<u64> {
+    Ok(std::os::unix::fs::MetadataExt::ino(&ns.metadata()?))
+}
+
+/// The inode of the network namespace at `path`, checking it is one.
+pub fn inode_of(path: &Path) -> Result<u64> {
+    inode(&open(path)?)
+}
+
+/// Whether a namespace inode is the daemon's own network namespace or init's: never a pod's.
+pub fn is_host(ino: u64) -> bool {
+    ["/proc/self/ns/net", "/proc/1/ns/net"]
+        .iter()
+        .any(|p| std::fs::metadata(p).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ino))
+}
+
 /// Creates `/run/netns/NAME` holding a new, empty network namespace. Fails if it exists.
 pub fn create(name: &str) -> Result<PathBuf> {
     let path = Path::new(NETNS_RUN_DIR).join(name);
@@ -51,13 +68,18 @@ pub fn create(name: &str) -> Result<PathBuf> {
         let own = File::open(&own).with_context(|| format!("opening {own}"))?;
         join_host_mount_ns();
         ensure_run_dir()?;
-        if target.exists() {
-            bail!(
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
                 "network namespace {} already exists; pass it with --netns to use it",
                 target.display()
-            );
+            ),
+            Err(e) => return Err(e).with_context(|| format!("creating {}", target.display())),
         }
-        File::create(&target).with_context(|| format!("creating {}", target.display()))?;
         let source = format!("/proc/self/fd/{}", own.as_raw_fd());
         if let Err(e) = mount(
             Some(source.as_str()),

@@ -25,6 +25,11 @@ pub struct PodRecord {
     pub netns: PathBuf,
     /// The daemon created the namespace (and deletes it with the pod).
     pub netns_owned: bool,
+    /// The namespace's inode when the pod was added: a path like /proc/PID/ns/net can come
+    /// to name another namespace once the PID is reused, and the daemon must then not
+    /// touch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_inode: Option<u64>,
     pub veth: String,
 }
 
@@ -103,15 +108,8 @@ impl Pods {
     /// bridge may be new), and moves pods recorded in an older subnet into the current
     /// one. Pods whose veth is gone are reported and keep their address.
     pub async fn reattach(&mut self, nl: &Netlink) -> Result<()> {
-        let strays = std::mem::take(&mut self.strays);
-        for pod in strays {
-            let ip = self.ipam.allocate(&pod.name, None)?;
-            tracing::warn!(pod = %pod.name, old = %pod.ip, new = %ip, "the node's pod subnet changed; moving the pod");
-            if let Err(e) = self.readdress(&pod, ip, &self.ipam).await {
-                tracing::warn!(pod = %pod.name, "moving to {ip}: {e:#}");
-            }
-            self.pods.insert(pod.name.clone(), PodRecord { ip, ..pod });
-            self.save()?;
+        if !self.strays.is_empty() {
+            self.renumber(self.ipam.subnet()).await?;
         }
         for pod in self.pods.values() {
             match nl.link_by_name(&pod.veth).await? {
@@ -169,16 +167,35 @@ impl Pods {
         ip: Ipv4Addr,
         netns_spec: Option<&str>,
     ) -> Result<PodRecord> {
+        // Two pod names whose hashes collide would share a veth name: refuse the second
+        // before anything is made (or undone) under that name.
+        let veth = host_veth_name(name);
+        if let Some(holder) = self.pods.values().find(|p| p.veth == veth) {
+            bail!(
+                "pod {name} would need veth {veth}, which pod {} holds; choose another name",
+                holder.name
+            );
+        }
         let (netns_path, owned) = match netns_spec {
             Some(spec) => (netns::resolve(spec), false),
             None => (netns::create(name)?, true),
+        };
+        let netns_inode = match netns::inode_of(&netns_path) {
+            Ok(ino) => ino,
+            Err(e) => {
+                if owned {
+                    let _ = netns::delete(&netns_path);
+                }
+                return Err(e);
+            }
         };
         let record = PodRecord {
             name: name.to_owned(),
             ip,
             netns: netns_path,
             netns_owned: owned,
-            veth: host_veth_name(name),
+            netns_inode: Some(netns_inode),
+            veth,
         };
         if let Err(e) = self.plumb(nl, &record).await {
             let _ = self.detach(nl, &record).await;
@@ -188,9 +205,9 @@ impl Pods {
     }
 
     async fn plumb(&self, nl: &Netlink, pod: &PodRecord) -> Result<()> {
-        let ns = netns::open(&pod.netns)?;
-        // A leftover veth with this pod's name is ours (prefix + hash of the name) from an
-        // add that died half-way; no record holds it.
+        let ns = open_pod_netns(pod)?;
+        // A leftover veth with this name is ours (prefix + hash of the name) from an add
+        // that died half-way: no record holds it.
         if let Some(stale) = nl.link_by_name(&pod.veth).await? {
             nl.delete_link(stale.index).await?;
         }
@@ -232,26 +249,40 @@ impl Pods {
         Ok(())
     }
 
-    /// Moves every pod to a new pod subnet (the node lost a subnet conflict): each gets
-    /// an address of the new subnet and a default route via its gateway. Pods whose
-    /// namespace is gone keep a reservation in the new subnet, as they did in the old.
+    /// Moves every pod that is not inside `subnet` into it (the node lost a subnet
+    /// conflict, or its subnet changed while the daemon was down): each gets a free
+    /// address of `subnet` and a default route via its gateway. Pods already inside keep
+    /// their address, so running it again after a partial failure finishes the move.
+    /// Pods whose namespace is gone keep a reservation in the new subnet.
     pub async fn renumber(&mut self, subnet: ipnet::Ipv4Net) -> Result<()> {
         let mut ipam = PodIpam::new(subnet);
-        let mut renumbered = BTreeMap::new();
-        for (name, pod) in &self.pods {
-            let ip = ipam.allocate(name, None)?;
-            if let Err(e) = self.readdress(pod, ip, &ipam).await {
-                tracing::warn!(pod = %name, "moving to {ip}: {e:#}");
+        if subnet == self.ipam.subnet() {
+            ipam.set_cursor(self.ipam.cursor());
+        }
+        let everyone: Vec<PodRecord> = std::mem::take(&mut self.pods)
+            .into_values()
+            .chain(std::mem::take(&mut self.strays))
+            .collect();
+        let (inside, outside): (Vec<_>, Vec<_>) = everyone
+            .into_iter()
+            .partition(|p| ipam.restore(p.ip, &p.name).is_ok());
+        let mut pods: BTreeMap<String, PodRecord> =
+            inside.into_iter().map(|p| (p.name.clone(), p)).collect();
+        for pod in outside {
+            let ip = ipam.allocate(&pod.name, None)?;
+            tracing::warn!(pod = %pod.name, old = %pod.ip, new = %ip, "moving the pod into subnet {subnet}");
+            if let Err(e) = self.readdress(&pod, ip, &ipam).await {
+                tracing::warn!(pod = %pod.name, "moving to {ip}: {e:#}");
             }
-            renumbered.insert(name.clone(), PodRecord { ip, ..pod.clone() });
+            pods.insert(pod.name.clone(), PodRecord { ip, ..pod });
         }
         self.ipam = ipam;
-        self.pods = renumbered;
+        self.pods = pods;
         self.save()
     }
 
     async fn readdress(&self, pod: &PodRecord, ip: Ipv4Addr, ipam: &PodIpam) -> Result<()> {
-        let ns = netns::open(&pod.netns)?;
+        let ns = open_pod_netns(pod)?;
         let in_pod = Netlink::connect_in(std::os::fd::AsFd::as_fd(&ns))?;
         let eth = in_pod
             .link_by_name(POD_IFNAME)
@@ -310,4 +341,25 @@ impl Pods {
         std::fs::File::open(dir)?.sync_all()?;
         Ok(())
     }
+}
+
+/// Opens a pod's namespace, refusing one that is not the namespace the pod was added with
+/// or that is the host's own.
+fn open_pod_netns(pod: &PodRecord) -> Result<std::fs::File> {
+    let ns = netns::open(&pod.netns)?;
+    let ino = netns::inode(&ns)?;
+    if pod.netns_inode.is_some_and(|want| want != ino) {
+        bail!(
+            "{} no longer names the namespace pod {} was added with; not touching it",
+            pod.netns.display(),
+            pod.name
+        );
+    }
+    if netns::is_host(ino) {
+        bail!(
+            "{} is the host's own network namespace, not a pod's",
+            pod.netns.display()
+        );
+    }
+    Ok(ns)
 }

@@ -1,5 +1,5 @@
-//! What the data path needs to know about another node, whoever told us (static
-//! config today, gossip later).
+//! What the data path needs to know about another node, whoever told us (the static
+//! config or gossip).
 
 use std::net::Ipv4Addr;
 

@@ -170,25 +170,37 @@ pub(crate) fn masquerade_outside_cluster_pod_source_kept_inside() -> Result<()> 
 /// `pod del`; bad requests get clear errors.
 pub(crate) fn pods_get_persistent_addresses_and_namespaces() -> Result<()> {
     let mut lab = default_lab("pd")?;
-    let name = format!("{}-own", lab.name());
-    let add = |args: &[&str]| lab.overlayd("n1", args);
-    let out = add(&["pod", "add", &name, "--json"])?;
+    // Names with the lab's prefix: `lab down` removes their namespaces if the test fails.
+    let own = format!("ovl-{}-own", lab.name());
+    let other = format!("ovl-{}-x2", lab.name());
+    let out = lab.overlayd("n1", &["pod", "add", &own, "--json"])?;
     let record: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let ip: Ipv4Addr = record["ip"].as_str().context("ip")?.parse()?;
-    let netns = format!("/run/netns/{name}");
+    let netns = format!("/run/netns/{own}");
     ensure!(record["netns"] == netns.as_str(), "{record}");
     // Usable from the host with iproute2, and reachable from another segment.
-    let addrs = ns_run(&name, &["ip", "-4", "-br", "addr", "show", "dev", "eth0"])?;
+    let addrs = ns_run(&own, &["ip", "-4", "-br", "addr", "show", "dev", "eth0"])?;
     ensure!(addrs.contains(&ip.to_string()), "{addrs}");
     ping(&lab.pod("n3-p1")?.netns, ip, 2)?;
 
     let taken = lab.pod("n1-p1")?.ip.to_string();
-    let dup = lab.overlayd("n1", &["pod", "add", "x1", "--ip", &taken]);
-    ensure!(dup.is_err(), "a held address was handed out again");
+    let dup = lab.overlayd("n1", &["pod", "add", &other, "--ip", &taken]);
+    ensure!(
+        format!("{:?}", dup.err()).contains("already held by pod n1-p1"),
+        "a held address was handed out again, or refused for another reason"
+    );
     let bad = lab.overlayd("n1", &["pod", "add", "Bad/Name"]);
     ensure!(
         format!("{:?}", bad.err()).contains("invalid pod name"),
         "bad name accepted"
+    );
+    let host = lab.overlayd(
+        "n1",
+        &["pod", "add", "hostns", "--netns", "/proc/self/ns/net"],
+    );
+    ensure!(
+        format!("{:?}", host.err()).contains("host's own network namespace"),
+        "the daemon's own namespace was accepted as a pod's"
     );
 
     let before = lab.overlayd("n1", &["pod", "list", "--json"])?.stdout;
@@ -196,7 +208,10 @@ pub(crate) fn pods_get_persistent_addresses_and_namespaces() -> Result<()> {
     lab.start_daemon("n1")?;
     let after = lab.overlayd("n1", &["pod", "list", "--json"])?.stdout;
     ensure!(before == after, "pods changed across a restart");
-    let next = lab.overlayd("n1", &["pod", "add", "x2", "--json"])?;
+    // Still attached to the bridge and reachable after the restart.
+    ping(&lab.pod("n3-p1")?.netns, ip, 2)?;
+    ping(&lab.pod("n2-p1")?.netns, lab.pod("n1-p1")?.ip, 2)?;
+    let next = lab.overlayd("n1", &["pod", "add", &other, "--json"])?;
     let next: serde_json::Value = serde_json::from_slice(&next.stdout)?;
     let next_ip = next["ip"].as_str().context("ip")?.to_string();
     let list = String::from_utf8_lossy(&after).to_string();
@@ -205,8 +220,8 @@ pub(crate) fn pods_get_persistent_addresses_and_namespaces() -> Result<()> {
         "new pod got an address still held: {next_ip}"
     );
 
-    lab.overlayd("n1", &["pod", "del", &name])?;
-    lab.overlayd("n1", &["pod", "del", "x2"])?;
+    lab.overlayd("n1", &["pod", "del", &own])?;
+    lab.overlayd("n1", &["pod", "del", &other])?;
     ensure!(
         !std::path::Path::new(&netns).exists(),
         "{netns} still exists after pod del"

@@ -251,15 +251,17 @@ pub(crate) fn graceful_leave_is_seen_at_once() -> Result<()> {
         "gossip: graceful leave of n3 seen by all after {:?}",
         t.elapsed()
     );
-    let routes = ns_run(
-        &lab.node("n1")?.netns(),
-        &["ip", "route", "show", "proto", "79"],
-    )?;
-    ensure!(
-        !routes.contains(&subnet.to_string()),
-        "n1 still routes n3's {subnet}: {routes}"
-    );
-    Ok(())
+    wait_for(
+        "n1 to drop its route to n3",
+        Duration::from_secs(10),
+        || {
+            let routes = ns_run(
+                &lab.node("n1")?.netns(),
+                &["ip", "route", "show", "proto", "79"],
+            )?;
+            Ok(!routes.contains(&subnet.to_string()))
+        },
+    )
 }
 
 /// A node holding the wrong key is refused: it never appears among the members and the
@@ -299,7 +301,7 @@ pub(crate) fn wrong_key_and_forged_gossip_are_refused_and_counted() -> Result<()
         .arg(&config)
         .stdout(log.try_clone()?)
         .stderr(log);
-    let mut intruder = intruder.spawn()?;
+    let _intruder = crate::support::KillOnDrop(intruder.spawn()?);
 
     // Forged datagrams from the intruder's namespace straight at n1's gossip port.
     let target = SocketAddr::from((n1, 7946));
@@ -333,8 +335,6 @@ pub(crate) fn wrong_key_and_forged_gossip_are_refused_and_counted() -> Result<()
         ping(&lab.pod("n1-p1")?.netns, lab.pod("n5-p1")?.ip, 2)?;
         Ok(())
     })();
-    let _ = intruder.kill();
-    let _ = intruder.wait();
     result?;
 
     replay_is_counted(&lab, n1)
@@ -392,6 +392,17 @@ pub(crate) fn key_rotation_keeps_the_cluster_up() -> Result<()> {
     std::fs::write(&new, overlayd::keys::generate()?)?;
     let old = lab.run_dir().join("gossip.key");
     let (new, old) = (new.display().to_string(), old.display().to_string());
+    let undecryptable = |lab: &Lab| -> Result<Vec<u64>> {
+        NODES
+            .iter()
+            .map(|on| {
+                Ok(gossip_drops(lab, on)?["decrypt_failed"]
+                    .as_u64()
+                    .unwrap_or(0))
+            })
+            .collect()
+    };
+    let before = undecryptable(&lab)?;
     for step in [
         ["install", new.as_str()],
         ["use", new.as_str()],
@@ -401,7 +412,8 @@ pub(crate) fn key_rotation_keeps_the_cluster_up() -> Result<()> {
             lab.overlayd(on, &["key", step[0], step[1]])
                 .with_context(|| format!("key {} on {on}", step[0]))?;
         }
-        std::thread::sleep(Duration::from_secs(2));
+        // Longer than failure detection takes: a broken step would have cost a member.
+        std::thread::sleep(Duration::from_secs(4));
         for on in NODES {
             let alive = members(&lab, on)?.iter().filter(|m| m.1 == "alive").count();
             ensure!(
@@ -411,10 +423,135 @@ pub(crate) fn key_rotation_keeps_the_cluster_up() -> Result<()> {
             );
         }
     }
+    let after = undecryptable(&lab)?;
+    ensure!(
+        before == after,
+        "datagrams failed to decrypt during the rotation: {before:?} -> {after:?}"
+    );
     let keys: serde_json::Value =
         serde_json::from_slice(&lab.overlayd("n1", &["key", "list", "--json"])?.stdout)?;
     ensure!(keys["keys"].as_array().map(Vec::len) == Some(1), "{keys}");
     let refused = lab.overlayd("n1", &["key", "remove", &new]);
     ensure!(refused.is_err(), "removing the primary key was accepted");
     ping(&lab.pod("n1-p1")?.netns, lab.pod("n4-p1")?.ip, 2).map(drop)
+}
+
+/// A configured (static) subnet beats a claimed one. n1 is restarted with n2's claimed
+/// subnet as its static `pod_subnet`: n2 loses the conflict and moves its bridge address,
+/// NAT rule and pods to a new claim; n1 moves its own pods (recorded in its old subnet)
+/// into the static one and drops its old bridge address. Pods reach each other after.
+pub(crate) fn static_subnet_wins_and_the_claimer_moves_its_pods() -> Result<()> {
+    let mut lab = crate::support::default_lab("gs")?;
+    let taken = lab.status("n2")?.pod_subnet;
+    let n1_old = lab.status("n1")?.pod_subnet;
+
+    lab.kill_daemon("n1")?;
+    let path = lab.node("n1")?.config_path();
+    let mut config: toml::Table = std::fs::read_to_string(&path)?.parse()?;
+    let node = config
+        .get_mut("node")
+        .and_then(|n| n.as_table_mut())
+        .context("[node]")?;
+    node.insert("pod_subnet".into(), toml::Value::String(taken.to_string()));
+    std::fs::write(&path, toml::to_string(&config)?)?;
+    lab.start_daemon("n1")?;
+
+    wait_for("n2 to give up its subnet", Duration::from_secs(20), || {
+        Ok(lab.status("n2")?.pod_subnet != taken)
+    })?;
+    let n2_new = lab.status("n2")?.pod_subnet;
+    ensure!(
+        lab.status("n1")?.pod_subnet == taken,
+        "n1 does not hold its static subnet"
+    );
+    ensure!(
+        !overlaps(n2_new, taken),
+        "n2 moved to {n2_new}, which overlaps {taken}"
+    );
+
+    // Every pod of both nodes lives in its node's subnet now, and nothing is left behind.
+    let mut ips = Vec::new();
+    for (node, subnet, gone) in [("n1", taken, n1_old), ("n2", n2_new, taken)] {
+        wait_for(
+            &format!("{node}'s pods to move into {subnet}"),
+            Duration::from_secs(20),
+            || {
+                let pods = pods_of(&lab, node)?;
+                Ok(pods.iter().all(|(_, ip)| subnet.contains(ip)))
+            },
+        )?;
+        for (pod, ip) in pods_of(&lab, node)? {
+            let addrs = ns_run(
+                &format!("ovl-{}-{pod}", lab.name()),
+                &["ip", "-4", "-br", "addr", "show", "dev", "eth0"],
+            )?;
+            ensure!(addrs.contains(&ip.to_string()), "{pod} lacks {ip}: {addrs}");
+            ensure!(
+                !addrs.contains(&format!(
+                    "{}.",
+                    gone.network().octets()[..3]
+                        .iter()
+                        .map(u8::to_string)
+                        .collect::<Vec<_>>()
+                        .join(".")
+                )),
+                "{pod} keeps an old address: {addrs}"
+            );
+            ips.push((pod, ip));
+        }
+        let bridge = ns_run(
+            &lab.node(node)?.netns(),
+            &["ip", "-4", "-br", "addr", "show", "dev", "ovd0"],
+        )?;
+        let gateway = overlayd_proto::ipam::PodIpam::gateway_of(subnet);
+        ensure!(
+            bridge.contains(&format!("{gateway}/")) && bridge.matches('/').count() == 1,
+            "{node}'s bridge should hold only {gateway}: {bridge}"
+        );
+        let rules = ns_run(
+            &lab.node(node)?.netns(),
+            &["nft", "list", "table", "ip", "overlayd"],
+        )?;
+        ensure!(
+            rules.contains(&format!("ip saddr {subnet} ")),
+            "{node}'s NAT rule: {rules}"
+        );
+    }
+    let ip_of = |pod: &str| {
+        ips.iter()
+            .find(|(p, _)| p == pod)
+            .map(|(_, ip)| *ip)
+            .context("pod")
+    };
+    let netns = |pod: &str| format!("ovl-{}-{pod}", lab.name());
+    wait_for(
+        "pods to reach each other in their new subnets",
+        Duration::from_secs(20),
+        || {
+            Ok(ping(&netns("n1-p1"), ip_of("n2-p1")?, 1).is_ok()
+                && ping(&netns("n2-p2"), ip_of("n1-p2")?, 1).is_ok()
+                && ping(&netns("n3-p1"), ip_of("n2-p1")?, 1).is_ok()
+                && ping(&netns("n4-p1"), ip_of("n1-p1")?, 1).is_ok())
+        },
+    )
+}
+
+fn overlaps(a: ipnet::Ipv4Net, b: ipnet::Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// `(pod, ip)` as the node's daemon records them.
+fn pods_of(lab: &Lab, node: &str) -> Result<Vec<(String, Ipv4Addr)>> {
+    let out = lab.overlayd(node, &["pod", "list", "--json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v["pods"]
+        .as_array()
+        .context("pods")?
+        .iter()
+        .map(|p| {
+            let name = p["name"].as_str().context("name")?.to_owned();
+            let ip = p["ip"].as_str().context("ip")?.parse()?;
+            Ok((name, ip))
+        })
+        .collect()
 }

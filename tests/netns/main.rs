@@ -81,6 +81,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         "gossip_key_rotation_keeps_the_cluster_up",
         gossip::key_rotation_keeps_the_cluster_up,
     ),
+    (
+        "gossip_static_subnet_wins_and_the_claimer_moves_its_pods",
+        gossip::static_subnet_wins_and_the_claimer_moves_its_pods,
+    ),
 ];
 
 /// Tests that need no privileges.

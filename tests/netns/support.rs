@@ -73,6 +73,16 @@ impl Drop for TestLab {
     }
 }
 
+/// A process a test started, killed and reaped when dropped (also on early return).
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs a test; on failure, appends the last lines of every daemon log of its labs.
 pub(crate) fn with_logs(test: fn() -> Result<()>) -> Result<(), String> {
     LOG_DIRS.with(|dirs| dirs.borrow_mut().clear());
@@ -205,6 +215,27 @@ impl Pattern {
     }
 }
 
+/// Accepts one connection, or fails after `timeout` (the sender could not connect).
+fn accept_within(listener: &TcpListener, timeout: Duration) -> Result<(TcpStream, SocketAddr)> {
+    listener.set_nonblocking(true)?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((conn, peer)) => {
+                conn.set_nonblocking(false)?;
+                return Ok((conn, peer));
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e).context("no connection arrived"),
+        }
+    }
+}
+
 /// A TCP listener in `ns` on an ephemeral port.
 pub(crate) fn listen(ns: &str) -> Result<TcpListener> {
     in_netns(ns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))).context("binding a listener")
@@ -234,7 +265,7 @@ pub(crate) fn tcp_transfer(
     let port = listener.local_addr()?.port();
     let seed = u64::from(port) * 7919;
     let receiver = std::thread::spawn(move || -> Result<SocketAddr> {
-        let (mut conn, peer) = listener.accept()?;
+        let (mut conn, peer) = accept_within(&listener, Duration::from_secs(20))?;
         conn.set_read_timeout(Some(Duration::from_secs(20)))?;
         let mut expect = Pattern::new(seed);
         let (mut buf, mut want) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);

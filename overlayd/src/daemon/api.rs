@@ -22,34 +22,71 @@ pub(super) fn bind(path: &Path) -> Result<UnixListener> {
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         bail!("another overlayd is already serving {}", path.display());
     }
-    let _ = std::fs::remove_file(path);
-    UnixListener::bind(path)
-        .with_context(|| format!("binding the control socket {}", path.display()))
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    // The API adds pods and reads key files: root only, whatever the umask.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(listener)
 }
 
 pub(super) async fn serve(shared: Arc<Shared>, listener: UnixListener) -> Result<()> {
     loop {
-        let (stream, _) = listener
-            .accept()
-            .await
-            .context("accepting on the control socket")?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: the daemon carries on, the API waits.
+                tracing::warn!("accepting on the control socket: {e}");
+                tokio::time::sleep(crate::gossip::ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle_conn(&shared, stream).await {
-                tracing::debug!("control connection: {e:#}");
+            match tokio::time::timeout(REQUEST_TIMEOUT, read_request(stream)).await {
+                Ok(Ok((line, write))) => {
+                    if let Err(e) = answer(&shared, line, write).await {
+                        tracing::debug!("control connection: {e:#}");
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!("control connection: {e:#}"),
+                Err(_) => {
+                    tracing::debug!("control connection sent no request within {REQUEST_TIMEOUT:?}")
+                }
             }
         });
     }
 }
 
-async fn handle_conn(shared: &Shared, stream: UnixStream) -> Result<()> {
-    let (read, mut write) = stream.into_split();
+/// How long a client has to send its request line.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads one request line (at most [`api::MAX_REQUEST`] bytes, plus one to tell).
+async fn read_request(stream: UnixStream) -> Result<(String, tokio::net::unix::OwnedWriteHalf)> {
+    let (read, write) = stream.into_split();
     let mut line = String::new();
-    let n = BufReader::new(read)
+    BufReader::new(read)
         .take(api::MAX_REQUEST as u64 + 1)
         .read_line(&mut line)
         .await?;
-    let response = if n > api::MAX_REQUEST {
+    Ok((line, write))
+}
+
+async fn answer(
+    shared: &Shared,
+    line: String,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+) -> Result<()> {
+    let response = if line.len() > api::MAX_REQUEST {
         error_response(anyhow!("request longer than {} bytes", api::MAX_REQUEST))
     } else {
         match serde_json::from_str::<Request>(&line) {
@@ -136,6 +173,7 @@ async fn status(shared: &Shared) -> api::Status {
         None => None,
     };
     api::Status {
+        io: shared.dp.io.to_map(),
         gossip,
         node: l.name.clone(),
         ready: shared.ready.load(Ordering::Relaxed),
@@ -148,7 +186,7 @@ async fn status(shared: &Shared) -> api::Status {
         vni: shared.cfg.tunnel.vni,
         tunnel_mtu: l.tunnel_mtu,
         pod_mtu: l.pod_mtu,
-        peers: shared.peers.lock().map(|p| p.len()).unwrap_or(0),
+        peers: shared.peers.lock().map(|p| p.admitted.len()).unwrap_or(0),
         pods: shared.pods.lock().await.len(),
         uptime_s: shared.started.elapsed().as_secs(),
         drops: drops_map(shared),
@@ -167,31 +205,43 @@ fn drops_map(shared: &Shared) -> std::collections::BTreeMap<String, u64> {
 
 fn peers(shared: &Shared) -> Result<api::Peers> {
     use std::sync::atomic::Ordering::Relaxed;
-    let list = shared
+    let state = shared
         .peers
         .lock()
-        .map_err(|_| anyhow!("peer list lock poisoned"))?
-        .clone();
-    let peers = list
-        .into_iter()
-        .map(|(p, path)| {
+        .map_err(|_| anyhow!("peer list lock poisoned"))?;
+    let peers = state
+        .admitted
+        .iter()
+        .map(|(p, path, route_error)| {
             let c = shared.dp.counters_of(&p.name);
             PeerReport {
+                name: p.name.clone(),
+                underlay: p.underlay,
+                pod_subnet: p.pod_subnet,
                 path: path.as_str().to_owned(),
+                route_error: route_error.clone(),
                 vtep_mac: p.vtep_mac.to_string(),
                 tx_packets: c.tx_packets.load(Relaxed),
                 tx_bytes: c.tx_bytes.load(Relaxed),
                 rx_packets: c.rx_packets.load(Relaxed),
                 rx_bytes: c.rx_bytes.load(Relaxed),
                 drops: c.drops.load(Relaxed),
-                name: p.name,
-                underlay: p.underlay,
-                pod_subnet: p.pod_subnet,
             }
+        })
+        .collect();
+    let rejected = state
+        .rejected
+        .iter()
+        .map(|r| api::RejectedPeer {
+            name: r.peer.name.clone(),
+            underlay: r.peer.underlay,
+            pod_subnet: r.peer.pod_subnet,
+            reason: r.reason.to_string(),
         })
         .collect();
     Ok(api::Peers {
         peers,
+        rejected,
         drops: drops_map(shared),
     })
 }

@@ -69,7 +69,7 @@ struct Shared {
     nl: Netlink,
     dp: Arc<Datapath>,
     pods: Mutex<Pods>,
-    peers: std::sync::Mutex<Vec<(PeerInfo, PeerPath)>>,
+    peers: std::sync::Mutex<PeerState>,
     gossip: Option<GossipHandle>,
     /// Wakes the control loop (the local subnet changed).
     reconcile_now: Notify,
@@ -87,6 +87,8 @@ impl Shared {
 
 pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     netlink::require_net_admin()?;
+    // Before touching anything: a second daemon on the same state would fight the first.
+    let _lock = lock_state_dir(&cfg.daemon.state_dir)?;
     crate::netns::find_host_mount_ns();
     let nl = Netlink::connect()?;
     let local = resolve_local(&nl, &cfg).await?;
@@ -114,6 +116,21 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     let bridge_index = nl.ensure_bridge(&cfg.bridge.name, local.pod_mtu).await?;
     nl.ensure_addr(bridge_index, subnet.gateway, subnet.net.prefix_len())
         .await?;
+    // Pods may send only from addresses routed back through the bridge (their own): a pod
+    // cannot put a node's underlay address on a packet to a peer's tunnel port, say.
+    std::fs::write(
+        format!("/proc/sys/net/ipv4/conf/{}/rp_filter", cfg.bridge.name),
+        "1",
+    )
+    .context("enabling reverse-path filtering on the bridge")?;
+    // The bridge is ours: an address left from an earlier subnet (changed while the daemon
+    // was down) would keep a connected route that shadows that subnet's new owner.
+    for (index, addr, _) in nl.ipv4_addrs(Some(bridge_index)).await? {
+        if index == bridge_index && addr != subnet.gateway {
+            tracing::info!(%addr, "removing a stale address from the bridge");
+            nl.delete_addr(bridge_index, addr).await?;
+        }
+    }
 
     let tun = Arc::new(create_tun(&cfg.tunnel.device, local.tunnel_mtu)?);
     let tun_link = nl
@@ -152,7 +169,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         nl: nl.clone(),
         dp: dp.clone(),
         pods: Mutex::new(pods),
-        peers: std::sync::Mutex::new(Vec::new()),
+        peers: std::sync::Mutex::new(PeerState::default()),
         gossip: gossip.clone(),
         reconcile_now: Notify::new(),
         ready: AtomicBool::new(false),
@@ -232,6 +249,24 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         tracing::info!("on_exit = keep: leaving routes, bridge and NAT in place");
     }
     outcome
+}
+
+/// Takes an exclusive lock on `state_dir/lock` for the daemon's lifetime.
+fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow!(
+            "another overlayd uses {} ({e}); stop it first",
+            dir.display()
+        )
+    })
 }
 
 async fn resolve_local(nl: &Netlink, cfg: &Config) -> Result<Local> {
@@ -329,16 +364,22 @@ async fn control_loop(
 ) -> Result<()> {
     loop {
         let current = peers.borrow_and_update().clone();
-        match reconcile(&shared, &current).await {
-            Ok(()) => {
-                if !shared.ready.swap(true, Ordering::Relaxed) {
-                    tracing::info!(
-                        peers = current.len(),
-                        "routes to every peer programmed: ready"
-                    );
-                }
+        let routed = match reconcile(&shared, &current).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("reconciling routes: {e:#}");
+                false
             }
-            Err(e) => tracing::warn!("reconciling routes: {e:#}"),
+        };
+        let ready = routed && joined(&shared).await;
+        if ready != shared.ready.swap(ready, Ordering::Relaxed) {
+            match ready {
+                true => tracing::info!(
+                    peers = current.len(),
+                    "routes to every peer programmed: ready"
+                ),
+                false => tracing::warn!("not ready: routes failed or the cluster is out of reach"),
+            }
         }
         tokio::select! {
             changed = peers.changed() => if changed.is_err() { return Ok(()) },
@@ -348,21 +389,37 @@ async fn control_loop(
     }
 }
 
+/// With gossip and seeds, a node is part of the cluster once it sees another member alive;
+/// without seeds (the first node) or without gossip, it is from the start.
+async fn joined(shared: &Shared) -> bool {
+    let (Some(handle), Some(g)) = (&shared.gossip, &shared.cfg.gossip) else {
+        return true;
+    };
+    if g.seeds.is_empty() {
+        return true;
+    }
+    handle.report().await.is_ok_and(|r| r.members_alive > 1)
+}
+
+/// The peer set as the data path last applied it.
+#[derive(Debug, Default)]
+struct PeerState {
+    /// Admitted peers, their path, and the error of their route if it failed.
+    admitted: Vec<(PeerInfo, PeerPath, Option<String>)>,
+    rejected: Vec<routing::Rejected>,
+}
+
 async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     let subnet = shared.subnet();
-    // A peer whose subnet overlaps ours (a conflict gossip is still resolving) must not
-    // capture our own pods' traffic.
-    let peers: Vec<PeerInfo> = peers
-        .iter()
-        .filter(|p| {
-            let clash = p.pod_subnet.contains(&subnet.net.network()) || subnet.net.contains(&p.pod_subnet.network());
-            if clash {
-                tracing::warn!(peer = %p.name, subnet = %p.pod_subnet, "peer subnet overlaps ours; ignoring it until the conflict resolves");
-            }
-            !clash
-        })
-        .cloned()
-        .collect();
+    let view = routing::LocalView {
+        cluster_cidr: shared.cfg.cluster.cidr,
+        pod_subnet: subnet.net,
+        underlay: shared.local.underlay_addr,
+    };
+    let (peers, rejected) = routing::admit(&view, peers);
+    for r in &rejected {
+        tracing::warn!(peer = %r.peer.name, subnet = %r.peer.pod_subnet, underlay = %r.peer.underlay, "peer left out: {}", r.reason);
+    }
     let mut with_paths = Vec::with_capacity(peers.len());
     for peer in &peers {
         let path = match shared.nl.route_get(peer.underlay).await {
@@ -386,18 +443,37 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     let desired = routing::plan(&local_routing(shared, subnet), &with_paths);
     let current = shared.nl.owned_routes().await?;
     let ops = routing::reconcile(&desired, &current);
-    let mut failed = None;
+    let mut errors: Vec<(Ipv4Net, String)> = Vec::new();
     for op in &ops {
         tracing::info!("route change: {op:?}");
         if let Err(e) = shared.nl.apply(op).await {
-            failed = Some(e);
+            let dst = match op {
+                RouteOp::Add(r) | RouteOp::Replace(r) | RouteOp::Delete(r) => r.dst,
+            };
+            errors.push((dst, format!("{e:#}")));
         }
     }
+    let admitted = with_paths
+        .into_iter()
+        .map(|(peer, path)| {
+            let error = errors
+                .iter()
+                .find(|(dst, _)| *dst == peer.pod_subnet)
+                .map(|(_, e)| e.clone());
+            (peer, path, error)
+        })
+        .collect();
     *shared
         .peers
         .lock()
-        .map_err(|_| anyhow!("peer list lock poisoned"))? = with_paths;
-    failed.map_or(Ok(()), Err)
+        .map_err(|_| anyhow!("peer list lock poisoned"))? = PeerState { admitted, rejected };
+    match errors.first() {
+        None => Ok(()),
+        Some((dst, e)) => Err(anyhow!(
+            "{} route changes failed, first for {dst}: {e}",
+            errors.len()
+        )),
+    }
 }
 
 fn local_routing(shared: &Shared, subnet: Subnet) -> LocalRouting {
@@ -410,38 +486,51 @@ fn local_routing(shared: &Shared, subnet: Subnet) -> LocalRouting {
 }
 
 /// Moves the node to a new claimed subnet when gossip says so (a conflict was lost):
-/// bridge address, NAT, pods, then routes and the forwarding table.
+/// bridge address, NAT, pods, then routes and the forwarding table. A step that fails is
+/// retried (every step is idempotent) until it succeeds or the subnet changes again.
 async fn follow_subnet(
     shared: Arc<Shared>,
     mut subnet: watch::Receiver<Option<Ipv4Net>>,
 ) -> Result<()> {
+    let mut pending: Option<Ipv4Net> = None;
     loop {
-        if subnet.changed().await.is_err() {
+        if pending.is_none() && subnet.changed().await.is_err() {
             return Ok(());
         }
         let Some(new) = *subnet.borrow_and_update() else {
             continue;
         };
-        let old = shared.subnet();
-        if new == old.net {
-            continue;
+        match move_subnet(&shared, Subnet::new(new)).await {
+            Ok(()) => pending = None,
+            Err(e) => {
+                tracing::error!(subnet = %new, "moving to the new pod subnet failed, retrying: {e:#}");
+                pending = Some(new);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
         }
-        tracing::warn!(old = %old.net, %new, "pod subnet changed; moving the bridge and pods");
-        let new = Subnet::new(new);
-        let mut pods = shared.pods.lock().await;
-        shared
-            .nl
-            .ensure_addr(shared.bridge_index, new.gateway, new.net.prefix_len())
-            .await?;
+    }
+}
+
+async fn move_subnet(shared: &Shared, new: Subnet) -> Result<()> {
+    let mut pods = shared.pods.lock().await;
+    let old = shared.subnet();
+    if new.net != old.net {
+        tracing::warn!(old = %old.net, new = %new.net, "pod subnet changed; moving the bridge and pods");
+    }
+    shared
+        .nl
+        .ensure_addr(shared.bridge_index, new.gateway, new.net.prefix_len())
+        .await?;
+    if old.gateway != new.gateway {
         shared
             .nl
             .delete_addr(shared.bridge_index, old.gateway)
             .await?;
-        apply_nat(&shared.cfg, new.net)?;
-        *shared.subnet.write().unwrap_or_else(|e| e.into_inner()) = new;
-        pods.renumber(new.net).await?;
-        shared.reconcile_now.notify_one();
     }
+    apply_nat(&shared.cfg, new.net)?;
+    *shared.subnet.write().unwrap_or_else(|e| e.into_inner()) = new;
+    shared.reconcile_now.notify_one();
+    pods.renumber(new.net).await
 }
 
 /// SIGHUP: make the running keyring what the config's key files say now.
@@ -474,15 +563,28 @@ async fn reload_keys(shared: &Shared) {
     }
 }
 
+/// Every step runs even if one before it failed; the first failure is returned.
 async fn remove_datapath(shared: &Shared) -> Result<()> {
-    for route in shared.nl.owned_routes().await? {
-        shared.nl.apply(&RouteOp::Delete(route)).await?;
+    let mut results = Vec::new();
+    match shared.nl.owned_routes().await {
+        Ok(routes) => {
+            for route in routes {
+                results.push(shared.nl.apply(&RouteOp::Delete(route)).await);
+            }
+        }
+        Err(e) => results.push(Err(e)),
     }
-    nat::remove()?;
-    shared.nl.delete_link(shared.tun_index).await?;
-    shared.nl.delete_link(shared.bridge_index).await?;
-    tracing::info!(
-        "data path removed (routes, TUN, bridge, NAT table); pods keep their namespaces"
-    );
-    Ok(())
+    results.push(nat::remove());
+    results.push(shared.nl.delete_link(shared.tun_index).await);
+    results.push(shared.nl.delete_link(shared.bridge_index).await);
+    let failed: Vec<_> = results.into_iter().filter_map(Result::err).collect();
+    match failed.into_iter().next() {
+        None => {
+            tracing::info!(
+                "data path removed (routes, TUN, bridge, NAT table); pods keep their namespaces"
+            );
+            Ok(())
+        }
+        Some(e) => Err(e),
+    }
 }

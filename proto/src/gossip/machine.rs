@@ -136,6 +136,9 @@ struct Pull {
     outstanding: Option<(u64, SocketAddr, Instant)>,
     next_attempt: Instant,
     next_id: u64,
+    /// A node that contacted us while we knew no live member: pull from it when there is
+    /// neither a live member nor a seed to pull from.
+    hint: Option<SocketAddr>,
 }
 
 /// One node's gossip: SWIM membership with Lifeguard, its own record, cluster objects,
@@ -182,6 +185,8 @@ pub struct Gossip {
     conflicts_reported: BTreeSet<SocketAddr>,
     /// Since when no other member has been up (for the GC-horizon check).
     alone_since: Option<Instant>,
+    /// When each address we did not know as a live member was last greeted (rate limit).
+    greeted: BTreeMap<SocketAddr, Instant>,
     stats: GossipStats,
 }
 
@@ -257,6 +262,7 @@ impl Gossip {
                 outstanding: None,
                 next_attempt: now,
                 next_id: 0,
+                hint: None,
             },
             next_gossip,
             next_push_pull,
@@ -267,6 +273,7 @@ impl Gossip {
             exhausted: false,
             conflicts_reported: BTreeSet::new(),
             alone_since: Some(now),
+            greeted: BTreeMap::new(),
             stats: GossipStats::default(),
             config,
         };

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::peer::PeerInfo;
 
+mod admission;
+
+pub use admission::{LocalView, RejectReason, Rejected, admit};
+
 /// How packets reach one peer's pod subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

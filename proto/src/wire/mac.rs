@@ -36,7 +36,7 @@ impl MacAddr {
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
         }
         let b = hash.to_be_bytes();
-        // 0x0e: locally administered (bit 1), unicast (bit 0 clear).
+        // First octet: locally administered (bit 1 set), unicast (bit 0 clear).
         MacAddr([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])
     }
 }

@@ -25,6 +25,33 @@ use super::{Event, Gossip, Probe, Relay, Via};
 
 impl Gossip {
     /// Applies every message of an accepted envelope.
+    /// A node we do not know as up talks to us. In a settled cluster that is how a
+    /// restarted node without seeds (a seed itself) hears of the others: they keep probing
+    /// it, unaware it restarted, with no news left to piggyback. We answer with our own
+    /// record and, knowing no live member at all, pull the cluster's state from the sender.
+    /// Greetings per address are rate-limited to one per re-announce interval.
+    fn greet_stranger(&mut self, now: Instant, from: SocketAddr, sender: &str) {
+        if sender == self.local.name || self.left {
+            return;
+        }
+        if self.members.get(sender).is_some_and(|m| m.state.is_up()) {
+            return;
+        }
+        let interval = self.config.timing.reannounce_interval;
+        if self.greeted.get(&from).is_some_and(|t| now < *t + interval) {
+            return;
+        }
+        self.greeted.retain(|_, t| now < *t + interval);
+        self.greeted.insert(from, now);
+        let alive = self.local_alive();
+        self.send(from, std::slice::from_ref(&alive), false);
+        if self.live_names().is_empty() {
+            self.pull.hint = Some(from);
+            self.pull.needed = true;
+            self.pull_tick(now);
+        }
+    }
+
     pub(super) fn process(
         &mut self,
         now: Instant,
@@ -32,6 +59,9 @@ impl Gossip {
         header: &Header,
         messages: Vec<Decoded>,
     ) {
+        if let Some(from) = via.from {
+            self.greet_stranger(now, from, &header.sender);
+        }
         for decoded in messages {
             let Decoded::Message(message) = decoded else {
                 self.stats.unknown_messages += 1;

@@ -202,14 +202,16 @@ impl Gossip {
             .random_live(1, None)
             .pop()
             .and_then(|name| self.members.get(&name).map(|m| m.record.gossip_addr));
-        let to = member.or_else(|| {
-            let seeds: Vec<SocketAddr> = self.other_seeds().collect();
-            if seeds.is_empty() {
-                return None;
-            }
-            self.seed_pos = (self.seed_pos + 1) % seeds.len();
-            Some(seeds[self.seed_pos])
-        });
+        let to = member
+            .or_else(|| {
+                let seeds: Vec<SocketAddr> = self.other_seeds().collect();
+                if seeds.is_empty() {
+                    return None;
+                }
+                self.seed_pos = (self.seed_pos + 1) % seeds.len();
+                Some(seeds[self.seed_pos])
+            })
+            .or(self.pull.hint);
         let Some(to) = to else {
             self.pull.next_attempt = now + self.config.timing.reannounce_interval;
             return;
@@ -336,6 +338,7 @@ impl Gossip {
         self.pull.needed = false;
         self.pull.behind = false;
         self.pull.outstanding = None;
+        self.pull.hint = None;
         self.stats.streams_completed += 1;
         self.check_subnet(now);
     }
