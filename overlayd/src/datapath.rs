@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use overlayd_proto::dataplane::{DropReason, ForwardingTable};
+use overlayd_proto::dataplane::{DropReason, ForwardingTable, gso_runs};
 use overlayd_proto::wire::vxlan::ENCAP_LEN;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
@@ -224,9 +224,7 @@ async fn read_tun_batch(
     Ok(lens)
 }
 
-/// Sends the encapsulated slots. Consecutive slots to the same peer whose frames fill
-/// their slot exactly are contiguous in the arena: one GSO send carries them all (the
-/// last of a run may be shorter, as GSO allows).
+/// Sends the encapsulated slots, grouped into GSO sends by `gso_runs`.
 async fn send_runs(
     dp: &Datapath,
     sock: &UdpSocket,
@@ -236,30 +234,13 @@ async fn send_runs(
     slots: &[Option<(Ipv4Addr, usize)>],
     port: u16,
 ) {
-    let max_segments = state.max_gso_segments().min(MAX_GSO_BYTES / stride).max(1);
-    let mut i = 0;
-    while i < slots.len() {
-        let Some((dst, first_len)) = slots[i] else {
-            i += 1;
-            continue;
-        };
-        let mut end = i + 1;
-        let mut last_len = first_len;
-        while end < slots.len() && end - i < max_segments && last_len == stride {
-            match slots[end] {
-                Some((d, len)) if d == dst && len <= stride => {
-                    last_len = len;
-                    end += 1;
-                }
-                _ => break,
-            }
-        }
-        let segments = end - i;
+    let max_segments = state.max_gso_segments().min(MAX_GSO_BYTES / stride);
+    for run in gso_runs(slots, stride, max_segments) {
         let transmit = Transmit {
-            destination: SocketAddr::V4(SocketAddrV4::new(dst, port)),
+            destination: SocketAddr::V4(SocketAddrV4::new(run.dst, port)),
             ecn: None,
-            contents: &arena[i * stride..(end - 1) * stride + last_len],
-            segment_size: (segments > 1).then_some(stride),
+            contents: &arena[run.bytes(stride)],
+            segment_size: run.segment_size(stride),
             src_ip: None,
         };
         // Only WouldBlock waits; any other error (no route to the peer, say) is counted
@@ -276,7 +257,6 @@ async fn send_runs(
             Ok(Ok(())) => dp.io.udp_send_batches.fetch_add(1, Relaxed),
             _ => dp.io.udp_send_errors.fetch_add(1, Relaxed),
         };
-        i = end;
     }
 }
 

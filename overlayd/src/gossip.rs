@@ -64,6 +64,7 @@ impl SubnetClaim {
         std::fs::write(&tmp, serde_json::to_vec(self)?)?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(state_dir)?.sync_all()?;
         Ok(())
     }
 }
@@ -344,11 +345,15 @@ impl Driver {
                     subnet,
                     claimed_at: claimed_at.0,
                 };
-                if let Err(e) = claim.save(&self.setup.state_dir) {
-                    tracing::error!(
-                        "persisting the subnet claim: {e:#}; a restart may claim another"
-                    );
-                }
+                // fsync is slow: not on the loop that answers probes.
+                let dir = self.setup.state_dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = claim.save(&dir) {
+                        tracing::error!(
+                            "persisting the subnet claim: {e:#}; a restart may claim another"
+                        );
+                    }
+                });
                 self.subnet.send_replace(Some(subnet));
                 false
             }
@@ -431,20 +436,7 @@ impl Driver {
             KeyOp::Install(key) => ring.install(key),
             KeyOp::Use(key) => ring.use_primary(&key)?,
             KeyOp::Remove(key) => ring.remove(&key)?,
-            KeyOp::Replace(keys) => {
-                let Some(primary) = keys.first() else {
-                    bail!("no keys given")
-                };
-                for key in &keys {
-                    ring.install(key.clone());
-                }
-                ring.use_primary(primary)?;
-                let stale: Vec<SecretKey> =
-                    ring.keys().filter(|k| !keys.contains(k)).cloned().collect();
-                for key in stale {
-                    ring.remove(&key)?;
-                }
-            }
+            KeyOp::Replace(keys) => ring.replace(&keys)?,
         }
         Ok(fingerprints(&self.setup.gossip))
     }

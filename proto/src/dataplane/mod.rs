@@ -3,6 +3,8 @@
 //! TUN device. The shell owns the buffers and the sockets; this module fills in headers and
 //! says what to do, or which counter a dropped packet belongs to.
 
+mod gso;
 mod table;
 
+pub use gso::{GsoRun, gso_runs};
 pub use table::{Decap, DropReason, Encap, ForwardingTable, LocalVtep, PeerIndex};

@@ -56,6 +56,8 @@ pub enum KeyringError {
         "key {0:016x} is the primary key; make another key primary (use_primary) before removing it"
     )]
     RemovePrimary(u64),
+    #[error("a keyring needs at least one key")]
+    Empty,
 }
 
 /// Why sealed bytes could not be opened.
@@ -220,6 +222,24 @@ impl Keyring {
         Ok(())
     }
 
+    /// Makes the keyring exactly `keys`, the first primary (a reloaded key list). Keys
+    /// kept across the change keep working throughout. Returns `Err` iff `keys` is empty,
+    /// leaving the keyring as it was.
+    pub fn replace(&mut self, keys: &[SecretKey]) -> Result<(), KeyringError> {
+        let Some(primary) = keys.first() else {
+            return Err(KeyringError::Empty);
+        };
+        for key in keys {
+            self.install(key.clone());
+        }
+        self.use_primary(primary)?;
+        let stale: Vec<SecretKey> = self.keys().filter(|k| !keys.contains(k)).cloned().collect();
+        for key in stale {
+            self.remove(&key)?;
+        }
+        Ok(())
+    }
+
     /// Seals `plaintext` with the primary key.
     pub(crate) fn seal(&self, cluster: &str, nonce: [u8; NONCE_LEN], plaintext: &[u8]) -> Vec<u8> {
         let aad = associated_data(cluster);
@@ -375,5 +395,19 @@ mod tests {
         let s = format!("{:?}", Keyring::new(key(0xab)));
         assert!(!s.contains("171"), "{s}");
         assert!(!s.to_lowercase().contains("abab"), "{s}");
+    }
+
+    #[test]
+    fn replace_makes_the_keyring_exactly_the_list() {
+        let mut ring = Keyring::new(key(1));
+        ring.install(key(2));
+        ring.replace(&[key(3), key(2)]).unwrap();
+        assert_eq!(ring.primary(), &key(3));
+        assert_eq!(
+            ring.keys().cloned().collect::<Vec<_>>(),
+            vec![key(3), key(2)]
+        );
+        assert_eq!(ring.replace(&[]), Err(KeyringError::Empty));
+        assert_eq!(ring.primary(), &key(3), "a refused replace changes nothing");
     }
 }
