@@ -115,10 +115,7 @@ pub(crate) fn two_segments(nodes: &str) -> Result<Topology> {
 
 /// [`two_segments`] with top-level keys (`gossip = false`, say) in front.
 pub(crate) fn two_segments_with(top_level: &str, nodes: &str) -> Result<Topology> {
-    let text = format!(
-        "{top_level}\n[[segment]]\nname = \"a\"\nsubnet = \"10.100.1.0/24\"\n\
-         [[segment]]\nname = \"b\"\nsubnet = \"10.100.2.0/24\"\n{nodes}"
-    );
+    let text = format!("{top_level}\n{}{nodes}", overlayd_lab::TWO_SEGMENTS);
     Ok(Topology::parse(&text)?)
 }
 

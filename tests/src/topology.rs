@@ -43,6 +43,17 @@ name = "n4"
 segment = "b"
 "#;
 
+/// Segments a (10.100.1.0/24) and b (10.100.2.0/24), as the default topology has them:
+/// tests append their own `[[node]]` tables (top-level keys must come before it).
+pub const TWO_SEGMENTS: &str = r#"
+[[segment]]
+name = "a"
+subnet = "10.100.1.0/24"
+[[segment]]
+name = "b"
+subnet = "10.100.2.0/24"
+"#;
+
 /// Pods per node when the topology does not say.
 const DEFAULT_PODS: u32 = 2;
 
@@ -652,14 +663,7 @@ mod tests {
             .to_string()
     }
 
-    const TWO_SEGMENTS: &str = r#"
-        [[segment]]
-        name = "a"
-        subnet = "10.100.1.0/24"
-        [[segment]]
-        name = "b"
-        subnet = "10.100.2.0/24"
-    "#;
+    use crate::topology::TWO_SEGMENTS;
 
     fn summary(topo: &Topology) -> Vec<(&str, &str, String, Option<String>, u32)> {
         topo.nodes()

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use overlayd_lab::{Lab, MemberState, node_netns};
+use overlayd_lab::{Lab, MemberState, TWO_SEGMENTS, node_netns};
 use overlayd_lab::{
     LabCommand, LabError, Topology, in_netns, lab_namespaces, netns, process, run_dir, run_in,
 };
@@ -19,13 +19,12 @@ const FAKE_OVERLAYD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake-ove
 /// Env var that turns `child_crashes_after_up` from a no-op into the crashing child.
 const CRASH_CHILD_ENV: &str = "OVERLAYD_LAB_TEST_CRASH_CHILD";
 
+/// `top_level` keys, segments a and b, then `nodes`.
+fn with_segments(top_level: &str, nodes: &str) -> String {
+    format!("{top_level}\n{TWO_SEGMENTS}{nodes}")
+}
+
 const DAEMONLESS: &str = r#"
-[[segment]]
-name = "a"
-subnet = "10.100.1.0/24"
-[[segment]]
-name = "b"
-subnet = "10.100.2.0/24"
 [[node]]
 name = "n1"
 segment = "a"
@@ -43,13 +42,6 @@ daemon = false
 /// n1, n2 with (fake) daemons and two pods each on segment a; n3 without a daemon on b;
 /// static peers.
 const STATIC_DAEMONS: &str = r#"
-gossip = false
-[[segment]]
-name = "a"
-subnet = "10.100.1.0/24"
-[[segment]]
-name = "b"
-subnet = "10.100.2.0/24"
 [[node]]
 name = "n1"
 segment = "a"
@@ -65,12 +57,6 @@ daemon = false
 /// Gossip through n1: n1, n2 with two pods each on segment a, n3 without pods on b (the
 /// fake has no tunnel), k without a daemon (a static peer, subnet 10.244.4.0/24) on b.
 const GOSSIP_DAEMONS: &str = r#"
-[[segment]]
-name = "a"
-subnet = "10.100.1.0/24"
-[[segment]]
-name = "b"
-subnet = "10.100.2.0/24"
 [[node]]
 name = "n1"
 segment = "a"
@@ -123,7 +109,7 @@ fn daemonless_lab_builds_segments_and_routes_between_them() {
         return;
     }
     let name = unique_name('d');
-    let topo = Topology::parse(DAEMONLESS).unwrap();
+    let topo = Topology::parse(&with_segments("", DAEMONLESS)).unwrap();
 
     let lab = Lab::up(&name, &topo, no_daemon()).unwrap();
 
@@ -204,7 +190,7 @@ fn guard_tears_the_lab_down_when_the_test_panics() {
         return;
     }
     let name = unique_name('p');
-    let topo = Topology::parse(DAEMONLESS).unwrap();
+    let topo = Topology::parse(&with_segments("", DAEMONLESS)).unwrap();
 
     let outcome = std::panic::catch_unwind(|| {
         let _lab = Lab::up(&name, &topo, no_daemon()).unwrap();
@@ -228,9 +214,13 @@ fn child_crashes_after_up() {
     let Ok(name) = std::env::var(CRASH_CHILD_ENV) else {
         return;
     };
-    let lab = Lab::up(&name, &Topology::parse(DAEMONLESS).unwrap(), no_daemon())
-        .unwrap()
-        .keep();
+    let lab = Lab::up(
+        &name,
+        &Topology::parse(&with_segments("", DAEMONLESS)).unwrap(),
+        no_daemon(),
+    )
+    .unwrap()
+    .keep();
     let sleeper = netns::spawn_in(&lab.node("n1").unwrap().netns(), "sleep", &["600"]).unwrap();
     println!("sleeper {}", sleeper.id());
     std::io::stdout().flush().unwrap();
@@ -298,7 +288,7 @@ fn daemons_become_ready_get_pods_and_check_passes() {
         return;
     }
     let name = unique_name('f');
-    let topo = Topology::parse(STATIC_DAEMONS).unwrap();
+    let topo = Topology::parse(&with_segments("gossip = false", STATIC_DAEMONS)).unwrap();
 
     let mut lab = Lab::up(&name, &topo, Path::new(FAKE_OVERLAYD)).unwrap();
 
@@ -386,7 +376,7 @@ fn gossip_daemons_claim_subnets_converge_and_restart() {
         return;
     }
     let name = unique_name('g');
-    let topo = Topology::parse(GOSSIP_DAEMONS).unwrap();
+    let topo = Topology::parse(&with_segments("", GOSSIP_DAEMONS)).unwrap();
 
     let mut lab = Lab::up(&name, &topo, Path::new(FAKE_OVERLAYD)).unwrap();
 
@@ -514,7 +504,7 @@ fn up_fails_when_a_claimed_subnet_overlaps_a_static_peer() {
     }
     let name = unique_name('o');
     // The fake's first claim is 10.244.101.0/24.
-    let topo = Topology::parse(&GOSSIP_DAEMONS.replace(
+    let topo = Topology::parse(&with_segments("", GOSSIP_DAEMONS).replace(
         "daemon = false",
         "daemon = false\npod_subnet = \"10.244.101.0/24\"",
     ))
@@ -631,7 +621,7 @@ fn up_fails_naming_the_node_and_its_log_when_a_daemon_dies() {
     )
     .unwrap();
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let topo = Topology::parse(GOSSIP_DAEMONS).unwrap();
+    let topo = Topology::parse(&with_segments("", GOSSIP_DAEMONS)).unwrap();
 
     let err = Lab::up(&name, &topo, &broken).unwrap_err().to_string();
 
@@ -661,7 +651,7 @@ fn cli_commands_drive_a_lab() {
     }
     let name = unique_name('c');
     let file = std::env::temp_dir().join(format!("overlayd-lab-test-{name}.toml"));
-    std::fs::write(&file, GOSSIP_DAEMONS).unwrap();
+    std::fs::write(&file, with_segments("", GOSSIP_DAEMONS)).unwrap();
     let bin = PathBuf::from(FAKE_OVERLAYD);
     let run = |cmd| format!("{:?}", overlayd_lab::run(cmd, bin.clone()).unwrap());
     let ok = format!("{:?}", ExitCode::SUCCESS);
