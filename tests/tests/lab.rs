@@ -476,6 +476,9 @@ fn gossip_daemons_claim_subnets_converge_and_restart() {
     let record = std::fs::read_to_string(&n3_record).unwrap();
     let n3_subnet = subnet(&lab, "n3").to_string();
     std::fs::write(&n3_record, record.replace(&n3_subnet, "10.244.250.0/24")).unwrap();
+    // The fakes re-read member records every 0.2 s; until they do, the lab still looks
+    // converged.
+    std::thread::sleep(Duration::from_millis(800));
     let err = lab
         .wait_converged(Duration::from_secs(1))
         .unwrap_err()
