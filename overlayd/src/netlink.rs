@@ -24,6 +24,10 @@ pub const ROUTE_PROTOCOL: u8 = 79;
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    /// A second socket with strict dump checking, so the kernel itself filters route dumps
+    /// to our protocol and table: on a host with a full BGP table, reading back our routes
+    /// every few seconds must not mean reading them all. `None` inside pods.
+    routes: Option<Handle>,
 }
 
 /// Is this netlink failure the given errno?
@@ -44,7 +48,25 @@ impl Netlink {
     pub fn connect() -> Result<Self> {
         let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        let (mut conn, routes, _) =
+            rtnetlink::new_connection().context("opening a netlink socket")?;
+        let strict = {
+            use rtnetlink::sys::AsyncSocket;
+            conn.socket_mut()
+                .socket_mut()
+                .set_netlink_get_strict_chk(true)
+        };
+        let routes = match strict {
+            Ok(()) => {
+                tokio::spawn(conn);
+                Some(routes)
+            }
+            Err(e) => {
+                tracing::debug!("no strict netlink dumps ({e}); filtering route dumps ourselves");
+                None
+            }
+        };
+        Ok(Netlink { handle, routes })
     }
 
     /// Connects inside another network namespace: the socket is opened on a thread that
@@ -67,7 +89,10 @@ impl Netlink {
             .map_err(|_| anyhow!("netns thread panicked"))?
         })?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle,
+            routes: None,
+        })
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
@@ -318,7 +343,24 @@ impl Netlink {
 
     /// The routes in the main table tagged with [`ROUTE_PROTOCOL`].
     pub async fn owned_routes(&self) -> Result<Vec<KernelRoute>> {
-        let msgs = self.dump_ipv4_routes().await?;
+        let msgs = match &self.routes {
+            Some(strict) => {
+                let filter = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .table_id(u32::from(RouteHeader::RT_TABLE_MAIN))
+                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                    .scope(RouteScope::Universe)
+                    .kind(RouteType::Unspec)
+                    .build();
+                strict
+                    .route()
+                    .get(filter)
+                    .execute()
+                    .try_collect()
+                    .await
+                    .context("listing our routes")?
+            }
+            None => self.dump_ipv4_routes().await?,
+        };
         Ok(msgs
             .iter()
             .filter(|m| {
