@@ -113,6 +113,9 @@ impl Datapath {
 
     /// Swaps in a new table; built off the hot path, never blocks it.
     pub fn install(&self, table: ForwardingTable) {
+        // Counters of peers that are gone go with them (names churn as nodes come and go).
+        self.by_name
+            .retain(|name, _| table.peers().iter().any(|p| &p.name == name));
         let counters = table
             .peers()
             .iter()
