@@ -114,8 +114,10 @@ impl Datapath {
     /// Swaps in a new table; built off the hot path, never blocks it.
     pub fn install(&self, table: ForwardingTable) {
         // Counters of peers that are gone go with them (names churn as nodes come and go).
+        let current: std::collections::HashSet<&str> =
+            table.peers().iter().map(|p| p.name.as_str()).collect();
         self.by_name
-            .retain(|name, _| table.peers().iter().any(|p| &p.name == name));
+            .retain(|name, _| current.contains(name.as_str()));
         let counters = table
             .peers()
             .iter()
