@@ -12,7 +12,7 @@ pub mod datapath;
 pub mod discovery;
 pub mod gossip;
 pub mod keys;
-pub mod nat;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod pods;

@@ -62,6 +62,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         faults::on_exit_keep_leaves_the_data_path,
     ),
     (
+        "pods_cannot_reach_tunnel_or_gossip_ports",
+        faults::pods_cannot_reach_tunnel_or_gossip_ports,
+    ),
+    (
         "gossip_five_nodes_join_from_one_seed_and_survive_kill_9",
         gossip::five_nodes_join_from_one_seed_and_survive_kill_9,
     ),

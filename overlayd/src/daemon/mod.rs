@@ -25,8 +25,8 @@ use tokio::sync::{Mutex, Notify, watch};
 use crate::datapath::{self, Datapath};
 use crate::discovery::{PeerSource, StaticPeers};
 use crate::gossip::GossipHandle;
-use crate::nat;
 use crate::netlink::{self, Link, Netlink};
+use crate::nft;
 use crate::pods::Pods;
 
 /// How often routes are re-read and repaired even when no peer changed: a route someone
@@ -71,6 +71,8 @@ struct Shared {
     pods: Mutex<Pods>,
     peers: std::sync::Mutex<PeerState>,
     gossip: Option<GossipHandle>,
+    /// Our nftables table as last installed.
+    nft: std::sync::Mutex<Option<nft::Ruleset>>,
     /// Wakes the control loop (the local subnet changed).
     reconcile_now: Notify,
     ready: AtomicBool,
@@ -147,7 +149,12 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     nl.set_link(tun_link.index, Some(local.tunnel_mtu), None, true)
         .await?;
 
-    apply_nat(&cfg, subnet.net)?;
+    let initial = ruleset(
+        &cfg,
+        subnet.net,
+        cfg.peers.iter().map(|p| p.underlay_address).collect(),
+    );
+    initial.install()?;
 
     let ipam = PodIpam::new(subnet.net);
     let mut pods = Pods::load(&cfg.daemon.state_dir, ipam, bridge_index, local.pod_mtu)?;
@@ -171,6 +178,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         pods: Mutex::new(pods),
         peers: std::sync::Mutex::new(PeerState::default()),
         gossip: gossip.clone(),
+        nft: std::sync::Mutex::new(Some(initial)),
         reconcile_now: Notify::new(),
         ready: AtomicBool::new(false),
         started: Instant::now(),
@@ -338,12 +346,30 @@ fn local_vtep(cfg: &Config, local: &Local, subnet: Subnet) -> LocalVtep {
     }
 }
 
-fn apply_nat(cfg: &Config, pods: Ipv4Net) -> Result<()> {
-    if cfg.nat.masquerade {
-        nat::install(pods, cfg.cluster.cidr)
-    } else {
-        nat::remove()
+/// Our nftables table for this pod subnet and these peer addresses.
+fn ruleset(
+    cfg: &Config,
+    pods: Ipv4Net,
+    nodes: std::collections::BTreeSet<Ipv4Addr>,
+) -> nft::Ruleset {
+    nft::Ruleset {
+        pods,
+        cluster: cfg.cluster.cidr,
+        masquerade: cfg.nat.masquerade,
+        tunnel_port: cfg.tunnel.port,
+        gossip_port: cfg.gossip.as_ref().map(|g| g.bind.port()),
+        nodes,
     }
+}
+
+/// Installs our nftables table unless it is already exactly `want`.
+fn sync_nft(shared: &Shared, want: nft::Ruleset) -> Result<()> {
+    let mut installed = shared.nft.lock().unwrap_or_else(|e| e.into_inner());
+    if installed.as_ref() != Some(&want) {
+        want.install()?;
+        *installed = Some(want);
+    }
+    Ok(())
 }
 
 fn create_tun(name: &str, mtu: u32) -> Result<tun_rs::AsyncDevice> {
@@ -417,6 +443,15 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
         underlay: shared.local.underlay_addr,
     };
     let (peers, rejected) = routing::admit(&view, peers);
+    // Every peer's address, admitted or not, is a node whose tunnel port pods must not reach.
+    let nodes = peers
+        .iter()
+        .chain(rejected.iter().map(|r| &r.peer))
+        .map(|p| p.underlay)
+        .collect();
+    if let Err(e) = sync_nft(shared, ruleset(&shared.cfg, subnet.net, nodes)) {
+        tracing::warn!("updating the nftables table: {e:#}");
+    }
     for r in &rejected {
         tracing::warn!(peer = %r.peer.name, subnet = %r.peer.pod_subnet, underlay = %r.peer.underlay, "peer left out: {}", r.reason);
     }
@@ -527,7 +562,14 @@ async fn move_subnet(shared: &Shared, new: Subnet) -> Result<()> {
             .delete_addr(shared.bridge_index, old.gateway)
             .await?;
     }
-    apply_nat(&shared.cfg, new.net)?;
+    let nodes = shared
+        .nft
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|r| r.nodes.clone())
+        .unwrap_or_default();
+    sync_nft(shared, ruleset(&shared.cfg, new.net, nodes))?;
     *shared.subnet.write().unwrap_or_else(|e| e.into_inner()) = new;
     shared.reconcile_now.notify_one();
     pods.renumber(new.net).await
@@ -574,7 +616,7 @@ async fn remove_datapath(shared: &Shared) -> Result<()> {
         }
         Err(e) => results.push(Err(e)),
     }
-    results.push(nat::remove());
+    results.push(nft::remove());
     results.push(shared.nl.delete_link(shared.tun_index).await);
     results.push(shared.nl.delete_link(shared.bridge_index).await);
     let failed: Vec<_> = results.into_iter().filter_map(Result::err).collect();
