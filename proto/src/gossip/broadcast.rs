@@ -38,9 +38,13 @@ pub(crate) struct BroadcastQueue {
 }
 
 impl BroadcastQueue {
+    /// Queues `message`, replacing any item about `topic`. A message too long to encode
+    /// (never built by the core) is not queued.
     pub(crate) fn push(&mut self, topic: Topic, message: &Message) {
         let mut w = Writer::new();
-        message.encode(&mut w);
+        if message.encode(&mut w).is_err() {
+            return;
+        }
         self.remove(&topic);
         self.next_id += 1;
         let id = self.next_id;

@@ -649,8 +649,9 @@ impl Gossip {
                     rest = tail;
                     continue;
                 }
-                m.encode(&mut w);
-                count += 1;
+                if m.encode(&mut w).is_ok() {
+                    count += 1;
+                }
                 rest = tail;
             }
             if piggyback && rest.is_empty() && w.len() < limit {

@@ -14,7 +14,12 @@ use std::net::SocketAddr;
 
 use super::codec::{DecodeError, Reader, Writer, socket_addr_len};
 use super::hlc::Hlc;
-use super::record::NodeRecord;
+use super::objects::{MAX_KEY_LEN, MAX_VALUE_LEN};
+use super::record::{MAX_NAME_LEN, NodeRecord};
+
+/// A message whose body does not fit the `u16` length prefix; nothing was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooLong;
 
 /// Which channel an envelope belongs to; each has its own replay window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -59,11 +64,12 @@ impl Header {
         w.u64(self.seq);
     }
 
+    /// `Err` iff truncated, the channel is unknown or the sender is not a valid name.
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let channel = Channel::from_u8(r.u8()?).ok_or(DecodeError::Invalid)?;
         Ok(Header {
             channel,
-            sender: r.str8()?,
+            sender: name(r)?,
             generation: r.u64()?,
             seq: r.u64()?,
         })
@@ -198,8 +204,10 @@ impl Message {
     }
 
     /// Appends type, length and body. Callers keep names, keys and values within the
-    /// bounds [`super::record::NodeRecord::validate`] and `set_object` enforce.
-    pub(crate) fn encode(&self, w: &mut Writer) {
+    /// bounds [`super::record::NodeRecord::validate`] and `set_object` enforce (decoding
+    /// enforces them too). Returns `Err` iff the body is longer than the `u16` length
+    /// prefix can say; then nothing is appended.
+    pub(crate) fn encode(&self, w: &mut Writer) -> Result<(), TooLong> {
         let start = w.len();
         w.u8(self.type_code());
         w.u16(0);
@@ -247,9 +255,13 @@ impl Message {
                 w.str8(writer);
                 match value {
                     None => w.u8(0),
-                    Some(v) => {
+                    Some(v) if v.len() <= usize::from(u16::MAX) => {
                         w.u8(1);
                         w.bytes16(v);
+                    }
+                    Some(_) => {
+                        w.buf.truncate(start);
+                        return Err(TooLong);
                     }
                 }
             }
@@ -259,18 +271,24 @@ impl Message {
                 objects,
             } => {
                 w.bool(*reply);
-                w.u8(members.len() as u8);
-                for h in members {
-                    w.u64(*h);
-                }
-                w.u8(objects.len() as u8);
-                for h in objects {
-                    w.u64(*h);
+                for hashes in [members, objects] {
+                    let Ok(count) = u8::try_from(hashes.len()) else {
+                        w.buf.truncate(start);
+                        return Err(TooLong);
+                    };
+                    w.u8(count);
+                    for h in hashes {
+                        w.u64(*h);
+                    }
                 }
             }
         }
-        let body_len = (w.len() - start - MESSAGE_OVERHEAD) as u16;
+        let Ok(body_len) = u16::try_from(w.len() - start - MESSAGE_OVERHEAD) else {
+            w.buf.truncate(start);
+            return Err(TooLong);
+        };
         w.buf[start + 1..start + 3].copy_from_slice(&body_len.to_be_bytes());
+        Ok(())
     }
 
     fn type_code(&self) -> u8 {
@@ -289,7 +307,8 @@ impl Message {
     }
 
     /// Decodes one compound entry. `Err` iff the entry is truncated, or a known type's body
-    /// is malformed or has trailing bytes.
+    /// is malformed, has trailing bytes or a field out of bounds: names 1 to
+    /// [`MAX_NAME_LEN`] bytes, keys 1 to [`MAX_KEY_LEN`], values up to [`MAX_VALUE_LEN`].
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Decoded, DecodeError> {
         let ty = r.u8()?;
         let len = usize::from(r.u16()?);
@@ -298,13 +317,13 @@ impl Message {
         let message = match ty {
             PING => Message::Ping {
                 seq: b.u32()?,
-                target: b.str8()?,
+                target: name(b)?,
             },
             ACK => Message::Ack { seq: b.u32()? },
             NACK => Message::Nack { seq: b.u32()? },
             PING_REQ => Message::PingReq {
                 seq: b.u32()?,
-                target: b.str8()?,
+                target: name(b)?,
                 target_addr: b.socket_addr()?,
             },
             ALIVE => Message::Alive {
@@ -313,26 +332,26 @@ impl Message {
                 record: NodeRecord::decode(b)?,
             },
             SUSPECT => Message::Suspect {
-                name: b.str8()?,
+                name: name(b)?,
                 inc: decode_inc(b)?,
-                from: b.str8()?,
+                from: name(b)?,
             },
             DEAD => Message::Dead {
-                name: b.str8()?,
+                name: name(b)?,
                 inc: decode_inc(b)?,
-                from: b.str8()?,
+                from: name(b)?,
             },
             LEFT => Message::Left {
-                name: b.str8()?,
+                name: name(b)?,
                 inc: decode_inc(b)?,
             },
             OBJECT => Message::Object {
-                key: b.str8()?,
+                key: bounded_str(b, MAX_KEY_LEN)?,
                 hlc: Hlc(b.u64()?),
-                writer: b.str8()?,
+                writer: name(b)?,
                 value: match b.u8()? {
                     0 => None,
-                    1 => Some(b.bytes16()?.to_vec()),
+                    1 => Some(object_value(b)?),
                     _ => return Err(DecodeError::Invalid),
                 },
             },
@@ -353,6 +372,29 @@ impl Message {
         }
         Ok(Decoded::Message(message))
     }
+}
+
+/// A node name: 1 to [`MAX_NAME_LEN`] bytes, as [`NodeRecord::validate`] requires.
+fn name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    bounded_str(r, MAX_NAME_LEN)
+}
+
+/// A `str8` of 1 to `max` bytes.
+fn bounded_str(r: &mut Reader<'_>, max: usize) -> Result<String, DecodeError> {
+    let s = r.str8()?;
+    if s.is_empty() || s.len() > max {
+        return Err(DecodeError::Invalid);
+    }
+    Ok(s)
+}
+
+/// An object value: at most [`MAX_VALUE_LEN`] bytes.
+fn object_value(r: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
+    let v = r.bytes16()?;
+    if v.len() > MAX_VALUE_LEN {
+        return Err(DecodeError::Invalid);
+    }
+    Ok(v.to_vec())
 }
 
 fn encode_inc(w: &mut Writer, inc: Incarnation) {
@@ -457,7 +499,7 @@ pub(crate) mod tests {
             let mut w = Writer::new();
             for m in &messages {
                 let before = w.len();
-                m.encode(&mut w);
+                m.encode(&mut w).unwrap();
                 prop_assert_eq!(w.len() - before, m.encoded_len());
             }
             let decoded = decode_compound(&w.buf).unwrap();
@@ -474,7 +516,7 @@ pub(crate) mod tests {
         #[test]
         fn mutated_messages_never_panic(message in arb_message(), at in any::<usize>(), byte in any::<u8>()) {
             let mut w = Writer::new();
-            message.encode(&mut w);
+            message.encode(&mut w).unwrap();
             let i = at % w.buf.len();
             w.buf[i] = byte;
             let _ = decode_compound(&w.buf);
@@ -491,13 +533,119 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every variable field is bounded on decode as on encode: a key holder cannot make a
+    /// node store (and later re-serve) what it would never have built itself.
+    #[test]
+    fn out_of_bounds_fields_are_malformed() {
+        use crate::gossip::objects::{MAX_KEY_LEN, MAX_VALUE_LEN};
+        use crate::gossip::record::MAX_NAME_LEN;
+        let long = "n".repeat(MAX_NAME_LEN + 1);
+        let inc = Incarnation::default();
+        let object = |key: &str, writer: &str, len: usize| Message::Object {
+            key: key.into(),
+            hlc: Hlc(1),
+            writer: writer.into(),
+            value: Some(vec![0; len]),
+        };
+        let bad = [
+            object("", "w", 1),
+            object("k", "", 1),
+            object("k", &long, 1),
+            object("k", "w", MAX_VALUE_LEN + 1),
+            Message::Ping {
+                seq: 1,
+                target: long.clone(),
+            },
+            Message::Ping {
+                seq: 1,
+                target: String::new(),
+            },
+            Message::PingReq {
+                seq: 1,
+                target: long.clone(),
+                target_addr: SocketAddr::from(([10, 0, 0, 1], 1)),
+            },
+            Message::Suspect {
+                name: long.clone(),
+                inc,
+                from: "a".into(),
+            },
+            Message::Suspect {
+                name: "a".into(),
+                inc,
+                from: long.clone(),
+            },
+            Message::Dead {
+                name: long.clone(),
+                inc,
+                from: "a".into(),
+            },
+            Message::Dead {
+                name: "a".into(),
+                inc,
+                from: String::new(),
+            },
+            Message::Left {
+                name: long.clone(),
+                inc,
+            },
+            Message::Left {
+                name: String::new(),
+                inc,
+            },
+        ];
+        for m in bad {
+            let mut w = Writer::new();
+            m.encode(&mut w).unwrap();
+            assert_eq!(decode_compound(&w.buf), Err(DecodeError::Invalid), "{m:?}");
+        }
+        // At the bounds: fine.
+        let mut w = Writer::new();
+        object(
+            &"k".repeat(MAX_KEY_LEN),
+            &"w".repeat(MAX_NAME_LEN),
+            MAX_VALUE_LEN,
+        )
+        .encode(&mut w)
+        .unwrap();
+        assert!(decode_compound(&w.buf).is_ok());
+        for sender in [long, String::new()] {
+            let mut w = Writer::new();
+            w.u8(0);
+            w.str8(&sender);
+            w.u64(1);
+            w.u64(1);
+            assert_eq!(
+                Header::decode(&mut Reader::new(&w.buf)),
+                Err(DecodeError::Invalid)
+            );
+        }
+    }
+
+    /// A body longer than the `u16` length prefix is refused whole, never written with a
+    /// truncated length that would misframe every message after it.
+    #[test]
+    fn bodies_beyond_the_length_prefix_are_refused() {
+        let mut w = Writer::new();
+        Message::Ack { seq: 1 }.encode(&mut w).unwrap();
+        let before = w.buf.clone();
+        let huge = Message::Object {
+            key: "k".into(),
+            hlc: Hlc(1),
+            writer: "w".into(),
+            value: Some(vec![0; 65_530]),
+        };
+        assert!(huge.encode(&mut w).is_err());
+        assert_eq!(w.buf, before, "nothing of it was written");
+    }
+
     #[test]
     fn unknown_types_are_skipped_not_fatal() {
         let mut w = Writer::new();
         w.u8(200);
         w.u16(3);
         w.raw(&[1, 2, 3]);
-        Message::Ack { seq: 9 }.encode(&mut w);
+        Message::Ack { seq: 9 }.encode(&mut w).unwrap();
         assert_eq!(
             decode_compound(&w.buf).unwrap(),
             vec![

@@ -127,10 +127,8 @@ impl Gossip {
                     writer,
                     value,
                 } => {
-                    if !key.is_empty() {
-                        let entry = ObjectEntry { value, hlc, writer };
-                        self.apply_object(now, &key, entry, via.rebroadcast);
-                    }
+                    let entry = ObjectEntry { value, hlc, writer };
+                    self.apply_object(now, &key, entry, via.rebroadcast);
                 }
                 Message::Sync {
                     reply,

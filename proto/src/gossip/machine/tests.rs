@@ -468,3 +468,45 @@ fn a_restarted_seed_without_seeds_rejoins_from_members_pings() {
             .collect::<Vec<_>>()
     );
 }
+
+/// An envelope from `sender` carrying `messages`, sealed with the test key: what any key
+/// holder can send.
+fn forged(sender: &str, generation: u64, seq: u64, messages: &[Message]) -> Vec<u8> {
+    let header = Header {
+        channel: Channel::Datagram,
+        sender: sender.into(),
+        generation,
+        seq,
+    };
+    let mut w = crate::gossip::codec::Writer::new();
+    header.encode(&mut w);
+    for m in messages {
+        m.encode(&mut w).expect("fits");
+    }
+    let mut nonce = [7u8; 24];
+    nonce[16..].copy_from_slice(&seq.to_be_bytes());
+    Keyring::new(key()).seal("test", nonce, &w.buf)
+}
+
+#[test]
+fn out_of_bounds_messages_are_dropped_and_counted() {
+    let now = Instant::now();
+    let mut a = node(1, vec![], now);
+    let too_big = Message::Object {
+        key: "k".into(),
+        hlc: Hlc::new(1_700_000_000_000, 0),
+        writer: "n2".into(),
+        value: Some(vec![0; MAX_VALUE_LEN + 1]),
+    };
+    a.handle_datagram(now, addr(2), &forged("n2", 1, 1, &[too_big]));
+    let unnamed = Message::Object {
+        key: String::new(),
+        hlc: Hlc::new(1_700_000_000_000, 0),
+        writer: "n2".into(),
+        value: Some(vec![1]),
+    };
+    a.handle_datagram(now, addr(2), &forged("n2", 1, 2, &[unnamed]));
+    assert_eq!(a.stats().drop_count(GossipDrop::Malformed), 2);
+    assert_eq!(a.objects().count(), 0);
+    assert_eq!(a.tombstones(), 0);
+}
