@@ -30,6 +30,11 @@ use super::replay::{ReplayWindow, Verdict};
 use super::stats::{GossipDrop, GossipStats};
 use super::subnet::{Claim, Loser, choose_subnet, conflict_loser, overlaps};
 
+/// How far ahead of this node's wall clock a boot generation (wall-clock µs) may be:
+/// clocks of one cluster are never a day apart, so anything further is a forgery or a
+/// broken clock, and taking it would move a member (or us) past every real boot.
+const MAX_GENERATION_AHEAD_US: u64 = 24 * 3600 * 1_000_000;
+
 /// A datagram for the shell to send over UDP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -297,7 +302,7 @@ impl Gossip {
             self.stats.count_drop(GossipDrop::Oversized);
             return;
         }
-        let Ok((header, body)) = self.open(bytes, Channel::Datagram) else {
+        let Ok((header, body)) = self.open(now, bytes, Channel::Datagram) else {
             return;
         };
         let Ok(messages) = super::message::decode_compound(&body) else {
@@ -439,7 +444,7 @@ impl Gossip {
         }
         self.left = true;
         self.probe = None;
-        self.local_inc.incarnation += 1;
+        self.local_inc = self.incarnation_above(self.local_inc);
         let left = Message::Left {
             name: self.local.name.clone(),
             inc: self.local_inc,
@@ -561,10 +566,54 @@ impl Gossip {
     /// suspicion), gossiped.
     fn bump_local(&mut self) {
         self.local_version += 1;
-        self.local_inc.incarnation += 1;
+        self.local_inc = self.incarnation_above(self.local_inc);
         let alive = self.local_alive();
         self.broadcasts
             .push(Topic::Member(self.local.name.clone()), &alive);
+    }
+
+    /// The smallest local incarnation above both ours and `claim`: the next incarnation
+    /// of this boot, or — if `claim` is about a later boot of ours (our clock stepped
+    /// back) or the incarnation is exhausted — the first of the next generation. Claims
+    /// are plausible (see [`Gossip::plausible`]), so this never runs out; if it did,
+    /// ours is kept.
+    fn incarnation_above(&self, claim: Incarnation) -> Incarnation {
+        let floor = self.local_inc.max(claim);
+        let next = if floor.generation > self.local_inc.generation {
+            None
+        } else {
+            floor.incarnation.checked_add(1)
+        };
+        match next {
+            Some(incarnation) => Incarnation {
+                generation: floor.generation,
+                incarnation,
+            },
+            None => floor
+                .generation
+                .checked_add(1)
+                .map_or(self.local_inc, |generation| Incarnation {
+                    generation,
+                    incarnation: 0,
+                }),
+        }
+    }
+
+    /// Highest boot generation we believe: a day past our own clock (or our own
+    /// generation, if that is later).
+    fn generation_bound(&self, now: Instant) -> u64 {
+        let wall_us = self.wall_ms(now).saturating_mul(1000);
+        self.local_inc
+            .generation
+            .max(wall_us)
+            .saturating_add(MAX_GENERATION_AHEAD_US)
+    }
+
+    /// Whether a received claim could come from an honest node: an incarnation below
+    /// `u64::MAX` (there is always a next one to refute with) and a generation within
+    /// [`Gossip::generation_bound`].
+    fn plausible(&self, now: Instant, inc: Incarnation) -> bool {
+        inc.incarnation < u64::MAX && inc.generation <= self.generation_bound(now)
     }
 
     fn retransmit_limit(&mut self) -> u32 {
@@ -675,8 +724,13 @@ impl Gossip {
     /// Opens sealed bytes on `channel` and checks the replay window (without recording
     /// the sequence number: the caller does once the body decoded). `Err` iff dropped;
     /// the drop is counted.
-    fn open(&mut self, bytes: &[u8], channel: Channel) -> Result<(Header, Vec<u8>), GossipDrop> {
-        let result = self.open_uncounted(bytes, channel);
+    fn open(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        channel: Channel,
+    ) -> Result<(Header, Vec<u8>), GossipDrop> {
+        let result = self.open_uncounted(now, bytes, channel);
         if let Err(reason) = result {
             self.stats.count_drop(reason);
         }
@@ -685,6 +739,7 @@ impl Gossip {
 
     fn open_uncounted(
         &self,
+        now: Instant,
         bytes: &[u8],
         channel: Channel,
     ) -> Result<(Header, Vec<u8>), GossipDrop> {
@@ -703,6 +758,9 @@ impl Gossip {
         }
         if header.sender == self.local.name {
             return Err(GossipDrop::FromSelf);
+        }
+        if header.generation > self.generation_bound(now) {
+            return Err(GossipDrop::Implausible);
         }
         let known_generation = self.members.get(&header.sender).map(|m| m.inc.generation);
         if known_generation.is_some_and(|g| header.generation < g) {

@@ -21,10 +21,13 @@ pub enum GossipDrop {
     FromSelf,
     /// A stream response nobody asked for (or for a request that timed out).
     UnexpectedStream,
+    /// Authenticated, but from a sender generation more than a day ahead of this node's
+    /// clock (it would make the sender's real packets stale).
+    Implausible,
 }
 
 impl GossipDrop {
-    pub const ALL: [GossipDrop; 9] = [
+    pub const ALL: [GossipDrop; 10] = [
         GossipDrop::DecryptFailed,
         GossipDrop::Replayed,
         GossipDrop::StaleGeneration,
@@ -34,6 +37,7 @@ impl GossipDrop {
         GossipDrop::Truncated,
         GossipDrop::FromSelf,
         GossipDrop::UnexpectedStream,
+        GossipDrop::Implausible,
     ];
 
     /// Stable snake_case name for counters and the API.
@@ -48,6 +52,7 @@ impl GossipDrop {
             GossipDrop::Truncated => "truncated",
             GossipDrop::FromSelf => "from_self",
             GossipDrop::UnexpectedStream => "unexpected_stream",
+            GossipDrop::Implausible => "implausible",
         }
     }
 
@@ -83,6 +88,10 @@ pub struct GossipStats {
     pub tombstones_collected: u64,
     /// Alive claims for this node's name from another address (duplicate node names).
     pub name_conflicts: u64,
+    /// Messages ignored for claiming what no honest node sends: an incarnation at
+    /// `u64::MAX`, a generation more than a day ahead of this node's clock, an object
+    /// timestamp more than `MAX_DRIFT` ahead.
+    pub implausible_claims: u64,
 }
 
 impl GossipStats {

@@ -67,6 +67,15 @@ impl Gossip {
                 self.stats.unknown_messages += 1;
                 continue;
             };
+            if let Message::Alive { inc, .. }
+            | Message::Suspect { inc, .. }
+            | Message::Dead { inc, .. }
+            | Message::Left { inc, .. } = &message
+                && !self.plausible(now, *inc)
+            {
+                self.stats.implausible_claims += 1;
+                continue;
+            }
             match message {
                 Message::Ping { seq, target } => {
                     let Some(from) = via.from else { continue };
@@ -586,15 +595,8 @@ impl Gossip {
     /// incarnation above theirs and say we are alive — to everyone, and straight back
     /// to the accuser.
     fn refute(&mut self, accused: Incarnation, accuser: Option<SocketAddr>) {
-        if accused.generation > self.local_inc.generation {
-            // A later boot of "us" is known (our clock stepped back): move past it.
-            self.local_inc = Incarnation {
-                generation: accused.generation + 1,
-                incarnation: 0,
-            };
-        } else {
-            self.local_inc.incarnation = self.local_inc.incarnation.max(accused.incarnation) + 1;
-        }
+        // A later boot of "us" is known (our clock stepped back): move past it.
+        self.local_inc = self.incarnation_above(accused);
         self.stats.refutations += 1;
         self.raise_lhm(1);
         let alive = self.local_alive();

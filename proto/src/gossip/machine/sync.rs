@@ -250,7 +250,7 @@ impl Gossip {
             return Err(StreamError::Dropped(GossipDrop::Oversized));
         }
         let (header, body) = self
-            .open(request, Channel::StreamRequest)
+            .open(now, request, Channel::StreamRequest)
             .map_err(StreamError::Dropped)?;
         let mut r = Reader::new(&body);
         let Ok(id) = r.u64() else {
@@ -287,7 +287,7 @@ impl Gossip {
     /// Applies the full state a pull returned. Responses nobody is waiting for are
     /// counted as `unexpected_stream` and ignored.
     pub fn handle_stream_response(&mut self, now: Instant, response: &[u8]) {
-        let Ok((header, body)) = self.open(response, Channel::StreamResponse) else {
+        let Ok((header, body)) = self.open(now, response, Channel::StreamResponse) else {
             return;
         };
         let mut r = Reader::new(&body);

@@ -510,3 +510,134 @@ fn out_of_bounds_messages_are_dropped_and_counted() {
     assert_eq!(a.objects().count(), 0);
     assert_eq!(a.tombstones(), 0);
 }
+
+const DAY_US: u64 = 86_400_000_000;
+const WALL_US: u64 = 1_700_000_000_000_000;
+
+/// Claims an authenticated peer controls must never overflow our arithmetic, nor move
+/// us (or anyone) past what a real clock could reach.
+#[test]
+fn implausible_incarnations_are_ignored_and_counted() {
+    let now = Instant::now();
+    let mut a = node(1, vec![], now);
+    let before = a.member("n1").map(|m| m.incarnation);
+    let me = |generation, incarnation| Incarnation {
+        generation,
+        incarnation,
+    };
+    let claims = [
+        Message::Suspect {
+            name: "n1".into(),
+            inc: me(1001, u64::MAX),
+            from: "n2".into(),
+        },
+        Message::Dead {
+            name: "n1".into(),
+            inc: me(u64::MAX, 0),
+            from: "n2".into(),
+        },
+        Message::Suspect {
+            name: "n1".into(),
+            inc: me(WALL_US + 2 * DAY_US, 0),
+            from: "n2".into(),
+        },
+    ];
+    for (i, claim) in claims.into_iter().enumerate() {
+        a.handle_datagram(now, addr(2), &forged("n2", 1, i as u64 + 1, &[claim]));
+    }
+    assert_eq!(a.member("n1").map(|m| m.incarnation), before);
+    assert_eq!(a.stats().refutations, 0);
+    assert_eq!(a.stats().implausible_claims, 3);
+
+    // About others: an Alive from the far future or at the last incarnation is not taken.
+    let mut far = NodeRecord::new("n3", addr(3), Ipv4Addr::new(192, 168, 0, 3), None);
+    let alive = |inc, record: &NodeRecord| Message::Alive {
+        inc,
+        version: 1,
+        record: record.clone(),
+    };
+    a.handle_datagram(
+        now,
+        addr(2),
+        &forged("n2", 1, 10, &[alive(me(WALL_US + 2 * DAY_US, 0), &far)]),
+    );
+    far.name = "n4".into();
+    a.handle_datagram(
+        now,
+        addr(2),
+        &forged("n2", 1, 11, &[alive(me(5, u64::MAX), &far)]),
+    );
+    assert!(a.member("n3").is_none() && a.member("n4").is_none());
+    assert_eq!(a.stats().implausible_claims, 5);
+
+    // A later boot of ourselves within a day (our clock stepped back) is still moved past.
+    let near = WALL_US + DAY_US / 2;
+    a.handle_datagram(
+        now,
+        addr(2),
+        &forged(
+            "n2",
+            1,
+            12,
+            &[Message::Suspect {
+                name: "n1".into(),
+                inc: me(near, 3),
+                from: "n2".into(),
+            }],
+        ),
+    );
+    assert!(
+        a.member("n1")
+            .is_some_and(|m| m.incarnation.generation > near)
+    );
+}
+
+/// An envelope from a sender generation far in the future would make every real packet
+/// of that sender stale for as long: dropped instead.
+#[test]
+fn envelopes_from_the_far_future_are_dropped() {
+    let now = Instant::now();
+    let mut a = node(1, vec![], now);
+    let record = NodeRecord::new("n2", addr(2), Ipv4Addr::new(192, 168, 0, 2), None);
+    let hello = |generation| Message::Alive {
+        inc: Incarnation {
+            generation,
+            incarnation: 0,
+        },
+        version: 1,
+        record: record.clone(),
+    };
+    let future = WALL_US + 2 * DAY_US;
+    a.handle_datagram(now, addr(2), &forged("n2", future, 1, &[hello(future)]));
+    assert_eq!(a.stats().drop_count(GossipDrop::Implausible), 1);
+    a.handle_datagram(now, addr(2), &forged("n2", 2000, 2, &[hello(2000)]));
+    assert_eq!(
+        a.member("n2").map(|m| m.state),
+        Some(MemberState::Alive),
+        "the real boot is not stale"
+    );
+}
+
+/// Our incarnation pushed to its maximum by a (plausible) claim: the next record change
+/// moves to the next generation instead of overflowing.
+#[test]
+fn the_local_incarnation_never_overflows() {
+    let now = Instant::now();
+    let mut a = node(1, vec![], now);
+    let claim = Message::Suspect {
+        name: "n1".into(),
+        inc: Incarnation {
+            generation: 1001,
+            incarnation: u64::MAX - 1,
+        },
+        from: "n2".into(),
+    };
+    a.handle_datagram(now, addr(2), &forged("n2", 1, 1, &[claim]));
+    let refuted = a.member("n1").map(|m| m.incarnation).unwrap();
+    assert_eq!(refuted.incarnation, u64::MAX);
+    a.update_local(now, |r| r.zone = "z".into()).unwrap();
+    let bumped = a.member("n1").map(|m| m.incarnation).unwrap();
+    assert!(bumped > refuted, "{bumped:?}");
+    a.leave(now);
+    assert!(a.member("n1").map(|m| m.incarnation).unwrap() > bumped);
+}
