@@ -323,6 +323,27 @@ fn check_timers_work_together(gossip: &Gossip, doc: &Document<'_>) -> Check {
     let timing_path = KeyPath::root().key("gossip").key("timing");
     match error {
         TimingError::ProbeTimeoutTooLong => Err(probe_timeout_too_long(gossip, doc)),
+        // The profiles are within the bounds: an override went beyond one.
+        TimingError::TimerTooLong { timer, value, max } => Err(Invalid {
+            path: timing_path.key(&format!("{timer}_ms")),
+            message: format!(
+                "{} ms is longer than {} days; expected a whole number of milliseconds \
+                 between 1 and {}",
+                value.as_millis(),
+                max.as_secs() / 86_400,
+                max.as_millis()
+            ),
+        }),
+        TimingError::TooLarge {
+            setting,
+            value,
+            max,
+        } => Err(Invalid {
+            path: timing_path.key(setting),
+            message: format!(
+                "{value} is more than {max}; expected a whole number between 1 and {max}"
+            ),
+        }),
         // Overrides are positive and the profiles valid, so only a rule `Timing` gains
         // after this was written lands here.
         other => Err(Invalid {

@@ -649,6 +649,34 @@ fn count_override_zero() {
 }
 
 #[test]
+fn timer_override_too_long() {
+    assert_eq!(
+        error_in_gossip("[gossip.timing]\ndead_reap_after_ms = 604800001\n"),
+        "o.toml:8:22: gossip.timing.dead_reap_after_ms: 604800001 ms is longer than 7 days; \
+         expected a whole number of milliseconds between 1 and 604800000"
+    );
+    assert_eq!(
+        error_in_gossip("[gossip.timing]\ntombstone_gc_after_ms = 31536000001\n"),
+        "o.toml:8:25: gossip.timing.tombstone_gc_after_ms: 31536000001 ms is longer than 365 \
+         days; expected a whole number of milliseconds between 1 and 31536000000"
+    );
+}
+
+#[test]
+fn count_override_too_large() {
+    assert_eq!(
+        error_in_gossip("[gossip.timing]\nlhm_max = 65\n"),
+        "o.toml:8:11: gossip.timing.lhm_max: 65 is more than 64; expected a whole number \
+         between 1 and 64"
+    );
+    assert_eq!(
+        error_in_gossip("[gossip.timing]\nsuspicion_mult = 4294967295\n"),
+        "o.toml:8:18: gossip.timing.suspicion_mult: 4294967295 is more than 100; expected a \
+         whole number between 1 and 100"
+    );
+}
+
+#[test]
 fn probe_timeout_not_shorter_than_the_profiles_interval() {
     assert_eq!(
         error_in_gossip("[gossip.timing]\nprobe_timeout_ms = 500\n"),

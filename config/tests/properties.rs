@@ -10,6 +10,7 @@ use overlayd_config::{
     Bridge, Cluster, Config, Daemon, Gossip, Nat, Node, OnExit, Peer, Profile, TimingOverrides,
     Tunnel, parse,
 };
+use overlayd_proto::gossip::{MAX_COUNT, MAX_MULTIPLIER, MAX_TIMER, MAX_TOMBSTONE_GC};
 use overlayd_proto::wire::MacAddr;
 use proptest::collection::{btree_set, vec};
 use proptest::option;
@@ -233,22 +234,33 @@ fn seed_host() -> impl Strategy<Value = String> {
 }
 
 /// Overrides that always work together: a probe timeout shorter than any profile's or
-/// overridden probe interval.
+/// overridden probe interval, every value within `Timing::validate`'s bounds.
 fn timing_overrides() -> BoxedStrategy<TimingOverrides> {
-    let ms = || option::of(1u64..=i64::MAX as u64);
-    let count = || option::of(1u32..=u32::MAX);
+    let week = MAX_TIMER.as_millis() as u64;
+    let ms = move || option::of(1u64..=week);
+    let count = || option::of(1u32..=MAX_COUNT as u32);
+    let mult = || option::of(1u32..=MAX_MULTIPLIER);
     (
         (
             option::of(3001u64..=600_000),
             option::of(1u64..=100),
             count(),
-            count(),
-            count(),
+            mult(),
+            mult(),
             count(),
             ms(),
             count(),
         ),
-        (ms(), ms(), ms(), ms(), count(), count(), ms(), ms()),
+        (
+            ms(),
+            ms(),
+            ms(),
+            option::of(1u64..=MAX_TOMBSTONE_GC.as_millis() as u64),
+            mult(),
+            count(),
+            ms(),
+            ms(),
+        ),
     )
         .prop_map(|(a, b)| TimingOverrides {
             probe_interval_ms: a.0,

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use ipnet::Ipv4Net;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::subnet::SubnetPool;
 
@@ -14,7 +14,29 @@ pub const MAX_PACKET: usize = 1400;
 /// 8). Every message the core builds fits one datagram of this size.
 pub const MIN_PACKET: usize = 1232;
 
+/// Longest timer but `tombstone_gc_after`: a week. Together with the other bounds it
+/// keeps every product the core computes (a timer scaled by local health, a suspicion
+/// timeout) far from overflowing an `Instant` or a `Duration`.
+pub const MAX_TIMER: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest `tombstone_gc_after`: a year.
+pub const MAX_TOMBSTONE_GC: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Largest `suspicion_mult`, `suspicion_max_mult` and `retransmit_mult`.
+pub const MAX_MULTIPLIER: u32 = 100;
+/// Largest `indirect_probes`, `gossip_fanout`, `suspicion_confirmations` and `lhm_max`.
+pub const MAX_COUNT: usize = 64;
+
+/// `t + d`, with `d` capped at a thousand years: no timer product can overflow an
+/// `Instant` (a deadline that far is never reached either way).
+pub(crate) fn after(t: Instant, d: Duration) -> Instant {
+    const FOREVER: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
+    t.checked_add(d.min(FOREVER)).unwrap_or(t)
+}
+
 /// Every timer of the protocol. `n` below is the number of live members.
+///
+/// Bounds ([`Timing::validate`]): timers at most [`MAX_TIMER`] (a week), tombstones kept
+/// at most [`MAX_TOMBSTONE_GC`] (a year), multipliers at most [`MAX_MULTIPLIER`], counts
+/// and `lhm_max` at most [`MAX_COUNT`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Timing {
     /// Time between probes: each interval one member is probed (randomised round-robin).
@@ -135,7 +157,9 @@ impl Timing {
         }
     }
 
-    /// Returns `Err` naming the first timer that cannot work.
+    /// Returns `Err` naming the first timer or count that cannot work: zero where it
+    /// must be positive, beyond its bound, or a probe timeout not shorter than the
+    /// probe interval.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("probe_interval", self.probe_interval),
@@ -147,6 +171,58 @@ impl Timing {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(ConfigError::ZeroTimer(name));
+        }
+        let timers = [
+            ("probe_interval", self.probe_interval, MAX_TIMER),
+            ("probe_timeout", self.probe_timeout, MAX_TIMER),
+            ("gossip_interval", self.gossip_interval, MAX_TIMER),
+            ("push_pull_interval", self.push_pull_interval, MAX_TIMER),
+            ("reannounce_interval", self.reannounce_interval, MAX_TIMER),
+            ("dead_reap_after", self.dead_reap_after, MAX_TIMER),
+            (
+                "tombstone_gc_after",
+                self.tombstone_gc_after,
+                MAX_TOMBSTONE_GC,
+            ),
+            ("stream_timeout", self.stream_timeout, MAX_TIMER),
+            ("claim_wait", self.claim_wait, MAX_TIMER),
+        ];
+        if let Some(&(timer, value, max)) = timers.iter().find(|(_, d, max)| d > max) {
+            return Err(ConfigError::TimerTooLong { timer, value, max });
+        }
+        let multiplier = |m: u32| usize::try_from(m).unwrap_or(usize::MAX);
+        let max_multiplier = multiplier(MAX_MULTIPLIER);
+        let counts = [
+            ("indirect_probes", self.indirect_probes, MAX_COUNT),
+            (
+                "suspicion_mult",
+                multiplier(self.suspicion_mult),
+                max_multiplier,
+            ),
+            (
+                "suspicion_max_mult",
+                multiplier(self.suspicion_max_mult),
+                max_multiplier,
+            ),
+            (
+                "suspicion_confirmations",
+                self.suspicion_confirmations,
+                MAX_COUNT,
+            ),
+            ("gossip_fanout", self.gossip_fanout, MAX_COUNT),
+            (
+                "retransmit_mult",
+                multiplier(self.retransmit_mult),
+                max_multiplier,
+            ),
+            ("lhm_max", multiplier(self.lhm_max), MAX_COUNT),
+        ];
+        if let Some(&(setting, value, max)) = counts.iter().find(|(_, v, max)| v > max) {
+            return Err(ConfigError::TooLarge {
+                setting,
+                value,
+                max,
+            });
         }
         if self.probe_timeout >= self.probe_interval {
             return Err(ConfigError::ProbeTimeoutTooLong);
@@ -215,6 +291,23 @@ pub enum ConfigError {
     ZeroTimer(&'static str),
     #[error("probe_timeout must be shorter than probe_interval")]
     ProbeTimeoutTooLong,
+    #[error(
+        "gossip timer {timer} is {} ms; it must be at most {} ms ({} days)",
+        value.as_millis(),
+        max.as_millis(),
+        max.as_secs() / 86_400
+    )]
+    TimerTooLong {
+        timer: &'static str,
+        value: Duration,
+        max: Duration,
+    },
+    #[error("gossip setting {setting} is {value}; it must be at most {max}")]
+    TooLarge {
+        setting: &'static str,
+        value: usize,
+        max: usize,
+    },
     #[error("suspicion_mult, suspicion_max_mult and retransmit_mult must be at least 1")]
     ZeroMultiplier,
     #[error("max_packet {0} is outside {MIN_PACKET}..=65507")]
@@ -249,5 +342,87 @@ mod tests {
         let mut c = GossipConfig::new("c", vec![]);
         c.max_packet = 100;
         assert_eq!(c.validate(), Err(ConfigError::MaxPacket(100)));
+    }
+
+    type SetTimer = fn(&mut Timing, Duration);
+    type SetCount = fn(&mut Timing, usize);
+
+    /// No timer or count can be large enough to overflow the core's arithmetic.
+    #[test]
+    fn rejects_extreme_timers_and_counts() {
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let huge = Duration::from_millis(u64::MAX);
+        let cases: Vec<(SetTimer, &str)> = vec![
+            (|t, d| t.probe_interval = d, "probe_interval"),
+            (|t, d| t.gossip_interval = d, "gossip_interval"),
+            (|t, d| t.push_pull_interval = d, "push_pull_interval"),
+            (|t, d| t.reannounce_interval = d, "reannounce_interval"),
+            (|t, d| t.dead_reap_after = d, "dead_reap_after"),
+            (|t, d| t.stream_timeout = d, "stream_timeout"),
+            (|t, d| t.claim_wait = d, "claim_wait"),
+        ];
+        for (set, name) in cases {
+            let mut t = Timing::lan();
+            set(&mut t, week);
+            assert_eq!(t.validate(), Ok(()), "{name} at the bound");
+            set(&mut t, week + Duration::from_millis(1));
+            assert_eq!(
+                t.validate(),
+                Err(ConfigError::TimerTooLong {
+                    timer: name,
+                    value: week + Duration::from_millis(1),
+                    max: week
+                })
+            );
+            set(&mut t, huge);
+            assert!(t.validate().is_err(), "{name}");
+        }
+        let mut t = Timing::lan();
+        t.tombstone_gc_after = year;
+        assert_eq!(t.validate(), Ok(()));
+        t.tombstone_gc_after = year + Duration::from_millis(1);
+        assert_eq!(
+            t.validate(),
+            Err(ConfigError::TimerTooLong {
+                timer: "tombstone_gc_after",
+                value: year + Duration::from_millis(1),
+                max: year
+            })
+        );
+        let counts: Vec<(SetCount, &str, usize)> = vec![
+            (|t, v| t.indirect_probes = v, "indirect_probes", 64),
+            (|t, v| t.gossip_fanout = v, "gossip_fanout", 64),
+            (
+                |t, v| t.suspicion_confirmations = v,
+                "suspicion_confirmations",
+                64,
+            ),
+            (|t, v| t.suspicion_mult = v as u32, "suspicion_mult", 100),
+            (
+                |t, v| t.suspicion_max_mult = v as u32,
+                "suspicion_max_mult",
+                100,
+            ),
+            (|t, v| t.retransmit_mult = v as u32, "retransmit_mult", 100),
+            (|t, v| t.lhm_max = v as u32, "lhm_max", 64),
+        ];
+        for (set, name, max) in counts {
+            let mut t = Timing::lan();
+            set(&mut t, max);
+            assert_eq!(t.validate(), Ok(()), "{name} at the bound");
+            set(&mut t, max + 1);
+            assert_eq!(
+                t.validate(),
+                Err(ConfigError::TooLarge {
+                    setting: name,
+                    value: max + 1,
+                    max
+                }),
+                "{name}"
+            );
+            set(&mut t, u32::MAX as usize);
+            assert!(t.validate().is_err(), "{name}");
+        }
     }
 }

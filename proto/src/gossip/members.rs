@@ -132,11 +132,12 @@ impl Suspicion {
         }
         let frac = ((c + 1) as f64).ln() / ((self.k + 1) as f64).ln();
         let span = (self.max - self.min).as_secs_f64();
-        self.min + Duration::from_secs_f64((span * (1.0 - frac)).max(0.0))
+        let shrunk = Duration::try_from_secs_f64((span * (1.0 - frac)).max(0.0));
+        self.min.saturating_add(shrunk.unwrap_or(Duration::MAX))
     }
 
     pub(crate) fn deadline(&self) -> Instant {
-        self.start + self.timeout()
+        super::config::after(self.start, self.timeout())
     }
 }
 

@@ -34,7 +34,10 @@ pub mod subnet;
 mod sim;
 
 pub use codec::DecodeError;
-pub use config::{ConfigError, GossipConfig, MAX_PACKET, MIN_PACKET, Timing};
+pub use config::{
+    ConfigError, GossipConfig, MAX_COUNT, MAX_MULTIPLIER, MAX_PACKET, MAX_TIMER, MAX_TOMBSTONE_GC,
+    MIN_PACKET, Timing,
+};
 pub use crypto::{Keyring, KeyringError, SEAL_OVERHEAD, SEAL_VERSION, SecretKey};
 pub use hlc::Hlc;
 pub use machine::{Event, Gossip, NewError, ObjectError, StreamError, StreamRequest, Transmit};

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 
 use super::super::broadcast::Topic;
+use super::super::config::after;
 use super::super::members::{DownReason, Member, MemberState, Suspicion};
 use super::super::message::{Decoded, Header, Incarnation, Message};
 use super::super::objects::ObjectEntry;
@@ -189,11 +190,11 @@ impl Gossip {
 
     /// `d` stretched by the local health multiplier.
     fn scaled(&self, d: Duration) -> Duration {
-        d * (self.lhm + 1)
+        d.saturating_mul(self.lhm.saturating_add(1))
     }
 
     fn raise_lhm(&mut self, by: u32) {
-        self.lhm = (self.lhm + by).min(self.config.timing.lhm_max);
+        self.lhm = self.lhm.saturating_add(by).min(self.config.timing.lhm_max);
     }
 
     /// Ends the previous probe (a failure if still unanswered) and starts the next.
@@ -201,7 +202,7 @@ impl Gossip {
         if let Some(p) = self.probe.take() {
             self.probe_failed(now, p);
         }
-        self.next_probe = now + self.scaled(self.config.timing.probe_interval);
+        self.next_probe = after(now, self.scaled(self.config.timing.probe_interval));
         if self.left {
             return;
         }
@@ -224,7 +225,7 @@ impl Gossip {
         self.probe = Some(Probe {
             target,
             seq,
-            timeout_at: now + self.scaled(self.config.timing.probe_timeout),
+            timeout_at: after(now, self.scaled(self.config.timing.probe_timeout)),
             indirect_sent: false,
             expected_nacks: 0,
             nacks: 0,
@@ -347,10 +348,12 @@ impl Gossip {
         let n = self.live_names().len() + 1;
         let t = &self.config.timing;
         let scale = (n as f64).log10().max(1.0);
-        let min = t
-            .probe_interval
-            .mul_f64(f64::from(t.suspicion_mult) * scale);
-        let max = min * t.suspicion_max_mult;
+        // Bounded timing keeps these far from overflowing; saturate all the same.
+        let min = Duration::try_from_secs_f64(
+            t.probe_interval.as_secs_f64() * f64::from(t.suspicion_mult) * scale,
+        )
+        .unwrap_or(Duration::MAX);
+        let max = min.saturating_mul(t.suspicion_max_mult);
         // Confirmations can only come from members other than the suspect and us.
         let k = t.suspicion_confirmations.min(n.saturating_sub(2));
         Suspicion::new(now, from, min, max, k)

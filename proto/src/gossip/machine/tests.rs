@@ -641,3 +641,74 @@ fn the_local_incarnation_never_overflows() {
     a.leave(now);
     assert!(a.member("n1").map(|m| m.incarnation).unwrap() > bumped);
 }
+
+/// Every timer and count at its bound: the core schedules, probes, suspects, scales by
+/// local health and collects without overflowing anything.
+#[test]
+fn timing_at_its_bounds_never_panics() {
+    use crate::gossip::config::{MAX_COUNT, MAX_MULTIPLIER, MAX_TIMER, MAX_TOMBSTONE_GC, Timing};
+    let timing = Timing {
+        probe_interval: MAX_TIMER,
+        probe_timeout: MAX_TIMER - Duration::from_millis(1),
+        indirect_probes: MAX_COUNT,
+        suspicion_mult: MAX_MULTIPLIER,
+        suspicion_max_mult: MAX_MULTIPLIER,
+        suspicion_confirmations: MAX_COUNT,
+        gossip_interval: MAX_TIMER,
+        gossip_fanout: MAX_COUNT,
+        push_pull_interval: MAX_TIMER,
+        reannounce_interval: MAX_TIMER,
+        dead_reap_after: MAX_TIMER,
+        tombstone_gc_after: MAX_TOMBSTONE_GC,
+        retransmit_mult: MAX_MULTIPLIER,
+        lhm_max: MAX_COUNT as u32,
+        stream_timeout: MAX_TIMER,
+        claim_wait: MAX_TIMER,
+    };
+    let start = Instant::now();
+    let make = |i: u8, seeds: Vec<SocketAddr>| {
+        let mut config = GossipConfig::new("test", seeds);
+        config.timing = timing.clone();
+        let record = NodeRecord::new(
+            format!("n{i}"),
+            addr(i),
+            Ipv4Addr::new(192, 168, 0, i),
+            None,
+        );
+        Gossip::new(
+            config,
+            record,
+            Keyring::new(key()),
+            1000 + u64::from(i),
+            1,
+            start,
+            1_700_000_000_000,
+        )
+        .expect("valid at the bounds")
+    };
+    let mut a = make(1, vec![]);
+    let mut b = make(2, vec![addr(1)]);
+    pump(start, &mut a, &mut b);
+    // b falls silent; a (at the worst health score) probes, fails, suspects and declares
+    // b dead, reaps it, collects tombstones.
+    a.lhm = MAX_COUNT as u32;
+    let mut now = start;
+    for _ in 0..300 {
+        now = a.poll_timeout().expect("timers").max(now);
+        a.handle_timeout(now);
+        while a.poll_transmit().is_some() {}
+        while a.poll_stream().is_some() {}
+    }
+    assert_eq!(a.health_score(), MAX_COUNT as u32);
+    assert!(a.stats().probes_failed > 0);
+    // Suspected; its suspicion (10⁴ weeks at these bounds) has not run out.
+    assert_eq!(a.member("n2").map(|m| m.state), Some(MemberState::Suspect));
+    // Far past it: declared dead, then reaped.
+    for step in [Duration::from_secs(400 * 365 * 24 * 3600), 2 * MAX_TIMER] {
+        now += step;
+        a.handle_timeout(now);
+        a.handle_timeout(now + MAX_TIMER);
+        now += MAX_TIMER;
+    }
+    assert!(a.member("n2").is_none(), "declared dead and reaped");
+}
