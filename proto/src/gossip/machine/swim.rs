@@ -7,9 +7,9 @@
 //! Claims about a member are ordered by `(generation, incarnation)`; only the member
 //! itself raises its incarnation (to refute, or when its record changes). One deviation
 //! from plain SWIM, for healing partitions without flapping: a `Dead` claim about a
-//! member we consider alive only makes it *suspect* here. It is declared dead by our own
-//! suspicion timer (or a later `Dead` while suspect) unless it refutes first — stale
-//! death notices from the other side of a healed partition never take live members down.
+//! member we consider alive only makes it *suspect* here, and about a suspect it only
+//! confirms the suspicion. It is declared dead by our own suspicion timer unless it
+//! refutes first — stale or forged death notices never take live members down.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -154,8 +154,9 @@ impl Gossip {
     }
 
     /// After an accepted datagram: note that its sender is alive, and if we hold it
-    /// dead, tell it so it refutes (rate-limited) — with re-announcement, this is how
-    /// both sides of a healed partition find each other again.
+    /// dead (or left), tell it so it refutes (rate-limited) — with re-announcement, this
+    /// is how both sides of a healed partition find each other again, and how a node
+    /// about which a forged `Left` went round learns of it.
     pub(super) fn heard_from(&mut self, now: Instant, header: &Header, from: SocketAddr) {
         let interval = self.config.timing.probe_interval;
         let left = self.left;
@@ -166,21 +167,13 @@ impl Gossip {
         let notice_due = m
             .last_dead_notice
             .is_none_or(|t| now.saturating_duration_since(t) >= interval);
-        if left
-            || m.state != MemberState::Dead
-            || header.generation != m.inc.generation
-            || !notice_due
-        {
+        if left || m.state.is_up() || header.generation != m.inc.generation || !notice_due {
             return;
         }
         m.last_dead_notice = Some(now);
-        let dead = Message::Dead {
-            name: header.sender.clone(),
-            inc: m.inc,
-            from: self.local.name.clone(),
-        };
+        let notice = down_notice(m, &header.sender, &self.local.name);
         let alive = self.local_alive();
-        self.send(from, &[dead, alive], false);
+        self.send(from, &[notice, alive], false);
     }
 
     pub(super) fn next_seq(&mut self) -> u32 {
@@ -505,21 +498,18 @@ impl Gossip {
             }
             return;
         }
-        let Some(m) = self.members.get(name) else {
-            return;
-        };
-        if inc < m.inc || !m.state.is_up() {
-            return;
-        }
-        if m.state == MemberState::Suspect {
-            self.declare_dead(now, name, inc, accuser);
-        } else {
-            self.on_suspect(now, via, name, inc, accuser);
-        }
+        // No death on hearsay: about an alive member a `Dead` starts a suspicion, about a
+        // suspect it is one more confirmation (shortening the suspicion toward its
+        // minimum). Only our own timer declares a member dead.
+        self.on_suspect(now, via, name, inc, accuser);
     }
 
     fn on_left(&mut self, now: Instant, via: Via, name: &str, inc: Incarnation) {
         if name == self.local.name {
+            // Forged, or stale news of an earlier leave: we are here.
+            if !self.left && inc >= self.local_inc {
+                self.refute(inc, via.from);
+            }
             return;
         }
         let Some(m) = self.members.get_mut(name) else {
@@ -607,6 +597,22 @@ impl Gossip {
             .push(Topic::Member(self.local.name.clone()), &alive);
         if let Some(addr) = accuser {
             self.send(addr, &[alive], false);
+        }
+    }
+}
+
+/// "You are dead (or left) to me", about a member that is down, with what we hold.
+fn down_notice(m: &Member, name: &str, me: &str) -> Message {
+    if m.state == MemberState::Left {
+        Message::Left {
+            name: name.to_owned(),
+            inc: m.inc,
+        }
+    } else {
+        Message::Dead {
+            name: name.to_owned(),
+            inc: m.inc,
+            from: me.to_owned(),
         }
     }
 }

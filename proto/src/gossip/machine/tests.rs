@@ -712,3 +712,69 @@ fn timing_at_its_bounds_never_panics() {
     }
     assert!(a.member("n2").is_none(), "declared dead and reaped");
 }
+
+fn me_at(g: &Gossip) -> Incarnation {
+    g.member(&g.local().name).map(|m| m.incarnation).unwrap()
+}
+
+/// A forged (or stale) `Left` about a live node is refuted, as a `Dead` is.
+#[test]
+fn a_left_about_a_live_node_is_refuted() {
+    let now = Instant::now();
+    let (mut a, mut b) = join_pair(now);
+    let inc = me_at(&a);
+    let left = Message::Left {
+        name: "n1".into(),
+        inc,
+    };
+    a.handle_datagram(now, addr(3), &forged("n3", 1, 1, &[left]));
+    assert_eq!(a.stats().refutations, 1);
+    assert!(me_at(&a) > inc);
+
+    // Told only to others: b holds a as left, and tells a so as soon as a talks to it.
+    let left = Message::Left {
+        name: "n1".into(),
+        inc: me_at(&a),
+    };
+    b.handle_datagram(now, addr(3), &forged("n3", 1, 2, &[left]));
+    assert_eq!(b.member("n1").map(|m| m.state), Some(MemberState::Left));
+    let mut t = now;
+    for _ in 0..20 {
+        t += Duration::from_millis(100);
+        a.handle_timeout(t);
+        b.handle_timeout(t);
+        pump(t, &mut a, &mut b);
+    }
+    assert_eq!(b.member("n1").map(|m| m.state), Some(MemberState::Alive));
+}
+
+/// "No death on hearsay" holds for suspects too: a `Dead` about a member we suspect
+/// confirms the suspicion (shortening it) but does not end it.
+#[test]
+fn a_dead_about_a_suspect_confirms_instead_of_killing() {
+    let now = Instant::now();
+    let (mut a, _b) = join_pair(now);
+    let inc = a.member("n2").map(|m| m.incarnation).unwrap();
+    let suspect = Message::Suspect {
+        name: "n2".into(),
+        inc,
+        from: "n3".into(),
+    };
+    a.handle_datagram(now, addr(3), &forged("n3", 1, 1, &[suspect]));
+    assert_eq!(a.member("n2").map(|m| m.state), Some(MemberState::Suspect));
+    let dead = Message::Dead {
+        name: "n2".into(),
+        inc,
+        from: "n4".into(),
+    };
+    a.handle_datagram(now, addr(4), &forged("n4", 1, 1, &[dead]));
+    assert_eq!(a.member("n2").map(|m| m.state), Some(MemberState::Suspect));
+    // Unrefuted, it dies when the (shortened) suspicion runs out.
+    let mut t = now;
+    for _ in 0..40 {
+        t += Duration::from_millis(100);
+        a.handle_timeout(t);
+        while a.poll_transmit().is_some() {}
+    }
+    assert_eq!(a.member("n2").map(|m| m.state), Some(MemberState::Dead));
+}
