@@ -219,7 +219,7 @@ impl Gossip {
         wall_clock_ms: u64,
     ) -> Result<Self, NewError> {
         config.validate()?;
-        local.validate()?;
+        local.validate_local()?;
         let mut rng = StdRng::seed_from_u64(rng_seed);
         let mut salt = [0u8; 16];
         salt[..8].copy_from_slice(&rng.random::<u64>().to_be_bytes());
@@ -402,7 +402,7 @@ impl Gossip {
         if record.name != self.local.name {
             return Err(RecordError::NameChanged);
         }
-        record.validate()?;
+        record.validate_local()?;
         if record != self.local {
             self.local = record;
             self.bump_local();
@@ -909,9 +909,15 @@ impl Gossip {
             })
             .map(|(n, _)| n.clone())
             .collect();
+        let freed = !gone.is_empty();
         for name in gone {
             self.members.remove(&name);
             self.windows.retain(|(sender, _), _| *sender != name);
+        }
+        // Subnets of forgotten members are free again: a node that found the pool full
+        // (with no subnet, or keeping a losing one) tries again.
+        if freed && (self.local.pod_subnet.is_none() || self.exhausted) {
+            self.check_subnet(now);
         }
     }
 
@@ -943,7 +949,7 @@ impl Gossip {
         let reserved = self.config.reserved.iter().any(|r| overlaps(*r, mine));
         let loses = reserved
             || self.members.values().filter(|m| m.state.is_up()).any(|m| {
-                let Some(subnet) = m.record.pod_subnet else {
+                let Some(subnet) = slot_sized(m.record.pod_subnet, pool) else {
                     return false;
                 };
                 let other = Claim {
@@ -961,11 +967,12 @@ impl Gossip {
 
     fn claim(&mut self, now: Instant, pool: super::subnet::SubnetPool) {
         // Every subnet any member holds, dead ones too: a dead node that comes back with
-        // its persisted claim would win it back anyway.
+        // its persisted claim would win it back anyway. Subnets wider than a slot are a
+        // misconfiguration nobody yields to (they would take the whole pool).
         let taken: Vec<Ipv4Net> = self
             .members
             .values()
-            .filter_map(|m| m.record.pod_subnet)
+            .filter_map(|m| slot_sized(m.record.pod_subnet, pool))
             .chain(self.config.reserved.iter().copied())
             .collect();
         match choose_subnet(&self.local.name, pool.cluster, pool.prefix, &taken) {
@@ -979,9 +986,9 @@ impl Gossip {
                     .push_back(Event::LocalSubnetChanged { subnet, claimed_at });
             }
             None => {
-                if self.local.pod_subnet.take().is_some() {
-                    self.bump_local();
-                }
+                // Keep what we have (if anything): without a subnet our pods lose their
+                // routes for sure, with one they may share it until a slot frees up
+                // (re-checked whenever a member is forgotten).
                 if !self.exhausted {
                     self.exhausted = true;
                     self.events.push_back(Event::SubnetPoolExhausted);
@@ -1030,6 +1037,13 @@ impl Gossip {
             _ => false,
         }
     }
+}
+
+/// `subnet`, if it is no wider than one slot of `pool`: only such subnets are yielded to
+/// or avoided. A wider one (a static supernet of a misconfigured node) would strip every
+/// node of its claim and leave none to take.
+fn slot_sized(subnet: Option<Ipv4Net>, pool: super::subnet::SubnetPool) -> Option<Ipv4Net> {
+    subnet.filter(|s| s.prefix_len() >= pool.prefix)
 }
 
 #[cfg(test)]

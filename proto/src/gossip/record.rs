@@ -52,6 +52,11 @@ pub enum RecordError {
     BadCapabilities,
     #[error("the node name cannot change while the daemon runs; restart with the new name")]
     NameChanged,
+    #[error(
+        "a claimed pod subnet needs the time it was claimed (subnet_claimed_at, persisted with \
+         it); set subnet_static for a configured subnet"
+    )]
+    ClaimTimeMissing,
 }
 
 impl NodeRecord {
@@ -92,6 +97,17 @@ impl NodeRecord {
                 .any(|c| c.is_empty() || c.len() > MAX_NAME_LEN)
         {
             return Err(RecordError::BadCapabilities);
+        }
+        Ok(())
+    }
+
+    /// Returns `Err` iff the record cannot be this node's own: it fails
+    /// [`NodeRecord::validate`], or it holds a claimed (not static) subnet without its
+    /// claim time — `Hlc(0)` would be the oldest claim of all and win every conflict.
+    pub fn validate_local(&self) -> Result<(), RecordError> {
+        self.validate()?;
+        if self.pod_subnet.is_some() && !self.subnet_static && self.subnet_claimed_at == Hlc(0) {
+            return Err(RecordError::ClaimTimeMissing);
         }
         Ok(())
     }

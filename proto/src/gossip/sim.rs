@@ -192,7 +192,7 @@ impl Sim {
         self.now - self.base
     }
 
-    fn set_timer(&mut self, i: usize, t: Option<Instant>) {
+    pub(crate) fn set_timer(&mut self, i: usize, t: Option<Instant>) {
         if let Some(old) = self.timer_of[i].take() {
             self.timers.remove(&(old, i));
         }

@@ -527,6 +527,7 @@ impl Gossip {
         self.live = None;
         if was_up {
             self.member_down(name, DownReason::Left);
+            self.after_member_down(now);
         }
         if via.rebroadcast {
             let message = Message::Left {
@@ -535,6 +536,15 @@ impl Gossip {
             };
             self.broadcasts
                 .push(Topic::Member(name.to_owned()), &message);
+        }
+    }
+
+    /// A member went down: if we still have no subnet, its going may be what lets us
+    /// claim one (a slot it held is only free once it is forgotten, but claiming runs
+    /// again at once when nothing else stands in the way).
+    fn after_member_down(&mut self, now: Instant) {
+        if self.local.pod_subnet.is_none() {
+            self.check_subnet(now);
         }
     }
 
@@ -550,6 +560,7 @@ impl Gossip {
         self.suspects.remove(name);
         self.live = None;
         self.member_down(name, DownReason::Dead);
+        self.after_member_down(now);
         let message = Message::Dead {
             name: name.to_owned(),
             inc,

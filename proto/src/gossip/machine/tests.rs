@@ -384,7 +384,8 @@ fn claims_avoid_subnets_reserved_for_static_peers() {
     let mut config = GossipConfig::new("test", Vec::new());
     config.subnet_pool = Some(pool);
     config.reserved = vec![claimed];
-    let record = NodeRecord::new("n1", addr(1), Ipv4Addr::new(192, 168, 0, 1), Some(claimed));
+    let mut record = NodeRecord::new("n1", addr(1), Ipv4Addr::new(192, 168, 0, 1), Some(claimed));
+    record.subnet_claimed_at = Hlc::new(1_700_000_000_000, 0);
     let mut g = Gossip::new(
         config,
         record,
@@ -777,4 +778,40 @@ fn a_dead_about_a_suspect_confirms_instead_of_killing() {
         while a.poll_transmit().is_some() {}
     }
     assert_eq!(a.member("n2").map(|m| m.state), Some(MemberState::Dead));
+}
+
+/// A claimed (not configured) subnet without its claim time would be the oldest claim
+/// of all and win every conflict: refused at start.
+#[test]
+fn a_claimed_subnet_without_its_claim_time_is_refused() {
+    let now = Instant::now();
+    let mut record = NodeRecord::new(
+        "n1",
+        addr(1),
+        Ipv4Addr::new(192, 168, 0, 1),
+        Some("10.244.1.0/24".parse().unwrap()),
+    );
+    let start = |record: NodeRecord| {
+        Gossip::new(
+            GossipConfig::new("test", vec![]),
+            record,
+            Keyring::new(key()),
+            1,
+            1,
+            now,
+            1_700_000_000_000,
+        )
+    };
+    assert_eq!(
+        start(record.clone()).err(),
+        Some(NewError::Record(RecordError::ClaimTimeMissing))
+    );
+    record.subnet_claimed_at = Hlc(1);
+    assert!(start(record.clone()).is_ok());
+    record.subnet_claimed_at = Hlc(0);
+    record.subnet_static = true;
+    assert!(
+        start(record).is_ok(),
+        "a configured subnet needs no claim time"
+    );
 }

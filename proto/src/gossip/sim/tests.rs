@@ -724,3 +724,70 @@ fn gossip_report() {
         );
     }
 }
+
+/// A misconfigured node announces the whole cluster CIDR as its static subnet. Claims
+/// yield only to subnets no wider than one pool slot: nobody's claim is taken away, and
+/// a node joining afterwards still finds a slot.
+#[test]
+fn a_supernet_static_subnet_takes_no_ones_claim() {
+    let n = 7;
+    let (wide, late) = (n - 2, n - 1);
+    let mut sim = Sim::new(
+        21,
+        n,
+        subnet_config("10.244.0.0/16"),
+        NetConfig::default(),
+        secs(1.0),
+    );
+    sim.nodes[wide].initial.pod_subnet = Some("10.244.0.0/16".parse().expect("cidr"));
+    sim.nodes[wide].initial.subnet_static = true;
+    for (i, at) in [(wide, 8.0), (late, 12.0)] {
+        sim.nodes[i].start_at = sim.base + secs(at);
+        sim.set_timer(i, Some(sim.nodes[i].start_at));
+    }
+    sim.run_until(sim.base + secs(25.0));
+    assert!(sim.converged());
+    let honest: Vec<(usize, Ipv4Net)> = subnets(&sim)
+        .into_iter()
+        .filter(|(i, _)| *i != wide)
+        .collect();
+    assert_eq!(honest.len(), n - 1, "{honest:?}");
+    assert_disjoint(&honest);
+    for i in (0..n).filter(|&i| i != wide) {
+        let changes: Vec<&Seen> = sim.nodes[i]
+            .seen
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| matches!(s, Seen::Subnet(_) | Seen::Exhausted))
+            .collect();
+        assert_eq!(changes.len(), 1, "node {i}: {changes:?}");
+    }
+}
+
+/// Two slots, three nodes: the third waits without a subnet, and claims the slot a
+/// departed node held once that node is forgotten.
+#[test]
+fn an_exhausted_node_claims_a_slot_freed_by_a_reaped_member() {
+    let mut config = subnet_config("10.0.0.0/23");
+    config.timing.dead_reap_after = secs(5.0);
+    let mut sim = Sim::new(22, 3, config, NetConfig::default(), secs(0.5));
+    sim.run_until(sim.base + secs(10.0));
+    let before = subnets(&sim);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let waiting = (0..3)
+        .find(|i| !before.iter().any(|(j, _)| j == i))
+        .expect("one node without a subnet");
+    assert!(
+        sim.nodes[waiting]
+            .seen
+            .iter()
+            .any(|(_, s)| *s == Seen::Exhausted)
+    );
+    let leaver = (0..3).find(|&i| i != waiting && i != 0).expect("a leaver");
+    let freed = sim.gossip(leaver).local().pod_subnet;
+    sim.with(leaver, |g, now| g.leave(now));
+    sim.run_until(sim.now + secs(1.0));
+    sim.crash(leaver);
+    sim.run_until(sim.now + secs(15.0));
+    assert_eq!(sim.gossip(waiting).local().pod_subnet, freed);
+}
