@@ -64,6 +64,18 @@ impl HlcClock {
         self.last
     }
 
+    /// A timestamp for a local event at `wall_ms` that is also above `floor` (a write
+    /// already held for the key about to be written): the local write must win. `None`
+    /// iff `floor` is the last timestamp there is.
+    pub(crate) fn tick_after(&mut self, wall_ms: u64, floor: Hlc) -> Option<Hlc> {
+        let t = self.tick(wall_ms);
+        if t > floor {
+            return Some(t);
+        }
+        self.last = Hlc(floor.0.checked_add(1)?);
+        Some(self.last)
+    }
+
     /// Merges a remote timestamp, unless it is more than [`MAX_DRIFT_MS`] ahead of our
     /// wall clock (then only the object carries it; our clock does not follow).
     pub(crate) fn observe(&mut self, remote: Hlc, wall_ms: u64) {
@@ -102,5 +114,20 @@ mod tests {
         let mut c = HlcClock::default();
         c.observe(Hlc::new(1000 + MAX_DRIFT_MS + 1, 0), 1000);
         assert_eq!(c.tick(1000), Hlc::new(1000, 0));
+    }
+
+    #[test]
+    fn tick_after_passes_the_floor() {
+        let mut c = HlcClock::default();
+        assert_eq!(
+            c.tick_after(1000, Hlc::new(5000, 7)),
+            Some(Hlc::new(5000, 8))
+        );
+        assert!(c.tick(1000) > Hlc::new(5000, 8));
+        assert_eq!(
+            c.tick_after(9000, Hlc::new(5000, 0)),
+            Some(Hlc::new(9000, 0))
+        );
+        assert_eq!(c.tick_after(1, Hlc(u64::MAX)), None);
     }
 }

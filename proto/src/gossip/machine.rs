@@ -21,7 +21,7 @@ use super::broadcast::{BroadcastQueue, Topic, retransmit_limit};
 use super::codec::{Reader, Writer};
 use super::config::{ConfigError, GossipConfig};
 use super::crypto::{Keyring, NonceSource, OpenError, SEAL_OVERHEAD};
-use super::hlc::{Hlc, HlcClock};
+use super::hlc::{Hlc, HlcClock, MAX_DRIFT_MS};
 use super::members::{DownReason, Member, MemberState, MemberView};
 use super::message::{Channel, Header, Incarnation, Message};
 use super::objects::{MAX_KEY_LEN, MAX_VALUE_LEN, ObjectEntry, ObjectStore};
@@ -92,6 +92,10 @@ pub enum ObjectError {
         "object values must be at most {MAX_VALUE_LEN} bytes (one datagram); split larger objects"
     )]
     TooLarge,
+    #[error(
+        "the write held for this key carries the last timestamp there is; no later write can win"
+    )]
+    ClockExhausted,
 }
 
 /// Why a stream request was not served; the shell closes the connection.
@@ -412,7 +416,9 @@ impl Gossip {
     }
 
     /// Writes (`Some`) or deletes (`None`) a cluster object, stamped with the HLC at
-    /// `now`, and gossips it. Returns `Err` iff the key or value is out of bounds.
+    /// `now` — or just past the write held for the key, if that is later: a local write
+    /// always wins — and gossips it. Returns `Err` iff the key or value is out of bounds
+    /// (or, unreachably, the held write has the last timestamp there is).
     pub fn set_object(
         &mut self,
         now: Instant,
@@ -425,7 +431,11 @@ impl Gossip {
         if value.as_ref().is_some_and(|v| v.len() > MAX_VALUE_LEN) {
             return Err(ObjectError::TooLarge);
         }
-        let hlc = self.hlc.tick(self.wall_ms(now));
+        let held = self.objects.entry(key).map_or(Hlc(0), |e| e.hlc);
+        let hlc = self
+            .hlc
+            .tick_after(self.wall_ms(now), held)
+            .ok_or(ObjectError::ClockExhausted)?;
         let entry = ObjectEntry {
             value,
             hlc,
@@ -998,10 +1008,15 @@ impl Gossip {
     }
 
     /// Applies a cluster object write from anywhere; emits and (if `rebroadcast`)
-    /// gossips it when it wins.
+    /// gossips it when it wins. A write stamped more than [`MAX_DRIFT_MS`] ahead of our
+    /// clock is dropped and counted: it would beat every write for as long.
     fn apply_object(&mut self, now: Instant, key: &str, entry: ObjectEntry, rebroadcast: bool) {
         use super::objects::Applied;
         let wall = self.wall_ms(now);
+        if entry.hlc.physical_ms() > wall.saturating_add(MAX_DRIFT_MS) {
+            self.stats.implausible_claims += 1;
+            return;
+        }
         self.hlc.observe(entry.hlc, wall);
         let message = Message::Object {
             key: key.to_owned(),

@@ -71,6 +71,11 @@ impl ObjectStore {
         }
     }
 
+    /// The entry held for `key`, tombstone or not.
+    pub(crate) fn entry(&self, key: &str) -> Option<&ObjectEntry> {
+        self.map.get(key)
+    }
+
     /// The live value of `key`.
     pub(crate) fn get(&self, key: &str) -> Option<&[u8]> {
         self.map.get(key).and_then(|e| e.value.as_deref())

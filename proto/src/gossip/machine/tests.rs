@@ -815,3 +815,38 @@ fn a_claimed_subnet_without_its_claim_time_is_refused() {
         "a configured subnet needs no claim time"
     );
 }
+
+/// A write stamped far in the future would win against every write for as long: it is
+/// dropped and counted, and a local write always wins over what is held.
+#[test]
+fn far_future_objects_are_dropped_and_local_writes_win() {
+    let now = Instant::now();
+    let mut a = node(1, vec![], now);
+    let wall = 1_700_000_000_000u64;
+    let write = |ms: u64, value: &[u8]| Message::Object {
+        key: "svc".into(),
+        hlc: Hlc::new(ms, 0),
+        writer: "zz".into(),
+        value: Some(value.to_vec()),
+    };
+    let year = 365 * 24 * 3600 * 1000;
+    a.handle_datagram(
+        now,
+        addr(2),
+        &forged("n2", 1, 1, &[write(wall + year, b"x")]),
+    );
+    assert_eq!(a.object("svc"), None);
+    assert_eq!(a.stats().implausible_claims, 1);
+    a.set_object(now, "svc", Some(b"mine".to_vec())).unwrap();
+    assert_eq!(a.object("svc"), Some(&b"mine"[..]));
+    // Slightly ahead (within the drift bound) is taken, and still overwritten locally.
+    a.handle_datagram(
+        now,
+        addr(2),
+        &forged("n2", 1, 2, &[write(wall + 30_000, b"y")]),
+    );
+    assert_eq!(a.object("svc"), Some(&b"y"[..]));
+    a.set_object(now, "svc", Some(b"mine again".to_vec()))
+        .unwrap();
+    assert_eq!(a.object("svc"), Some(&b"mine again"[..]));
+}
