@@ -394,13 +394,16 @@ impl Gossip {
     }
 
     /// Changes the local record (`f` may change anything but the name), bumps its
-    /// version and gossips it. Returns `Err` iff the result is invalid; the record is
-    /// then unchanged.
+    /// version and gossips it. Returns `Err` iff the node has left (a new record would
+    /// announce it alive again) or the result is invalid; the record is then unchanged.
     pub fn update_local(
         &mut self,
         now: Instant,
         f: impl FnOnce(&mut NodeRecord),
     ) -> Result<(), RecordError> {
+        if self.left {
+            return Err(RecordError::Left);
+        }
         let mut record = self.local.clone();
         f(&mut record);
         if record.name != self.local.name {

@@ -57,6 +57,8 @@ pub enum RecordError {
          it); set subnet_static for a configured subnet"
     )]
     ClaimTimeMissing,
+    #[error("this node has left the cluster; start it again to announce a new record")]
+    Left,
 }
 
 impl NodeRecord {

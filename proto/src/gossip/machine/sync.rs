@@ -126,7 +126,9 @@ impl Gossip {
         self.send(addr, &[sync], false);
     }
 
-    /// A digest arrived: send what we hold in differing buckets (and our digest, if asked).
+    /// A digest arrived: send what we hold in differing buckets, and our digest if asked —
+    /// last, so the peer applies the differences before comparing and answers only with
+    /// what still differs.
     pub(super) fn on_sync(
         &mut self,
         _now: Instant,
@@ -152,13 +154,6 @@ impl Gossip {
         shuffle(&mut member_buckets, &mut self.rng);
         shuffle(&mut object_buckets, &mut self.rng);
         let mut out = Vec::new();
-        if reply {
-            out.push(Message::Sync {
-                reply: false,
-                members: mine_members,
-                objects: mine_objects,
-            });
-        }
         let mut bytes = 0;
         'members: for b in member_buckets {
             for m in self.member_messages(Some(b)) {
@@ -178,6 +173,13 @@ impl Gossip {
                     break 'objects;
                 }
             }
+        }
+        if reply {
+            out.push(Message::Sync {
+                reply: false,
+                members: mine_members,
+                objects: mine_objects,
+            });
         }
         self.send(from, &out, false);
     }
@@ -287,6 +289,11 @@ impl Gossip {
     /// Applies the full state a pull returned. Responses nobody is waiting for are
     /// counted as `unexpected_stream` and ignored.
     pub fn handle_stream_response(&mut self, now: Instant, response: &[u8]) {
+        // Nothing to decrypt (or to spend work on) when no pull is waiting.
+        if self.pull.outstanding.is_none() {
+            self.stats.count_drop(GossipDrop::UnexpectedStream);
+            return;
+        }
         let Ok((header, body)) = self.open(now, response, Channel::StreamResponse) else {
             return;
         };

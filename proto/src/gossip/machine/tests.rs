@@ -124,7 +124,7 @@ fn replays_stale_generations_and_misdirected_streams_are_counted() {
     );
     b2.handle_stream_response(now, &resp);
     b2.handle_stream_response(now, &resp);
-    assert_eq!(b2.stats().drop_count(GossipDrop::Replayed), 1);
+    assert_eq!(b2.stats().drop_count(GossipDrop::UnexpectedStream), 1);
     // A datagram is not a stream request, nor the reverse.
     assert_eq!(
         a.serve_stream(now, &t.payload),
@@ -849,4 +849,70 @@ fn far_future_objects_are_dropped_and_local_writes_win() {
     a.set_object(now, "svc", Some(b"mine again".to_vec()))
         .unwrap();
     assert_eq!(a.object("svc"), Some(&b"mine again"[..]));
+}
+
+/// Opens a datagram `g` sent and returns its messages.
+fn opened(payload: &[u8]) -> (Header, Vec<Message>) {
+    let plain = Keyring::new(key()).open("test", payload).expect("opens");
+    let mut r = crate::gossip::codec::Reader::new(&plain);
+    let header = Header::decode(&mut r).expect("header");
+    let rest = &plain[plain.len() - r.remaining()..];
+    let messages = crate::gossip::message::decode_compound(rest)
+        .expect("well-formed")
+        .into_iter()
+        .filter_map(|d| match d {
+            crate::gossip::message::Decoded::Message(m) => Some(m),
+            crate::gossip::message::Decoded::Unknown(_) => None,
+        })
+        .collect();
+    (header, messages)
+}
+
+/// Nothing is decrypted for a stream response nobody waits for.
+#[test]
+fn unexpected_stream_responses_are_not_even_opened() {
+    let now = Instant::now();
+    let mut a = node(1, vec![], now);
+    a.handle_stream_response(now, &[1u8; 100]);
+    assert_eq!(a.stats().drop_count(GossipDrop::UnexpectedStream), 1);
+    assert_eq!(a.stats().drop_count(GossipDrop::DecryptFailed), 0);
+}
+
+#[test]
+fn a_node_that_left_cannot_announce_a_new_record() {
+    let now = Instant::now();
+    let (mut a, _b) = join_pair(now);
+    a.leave(now);
+    let before = me_at(&a);
+    assert_eq!(
+        a.update_local(now, |r| r.zone = "back".into()),
+        Err(RecordError::Left)
+    );
+    assert_eq!(me_at(&a), before);
+    assert!(a.local().zone.is_empty());
+}
+
+/// The answer to a digest applies the differences first and compares last, so the
+/// peer's own answer only carries what still differs.
+#[test]
+fn a_sync_answer_puts_its_digest_last() {
+    let now = Instant::now();
+    let (mut a, _b) = join_pair(now);
+    a.set_object(now, "k", Some(vec![1])).unwrap();
+    while a.poll_transmit().is_some() {}
+    let sync = Message::Sync {
+        reply: true,
+        members: vec![0; 64],
+        objects: vec![0; 32],
+    };
+    a.handle_datagram(now, addr(2), &forged("n2", 1001 + 1, 1000, &[sync]));
+    let sent: Vec<Message> = std::iter::from_fn(|| a.poll_transmit())
+        .filter(|t| t.dst == addr(2))
+        .flat_map(|t| opened(&t.payload).1)
+        .collect();
+    assert!(sent.len() > 1, "{sent:?}");
+    assert!(
+        matches!(sent.last(), Some(Message::Sync { reply: false, .. })),
+        "{sent:?}"
+    );
 }
