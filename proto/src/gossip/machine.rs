@@ -35,6 +35,10 @@ use super::subnet::{Claim, Loser, choose_subnet, conflict_loser, overlaps};
 /// broken clock, and taking it would move a member (or us) past every real boot.
 const MAX_GENERATION_AHEAD_US: u64 = 24 * 3600 * 1_000_000;
 
+/// Most forgotten members remembered (with their replay windows); a few hundred bytes
+/// each.
+const MAX_FORGOTTEN: usize = 4096;
+
 /// A datagram for the shell to send over UDP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -115,6 +119,17 @@ struct Via {
     rebroadcast: bool,
 }
 
+/// What is kept of a member after it is forgotten (reaped).
+#[derive(Debug, Clone)]
+struct Forgotten {
+    /// The last claim held about it: only a newer one brings it back.
+    inc: Incarnation,
+    since: Instant,
+    /// Its recorded gossip address, for telling it that it was declared down.
+    addr: SocketAddr,
+    last_notice: Option<Instant>,
+}
+
 /// The probe in flight.
 #[derive(Debug, Clone)]
 struct Probe {
@@ -179,6 +194,10 @@ pub struct Gossip {
     broadcasts: BroadcastQueue,
     objects: ObjectStore,
     windows: BTreeMap<(String, Channel), ReplayWindow>,
+    /// Members forgotten (reaped) less than `tombstone_gc_after` ago: the last claim
+    /// held about each and when it was forgotten. Their replay windows are kept as long,
+    /// so datagrams captured while they lived cannot bring them back.
+    forgotten: BTreeMap<String, Forgotten>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     streams: VecDeque<StreamRequest>,
@@ -262,6 +281,7 @@ impl Gossip {
             broadcasts: BroadcastQueue::default(),
             objects: ObjectStore::default(),
             windows: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             streams: VecDeque::new(),
@@ -775,7 +795,11 @@ impl Gossip {
         if header.generation > self.generation_bound(now) {
             return Err(GossipDrop::Implausible);
         }
-        let known_generation = self.members.get(&header.sender).map(|m| m.inc.generation);
+        let known_generation = self
+            .members
+            .get(&header.sender)
+            .map(|m| m.inc.generation)
+            .or_else(|| self.forgotten.get(&header.sender).map(|f| f.inc.generation));
         if known_generation.is_some_and(|g| header.generation < g) {
             return Err(GossipDrop::StaleGeneration);
         }
@@ -911,7 +935,8 @@ impl Gossip {
         }
     }
 
-    /// Forgets members dead or left for longer than `dead_reap_after`.
+    /// Forgets members dead or left for longer than `dead_reap_after`, keeping their last
+    /// claim and replay windows (see `forgotten`) until `tombstone_gc_after`.
     fn reap(&mut self, now: Instant) {
         let after = self.config.timing.dead_reap_after;
         let gone: Vec<String> = self
@@ -924,14 +949,46 @@ impl Gossip {
             .collect();
         let freed = !gone.is_empty();
         for name in gone {
-            self.members.remove(&name);
-            self.windows.retain(|(sender, _), _| *sender != name);
+            if let Some(m) = self.members.remove(&name) {
+                self.forget(name, &m, now);
+            }
+        }
+        let keep = self.config.timing.tombstone_gc_after;
+        let before = self.forgotten.len();
+        self.forgotten
+            .retain(|_, f| now.saturating_duration_since(f.since) < keep);
+        if freed || self.forgotten.len() != before {
+            let (members, forgotten) = (&self.members, &self.forgotten);
+            self.windows.retain(|(sender, _), _| {
+                members.contains_key(sender) || forgotten.contains_key(sender)
+            });
         }
         // Subnets of forgotten members are free again: a node that found the pool full
         // (with no subnet, or keeping a losing one) tries again.
         if freed && (self.local.pod_subnet.is_none() || self.exhausted) {
             self.check_subnet(now);
         }
+    }
+
+    /// Remembers a reaped member's last claim. At most [`MAX_FORGOTTEN`] are kept; beyond,
+    /// the longest forgotten goes first.
+    fn forget(&mut self, name: String, m: &Member, now: Instant) {
+        if self.forgotten.len() >= MAX_FORGOTTEN
+            && let Some(oldest) = self
+                .forgotten
+                .iter()
+                .min_by_key(|(_, f)| f.since)
+                .map(|(n, _)| n.clone())
+        {
+            self.forgotten.remove(&oldest);
+        }
+        let forgotten = Forgotten {
+            inc: m.inc,
+            since: now,
+            addr: m.record.gossip_addr,
+            last_notice: None,
+        };
+        self.forgotten.insert(name, forgotten);
     }
 
     /// Claims a subnet if we have none (once full state is in or `claim_wait` passed),

@@ -161,6 +161,7 @@ impl Gossip {
         let interval = self.config.timing.probe_interval;
         let left = self.left;
         let Some(m) = self.members.get_mut(&header.sender) else {
+            self.tell_forgotten(now, header);
             return;
         };
         m.last_heard = Some(now);
@@ -174,6 +175,35 @@ impl Gossip {
         let notice = down_notice(m, &header.sender, &self.local.name);
         let alive = self.local_alive();
         self.send(from, &[notice, alive], false);
+    }
+
+    /// A forgotten member still talks (a partition outlasted `dead_reap_after`): its
+    /// `Alive` at the claim we forgot it with is refused as a replay, so tell it, at its
+    /// recorded address and rate-limited, that it was declared dead — it refutes with a
+    /// newer claim, which brings it back.
+    fn tell_forgotten(&mut self, now: Instant, header: &Header) {
+        let interval = self.config.timing.probe_interval;
+        if self.left {
+            return;
+        }
+        let Some(f) = self.forgotten.get_mut(&header.sender) else {
+            return;
+        };
+        let due = f
+            .last_notice
+            .is_none_or(|t| now.saturating_duration_since(t) >= interval);
+        if header.generation != f.inc.generation || !due {
+            return;
+        }
+        f.last_notice = Some(now);
+        let (addr, inc) = (f.addr, f.inc);
+        let dead = Message::Dead {
+            name: header.sender.clone(),
+            inc,
+            from: self.local.name.clone(),
+        };
+        let alive = self.local_alive();
+        self.send(addr, &[dead, alive], false);
     }
 
     pub(super) fn next_seq(&mut self) -> u32 {
@@ -382,6 +412,12 @@ impl Gossip {
         let mut changed = false;
         match self.members.get_mut(&name) {
             None => {
+                // A forgotten member comes back only with a newer claim than the last one
+                // we held: anything else is a replay of what it said before.
+                if self.forgotten.get(&name).is_some_and(|f| inc <= f.inc) {
+                    return;
+                }
+                self.forgotten.remove(&name);
                 self.members.insert(
                     name.clone(),
                     Member {

@@ -791,3 +791,82 @@ fn an_exhausted_node_claims_a_slot_freed_by_a_reaped_member() {
     sim.run_until(sim.now + secs(15.0));
     assert_eq!(sim.gossip(waiting).local().pod_subnet, freed);
 }
+
+/// Replays every datagram `src` sent (as captured) to every other running node, from
+/// `src`'s address; returns how many copies were delivered.
+fn replay_from(sim: &mut Sim, captured: &[(usize, SocketAddr, Vec<u8>)], src: usize) -> usize {
+    let from = sim.nodes[src].addr;
+    let targets: Vec<usize> = sim.running().filter(|&i| i != src).collect();
+    let mut delivered = 0;
+    for (_, _, bytes) in captured.iter().filter(|(s, _, _)| *s == src) {
+        for &to in &targets {
+            sim.with(to, |g, now| g.handle_datagram(now, from, bytes));
+            delivered += 1;
+        }
+    }
+    delivered
+}
+
+/// Datagrams of a node captured while it lived, replayed after it was forgotten, must
+/// not bring it back: each node keeps what it last knew of a forgotten member (its
+/// generation and replay windows) for the tombstone horizon.
+#[test]
+fn replays_after_a_member_is_forgotten_do_not_resurrect_it() {
+    let mut config = lan_config();
+    config.timing.dead_reap_after = secs(5.0);
+    let mut sim = Sim::new(23, 5, config, NetConfig::default(), secs(1.0));
+    sim.capture = Some(Vec::new());
+    sim.run_until_pred(secs(30.0), secs(0.1), Sim::converged)
+        .expect("join");
+    sim.run_until(sim.now + secs(2.0));
+    let gone = 3;
+    let name = sim.nodes[gone].name.clone();
+    sim.with(gone, |g, now| g.leave(now));
+    sim.run_until(sim.now + secs(1.0));
+    sim.crash(gone);
+    let captured = sim.capture.take().unwrap_or_default();
+    // Past dead_reap_after and the next re-announce tick: forgotten everywhere.
+    sim.run_until(sim.now + secs(8.0));
+    assert!(sim.running().all(|i| sim.gossip(i).member(&name).is_none()));
+    let mark = sim.now;
+    let delivered = replay_from(&mut sim, &captured, gone);
+    assert!(delivered > 0);
+    sim.run_until(sim.now + secs(3.0));
+    for i in sim.running().collect::<Vec<_>>() {
+        assert!(
+            sim.gossip(i).member(&name).is_none_or(|m| !m.state.is_up()),
+            "{i} holds {name} up again"
+        );
+        let since: Vec<&Seen> = sim.nodes[i]
+            .seen
+            .iter()
+            .filter(|(t, s)| *t >= mark && matches!(s, Seen::Up(n) if *n == name))
+            .map(|(_, s)| s)
+            .collect();
+        assert!(since.is_empty(), "{i}: {since:?}");
+    }
+}
+
+/// A partition that outlasts `dead_reap_after`: both sides forget each other (and keep
+/// refusing the claims they forgot them with), yet find each other again through the
+/// seed once it heals.
+#[test]
+fn a_partition_longer_than_the_reap_time_heals() {
+    let mut config = lan_config();
+    config.timing.dead_reap_after = secs(5.0);
+    let n = 6;
+    let mut sim = Sim::new(24, n, config, NetConfig::default(), secs(1.0));
+    sim.run_until_pred(secs(30.0), secs(0.1), Sim::converged)
+        .expect("join");
+    sim.partition(|i| u32::from(i >= 3));
+    sim.run_until(sim.now + secs(20.0));
+    assert!(
+        (0..3).all(|i| sim.gossip(i).member(&node_name(4)).is_none()),
+        "forgotten"
+    );
+    sim.heal();
+    let t = sim
+        .run_until_pred(secs(60.0), secs(0.1), Sim::converged)
+        .expect("never healed");
+    eprintln!("partition longer than the reap time healed {t:?} after");
+}
