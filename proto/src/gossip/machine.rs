@@ -326,8 +326,13 @@ impl Gossip {
             self.stats.count_drop(GossipDrop::Oversized);
             return;
         }
-        let Ok((header, body)) = self.open(now, bytes, Channel::Datagram) else {
-            return;
+        let (header, body) = match self.open_or_stale(now, bytes, Channel::Datagram) {
+            Ok(opened) => opened,
+            Err(Some(stale)) => {
+                self.heard_from_stale_boot(now, &stale);
+                return;
+            }
+            Err(None) => return,
         };
         let Ok(messages) = super::message::decode_compound(&body) else {
             self.stats.count_drop(GossipDrop::Malformed);
@@ -339,7 +344,7 @@ impl Gossip {
             rebroadcast: true,
         };
         self.process(now, via, &header, messages);
-        self.heard_from(now, &header, from);
+        self.heard_from(now, &header);
     }
 
     /// Runs every timer due at or before `now`.
@@ -764,10 +769,25 @@ impl Gossip {
         channel: Channel,
     ) -> Result<(Header, Vec<u8>), GossipDrop> {
         let result = self.open_uncounted(now, bytes, channel);
-        if let Err(reason) = result {
-            self.stats.count_drop(reason);
+        if let Err((reason, _)) = &result {
+            self.stats.count_drop(*reason);
         }
-        result
+        result.map_err(|(reason, _)| reason)
+    }
+
+    /// As [`Gossip::open`], but a drop for a stale generation comes with the envelope's
+    /// header (`Err(Some(header))`) so the sender can be told.
+    fn open_or_stale(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        channel: Channel,
+    ) -> Result<(Header, Vec<u8>), Option<Header>> {
+        let result = self.open_uncounted(now, bytes, channel);
+        result.map_err(|(reason, header)| {
+            self.stats.count_drop(reason);
+            header.filter(|_| reason == GossipDrop::StaleGeneration)
+        })
     }
 
     fn open_uncounted(
@@ -775,25 +795,25 @@ impl Gossip {
         now: Instant,
         bytes: &[u8],
         channel: Channel,
-    ) -> Result<(Header, Vec<u8>), GossipDrop> {
+    ) -> Result<(Header, Vec<u8>), (GossipDrop, Option<Header>)> {
         let plain = self
             .keyring
             .open(&self.config.cluster_name, bytes)
             .map_err(|e| match e {
-                OpenError::Truncated => GossipDrop::Truncated,
-                OpenError::UnknownVersion => GossipDrop::UnknownVersion,
-                OpenError::DecryptFailed => GossipDrop::DecryptFailed,
+                OpenError::Truncated => (GossipDrop::Truncated, None),
+                OpenError::UnknownVersion => (GossipDrop::UnknownVersion, None),
+                OpenError::DecryptFailed => (GossipDrop::DecryptFailed, None),
             })?;
         let mut r = Reader::new(&plain);
-        let header = Header::decode(&mut r).map_err(|_| GossipDrop::Malformed)?;
+        let header = Header::decode(&mut r).map_err(|_| (GossipDrop::Malformed, None))?;
         if header.channel != channel {
-            return Err(GossipDrop::Malformed);
+            return Err((GossipDrop::Malformed, None));
         }
         if header.sender == self.local.name {
-            return Err(GossipDrop::FromSelf);
+            return Err((GossipDrop::FromSelf, None));
         }
         if header.generation > self.generation_bound(now) {
-            return Err(GossipDrop::Implausible);
+            return Err((GossipDrop::Implausible, None));
         }
         let known_generation = self
             .members
@@ -801,7 +821,7 @@ impl Gossip {
             .map(|m| m.inc.generation)
             .or_else(|| self.forgotten.get(&header.sender).map(|f| f.inc.generation));
         if known_generation.is_some_and(|g| header.generation < g) {
-            return Err(GossipDrop::StaleGeneration);
+            return Err((GossipDrop::StaleGeneration, Some(header)));
         }
         let key = (header.sender.clone(), channel);
         match self
@@ -809,8 +829,10 @@ impl Gossip {
             .get(&key)
             .map(|w| w.check(header.generation, header.seq))
         {
-            Some(Verdict::Replayed) => return Err(GossipDrop::Replayed),
-            Some(Verdict::StaleGeneration) => return Err(GossipDrop::StaleGeneration),
+            Some(Verdict::Replayed) => return Err((GossipDrop::Replayed, None)),
+            Some(Verdict::StaleGeneration) => {
+                return Err((GossipDrop::StaleGeneration, Some(header)));
+            }
             Some(Verdict::Fresh) | None => {}
         }
         let body = plain[plain.len() - r.remaining()..].to_vec();

@@ -154,56 +154,81 @@ impl Gossip {
     }
 
     /// After an accepted datagram: note that its sender is alive, and if we hold it
-    /// dead (or left), tell it so it refutes (rate-limited) — with re-announcement, this
+    /// dead (or left), or forgot it, tell it so it refutes — with re-announcement, this
     /// is how both sides of a healed partition find each other again, and how a node
     /// about which a forged `Left` went round learns of it.
-    pub(super) fn heard_from(&mut self, now: Instant, header: &Header, from: SocketAddr) {
-        let interval = self.config.timing.probe_interval;
-        let left = self.left;
-        let Some(m) = self.members.get_mut(&header.sender) else {
-            self.tell_forgotten(now, header);
-            return;
-        };
-        m.last_heard = Some(now);
-        let notice_due = m
-            .last_dead_notice
-            .is_none_or(|t| now.saturating_duration_since(t) >= interval);
-        if left || m.state.is_up() || header.generation != m.inc.generation || !notice_due {
-            return;
+    pub(super) fn heard_from(&mut self, now: Instant, header: &Header) {
+        match self.members.get_mut(&header.sender) {
+            Some(m) => {
+                m.last_heard = Some(now);
+                if m.state.is_up() || header.generation != m.inc.generation {
+                    return;
+                }
+            }
+            // A partition outlasted `dead_reap_after`: its `Alive` at the claim we forgot
+            // it with is refused as a replay until it refutes.
+            None => {
+                if self
+                    .forgotten
+                    .get(&header.sender)
+                    .is_none_or(|f| f.inc.generation != header.generation)
+                {
+                    return;
+                }
+            }
         }
-        m.last_dead_notice = Some(now);
-        let notice = down_notice(m, &header.sender, &self.local.name);
-        let alive = self.local_alive();
-        self.send(from, &[notice, alive], false);
+        self.tell_down(now, &header.sender);
     }
 
-    /// A forgotten member still talks (a partition outlasted `dead_reap_after`): its
-    /// `Alive` at the claim we forgot it with is refused as a replay, so tell it, at its
-    /// recorded address and rate-limited, that it was declared dead — it refutes with a
-    /// newer claim, which brings it back.
-    fn tell_forgotten(&mut self, now: Instant, header: &Header) {
-        let interval = self.config.timing.probe_interval;
+    /// A datagram from an earlier boot than the one we know of `sender` arrived. If we
+    /// hold that boot down (or forgot it), the sender probably restarted with a lower
+    /// generation (its clock stepped back): everything it sends is stale to us until it
+    /// moves past the boot we know, so tell it what we hold.
+    pub(super) fn heard_from_stale_boot(&mut self, now: Instant, header: &Header) {
+        if self
+            .members
+            .get(&header.sender)
+            .is_some_and(|m| m.state.is_up())
+        {
+            return;
+        }
+        self.tell_down(now, &header.sender);
+    }
+
+    /// Sends `name`, held dead or left (or forgotten), "you are down to me" with the
+    /// claim we hold, and our own `Alive` — to its recorded address, never to a packet's
+    /// (spoofable) source, and at most once per probe interval.
+    fn tell_down(&mut self, now: Instant, name: &str) {
         if self.left {
             return;
         }
-        let Some(f) = self.forgotten.get_mut(&header.sender) else {
-            return;
+        let interval = self.config.timing.probe_interval;
+        let due = |last: Option<Instant>| {
+            last.is_none_or(|t| now.saturating_duration_since(t) >= interval)
         };
-        let due = f
-            .last_notice
-            .is_none_or(|t| now.saturating_duration_since(t) >= interval);
-        if header.generation != f.inc.generation || !due {
+        let me = self.local.name.clone();
+        let (notice, addr) = if let Some(m) = self.members.get_mut(name) {
+            if m.state.is_up() || !due(m.last_dead_notice) {
+                return;
+            }
+            m.last_dead_notice = Some(now);
+            (down_notice(m, name, &me), m.record.gossip_addr)
+        } else if let Some(f) = self.forgotten.get_mut(name) {
+            if !due(f.last_notice) {
+                return;
+            }
+            f.last_notice = Some(now);
+            let dead = Message::Dead {
+                name: name.to_owned(),
+                inc: f.inc,
+                from: me,
+            };
+            (dead, f.addr)
+        } else {
             return;
-        }
-        f.last_notice = Some(now);
-        let (addr, inc) = (f.addr, f.inc);
-        let dead = Message::Dead {
-            name: header.sender.clone(),
-            inc,
-            from: self.local.name.clone(),
         };
         let alive = self.local_alive();
-        self.send(addr, &[dead, alive], false);
+        self.send(addr, &[notice, alive], false);
     }
 
     pub(super) fn next_seq(&mut self) -> u32 {
