@@ -23,7 +23,7 @@ use super::config::{ConfigError, GossipConfig};
 use super::crypto::{Keyring, NonceSource, OpenError, SEAL_OVERHEAD};
 use super::hlc::{Hlc, HlcClock, MAX_DRIFT_MS};
 use super::members::{DownReason, Member, MemberState, MemberView};
-use super::message::{Channel, Header, Incarnation, Message};
+use super::message::{Channel, Decoded, Header, Incarnation, Message};
 use super::objects::{MAX_KEY_LEN, MAX_VALUE_LEN, ObjectEntry, ObjectStore};
 use super::record::{NodeRecord, RecordError};
 use super::replay::{ReplayWindow, Verdict};
@@ -338,7 +338,7 @@ impl Gossip {
             self.stats.count_drop(GossipDrop::Malformed);
             return;
         };
-        self.accept_seq(&header);
+        self.accept_seq(&header, &messages);
         let via = Via {
             from: Some(from),
             rebroadcast: true,
@@ -839,14 +839,24 @@ impl Gossip {
         Ok((header, body))
     }
 
-    fn accept_seq(&mut self, header: &Header) {
+    /// Records an accepted envelope's sequence number. A window is created only for a
+    /// member (or a forgotten one), or for a sender whose envelope carries its own
+    /// `Alive` (a joiner announcing itself): made-up sender names leave nothing behind.
+    fn accept_seq(&mut self, header: &Header, messages: &[Decoded]) {
         let key = (header.sender.clone(), header.channel);
-        match self.windows.get_mut(&key) {
-            Some(w) => w.accept(header.generation, header.seq),
-            None => {
-                self.windows
-                    .insert(key, ReplayWindow::new(header.generation, header.seq));
-            }
+        if let Some(w) = self.windows.get_mut(&key) {
+            w.accept(header.generation, header.seq);
+            return;
+        }
+        let announces = messages.iter().any(|d| {
+            matches!(d, Decoded::Message(Message::Alive { record, .. }) if record.name == header.sender)
+        });
+        if announces
+            || self.members.contains_key(&header.sender)
+            || self.forgotten.contains_key(&header.sender)
+        {
+            self.windows
+                .insert(key, ReplayWindow::new(header.generation, header.seq));
         }
     }
 
@@ -976,15 +986,13 @@ impl Gossip {
             }
         }
         let keep = self.config.timing.tombstone_gc_after;
-        let before = self.forgotten.len();
         self.forgotten
             .retain(|_, f| now.saturating_duration_since(f.since) < keep);
-        if freed || self.forgotten.len() != before {
-            let (members, forgotten) = (&self.members, &self.forgotten);
-            self.windows.retain(|(sender, _), _| {
-                members.contains_key(sender) || forgotten.contains_key(sender)
-            });
-        }
+        // Windows of anyone else: forgotten for good, or an announcement we refused.
+        let (members, forgotten) = (&self.members, &self.forgotten);
+        self.windows.retain(|(sender, _), _| {
+            members.contains_key(sender) || forgotten.contains_key(sender)
+        });
         // Subnets of forgotten members are free again: a node that found the pool full
         // (with no subnet, or keeping a losing one) tries again.
         if freed && (self.local.pod_subnet.is_none() || self.exhausted) {

@@ -24,6 +24,12 @@ use super::super::objects::ObjectEntry;
 use super::super::record::NodeRecord;
 use super::{Event, Gossip, Probe, Relay, Via};
 
+/// Most ping-reqs relayed at once (each waits `probe_timeout`); more are ignored. An
+/// honest cluster asks a node for a handful per probe interval.
+const MAX_RELAYS: usize = 1024;
+/// Most addresses reported as name conflicts; the count goes on in the stats.
+const MAX_CONFLICTS_REPORTED: usize = 64;
+
 impl Gossip {
     /// Applies every message of an accepted envelope.
     /// A node we do not know as up talks to us. In a settled cluster that is how a
@@ -100,6 +106,9 @@ impl Gossip {
                     target_addr,
                 } => {
                     let Some(from) = via.from else { continue };
+                    if self.relays.len() >= MAX_RELAYS {
+                        continue;
+                    }
                     let relay_seq = self.next_seq();
                     let nack_at = now + self.config.timing.probe_timeout;
                     self.relays.insert(
@@ -422,7 +431,9 @@ impl Gossip {
                 // Another node uses our name. Refuting would start an incarnation war
                 // neither side can win; report it instead (memberlist does the same).
                 self.stats.name_conflicts += 1;
-                if self.conflicts_reported.insert(record.gossip_addr) {
+                if self.conflicts_reported.len() < MAX_CONFLICTS_REPORTED
+                    && self.conflicts_reported.insert(record.gossip_addr)
+                {
                     self.events.push_back(Event::NameConflict {
                         addr: record.gossip_addr,
                     });

@@ -263,7 +263,7 @@ impl Gossip {
             self.stats.count_drop(GossipDrop::Malformed);
             return Err(StreamError::Dropped(GossipDrop::Malformed));
         };
-        self.accept_seq(&header);
+        self.accept_seq(&header, &messages);
         self.process(
             now,
             Via {
@@ -310,7 +310,7 @@ impl Gossip {
             self.stats.count_drop(GossipDrop::Malformed);
             return;
         };
-        self.accept_seq(&header);
+        self.accept_seq(&header, &messages);
         let served_keys: BTreeSet<String> = messages
             .iter()
             .filter_map(|d| match d {

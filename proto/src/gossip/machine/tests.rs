@@ -916,3 +916,32 @@ fn a_sync_answer_puts_its_digest_last() {
         "{sent:?}"
     );
 }
+
+/// Replay windows are kept only for members (and forgotten members), or for a sender
+/// whose envelope announces it: thousands of made-up sender names leave nothing behind.
+#[test]
+fn made_up_senders_leave_no_replay_windows() {
+    let now = Instant::now();
+    let (mut a, _b) = join_pair(now);
+    let windows = a.windows.len();
+    for i in 0..2000u64 {
+        let ack = Message::Ack { seq: i as u32 };
+        a.handle_datagram(now, addr(9), &forged(&format!("ghost-{i}"), 1, 1, &[ack]));
+    }
+    assert_eq!(a.windows.len(), windows);
+    // An announcement does get one (a joiner's first datagram).
+    let record = NodeRecord::new("n3", addr(3), Ipv4Addr::new(192, 168, 0, 3), None);
+    let alive = Message::Alive {
+        inc: Incarnation {
+            generation: 7,
+            incarnation: 0,
+        },
+        version: 1,
+        record,
+    };
+    let hello = forged("n3", 7, 1, &[alive]);
+    a.handle_datagram(now, addr(3), &hello);
+    a.handle_datagram(now, addr(3), &hello);
+    assert_eq!(a.windows.len(), windows + 1);
+    assert_eq!(a.stats().drop_count(GossipDrop::Replayed), 1);
+}
