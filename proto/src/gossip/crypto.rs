@@ -1,7 +1,7 @@
 //! The keyring every datagram and stream payload is sealed with.
 //!
 //! ```text
-//! sealed: version u8 (=1) | nonce [24] | XChaCha20-Poly1305(plaintext) | tag [16]
+//! sealed: version u8 (=2) | nonce [24] | XChaCha20-Poly1305(plaintext) | tag [16]
 //! associated data: "overlayd-gossip" | version | cluster name
 //! nonce: per-boot random salt [16] | send counter u64
 //! ```
@@ -22,7 +22,8 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 
 /// Version of the sealed format, the first byte of every datagram and stream payload.
-pub const SEAL_VERSION: u8 = 1;
+/// 2: the envelope names its recipient (version 1 nodes and this one cannot talk).
+pub const SEAL_VERSION: u8 = 2;
 /// Bytes sealing adds to a plaintext: version, nonce and tag.
 pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
 const NONCE_LEN: usize = 24;

@@ -23,7 +23,7 @@ use super::config::{ConfigError, GossipConfig};
 use super::crypto::{Keyring, NonceSource, OpenError, SEAL_OVERHEAD};
 use super::hlc::{Hlc, HlcClock, MAX_DRIFT_MS};
 use super::members::{DownReason, Member, MemberState, MemberView};
-use super::message::{Channel, Decoded, Header, Incarnation, Message};
+use super::message::{ANYONE, Channel, Decoded, Header, Incarnation, Message, recipient_id};
 use super::objects::{MAX_KEY_LEN, MAX_VALUE_LEN, ObjectEntry, ObjectStore};
 use super::record::{NodeRecord, RecordError};
 use super::replay::{ReplayWindow, Verdict};
@@ -109,11 +109,38 @@ pub enum StreamError {
     Dropped(GossipDrop),
 }
 
+/// Where a datagram goes: an address, and the recipient it is sealed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dest {
+    addr: SocketAddr,
+    /// [`recipient_id`] of the node expected there, or [`ANYONE`] (a seed whose name we
+    /// do not know; only our own announcement may be sent so).
+    recipient: u64,
+}
+
+impl Dest {
+    fn named(addr: SocketAddr, name: &str) -> Self {
+        Dest {
+            addr,
+            recipient: recipient_id(name),
+        }
+    }
+
+    fn anyone(addr: SocketAddr) -> Self {
+        Dest {
+            addr,
+            recipient: ANYONE,
+        }
+    }
+}
+
 /// How a batch of messages arrived, which decides what we may answer.
 #[derive(Debug, Clone, Copy)]
 struct Via {
-    /// The datagram's source; `None` for stream payloads (no direct replies).
-    from: Option<SocketAddr>,
+    /// Where answers go: the sender at its recorded address (or, for a stranger, the
+    /// address its own `Alive` gives, else the datagram's source). `None` for stream
+    /// payloads (no direct replies).
+    reply: Option<Dest>,
     /// Re-gossip what was news. Off for bulk full-state transfers: everyone else already
     /// has that state.
     rebroadcast: bool,
@@ -145,7 +172,7 @@ struct Probe {
 /// A ping we send on behalf of a ping-req.
 #[derive(Debug, Clone)]
 struct Relay {
-    requester: SocketAddr,
+    requester: Dest,
     requester_seq: u32,
     nack_at: Instant,
 }
@@ -162,7 +189,7 @@ struct Pull {
     next_id: u64,
     /// A node that contacted us while we knew no live member: pull from it when there is
     /// neither a live member nor a seed to pull from.
-    hint: Option<SocketAddr>,
+    hint: Option<Dest>,
 }
 
 /// One node's gossip: SWIM membership with Lifeguard, its own record, cluster objects,
@@ -172,6 +199,8 @@ pub struct Gossip {
     config: GossipConfig,
     keyring: Keyring,
     local: NodeRecord,
+    /// [`recipient_id`] of our name: envelopes sealed for anyone else are refused.
+    local_id: u64,
     local_version: u64,
     /// Our generation (boot) and incarnation; the generation also goes in every envelope.
     local_inc: Incarnation,
@@ -258,6 +287,7 @@ impl Gossip {
         let needs_claim = config.subnet_pool.is_some() && local.pod_subnet.is_none();
         let mut gossip = Gossip {
             keyring,
+            local_id: recipient_id(&local.name),
             local,
             local_version: 1,
             local_inc: Incarnation {
@@ -310,7 +340,7 @@ impl Gossip {
         let alive = gossip.local_alive();
         let seeds: Vec<SocketAddr> = gossip.other_seeds().collect();
         for seed in seeds {
-            gossip.send(seed, std::slice::from_ref(&alive), false);
+            gossip.send(Dest::anyone(seed), std::slice::from_ref(&alive), false);
         }
         gossip.pull_tick(now);
         gossip.check_subnet(now);
@@ -338,9 +368,13 @@ impl Gossip {
             self.stats.count_drop(GossipDrop::Malformed);
             return;
         };
+        if !self.sealed_for_us(&header, &messages) {
+            self.stats.count_drop(GossipDrop::Misdirected);
+            return;
+        }
         self.accept_seq(&header, &messages);
         let via = Via {
-            from: Some(from),
+            reply: Some(self.reply_dest(&header, &messages, from)),
             rebroadcast: true,
         };
         self.process(now, via, &header, messages);
@@ -491,8 +525,8 @@ impl Gossip {
             .push(Topic::Member(self.local.name.clone()), &left);
         let targets = self.random_live(self.config.timing.gossip_fanout, None);
         for name in targets {
-            if let Some(addr) = self.members.get(&name).map(|m| m.record.gossip_addr) {
-                self.send(addr, std::slice::from_ref(&left), true);
+            if let Some(dest) = self.member_dest(&name) {
+                self.send(dest, std::slice::from_ref(&left), true);
             }
         }
         self.next_gossip = self.next_gossip.min(now);
@@ -710,15 +744,53 @@ impl Gossip {
         picked
     }
 
+    /// The member `name` at its recorded address.
+    fn member_dest(&self, name: &str) -> Option<Dest> {
+        self.members
+            .get(name)
+            .map(|m| Dest::named(m.record.gossip_addr, name))
+    }
+
+    /// Whether an accepted envelope may be processed here: sealed for us, or for anyone
+    /// and carrying nothing but its sender's own announcement (a joiner greeting a seed
+    /// whose name it does not know). A captured packet replayed at another node than
+    /// the one it was sealed for is refused.
+    fn sealed_for_us(&self, header: &Header, messages: &[Decoded]) -> bool {
+        header.recipient == self.local_id
+            || (header.recipient == ANYONE
+                && messages.iter().all(|d| is_own_alive(d, &header.sender)))
+    }
+
+    /// Where to answer an envelope that came from `from`: the sender's recorded address
+    /// if we know this boot of it, else the address its own `Alive` in the envelope
+    /// gives, else `from` — the one address anybody can spoof.
+    fn reply_dest(&self, header: &Header, messages: &[Decoded], from: SocketAddr) -> Dest {
+        let recorded = self
+            .members
+            .get(&header.sender)
+            .filter(|m| m.inc.generation == header.generation)
+            .map(|m| m.record.gossip_addr);
+        let announced = messages.iter().find_map(|d| match d {
+            Decoded::Message(Message::Alive { record, .. }) if record.name == header.sender => {
+                Some(record.gossip_addr)
+            }
+            _ => None,
+        });
+        Dest::named(recorded.or(announced).unwrap_or(from), &header.sender)
+    }
+
     /// Seals `messages` (and, if `piggyback`, as many pending broadcasts as fit) into
-    /// datagrams to `dst`. Messages that do not fit one datagram go in the next.
-    fn send(&mut self, dst: SocketAddr, messages: &[Message], piggyback: bool) {
+    /// datagrams for `dest`. Messages that do not fit one datagram go in the next.
+    /// Nothing is piggybacked on a datagram sealed for anyone.
+    fn send(&mut self, dest: Dest, messages: &[Message], piggyback: bool) {
+        let piggyback = piggyback && dest.recipient != ANYONE;
         let mut rest = messages;
         loop {
             let (seq, nonce) = self.nonces.next();
             let header = Header {
                 channel: Channel::Datagram,
                 sender: self.local.name.clone(),
+                recipient: dest.recipient,
                 generation: self.local_inc.generation,
                 seq,
             };
@@ -752,7 +824,10 @@ impl Gossip {
             let payload = self.keyring.seal(&self.config.cluster_name, nonce, &w.buf);
             self.stats.datagrams_sent += 1;
             self.stats.bytes_sent += payload.len() as u64;
-            self.transmits.push_back(Transmit { dst, payload });
+            self.transmits.push_back(Transmit {
+                dst: dest.addr,
+                payload,
+            });
             if rest.is_empty() {
                 return;
             }
@@ -848,9 +923,7 @@ impl Gossip {
             w.accept(header.generation, header.seq);
             return;
         }
-        let announces = messages.iter().any(|d| {
-            matches!(d, Decoded::Message(Message::Alive { record, .. }) if record.name == header.sender)
-        });
+        let announces = messages.iter().any(|d| is_own_alive(d, &header.sender));
         if announces
             || self.members.contains_key(&header.sender)
             || self.forgotten.contains_key(&header.sender)
@@ -860,11 +933,12 @@ impl Gossip {
         }
     }
 
-    fn seal_stream(&mut self, channel: Channel, body: &[u8]) -> Vec<u8> {
+    fn seal_stream(&mut self, channel: Channel, recipient: u64, body: &[u8]) -> Vec<u8> {
         let (seq, nonce) = self.nonces.next();
         let header = Header {
             channel,
             sender: self.local.name.clone(),
+            recipient,
             generation: self.local_inc.generation,
             seq,
         };
@@ -882,10 +956,10 @@ impl Gossip {
         }
         let targets = self.random_live(self.config.timing.gossip_fanout, None);
         for name in targets {
-            let Some(addr) = self.members.get(&name).map(|m| m.record.gossip_addr) else {
+            let Some(dest) = self.member_dest(&name) else {
                 continue;
             };
-            self.send(addr, &[], true);
+            self.send(dest, &[], true);
             if self.broadcasts.is_empty() {
                 break;
             }
@@ -936,11 +1010,11 @@ impl Gossip {
         }
         let alive = self.local_alive();
         // One random dead member: if it is back (a healed partition), it answers.
-        let dead: Vec<SocketAddr> = self
+        let dead: Vec<Dest> = self
             .members
-            .values()
-            .filter(|m| m.state == MemberState::Dead)
-            .map(|m| m.record.gossip_addr)
+            .iter()
+            .filter(|(_, m)| m.state == MemberState::Dead)
+            .map(|(name, m)| Dest::named(m.record.gossip_addr, name))
             .collect();
         if !dead.is_empty() {
             let i = self.rng.random_range(0..dead.len());
@@ -960,7 +1034,7 @@ impl Gossip {
         if !candidates.is_empty() {
             self.seed_pos = (self.seed_pos + 1) % candidates.len();
             self.send(
-                candidates[self.seed_pos],
+                Dest::anyone(candidates[self.seed_pos]),
                 std::slice::from_ref(&alive),
                 false,
             );
@@ -1142,6 +1216,11 @@ impl Gossip {
             _ => false,
         }
     }
+}
+
+/// The sender's own `Alive` (its announcement).
+fn is_own_alive(d: &Decoded, sender: &str) -> bool {
+    matches!(d, Decoded::Message(Message::Alive { record, .. }) if record.name == sender)
 }
 
 /// `subnet`, if it is no wider than one slot of `pool`: only such subnets are yielded to

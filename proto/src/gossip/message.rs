@@ -2,7 +2,7 @@
 //! [`super::crypto`]).
 //!
 //! ```text
-//! envelope:  kind u8 | sender str8 | generation u64 | seq u64 | body
+//! envelope:  kind u8 | sender str8 | recipient u64 | generation u64 | seq u64 | body
 //! datagram body (kind 0):   { type u8 | len u16 | message[len] }*     (a compound)
 //! stream request (kind 1):  request_id u64 | { type u8 | len u16 | message[len] }*
 //! stream response (kind 2): request_id u64 | { type u8 | len u16 | message[len] }*
@@ -40,11 +40,24 @@ impl Channel {
     }
 }
 
-/// Who sent an envelope, authenticated by the seal.
+/// The recipient of an envelope sealed for whoever listens at an address (a seed whose
+/// name is not known yet); see [`recipient_id`].
+pub(crate) const ANYONE: u64 = 0;
+
+/// The recipient identifier of the node named `name`: a hash of the name, never
+/// [`ANYONE`]. Sealed in every envelope, so a packet captured on its way to one node is
+/// refused by every other.
+pub(crate) fn recipient_id(name: &str) -> u64 {
+    super::codec::stable_hash(&[b"overlayd-recipient", name.as_bytes()]).max(1)
+}
+
+/// Who sent an envelope, and for whom, authenticated by the seal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Header {
     pub(crate) channel: Channel,
     pub(crate) sender: String,
+    /// [`recipient_id`] of the node it is for, or [`ANYONE`].
+    pub(crate) recipient: u64,
     /// The sender's boot generation.
     pub(crate) generation: u64,
     /// Per-boot sequence number for the replay window.
@@ -54,12 +67,13 @@ pub(crate) struct Header {
 impl Header {
     #[cfg(test)]
     pub(crate) fn encoded_len(&self) -> usize {
-        1 + 1 + self.sender.len() + 8 + 8
+        1 + 1 + self.sender.len() + 8 + 8 + 8
     }
 
     pub(crate) fn encode(&self, w: &mut Writer) {
         w.u8(self.channel as u8);
         w.str8(&self.sender);
+        w.u64(self.recipient);
         w.u64(self.generation);
         w.u64(self.seq);
     }
@@ -70,6 +84,7 @@ impl Header {
         Ok(Header {
             channel,
             sender: name(r)?,
+            recipient: r.u64()?,
             generation: r.u64()?,
             seq: r.u64()?,
         })
@@ -524,8 +539,8 @@ pub(crate) mod tests {
         }
 
         #[test]
-        fn header_roundtrip(sender in "[a-z]{1,63}", generation: u64, seq: u64, channel in 0u8..3) {
-            let header = Header { channel: Channel::from_u8(channel).unwrap(), sender, generation, seq };
+        fn header_roundtrip(sender in "[a-z]{1,63}", recipient: u64, generation: u64, seq: u64, channel in 0u8..3) {
+            let header = Header { channel: Channel::from_u8(channel).unwrap(), sender, recipient, generation, seq };
             let mut w = Writer::new();
             header.encode(&mut w);
             prop_assert_eq!(w.len(), header.encoded_len());
@@ -613,6 +628,7 @@ pub(crate) mod tests {
             let mut w = Writer::new();
             w.u8(0);
             w.str8(&sender);
+            w.u64(1);
             w.u64(1);
             w.u64(1);
             assert_eq!(

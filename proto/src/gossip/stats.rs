@@ -24,10 +24,14 @@ pub enum GossipDrop {
     /// Authenticated, but from a sender generation more than a day ahead of this node's
     /// clock (it would make the sender's real packets stale).
     Implausible,
+    /// Sealed for another node (a captured packet replayed elsewhere, or an address now
+    /// used by a node of another name), or sealed for anyone but carrying more than its
+    /// sender's own announcement.
+    Misdirected,
 }
 
 impl GossipDrop {
-    pub const ALL: [GossipDrop; 10] = [
+    pub const ALL: [GossipDrop; 11] = [
         GossipDrop::DecryptFailed,
         GossipDrop::Replayed,
         GossipDrop::StaleGeneration,
@@ -38,6 +42,7 @@ impl GossipDrop {
         GossipDrop::FromSelf,
         GossipDrop::UnexpectedStream,
         GossipDrop::Implausible,
+        GossipDrop::Misdirected,
     ];
 
     /// Stable snake_case name for counters and the API.
@@ -53,6 +58,7 @@ impl GossipDrop {
             GossipDrop::FromSelf => "from_self",
             GossipDrop::UnexpectedStream => "unexpected_stream",
             GossipDrop::Implausible => "implausible",
+            GossipDrop::Misdirected => "misdirected",
         }
     }
 

@@ -11,7 +11,6 @@
 //! confirms the suspicion. It is declared dead by our own suspicion timer unless it
 //! refutes first — stale or forged death notices never take live members down.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
@@ -22,7 +21,7 @@ use super::super::members::{DownReason, Member, MemberState, Suspicion};
 use super::super::message::{Decoded, Header, Incarnation, Message};
 use super::super::objects::ObjectEntry;
 use super::super::record::NodeRecord;
-use super::{Event, Gossip, Probe, Relay, Via};
+use super::{Dest, Event, Gossip, Probe, Relay, Via};
 
 /// Most ping-reqs relayed at once (each waits `probe_timeout`); more are ignored. An
 /// honest cluster asks a node for a handful per probe interval.
@@ -37,7 +36,7 @@ impl Gossip {
     /// it, unaware it restarted, with no news left to piggyback. We answer with our own
     /// record and, knowing no live member at all, pull the cluster's state from the sender.
     /// Greetings per address are rate-limited to one per re-announce interval.
-    fn greet_stranger(&mut self, now: Instant, from: SocketAddr, sender: &str) {
+    fn greet_stranger(&mut self, now: Instant, to: Dest, sender: &str) {
         if sender == self.local.name || self.left {
             return;
         }
@@ -45,15 +44,19 @@ impl Gossip {
             return;
         }
         let interval = self.config.timing.reannounce_interval;
-        if self.greeted.get(&from).is_some_and(|t| now < *t + interval) {
+        if self
+            .greeted
+            .get(&to.addr)
+            .is_some_and(|t| now < *t + interval)
+        {
             return;
         }
         self.greeted.retain(|_, t| now < *t + interval);
-        self.greeted.insert(from, now);
+        self.greeted.insert(to.addr, now);
         let alive = self.local_alive();
-        self.send(from, std::slice::from_ref(&alive), false);
+        self.send(to, std::slice::from_ref(&alive), false);
         if self.live_names().is_empty() {
-            self.pull.hint = Some(from);
+            self.pull.hint = Some(to);
             self.pull.needed = true;
             self.pull_tick(now);
         }
@@ -66,8 +69,8 @@ impl Gossip {
         header: &Header,
         messages: Vec<Decoded>,
     ) {
-        if let Some(from) = via.from {
-            self.greet_stranger(now, from, &header.sender);
+        if let Some(reply) = via.reply {
+            self.greet_stranger(now, reply, &header.sender);
         }
         for decoded in messages {
             let Decoded::Message(message) = decoded else {
@@ -85,9 +88,9 @@ impl Gossip {
             }
             match message {
                 Message::Ping { seq, target } => {
-                    let Some(from) = via.from else { continue };
+                    let Some(reply) = via.reply else { continue };
                     if target == self.local.name {
-                        self.send(from, &[Message::Ack { seq }], true);
+                        self.send(reply, &[Message::Ack { seq }], true);
                     } else {
                         self.stats.wrong_target_pings += 1;
                     }
@@ -105,7 +108,7 @@ impl Gossip {
                     target,
                     target_addr,
                 } => {
-                    let Some(from) = via.from else { continue };
+                    let Some(reply) = via.reply else { continue };
                     if self.relays.len() >= MAX_RELAYS {
                         continue;
                     }
@@ -114,13 +117,13 @@ impl Gossip {
                     self.relays.insert(
                         relay_seq,
                         Relay {
-                            requester: from,
+                            requester: reply,
                             requester_seq: seq,
                             nack_at,
                         },
                     );
                     self.send(
-                        target_addr,
+                        Dest::named(target_addr, &target),
                         &[Message::Ping {
                             seq: relay_seq,
                             target,
@@ -154,8 +157,8 @@ impl Gossip {
                     members,
                     objects,
                 } => {
-                    if let Some(from) = via.from {
-                        self.on_sync(now, from, reply, &members, &objects);
+                    if let Some(to) = via.reply {
+                        self.on_sync(now, to, reply, &members, &objects);
                     }
                 }
             }
@@ -237,7 +240,7 @@ impl Gossip {
             return;
         };
         let alive = self.local_alive();
-        self.send(addr, &[notice, alive], false);
+        self.send(Dest::named(addr, name), &[notice, alive], false);
     }
 
     pub(super) fn next_seq(&mut self) -> u32 {
@@ -266,12 +269,12 @@ impl Gossip {
         let Some(target) = self.next_probe_target() else {
             return;
         };
-        let Some(addr) = self.members.get(&target).map(|m| m.record.gossip_addr) else {
+        let Some(dest) = self.member_dest(&target) else {
             return;
         };
         let seq = self.next_seq();
         self.send(
-            addr,
+            dest,
             &[Message::Ping {
                 seq,
                 target: target.clone(),
@@ -300,7 +303,7 @@ impl Gossip {
         let helpers = self.random_live(self.config.timing.indirect_probes, Some(&target));
         let mut sent = 0;
         for helper in helpers {
-            let Some(addr) = self.members.get(&helper).map(|m| m.record.gossip_addr) else {
+            let Some(dest) = self.member_dest(&helper) else {
                 continue;
             };
             let req = Message::PingReq {
@@ -308,7 +311,7 @@ impl Gossip {
                 target: target.clone(),
                 target_addr,
             };
-            self.send(addr, &[req], false);
+            self.send(dest, &[req], false);
             sent += 1;
         }
         if let Some(p) = self.probe.as_mut() {
@@ -334,12 +337,12 @@ impl Gossip {
         if !m.state.is_up() {
             return;
         }
-        let (inc, addr) = (m.inc, m.record.gossip_addr);
+        let (inc, dest) = (m.inc, Dest::named(m.record.gossip_addr, &p.target));
         let me = self.local.name.clone();
         self.on_suspect(
             now,
             Via {
-                from: None,
+                reply: None,
                 rebroadcast: true,
             },
             &p.target,
@@ -352,7 +355,7 @@ impl Gossip {
             inc,
             from: me,
         };
-        self.send(addr, &[suspect], false);
+        self.send(dest, &[suspect], false);
     }
 
     fn on_ack(&mut self, seq: u32) {
@@ -439,7 +442,7 @@ impl Gossip {
                     });
                 }
             } else if !self.left && inc > self.local_inc {
-                self.refute(inc, via.from);
+                self.refute(inc, via.reply);
             }
             return;
         }
@@ -506,10 +509,10 @@ impl Gossip {
             // Welcome a node that announced itself to us: it learns us at once.
             if direct
                 && !self.left
-                && let Some(from) = via.from
+                && let Some(reply) = via.reply
             {
                 let alive = self.local_alive();
-                self.send(from, &[alive], true);
+                self.send(reply, &[alive], true);
             }
         } else if changed {
             self.events.push_back(Event::MemberUpdated(record.clone()));
@@ -527,7 +530,7 @@ impl Gossip {
     fn on_suspect(&mut self, now: Instant, via: Via, name: &str, inc: Incarnation, accuser: &str) {
         if name == self.local.name {
             if !self.left && inc >= self.local_inc {
-                self.refute(inc, via.from);
+                self.refute(inc, via.reply);
             }
             return;
         }
@@ -566,7 +569,7 @@ impl Gossip {
     fn on_dead(&mut self, now: Instant, via: Via, name: &str, inc: Incarnation, accuser: &str) {
         if name == self.local.name {
             if !self.left && inc >= self.local_inc {
-                self.refute(inc, via.from);
+                self.refute(inc, via.reply);
             }
             return;
         }
@@ -580,7 +583,7 @@ impl Gossip {
         if name == self.local.name {
             // Forged, or stale news of an earlier leave: we are here.
             if !self.left && inc >= self.local_inc {
-                self.refute(inc, via.from);
+                self.refute(inc, via.reply);
             }
             return;
         }
@@ -670,7 +673,7 @@ impl Gossip {
     /// Someone suspects us, holds us dead, or holds a newer claim about us: take an
     /// incarnation above theirs and say we are alive — to everyone, and straight back
     /// to the accuser.
-    fn refute(&mut self, accused: Incarnation, accuser: Option<SocketAddr>) {
+    fn refute(&mut self, accused: Incarnation, accuser: Option<Dest>) {
         // A later boot of "us" is known (our clock stepped back): move past it.
         self.local_inc = self.incarnation_above(accused);
         self.stats.refutations += 1;

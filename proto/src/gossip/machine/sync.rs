@@ -18,10 +18,11 @@ use rand::RngExt;
 
 use super::super::codec::{Reader, Writer, stable_hash};
 use super::super::members::MemberState;
+use super::super::message::{ANYONE, recipient_id};
 use super::super::message::{Channel, Decoded, MEMBER_BUCKETS, Message, decode_compound};
 use super::super::objects::ObjectEntry;
 use super::super::stats::GossipDrop;
-use super::{Event, Gossip, StreamError, StreamRequest, Via};
+use super::{Dest, Event, Gossip, StreamError, StreamRequest, Via};
 
 /// Most message bytes one push-pull answer carries; the rest waits for the next round.
 const MAX_SYNC_BYTES: usize = 32 * 1024;
@@ -119,11 +120,11 @@ impl Gossip {
         let Some(target) = self.random_live(1, None).pop() else {
             return;
         };
-        let Some(addr) = self.members.get(&target).map(|m| m.record.gossip_addr) else {
+        let Some(dest) = self.member_dest(&target) else {
             return;
         };
         let sync = self.sync_message(true);
-        self.send(addr, &[sync], false);
+        self.send(dest, &[sync], false);
     }
 
     /// A digest arrived: send what we hold in differing buckets, and our digest if asked —
@@ -132,7 +133,7 @@ impl Gossip {
     pub(super) fn on_sync(
         &mut self,
         _now: Instant,
-        from: SocketAddr,
+        to: Dest,
         reply: bool,
         members: &[u64],
         objects: &[u64],
@@ -181,7 +182,7 @@ impl Gossip {
                 objects: mine_objects,
             });
         }
-        self.send(from, &out, false);
+        self.send(to, &out, false);
     }
 
     /// Starts a full-state pull when one is needed and none is in flight; times out the
@@ -203,18 +204,22 @@ impl Gossip {
         let member = self
             .random_live(1, None)
             .pop()
-            .and_then(|name| self.members.get(&name).map(|m| m.record.gossip_addr));
-        let to = member
+            .and_then(|name| self.member_dest(&name));
+        let dest = member
             .or_else(|| {
                 let seeds: Vec<SocketAddr> = self.other_seeds().collect();
                 if seeds.is_empty() {
                     return None;
                 }
                 self.seed_pos = (self.seed_pos + 1) % seeds.len();
-                Some(seeds[self.seed_pos])
+                Some(Dest::anyone(seeds[self.seed_pos]))
             })
             .or(self.pull.hint);
-        let Some(to) = to else {
+        let Some(Dest {
+            addr: to,
+            recipient,
+        }) = dest
+        else {
             self.pull.next_attempt = now + self.config.timing.reannounce_interval;
             return;
         };
@@ -224,7 +229,7 @@ impl Gossip {
         w.u64(id);
         // Our own validated record always fits.
         let _ = self.local_alive().encode(&mut w);
-        let request = self.seal_stream(Channel::StreamRequest, &w.buf);
+        let request = self.seal_stream(Channel::StreamRequest, recipient, &w.buf);
         self.streams.push_back(StreamRequest { to, request });
         self.stats.streams_requested += 1;
         let timeout = self.config.timing.stream_timeout;
@@ -244,8 +249,8 @@ impl Gossip {
     /// Serves a full-state pull read from a TCP connection: returns the sealed response
     /// to write back. Learns the requester (a joiner) on the way.
     ///
-    /// Returns `Err` iff the request does not authenticate, is replayed or malformed;
-    /// the drop is counted.
+    /// Returns `Err` iff the request does not authenticate, is replayed, malformed or
+    /// sealed for another node; the drop is counted.
     pub fn serve_stream(&mut self, now: Instant, request: &[u8]) -> Result<Vec<u8>, StreamError> {
         if request.len() > MAX_STREAM_REQUEST {
             self.stats.count_drop(GossipDrop::Oversized);
@@ -263,11 +268,16 @@ impl Gossip {
             self.stats.count_drop(GossipDrop::Malformed);
             return Err(StreamError::Dropped(GossipDrop::Malformed));
         };
+        // A joiner pulls from a seed whose name it may not know yet.
+        if header.recipient != self.local_id && header.recipient != ANYONE {
+            self.stats.count_drop(GossipDrop::Misdirected);
+            return Err(StreamError::Dropped(GossipDrop::Misdirected));
+        }
         self.accept_seq(&header, &messages);
         self.process(
             now,
             Via {
-                from: None,
+                reply: None,
                 rebroadcast: true,
             },
             &header,
@@ -283,7 +293,8 @@ impl Gossip {
         for (key, e) in self.objects.entries() {
             let _ = Self::object_message(key, e).encode(&mut w);
         }
-        Ok(self.seal_stream(Channel::StreamResponse, &w.buf))
+        let requester = recipient_id(&header.sender);
+        Ok(self.seal_stream(Channel::StreamResponse, requester, &w.buf))
     }
 
     /// Applies the full state a pull returned. Responses nobody is waiting for are
@@ -310,6 +321,10 @@ impl Gossip {
             self.stats.count_drop(GossipDrop::Malformed);
             return;
         };
+        if header.recipient != self.local_id {
+            self.stats.count_drop(GossipDrop::Misdirected);
+            return;
+        }
         self.accept_seq(&header, &messages);
         let served_keys: BTreeSet<String> = messages
             .iter()
@@ -321,7 +336,7 @@ impl Gossip {
         self.process(
             now,
             Via {
-                from: None,
+                reply: None,
                 rebroadcast: false,
             },
             &header,

@@ -221,7 +221,7 @@ fn impostor_alive_via(c: &mut Gossip, now: Instant) -> Vec<u8> {
             record: m.record.clone(),
         })
         .expect("c knows the impostor");
-    c.send(addr(1), &[alive], false);
+    c.send(Dest::named(addr(1), "n1"), &[alive], false);
     c.poll_transmit().expect("sent").payload
 }
 
@@ -273,6 +273,7 @@ fn the_largest_messages_fit_one_datagram() {
     let header = Header {
         channel: Channel::Datagram,
         sender: name.clone(),
+        recipient: 1,
         generation: 1,
         seq: 1,
     };
@@ -337,6 +338,7 @@ proptest! {
         let mut w = crate::gossip::codec::Writer::new();
         w.u8(channel);
         w.str8("n2");
+        w.u64(crate::gossip::message::recipient_id("n1"));
         w.u64(1);
         w.u64(1);
         w.raw(&body);
@@ -470,12 +472,17 @@ fn a_restarted_seed_without_seeds_rejoins_from_members_pings() {
     );
 }
 
-/// An envelope from `sender` carrying `messages`, sealed with the test key: what any key
-/// holder can send.
+/// An envelope from `sender` to n1 carrying `messages`, sealed with the test key: what
+/// any key holder can send.
 fn forged(sender: &str, generation: u64, seq: u64, messages: &[Message]) -> Vec<u8> {
+    forged_to("n1", sender, generation, seq, messages)
+}
+
+fn forged_to(to: &str, sender: &str, generation: u64, seq: u64, messages: &[Message]) -> Vec<u8> {
     let header = Header {
         channel: Channel::Datagram,
         sender: sender.into(),
+        recipient: crate::gossip::message::recipient_id(to),
         generation,
         seq,
     };
@@ -737,7 +744,7 @@ fn a_left_about_a_live_node_is_refuted() {
         name: "n1".into(),
         inc: me_at(&a),
     };
-    b.handle_datagram(now, addr(3), &forged("n3", 1, 2, &[left]));
+    b.handle_datagram(now, addr(3), &forged_to("n2", "n3", 1, 2, &[left]));
     assert_eq!(b.member("n1").map(|m| m.state), Some(MemberState::Left));
     let mut t = now;
     for _ in 0..20 {
@@ -944,4 +951,43 @@ fn made_up_senders_leave_no_replay_windows() {
     a.handle_datagram(now, addr(3), &hello);
     assert_eq!(a.windows.len(), windows + 1);
     assert_eq!(a.stats().drop_count(GossipDrop::Replayed), 1);
+}
+
+/// A datagram is sealed for one recipient: captured on its way to a and replayed at c,
+/// it is dropped there.
+#[test]
+fn a_datagram_sealed_for_one_node_is_refused_by_another() {
+    let now = Instant::now();
+    let (mut a, mut b) = join_pair(now);
+    let mut c = node(3, vec![], now);
+    b.set_object(now, "k", Some(vec![1])).unwrap();
+    b.handle_timeout(now + Duration::from_secs(1));
+    let t = std::iter::from_fn(|| b.poll_transmit())
+        .find(|t| t.dst == addr(1))
+        .expect("b gossips to a");
+    c.handle_datagram(now, addr(2), &t.payload);
+    assert_eq!(c.stats().drop_count(GossipDrop::Misdirected), 1);
+    assert!(c.member("n2").is_none() && c.object("k").is_none());
+    assert!(c.poll_transmit().is_none(), "no answer to a replay");
+    a.handle_datagram(now, addr(2), &t.payload);
+    assert_eq!(a.object("k"), Some(&[1u8][..]));
+}
+
+/// Replies go to where a known member says it listens, not to a packet's (spoofable)
+/// source address.
+#[test]
+fn replies_go_to_the_recorded_address() {
+    let now = Instant::now();
+    let (mut a, b) = join_pair(now);
+    let generation = b.generation();
+    while a.poll_transmit().is_some() {}
+    let ping = Message::Ping {
+        seq: 77,
+        target: "n1".into(),
+    };
+    a.handle_datagram(now, addr(99), &forged("n2", generation, 1_000_000, &[ping]));
+    let sent: Vec<SocketAddr> = std::iter::from_fn(|| a.poll_transmit())
+        .map(|t| t.dst)
+        .collect();
+    assert_eq!(sent, vec![addr(2)]);
 }

@@ -902,3 +902,69 @@ fn a_restart_with_a_lower_generation_rejoins() {
         assert!(sim.gossip(node).generation() > old);
     }
 }
+
+/// Every datagram of a busy cluster (joins with their announcements to the seed,
+/// subnet claims, object writes, a record update, a leave) captured and replayed to
+/// every node from a spoofed source — once right away, once after the leaver was
+/// forgotten: nothing changes anywhere, and nothing is sent to the spoofed source.
+#[test]
+fn replays_to_any_node_from_spoofed_sources_change_nothing() {
+    let mut config = subnet_config("10.244.0.0/16");
+    config.timing.dead_reap_after = secs(5.0);
+    let n = 5;
+    let mut sim = Sim::new(26, n, config, NetConfig::default(), secs(1.0));
+    sim.capture = Some(Vec::new());
+    sim.run_until_pred(secs(30.0), secs(0.1), |s| {
+        s.converged() && subnets(s).len() == n
+    })
+    .expect("join and claims");
+    for i in 0..n {
+        sim.with(i, |g, now| {
+            g.set_object(now, &format!("obj/{i}"), Some(vec![i as u8]))
+                .expect("valid")
+        });
+    }
+    sim.with(2, |g, now| {
+        g.update_local(now, |r| r.zone = "z".into()).expect("valid")
+    });
+    sim.run_until(sim.now + secs(3.0));
+    let leaver = n - 1;
+    sim.with(leaver, |g, now| g.leave(now));
+    sim.run_until(sim.now + secs(1.0));
+    sim.crash(leaver);
+    let captured = sim.capture.take().unwrap_or_default();
+    let spoofed = SocketAddr::from(([10, 9, 9, 9], 7946));
+    let replay_all = |sim: &mut Sim| {
+        let mark = sim.now;
+        sim.capture = Some(Vec::new());
+        let targets: Vec<usize> = sim.running().collect();
+        for (_, _, bytes) in &captured {
+            for &to in &targets {
+                sim.with(to, |g, now| g.handle_datagram(now, spoofed, bytes));
+            }
+        }
+        sim.run_until(sim.now + secs(3.0));
+        let sent = sim.capture.take().unwrap_or_default();
+        assert!(
+            sent.iter().all(|(_, dst, _)| *dst != spoofed),
+            "answered a spoofed source"
+        );
+        for i in targets {
+            let events: Vec<&Seen> = sim.nodes[i]
+                .seen
+                .iter()
+                .filter(|(t, _)| *t >= mark)
+                .map(|(_, s)| s)
+                .collect();
+            assert!(events.is_empty(), "node {i}: {events:?}");
+        }
+    };
+    sim.run_until(sim.now + secs(2.0));
+    replay_all(&mut sim);
+    // Past dead_reap_after and a re-announce tick: the leaver is forgotten everywhere.
+    sim.run_until(sim.now + secs(8.0));
+    let name = node_name(leaver);
+    assert!(sim.running().all(|i| sim.gossip(i).member(&name).is_none()));
+    replay_all(&mut sim);
+    assert!(sim.converged());
+}
