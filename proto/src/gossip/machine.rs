@@ -607,6 +607,22 @@ impl Gossip {
         self.broadcasts.len()
     }
 
+    /// Sizes of every table an authenticated peer can make grow, for tests that bound
+    /// them: members, forgotten members, replay windows, relays, greeted addresses,
+    /// suspects, broadcasts.
+    #[cfg(test)]
+    pub(crate) fn table_sizes(&self) -> [usize; 7] {
+        [
+            self.members.len(),
+            self.forgotten.len(),
+            self.windows.len(),
+            self.relays.len(),
+            self.greeted.len(),
+            self.suspects.len(),
+            self.broadcasts.len(),
+        ]
+    }
+
     // ---- helpers -------------------------------------------------------------------
 
     fn wall_ms(&self, now: Instant) -> u64 {

@@ -106,6 +106,8 @@ pub(crate) struct Sim {
     pub(crate) keep_events: bool,
     /// Copies of every datagram a node sent, for replay tests.
     pub(crate) capture: Option<Vec<(usize, SocketAddr, Vec<u8>)>>,
+    /// One-way cuts: datagrams from the first node to the second are lost.
+    pub(crate) one_way: BTreeSet<(usize, usize)>,
 }
 
 pub(crate) fn node_name(i: usize) -> String {
@@ -180,6 +182,7 @@ impl Sim {
             next_id: 0,
             keep_events: true,
             capture: None,
+            one_way: BTreeSet::new(),
         };
         for i in 0..n {
             let at = sim.nodes[i].start_at;
@@ -305,7 +308,10 @@ impl Sim {
                 .net
                 .loss
                 .max(self.net.inbound_loss.get(&to).copied().unwrap_or(0.0));
-            if !self.reachable(i, to) || self.rng.random::<f64>() < loss {
+            if !self.reachable(i, to)
+                || self.one_way.contains(&(i, to))
+                || self.rng.random::<f64>() < loss
+            {
                 continue;
             }
             let at = self.now + self.latency();
@@ -543,6 +549,34 @@ impl Sim {
                     .count()
             })
             .sum()
+    }
+
+    /// An envelope from `sender` for node `to`, sealed with the cluster key: what any key
+    /// holder can send, whatever it claims.
+    pub(crate) fn forge(
+        &self,
+        to: usize,
+        sender: &str,
+        generation: u64,
+        seq: u64,
+        messages: &[message::Message],
+    ) -> Vec<u8> {
+        let header = message::Header {
+            channel: message::Channel::Datagram,
+            sender: sender.to_owned(),
+            recipient: message::recipient_id(&self.nodes[to].name),
+            generation,
+            seq,
+        };
+        let mut w = codec::Writer::new();
+        header.encode(&mut w);
+        for m in messages {
+            // Out-of-bounds messages are the point of some forgeries: written as is.
+            let _ = m.encode(&mut w);
+        }
+        let mut nonce = [0xa5; 24];
+        nonce[16..].copy_from_slice(&seq.to_be_bytes());
+        Keyring::new(cluster_key()).seal(&self.config.cluster_name, nonce, &w.buf)
     }
 
     pub(crate) fn total_drops(&self, reason: GossipDrop) -> u64 {

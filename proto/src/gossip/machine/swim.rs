@@ -529,9 +529,7 @@ impl Gossip {
 
     fn on_suspect(&mut self, now: Instant, via: Via, name: &str, inc: Incarnation, accuser: &str) {
         if name == self.local.name {
-            if !self.left && inc >= self.local_inc {
-                self.refute(inc, via.reply);
-            }
+            self.accused(now, via, inc);
             return;
         }
         let fresh = self.suspicion_for(now, accuser);
@@ -568,9 +566,7 @@ impl Gossip {
 
     fn on_dead(&mut self, now: Instant, via: Via, name: &str, inc: Incarnation, accuser: &str) {
         if name == self.local.name {
-            if !self.left && inc >= self.local_inc {
-                self.refute(inc, via.reply);
-            }
+            self.accused(now, via, inc);
             return;
         }
         // No death on hearsay: about an alive member a `Dead` starts a suspicion, about a
@@ -582,9 +578,7 @@ impl Gossip {
     fn on_left(&mut self, now: Instant, via: Via, name: &str, inc: Incarnation) {
         if name == self.local.name {
             // Forged, or stale news of an earlier leave: we are here.
-            if !self.left && inc >= self.local_inc {
-                self.refute(inc, via.reply);
-            }
+            self.accused(now, via, inc);
             return;
         }
         let Some(m) = self.members.get_mut(name) else {
@@ -668,6 +662,33 @@ impl Gossip {
             self.stats.declared_dead += 1;
             self.declare_dead(now, &name, inc, &me);
         }
+    }
+
+    /// A claim that we are suspect, dead or gone arrived. At or above our incarnation we
+    /// refute it. Below, whoever sent it holds news older than ours (it missed our last
+    /// refutation, which gossip does not repeat forever): answer it with our current
+    /// `Alive`, rate-limited per address like a greeting.
+    fn accused(&mut self, now: Instant, via: Via, inc: Incarnation) {
+        if self.left {
+            return;
+        }
+        if inc >= self.local_inc {
+            self.refute(inc, via.reply);
+            return;
+        }
+        let Some(to) = via.reply else { return };
+        let interval = self.config.timing.reannounce_interval;
+        if self
+            .greeted
+            .get(&to.addr)
+            .is_some_and(|t| now < *t + interval)
+        {
+            return;
+        }
+        self.greeted.retain(|_, t| now < *t + interval);
+        self.greeted.insert(to.addr, now);
+        let alive = self.local_alive();
+        self.send(to, &[alive], false);
     }
 
     /// Someone suspects us, holds us dead, or holds a newer claim about us: take an

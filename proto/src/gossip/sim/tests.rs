@@ -968,3 +968,269 @@ fn replays_to_any_node_from_spoofed_sources_change_nothing() {
     replay_all(&mut sim);
     assert!(sim.converged());
 }
+
+/// A key holder turns malicious for a while: well-formed but extreme claims — maximal
+/// incarnations, generations from the far future, 255-byte names, objects stamped a
+/// year ahead, a static supernet record, `Left` and `Dead` about live nodes, thousands
+/// of made-up sender names — then stops. Nothing panics; within a few suspicion
+/// timeouts every honest node sees every other alive; no honest subnet is lost or
+/// changed; tables stay bounded; an honest write wins.
+#[test]
+fn a_malicious_key_holder_does_no_lasting_harm() {
+    use message::Message;
+    let n = 8;
+    let mut sim = Sim::new(
+        27,
+        n,
+        subnet_config("10.244.0.0/16"),
+        NetConfig::default(),
+        secs(1.0),
+    );
+    sim.run_until_pred(secs(30.0), secs(0.1), |s| {
+        s.converged() && subnets(s).len() == n
+    })
+    .expect("join and claims");
+    sim.run_until(sim.now + secs(2.0));
+    let before: BTreeMap<usize, Ipv4Net> = subnets(&sim).into_iter().collect();
+    let mark = sim.now;
+    let wall_ms = WALL0 + (sim.now - sim.base).as_millis() as u64;
+    let far_gen = (wall_ms + 2 * 86_400_000) * 1000;
+    let year_ms = 365 * 86_400_000;
+    let mut seq = 1u64;
+    let fake_alive = |name: String, subnet: Option<(&str, bool)>| {
+        let mut record = NodeRecord::new(
+            name,
+            SocketAddr::from(([10, 66, 0, 1], 7946)),
+            Ipv4Addr::new(192, 168, 66, 1),
+            None,
+        );
+        if let Some((net, is_static)) = subnet {
+            record.pod_subnet = Some(net.parse().expect("cidr"));
+            record.subnet_static = is_static;
+            record.subnet_claimed_at = Hlc::new(wall_ms, 0);
+        }
+        Message::Alive {
+            inc: Incarnation {
+                generation: wall_ms * 1000,
+                incarnation: 0,
+            },
+            version: 1,
+            record,
+        }
+    };
+    for round in 0..20u64 {
+        for to in 0..n {
+            let victim = (to + 1 + round as usize) % n;
+            let vname = node_name(victim);
+            let vinc = sim.gossip(victim).member(&vname).expect("self").incarnation;
+            let evil = format!("evil-{round}");
+            let mut batches: Vec<(String, u64, Vec<Message>)> = Vec::new();
+            // Claims about a live node: maximal, from the future, and a plausible Left
+            // and Dead that only a refutation can undo.
+            let inc_max = Incarnation {
+                incarnation: u64::MAX,
+                ..vinc
+            };
+            let inc_far = Incarnation {
+                generation: far_gen,
+                incarnation: 0,
+            };
+            let inc_next = Incarnation {
+                incarnation: vinc.incarnation + 1,
+                ..vinc
+            };
+            batches.push((
+                evil.clone(),
+                wall_ms * 1000,
+                vec![
+                    Message::Suspect {
+                        name: vname.clone(),
+                        inc: inc_max,
+                        from: evil.clone(),
+                    },
+                    Message::Dead {
+                        name: vname.clone(),
+                        inc: inc_far,
+                        from: evil.clone(),
+                    },
+                    Message::Dead {
+                        name: vname.clone(),
+                        inc: inc_next,
+                        from: evil.clone(),
+                    },
+                ],
+            ));
+            batches.push((
+                evil.clone(),
+                wall_ms * 1000,
+                vec![Message::Left {
+                    name: vname.clone(),
+                    inc: inc_next,
+                }],
+            ));
+            // Made-up members: one with the longest name, one with a static supernet.
+            batches.push((
+                evil.clone(),
+                wall_ms * 1000,
+                vec![
+                    fake_alive(format!("{}{round:02}", "x".repeat(61)), None),
+                    fake_alive(format!("supernet-{round}"), Some(("10.244.0.0/16", true))),
+                ],
+            ));
+            // 255-byte names (out of bounds: the whole datagram is malformed).
+            batches.push((
+                evil.clone(),
+                wall_ms * 1000,
+                vec![Message::Ping {
+                    seq: 1,
+                    target: "y".repeat(255),
+                }],
+            ));
+            // Objects from a year ahead, and just within the drift bound.
+            batches.push((
+                evil.clone(),
+                wall_ms * 1000,
+                vec![
+                    Message::Object {
+                        key: "svc/web".into(),
+                        hlc: Hlc::new(wall_ms + year_ms, 0),
+                        writer: evil.clone(),
+                        value: Some(b"evil".to_vec()),
+                    },
+                    Message::Object {
+                        key: "svc/db".into(),
+                        hlc: Hlc::new(wall_ms + 50_000, 0),
+                        writer: evil.clone(),
+                        value: Some(b"evil".to_vec()),
+                    },
+                ],
+            ));
+            // An envelope from the far future, and thousands of sender names.
+            batches.push((evil.clone(), far_gen, vec![Message::Ack { seq: 1 }]));
+            for k in 0..100 {
+                batches.push((
+                    format!("ghost-{round}-{k}"),
+                    1,
+                    vec![Message::Ack { seq: k }],
+                ));
+            }
+            for (sender, generation, messages) in batches {
+                seq += 1;
+                let bytes = sim.forge(to, &sender, generation, seq, &messages);
+                let spoofed = SocketAddr::from(([10, 66, 0, 2], 7946));
+                sim.with(to, |g, now| g.handle_datagram(now, spoofed, &bytes));
+            }
+        }
+        sim.run_until(sim.now + secs(0.25));
+    }
+    // The attacker stops. Its made-up members stop answering and die.
+    let honest: Vec<usize> = (0..n).collect();
+    let all_alive = |s: &Sim| {
+        honest.iter().all(|&i| {
+            honest.iter().filter(|&&j| j != i).all(|&j| {
+                s.gossip(i).member(&node_name(j)).is_some_and(|m| {
+                    m.state == MemberState::Alive && m.record == Some(s.gossip(j).local())
+                })
+            })
+        })
+    };
+    let t = sim.run_until_pred(secs(30.0), secs(0.1), all_alive);
+    if t.is_none() {
+        for i in 0..n {
+            let view: Vec<String> = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    let m = sim.gossip(i).member(&node_name(j));
+                    format!(
+                        "{j}:{:?}/{:?}/rec={}",
+                        m.map(|m| m.state),
+                        m.map(|m| m.incarnation),
+                        m.is_some_and(|m| m.record == Some(sim.gossip(j).local()))
+                    )
+                })
+                .collect();
+            eprintln!(
+                "node {i} (inc {:?}, sizes {:?}): {view:?}",
+                sim.gossip(i).member(&node_name(i)).map(|m| m.incarnation),
+                sim.gossip(i).table_sizes()
+            );
+        }
+    }
+    let t = t.expect("honest nodes never all alive again");
+    eprintln!("after the attack: honest nodes all alive again after {t:?}");
+    sim.run_until(sim.now + secs(10.0));
+    assert!(all_alive(&sim));
+    // No honest subnet lost or changed.
+    let after: BTreeMap<usize, Ipv4Net> = subnets(&sim).into_iter().collect();
+    assert_eq!(after, before);
+    for i in 0..n {
+        assert!(
+            !sim.nodes[i]
+                .seen
+                .iter()
+                .any(|(t, s)| *t >= mark && matches!(s, Seen::Subnet(_) | Seen::Exhausted)),
+            "node {i} changed its subnet"
+        );
+    }
+    // Bounded tables: the made-up sender names left nothing behind.
+    for i in 0..n {
+        let [
+            members,
+            forgotten,
+            windows,
+            relays,
+            greeted,
+            suspects,
+            broadcasts,
+        ] = sim.gossip(i).table_sizes();
+        let known = members + forgotten;
+        assert!(members <= n + 40, "node {i}: {members} members");
+        assert!(
+            windows <= 3 * known,
+            "node {i}: {windows} windows for {known} known"
+        );
+        assert!(relays + greeted + suspects <= 3 * known, "node {i}");
+        assert!(broadcasts <= 4096, "node {i}");
+    }
+    // Objects: the year-ahead write was dropped everywhere; an honest write wins over
+    // the one within the drift bound.
+    assert!(
+        sim.running()
+            .all(|i| sim.gossip(i).object("svc/web").is_none())
+    );
+    sim.with(3, |g, now| {
+        g.set_object(now, "svc/db", Some(b"honest".to_vec()))
+            .expect("valid")
+    });
+    sim.run_until(sim.now + secs(3.0));
+    assert!(
+        sim.running()
+            .all(|i| sim.gossip(i).object("svc/db") == Some(&b"honest"[..]))
+    );
+    assert!(sim.total_drops(GossipDrop::Malformed) > 0);
+    assert!(sim.total_drops(GossipDrop::Implausible) > 0);
+}
+
+/// An asymmetric partition: for 20 s nothing gets from one half to the other, while the
+/// reverse direction works. The cut-off side is suspected and declared dead by the
+/// side it cannot reach, keeps hearing accusations it can refute only one way… and
+/// once the link heals everyone is alive in everyone's view again.
+#[test]
+fn an_asymmetric_partition_heals() {
+    let n = 6;
+    let mut sim = joined(28, n);
+    sim.run_until(sim.now + secs(2.0));
+    for a in 0..3 {
+        for b in 3..n {
+            sim.one_way.insert((a, b));
+        }
+    }
+    sim.run_until(sim.now + secs(20.0));
+    sim.one_way.clear();
+    let t = sim
+        .run_until_pred(secs(60.0), secs(0.1), Sim::converged)
+        .expect("never healed");
+    eprintln!("asymmetric partition: full mesh {t:?} after the heal");
+    sim.run_until(sim.now + secs(10.0));
+    assert!(sim.converged());
+}
