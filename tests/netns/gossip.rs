@@ -306,9 +306,10 @@ pub(crate) fn wrong_key_and_forged_gossip_are_refused_and_counted() -> Result<()
     // Forged datagrams from the intruder's namespace straight at n1's gossip port.
     let target = SocketAddr::from((n1, 7946));
     let sock = in_netns(&lab.node("x1")?.netns(), || UdpSocket::bind("0.0.0.0:0"))?;
-    sock.send_to(&[1, 2, 3], target)?; // shorter than the sealing overhead
+    use overlayd_proto::gossip::SEAL_VERSION;
+    sock.send_to(&[SEAL_VERSION, 2, 3], target)?; // shorter than the sealing overhead
     let mut junk = vec![0u8; 200];
-    junk[0] = 1;
+    junk[0] = SEAL_VERSION;
     sock.send_to(&junk, target)?; // right version byte, wrong everything else
     sock.send_to(&[0xee; 200], target)?; // unknown version
 

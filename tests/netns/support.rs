@@ -154,7 +154,8 @@ pub(crate) fn ping(ns: &str, dst: Ipv4Addr, count: u32) -> Result<String> {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(
         out.status.success() && text.contains(" 0% packet loss"),
-        "ping {dst} from {ns} lost replies:\n{text}"
+        "ping {dst} from {ns} lost replies:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     Ok(text)
 }
