@@ -43,18 +43,9 @@ impl Gossip {
         if self.members.get(sender).is_some_and(|m| m.state.is_up()) {
             return;
         }
-        let interval = self.config.timing.reannounce_interval;
-        if self
-            .greeted
-            .get(&to.addr)
-            .is_some_and(|t| now < *t + interval)
-        {
+        if !self.send_alive_rate_limited(now, to) {
             return;
         }
-        self.greeted.retain(|_, t| now < *t + interval);
-        self.greeted.insert(to.addr, now);
-        let alive = self.local_alive();
-        self.send(to, std::slice::from_ref(&alive), false);
         if self.live_names().is_empty() {
             self.pull.hint = Some(to);
             self.pull.needed = true;
@@ -676,19 +667,27 @@ impl Gossip {
             self.refute(inc, via.reply);
             return;
         }
-        let Some(to) = via.reply else { return };
+        if let Some(to) = via.reply {
+            self.send_alive_rate_limited(now, to);
+        }
+    }
+
+    /// Sends our own `Alive` to `to` unless that address got one within the re-announce
+    /// interval; returns whether it was sent.
+    fn send_alive_rate_limited(&mut self, now: Instant, to: Dest) -> bool {
         let interval = self.config.timing.reannounce_interval;
         if self
             .greeted
             .get(&to.addr)
             .is_some_and(|t| now < *t + interval)
         {
-            return;
+            return false;
         }
         self.greeted.retain(|_, t| now < *t + interval);
         self.greeted.insert(to.addr, now);
         let alive = self.local_alive();
         self.send(to, &[alive], false);
+        true
     }
 
     /// Someone suspects us, holds us dead, or holds a newer claim about us: take an
