@@ -16,3 +16,44 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod pods;
+
+/// An error and its causes on one line, `outer: cause: root`, with each cause left out
+/// when the text before it already says it. Many error types print their source in their
+/// own message and also return it from `source()`; anyhow's `{:#}` would then repeat it.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(part.trim()) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read topology file x.toml: {source}")]
+    struct Outer {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn error_text_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(Outer { source: io }).context("lab up");
+        assert_eq!(
+            error_text(&e),
+            "lab up: cannot read topology file x.toml: no such file"
+        );
+        let plain = anyhow::anyhow!("root").context("middle").context("top");
+        assert_eq!(error_text(&plain), "top: middle: root");
+    }
+}

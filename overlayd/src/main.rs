@@ -124,7 +124,7 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("overlayd: {e:#}");
+            eprintln!("overlayd: {}", overlayd::error_text(&e));
             ExitCode::FAILURE
         }
     }

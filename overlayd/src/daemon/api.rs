@@ -111,7 +111,7 @@ fn error_response(e: anyhow::Error) -> Response {
     Response {
         ok: false,
         result: None,
-        error: Some(format!("{e:#}")),
+        error: Some(crate::error_text(&e)),
     }
 }
 
