@@ -62,6 +62,7 @@ enum Command {
     Key {
         action: KeyCommand,
         /// The key file (install, use, remove); read by the daemon.
+        #[arg(required_if_eq_any([("action", "install"), ("action", "use"), ("action", "remove")]))]
         file: Option<PathBuf>,
         #[arg(long)]
         json: bool,
@@ -198,9 +199,6 @@ async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
                 KeyCommand::Remove => KeyAction::Remove,
                 KeyCommand::Generate => unreachable!("handled before connecting"),
             };
-            if action != KeyAction::List && file.is_none() {
-                anyhow::bail!("`overlayd key {action:?}` needs a key file");
-            }
             // The daemon reads the file: give it a path that means the same there.
             let file = file.map(std::path::absolute).transpose()?;
             cli::show(socket, Request::Key { action, file }, json, cli::keys_table).await?;
