@@ -438,3 +438,74 @@ pub(crate) fn pods_cannot_reach_tunnel_or_gossip_ports() -> Result<()> {
     );
     Ok(())
 }
+
+/// SIGTERM while the daemon is still starting (here: resolving a seed, which it retries
+/// for seconds) stops it cleanly. Before start-up finished no handler was installed and
+/// the signal's default action killed the process wherever it was, leaving what start-up
+/// had made so far whatever `on_exit` said.
+pub(crate) fn sigterm_during_start_up_stops_cleanly() -> Result<()> {
+    let lab = lab("st", &two_segments_with("gossip = false", SMALL)?)?;
+    // n3's daemon goes, so its ports and the node's devices are free for the one here.
+    sigterm(&lab, "n3")?;
+    let ns = lab.node("n3")?.netns();
+    let dir = lab.run_dir().join("early");
+    std::fs::create_dir_all(&dir)?;
+    let key = dir.join("gossip.key");
+    let out = Command::new(crate::support::overlayd_bin())
+        .args(["key", "generate"])
+        .output()?;
+    ensure!(out.status.success(), "key generate failed");
+    std::fs::write(&key, &out.stdout)?;
+    let config = dir.join("overlayd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nname = \"early\"\nunderlay_interface = \"eth0\"\n\
+             [gossip]\nkey_files = [\"{}\"]\nseeds = [\"seed.invalid\"]\n\
+             [daemon]\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n",
+            key.display(),
+            dir.join("state").display(),
+            dir.join("overlayd.sock").display(),
+        ),
+    )?;
+    let log = dir.join("daemon.log");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(crate::support::overlayd_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let mut child = crate::support::KillOnDrop(child);
+    wait_for("the daemon to start", Duration::from_secs(10), || {
+        Ok(std::fs::read_to_string(&log)?.contains("starting"))
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    ensure!(
+        child.0.try_wait()?.is_none(),
+        "the daemon did not stay in start-up: {}",
+        log_text()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let mut status = None;
+    wait_for("the daemon to exit", Duration::from_secs(15), || {
+        status = child.0.try_wait()?;
+        Ok(status.is_some())
+    })?;
+    let status = status.context("no exit status")?;
+    ensure!(
+        status.code() == Some(0),
+        "SIGTERM during start-up ended the daemon with {status} instead of a clean stop: {}",
+        log_text()
+    );
+    ensure!(
+        ns_run(&ns, &["ip", "link", "show", "ovd0"]).is_err(),
+        "a bridge was left behind"
+    );
+    Ok(())
+}

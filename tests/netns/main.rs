@@ -58,6 +58,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         faults::clean_stop_removes_only_what_is_ours,
     ),
     (
+        "sigterm_during_start_up_stops_cleanly",
+        faults::sigterm_during_start_up_stops_cleanly,
+    ),
+    (
         "on_exit_keep_leaves_the_data_path",
         faults::on_exit_keep_leaves_the_data_path,
     ),

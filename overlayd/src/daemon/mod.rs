@@ -89,6 +89,12 @@ impl Shared {
 
 pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     netlink::require_net_admin()?;
+    // Before anything is made or waited for: until a handler is installed, SIGTERM, SIGINT
+    // and SIGHUP kill the process outright, which would leave whatever start-up had made
+    // so far (bridge, NAT table, re-attached pods) whatever `on_exit` says.
+    let mut signals = StopSignals::new()?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     // Before touching anything: a second daemon on the same state would fight the first.
     let _lock = lock_state_dir(&cfg.daemon.state_dir)?;
     crate::netns::find_host_mount_ns();
@@ -100,17 +106,29 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     );
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
 
-    let (gossip, gossip_task) = match &cfg.gossip {
-        Some(g) => {
-            let (handle, task) = gossip_setup::start(&cfg, g, &local).await?;
-            (Some(handle), Some(task))
-        }
-        None => (None, None),
+    // Resolving seeds and claiming a subnet can take a while and make nothing in the
+    // kernel: a stop signal meanwhile ends start-up at once.
+    let joining = async {
+        let (gossip, gossip_task) = match &cfg.gossip {
+            Some(g) => {
+                let (handle, task) = gossip_setup::start(&cfg, g, &local).await?;
+                (Some(handle), Some(task))
+            }
+            None => (None, None),
+        };
+        let subnet = match (&cfg.node.pod_subnet, &gossip) {
+            (Some(net), _) => *net,
+            (None, Some(handle)) => gossip_setup::wait_for_subnet(&cfg, handle).await?,
+            (None, None) => bail!("node.pod_subnet is required without [gossip]"),
+        };
+        Ok((gossip, gossip_task, subnet))
     };
-    let subnet = match (&cfg.node.pod_subnet, &gossip) {
-        (Some(net), _) => *net,
-        (None, Some(handle)) => gossip_setup::wait_for_subnet(&cfg, handle).await?,
-        (None, None) => bail!("node.pod_subnet is required without [gossip]"),
+    let (gossip, gossip_task, subnet) = tokio::select! {
+        joined = joining => joined?,
+        signal = signals.stop() => {
+            tracing::info!("{signal} during start-up: stopping; nothing was set up yet");
+            return Ok(());
+        }
     };
     let subnet = Subnet::new(subnet);
     tracing::info!(pod_subnet = %subnet.net, "pod subnet");
@@ -219,15 +237,11 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         });
     }
 
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut hup) = (
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::hangup())?,
-    );
+    // A stop signal that came during the rest of start-up is waiting here: it stops the
+    // daemon now, removing what start-up made.
     let outcome = loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break Ok(()) }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break Ok(()) }
+            signal = signals.stop() => { tracing::info!("{signal}: stopping"); break Ok(()) }
             _ = hup.recv() => reload_keys(&shared).await,
             Some(done) = tasks.join_next() => break match done {
                 Ok(Err(e)) => Err(e),
@@ -257,6 +271,31 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         tracing::info!("on_exit = keep: leaving routes, bridge and NAT in place");
     }
     outcome
+}
+
+/// SIGTERM and SIGINT, handled from the start of `run`; a signal that arrives before it
+/// is waited for is kept until then.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; returns its name.
+    async fn stop(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 /// Takes an exclusive lock on `state_dir/lock` for the daemon's lifetime.
