@@ -204,7 +204,11 @@ pub async fn tun_to_udp(
             }
         }
         drop(snap);
-        send_runs(&dp, &sock, &state, &arena, stride, &slots, port).await;
+        let udp = QuinnUdp {
+            sock: &sock,
+            state: &state,
+        };
+        send_runs(&dp, &udp, &arena, stride, &slots, port).await;
     }
 }
 
@@ -229,39 +233,94 @@ async fn read_tun_batch(
     Ok(lens)
 }
 
-/// Sends the encapsulated slots, grouped into GSO sends by `gso_runs`.
+/// The tunnel's UDP socket as the send loop uses it (a fake in tests).
+trait UdpSend {
+    /// Segments one GSO send may carry now.
+    fn max_gso_segments(&self) -> usize;
+    /// Sends one transmit, waiting while the socket is full; `Err` is any other failure.
+    async fn send(&self, transmit: &Transmit<'_>) -> io::Result<()>;
+}
+
+struct QuinnUdp<'a> {
+    sock: &'a UdpSocket,
+    state: &'a UdpSocketState,
+}
+
+impl UdpSend for QuinnUdp<'_> {
+    fn max_gso_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    async fn send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        // Only WouldBlock waits; any other error is the caller's to count.
+        self.sock
+            .async_io(Interest::WRITABLE, || {
+                match self.state.try_send(self.sock.into(), transmit) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+                    other => Ok(other),
+                }
+            })
+            .await?
+    }
+}
+
+/// Whether a failed GSO send failed because the kernel refused segmentation offload (the
+/// route's device has no checksum offload, IPsec on the path): quinn-udp then stops using
+/// GSO, and the segments can still go out one by one.
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
+}
+
+/// Sends the encapsulated slots, grouped into GSO sends by `gso_runs`. Any error but
+/// WouldBlock (no route to the peer, say) is counted and the batch moves on: UDP is lossy
+/// and the inner protocol retransmits.
 async fn send_runs(
     dp: &Datapath,
-    sock: &UdpSocket,
-    state: &UdpSocketState,
+    udp: &impl UdpSend,
     arena: &[u8],
     stride: usize,
     slots: &[Option<(Ipv4Addr, usize)>],
     port: u16,
 ) {
-    let max_segments = state.max_gso_segments().min(MAX_GSO_BYTES / stride);
+    let max_segments = udp.max_gso_segments().min(MAX_GSO_BYTES / stride);
+    let count = |sent: &io::Result<()>| match sent {
+        Ok(()) => dp.io.udp_send_batches.fetch_add(1, Relaxed),
+        Err(_) => dp.io.udp_send_errors.fetch_add(1, Relaxed),
+    };
     for run in gso_runs(slots, stride, max_segments) {
+        let destination = SocketAddr::V4(SocketAddrV4::new(run.dst, port));
         let transmit = Transmit {
-            destination: SocketAddr::V4(SocketAddrV4::new(run.dst, port)),
+            destination,
             ecn: None,
             contents: &arena[run.bytes(stride)],
             segment_size: run.segment_size(stride),
             src_ip: None,
         };
-        // Only WouldBlock waits; any other error (no route to the peer, say) is counted
-        // and the batch moves on: UDP is lossy and the inner protocol retransmits.
-        let sent = sock
-            .async_io(Interest::WRITABLE, || {
-                match state.try_send(sock.into(), &transmit) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
-                    other => Ok(other),
+        match udp.send(&transmit).await {
+            Err(e) if transmit.segment_size.is_some() && gso_refused(&e) => {
+                // The whole run would be lost with the GSO send: send it datagram by
+                // datagram instead (later batches no longer use GSO).
+                tracing::debug!(dst = %run.dst, "GSO send refused ({e}); sending the run singly");
+                for slot in run.slots.clone() {
+                    let len = if slot + 1 == run.slots.end {
+                        run.last_len
+                    } else {
+                        stride
+                    };
+                    let single = Transmit {
+                        destination,
+                        ecn: None,
+                        contents: &arena[slot * stride..slot * stride + len],
+                        segment_size: None,
+                        src_ip: None,
+                    };
+                    count(&udp.send(&single).await);
                 }
-            })
-            .await;
-        match sent {
-            Ok(Ok(())) => dp.io.udp_send_batches.fetch_add(1, Relaxed),
-            _ => dp.io.udp_send_errors.fetch_add(1, Relaxed),
-        };
+            }
+            sent => {
+                count(&sent);
+            }
+        }
     }
 }
 
@@ -311,5 +370,70 @@ pub async fn udp_to_tun(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overlayd_proto::dataplane::LocalVtep;
+    use overlayd_proto::wire::MacAddr;
+    use std::sync::Mutex;
+
+    /// A socket whose kernel refuses GSO: every multi-segment send fails with EIO.
+    struct NoGso {
+        sent: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
+    }
+
+    impl UdpSend for NoGso {
+        fn max_gso_segments(&self) -> usize {
+            64
+        }
+
+        async fn send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+            if transmit.segment_size.is_some() {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let mut sent = self.sent.lock().unwrap();
+            sent.push((transmit.destination, transmit.contents.to_vec()));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gso_send_the_kernel_refuses_goes_out_datagram_by_datagram() {
+        let dp = Datapath::new(ForwardingTable::new(
+            LocalVtep {
+                vni: 1,
+                mac: MacAddr::vtep_for_node("n1"),
+                pod_subnet: "10.244.1.0/24".parse().unwrap(),
+            },
+            Vec::new(),
+        ));
+        let stride = 100;
+        let peer = Ipv4Addr::new(10, 100, 2, 11);
+        // Three frames to one peer, the first two filling their slots: one GSO run.
+        let mut arena = vec![0u8; stride * 3];
+        for (i, byte) in arena.iter_mut().enumerate() {
+            *byte = (i / stride) as u8 + 1;
+        }
+        let slots = [Some((peer, stride)), Some((peer, stride)), Some((peer, 60))];
+        let udp = NoGso {
+            sent: Mutex::new(Vec::new()),
+        };
+        send_runs(&dp, &udp, &arena, stride, &slots, 8472).await;
+
+        let sent = udp.sent.into_inner().unwrap();
+        let to = SocketAddr::from((peer, 8472));
+        assert_eq!(
+            sent,
+            vec![
+                (to, vec![1; stride]),
+                (to, vec![2; stride]),
+                (to, vec![3; 60]),
+            ],
+            "every frame of the refused run is sent on its own"
+        );
+        assert_eq!(dp.io.udp_send_batches.load(Relaxed), 3);
     }
 }
