@@ -9,7 +9,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -124,9 +126,33 @@ impl Netlink {
         Ok(msgs.iter().map(to_link).collect())
     }
 
-    /// Creates the bridge unless it exists; sets its MTU and brings it up.
+    /// Creates the bridge unless it exists; sets its MTU and brings it up. An existing
+    /// interface of that name that is not a bridge is refused: the daemon would strip its
+    /// addresses and delete it on a clean stop (`bridge.name = "eth0"`, say).
     pub async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<u32> {
-        if self.link_by_name(name).await?.is_none() {
+        let mut existing = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        let existing = match existing.try_next().await {
+            Ok(msg) => msg,
+            Err(e) if is_errno(&e, libc::ENODEV) => None,
+            Err(e) => return Err(e).with_context(|| format!("looking up interface {name}")),
+        };
+        if let Some(msg) = &existing {
+            let is_bridge = msg.attributes.iter().any(|a| {
+                matches!(a, LinkAttribute::LinkInfo(infos)
+                    if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))))
+            });
+            if !is_bridge {
+                bail!(
+                    "interface {name} exists and is not a bridge; set bridge.name to a name \
+                     no other interface uses"
+                );
+            }
+        } else {
             match self
                 .handle
                 .link()
@@ -489,4 +515,57 @@ pub fn require_net_admin() -> Result<()> {
         "overlayd needs {} to manage interfaces, routes and namespaces: run it as root or grant them",
         missing.join(" and ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread of its own in a new, empty network namespace (root only).
+    fn in_new_netns<T: Send + 'static>(
+        f: impl FnOnce(Netlink) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
+        + Send
+        + 'static,
+    ) -> Option<T> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root for a network namespace");
+            return None;
+        }
+        let thread = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move { f(Netlink::connect().expect("netlink")).await })
+        });
+        Some(thread.join().expect("netns thread"))
+    }
+
+    #[test]
+    fn ensure_bridge_refuses_an_interface_that_is_not_a_bridge() {
+        in_new_netns(|nl| {
+            Box::pin(async move {
+                nl.handle
+                    .link()
+                    .add(LinkVeth::new("ext0", "ext1").build())
+                    .execute()
+                    .await
+                    .expect("creating a veth");
+                let refused = nl.ensure_bridge("ext0", 1400).await;
+                assert!(
+                    refused
+                        .as_ref()
+                        .is_err_and(|e| e.to_string().contains("not a bridge")),
+                    "{refused:?}"
+                );
+                let veth = nl.link_by_name("ext0").await.unwrap().unwrap();
+                assert_ne!(veth.mtu, 1400, "the veth was reconfigured");
+
+                // Our own bridge is created, and adopted again.
+                let index = nl.ensure_bridge("ovdtest0", 1400).await.expect("creating");
+                assert_eq!(nl.ensure_bridge("ovdtest0", 1400).await.unwrap(), index);
+            })
+        });
+    }
 }
