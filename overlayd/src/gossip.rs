@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -66,6 +67,43 @@ impl SubnetClaim {
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(state_dir)?.sync_all()?;
         Ok(())
+    }
+}
+
+/// Persists subnet claims off the gossip loop (fsync is slow). Writes run one at a time
+/// and each writes the newest claim not yet written, so two quick changes can never leave
+/// the older claim on disk, whatever order the blocking pool runs them in.
+#[derive(Clone, Default)]
+struct ClaimWriter {
+    pending: Arc<Mutex<Option<SubnetClaim>>>,
+    writing: Arc<Mutex<()>>,
+}
+
+impl ClaimWriter {
+    /// Records `claim` as the newest; the next [`ClaimWriter::flush`] writes it.
+    fn stage(&self, claim: SubnetClaim) {
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(claim);
+    }
+
+    /// Writes the newest staged claim, if any is left to write.
+    fn flush(&self, state_dir: &Path) -> Result<()> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let claim = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        claim.map_or(Ok(()), |claim| claim.save(state_dir))
+    }
+
+    fn save_in_background(&self, state_dir: PathBuf, claim: SubnetClaim) {
+        self.stage(claim);
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = this.flush(&state_dir) {
+                tracing::error!("persisting the subnet claim: {e:#}; a restart may claim another");
+            }
+        });
     }
 }
 
@@ -202,6 +240,7 @@ pub async fn start(
             peers,
             subnet: subnet_tx,
             up: BTreeMap::new(),
+            claims: ClaimWriter::default(),
         }
         .run(),
     );
@@ -217,6 +256,7 @@ struct Driver {
     subnet: watch::Sender<Option<Ipv4Net>>,
     /// Members that are up and have a subnet, by name.
     up: BTreeMap<String, PeerInfo>,
+    claims: ClaimWriter,
 }
 
 pub fn wall_clock_ms() -> u64 {
@@ -230,7 +270,7 @@ impl Driver {
         let (stream_done_tx, mut stream_done) = mpsc::channel::<(SocketAddr, Result<Vec<u8>>)>(8);
         let (serve_tx, mut serve) = mpsc::channel::<ServeRequest>(8);
         let mut buf = vec![0u8; 65_536];
-        let streams = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
+        let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
         loop {
             self.flush(&stream_done_tx).await;
             let deadline = self
@@ -345,15 +385,8 @@ impl Driver {
                     subnet,
                     claimed_at: claimed_at.0,
                 };
-                // fsync is slow: not on the loop that answers probes.
-                let dir = self.setup.state_dir.clone();
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = claim.save(&dir) {
-                        tracing::error!(
-                            "persisting the subnet claim: {e:#}; a restart may claim another"
-                        );
-                    }
-                });
+                self.claims
+                    .save_in_background(self.setup.state_dir.clone(), claim);
                 self.subnet.send_replace(Some(subnet));
                 false
             }
@@ -495,4 +528,38 @@ async fn read_frame(conn: &mut TcpStream, max: usize) -> Result<Vec<u8>> {
         bail!("connection closed after {} of {len} bytes", buf.len());
     }
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(third_octet: u8, claimed_at: u64) -> SubnetClaim {
+        SubnetClaim {
+            subnet: Ipv4Net::new([10, 244, third_octet, 0].into(), 24).unwrap(),
+            claimed_at,
+        }
+    }
+
+    /// Two quick subnet changes each start a background write; whichever order they run
+    /// in, the newer claim is what a restart finds.
+    #[test]
+    fn the_newest_claim_is_persisted_whatever_order_the_writes_run_in() {
+        let dir = std::env::temp_dir().join(format!("overlayd-claims-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let writer = ClaimWriter::default();
+        writer.stage(claim(1, 10));
+        writer.stage(claim(2, 20));
+        // Both writes run after both changes: the first writes the newest, the second
+        // finds nothing left (before, each wrote the claim it was spawned with, so the
+        // older one could land last).
+        writer.flush(&dir).unwrap();
+        writer.flush(&dir).unwrap();
+        assert_eq!(SubnetClaim::load(&dir).unwrap(), Some(claim(2, 20)));
+
+        writer.stage(claim(3, 30));
+        writer.flush(&dir).unwrap();
+        assert_eq!(SubnetClaim::load(&dir).unwrap(), Some(claim(3, 30)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
