@@ -7,11 +7,36 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use overlayd_proto::gossip::SecretKey;
 
-/// Reads and parses one key file.
+/// Largest key file read; a key (69 bytes at most with whitespace) is far smaller.
+const MAX_KEY_FILE: u64 = 4096;
+
+/// Reads and parses one key file: a regular file of at most 4 KiB (a FIFO or a device
+/// such as /dev/zero is refused instead of blocking or filling memory).
 pub fn load(path: &Path) -> Result<SecretKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading gossip key {}", path.display()))?;
-    parse(&text).with_context(|| format!("gossip key {}", path.display()))
+    read_small(path)
+        .and_then(|text| parse(&text))
+        .with_context(|| format!("gossip key {}", path.display()))
+}
+
+fn read_small(path: &Path) -> Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking so that opening a FIFO returns at once instead of waiting for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .context("cannot open the file")?;
+    if !file.metadata()?.is_file() {
+        bail!("not a regular file");
+    }
+    let mut text = String::new();
+    file.take(MAX_KEY_FILE + 1)
+        .read_to_string(&mut text)
+        .context("cannot read the file as text")?;
+    if text.len() as u64 > MAX_KEY_FILE {
+        bail!("longer than {MAX_KEY_FILE} bytes; a key file holds one key");
+    }
+    Ok(text)
 }
 
 /// Parses a key: 64 hex digits or base64 of 32 bytes, surrounding whitespace ignored.
@@ -72,6 +97,36 @@ fn base64(text: &str) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loads_only_small_regular_files() {
+        let dir = std::env::temp_dir().join(format!("overlayd-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.key");
+        std::fs::write(&good, format!("{}\n", generate().unwrap())).unwrap();
+        assert!(load(&good).is_ok());
+
+        let big = dir.join("big.key");
+        std::fs::write(&big, vec![b' '; 5000]).unwrap();
+        let err = format!("{:#}", load(&big).unwrap_err());
+        assert!(err.contains("longer than 4096 bytes"), "{err}");
+
+        let err = format!("{:#}", load(Path::new("/dev/zero")).unwrap_err());
+        assert!(err.contains("not a regular file"), "{err}");
+
+        // A FIFO nobody writes to: refused at once rather than blocking the reader.
+        let fifo = dir.join("fifo.key");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let err = format!("{:#}", load(&fifo).unwrap_err());
+        assert!(err.contains("not a regular file"), "{err}");
+
+        let err = format!("{:#}", load(&dir.join("missing.key")).unwrap_err());
+        assert!(err.contains("cannot open the file"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn parses_hex_and_base64_of_the_same_key() {
