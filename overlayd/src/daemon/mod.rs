@@ -261,7 +261,9 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
             _ => tracing::warn!("could not announce leaving the cluster; peers will detect it"),
         }
     }
-    tasks.abort_all();
+    // Cancel the tasks and wait until they are gone, so none still programs routes or
+    // nftables while the data path is removed below.
+    tasks.shutdown().await;
     let _ = std::fs::remove_file(&cfg.daemon.control_socket);
     if cfg.daemon.on_exit == OnExit::Remove {
         if let Err(e) = remove_datapath(&shared).await {
