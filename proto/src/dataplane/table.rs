@@ -35,7 +35,8 @@ pub enum DropReason {
     WrongDstMac,
     /// Inner EtherType is not IPv4 (VXLAN) or the TUN packet is not IPv4 (encap).
     NotIpv4,
-    /// The inner IPv4 header is malformed or its length disagrees with the frame.
+    /// The IPv4 header (inner, or of a TUN packet) is malformed or its length disagrees
+    /// with the frame: a TUN packet cut short by the read buffer lands here.
     MalformedInner,
     /// Inner destination outside our pod subnet.
     WrongInnerDst,
@@ -162,7 +163,12 @@ impl ForwardingTable {
         if packet.len() < 20 || packet[0] >> 4 != 4 {
             return Err(DropReason::NotIpv4);
         }
-        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+        // A packet longer than the read buffer comes off the TUN device cut short (its
+        // MTU raised by hand, say): its total length then exceeds what was read, and it
+        // is dropped and counted here rather than sent for the peer to refuse.
+        let dst = Ipv4Packet::parse(packet)
+            .map_err(|_| DropReason::MalformedInner)?
+            .dst();
         let peer = self.peer_for(dst).ok_or(DropReason::NoRoute)?;
         let info = &self.peers[peer];
         EncapHeader {
@@ -306,6 +312,16 @@ mod tests {
             t.encap(&mut [0u8; vxlan::ENCAP_LEN + 3]),
             Err(DropReason::NotIpv4)
         );
+    }
+
+    #[test]
+    fn encap_drops_a_packet_cut_short_by_the_read_buffer() {
+        let t = table();
+        let mut frame = vec![0u8; vxlan::ENCAP_LEN];
+        frame.extend(test_packet(ip("10.244.1.2"), ip("10.244.2.7"), 100));
+        assert!(t.encap(&mut frame.clone()).is_ok());
+        frame.truncate(frame.len() - 1);
+        assert_eq!(t.encap(&mut frame), Err(DropReason::MalformedInner));
     }
 
     #[test]
