@@ -37,6 +37,10 @@ fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
     matches!(err, rtnetlink::Error::NetlinkError(m) if m.code.is_some_and(|c| c.get().abs() == errno))
 }
 
+/// The alias (`ip link show` prints it) of the bridge overlayd creates; an existing bridge
+/// without it is someone else's and is never adopted.
+pub const BRIDGE_ALIAS: &str = "overlayd";
+
 /// A link as far as the daemon cares.
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -127,8 +131,9 @@ impl Netlink {
     }
 
     /// Creates the bridge unless it exists; sets its MTU and brings it up. An existing
-    /// interface of that name that is not a bridge is refused: the daemon would strip its
-    /// addresses and delete it on a clean stop (`bridge.name = "eth0"`, say).
+    /// interface of that name that is not a bridge overlayd made (alias [`BRIDGE_ALIAS`])
+    /// is refused: the daemon would strip its addresses and delete it on a clean stop
+    /// (`bridge.name = "eth0"` or `"docker0"`, say).
     pub async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<u32> {
         let mut existing = self
             .handle
@@ -152,6 +157,17 @@ impl Netlink {
                      no other interface uses"
                 );
             }
+            let ours = msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::IfAlias(alias) if alias == BRIDGE_ALIAS));
+            if !ours {
+                bail!(
+                    "bridge {name} exists and was not made by overlayd (its alias is not \
+                     {BRIDGE_ALIAS:?}); overlayd would take over its addresses and delete it \
+                     on stop: set bridge.name to a name no interface uses, or delete the bridge"
+                );
+            }
         } else {
             match self
                 .handle
@@ -161,7 +177,9 @@ impl Netlink {
                 .await
             {
                 Ok(()) => {}
-                Err(e) if is_errno(&e, libc::EEXIST) => {}
+                Err(e) if is_errno(&e, libc::EEXIST) => {
+                    bail!("bridge {name} appeared while overlayd was creating it; start again")
+                }
                 Err(e) => return Err(e).with_context(|| format!("creating bridge {name}")),
             }
         }
@@ -169,6 +187,20 @@ impl Netlink {
             .link_by_name(name)
             .await?
             .ok_or_else(|| anyhow!("bridge {name} vanished"))?;
+        if existing.is_none() {
+            // The kernel ignores an alias given at creation, so it is set right after:
+            // a crash in between leaves a bridge the next start refuses, saying so.
+            let mut alias = LinkUnspec::new_with_index(link.index).build();
+            alias
+                .attributes
+                .push(LinkAttribute::IfAlias(BRIDGE_ALIAS.to_owned()));
+            self.handle
+                .link()
+                .set(alias)
+                .execute()
+                .await
+                .with_context(|| format!("marking bridge {name} as overlayd's"))?;
+        }
         self.set_link(link.index, Some(mtu), None, true).await?;
         Ok(link.index)
     }
@@ -543,7 +575,7 @@ mod tests {
     }
 
     #[test]
-    fn ensure_bridge_refuses_an_interface_that_is_not_a_bridge() {
+    fn ensure_bridge_adopts_only_a_bridge_it_made() {
         in_new_netns(|nl| {
             Box::pin(async move {
                 nl.handle
@@ -565,6 +597,23 @@ mod tests {
                 // Our own bridge is created, and adopted again.
                 let index = nl.ensure_bridge("ovdtest0", 1400).await.expect("creating");
                 assert_eq!(nl.ensure_bridge("ovdtest0", 1400).await.unwrap(), index);
+
+                // A bridge someone else made is refused and left as it was.
+                nl.handle
+                    .link()
+                    .add(LinkBridge::new("br0").build())
+                    .execute()
+                    .await
+                    .expect("creating a foreign bridge");
+                let refused = nl.ensure_bridge("br0", 1400).await;
+                assert!(
+                    refused
+                        .as_ref()
+                        .is_err_and(|e| e.to_string().contains("not made by overlayd")),
+                    "{refused:?}"
+                );
+                let br0 = nl.link_by_name("br0").await.unwrap().unwrap();
+                assert_ne!(br0.mtu, 1400, "the foreign bridge was reconfigured");
             })
         });
     }
