@@ -92,8 +92,9 @@ impl Pods {
         Ok(pods)
     }
 
+    /// Every recorded pod, also those still waiting to be moved into the subnet.
     pub fn list(&self) -> Vec<PodRecord> {
-        self.pods.values().cloned().collect()
+        self.pods.values().chain(&self.strays).cloned().collect()
     }
 
     pub fn len(&self) -> usize {
@@ -140,6 +141,13 @@ impl Pods {
         validate_pod_name(name)?;
         if let Some(existing) = self.pods.get(name) {
             bail!("pod {name} already exists with address {}", existing.ip);
+        }
+        if let Some(stray) = self.strays.iter().find(|p| p.name == name) {
+            bail!(
+                "pod {name} already exists with address {}, outside this node's subnet and \
+                 waiting for a free address in it",
+                stray.ip
+            );
         }
         let ip = self.ipam.allocate(name, ip)?;
         match self.attach(nl, name, ip, netns_spec).await {
@@ -268,8 +276,16 @@ impl Pods {
             .partition(|p| ipam.restore(p.ip, &p.name).is_ok());
         let mut pods: BTreeMap<String, PodRecord> =
             inside.into_iter().map(|p| (p.name.clone(), p)).collect();
+        let mut stuck = Vec::new();
         for pod in outside {
-            let ip = ipam.allocate(&pod.name, None)?;
+            let ip = match ipam.allocate(&pod.name, None) {
+                Ok(ip) => ip,
+                Err(e) => {
+                    tracing::error!(pod = %pod.name, ip = %pod.ip, "no address for the pod in {subnet}: {e}");
+                    stuck.push(pod);
+                    continue;
+                }
+            };
             tracing::warn!(pod = %pod.name, old = %pod.ip, new = %ip, "moving the pod into subnet {subnet}");
             if let Err(e) = self.readdress(&pod, ip, &ipam).await {
                 tracing::warn!(pod = %pod.name, "moving to {ip}: {e:#}");
@@ -278,7 +294,18 @@ impl Pods {
         }
         self.ipam = ipam;
         self.pods = pods;
-        self.save()
+        // Pods that found no address stay recorded (and saved) to be moved on the next
+        // try, instead of being forgotten.
+        self.strays = stuck;
+        self.save()?;
+        if !self.strays.is_empty() {
+            bail!(
+                "{} pods found no free address in {subnet}; delete pods or give the node a \
+                 larger subnet",
+                self.strays.len()
+            );
+        }
+        Ok(())
     }
 
     async fn readdress(&self, pod: &PodRecord, ip: Ipv4Addr, ipam: &PodIpam) -> Result<()> {
@@ -297,6 +324,14 @@ impl Pods {
 
     /// Deletes a pod: its veth pair, its namespace if the daemon made it, its address.
     pub async fn del(&mut self, nl: &Netlink, name: &str) -> Result<PodRecord> {
+        if let Some(at) = self.strays.iter().position(|p| p.name == name) {
+            // Recorded outside the subnet: it holds no address of the allocator.
+            let record = self.strays[at].clone();
+            self.detach(nl, &record).await?;
+            self.strays.remove(at);
+            self.save()?;
+            return Ok(record);
+        }
         let record = self
             .pods
             .get(name)
@@ -322,9 +357,21 @@ impl Pods {
     /// Writes the records atomically: a temporary file, fsync, rename, fsync of the dir.
     fn save(&self) -> Result<()> {
         use std::io::Write;
+        // Strays (recorded in an older subnet, not moved yet) are saved too: they are
+        // moved on a later start or subnet change.
+        let pods = self
+            .pods
+            .iter()
+            .map(|(name, pod)| (name.clone(), pod.clone()))
+            .chain(
+                self.strays
+                    .iter()
+                    .map(|pod| (pod.name.clone(), pod.clone())),
+            )
+            .collect();
         let file = StoreFile {
             cursor: Some(self.ipam.cursor()),
-            pods: self.pods.clone(),
+            pods,
         };
         let dir = self
             .path
@@ -362,4 +409,65 @@ fn open_pod_netns(pod: &PodRecord) -> Result<std::fs::File> {
         );
     }
     Ok(ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, ip: &str) -> PodRecord {
+        PodRecord {
+            name: name.into(),
+            ip: ip.parse().unwrap(),
+            netns: format!("/nonexistent/{name}").into(),
+            netns_owned: true,
+            netns_inode: None,
+            veth: host_veth_name(name),
+        }
+    }
+
+    /// A move into a subnet too small for every pod moves those it can, keeps the others
+    /// recorded (on disk too) and says so; a later move into a larger subnet takes them.
+    #[test]
+    fn renumber_keeps_pods_that_find_no_address() {
+        let dir = std::env::temp_dir().join(format!("overlayd-pods-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = StoreFile {
+            cursor: None,
+            pods: ["a", "b", "c"]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.to_string(), record(n, &format!("10.244.1.{}", i + 2))))
+                .collect(),
+        };
+        std::fs::write(dir.join("pods.json"), serde_json::to_vec(&file).unwrap()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let old: ipnet::Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let mut pods = Pods::load(&dir, PodIpam::new(old), 0, 1500).unwrap();
+        assert_eq!(pods.len(), 3);
+
+        // A /30 has one pod address (.2): one pod moves, two wait.
+        let small: ipnet::Ipv4Net = "10.244.9.0/30".parse().unwrap();
+        let err = rt.block_on(pods.renumber(small)).unwrap_err();
+        assert!(
+            err.to_string().contains("2 pods found no free address"),
+            "{err}"
+        );
+        assert_eq!(pods.len(), 1);
+        assert_eq!(pods.list().len(), 3);
+        let saved: StoreFile =
+            serde_json::from_slice(&std::fs::read(dir.join("pods.json")).unwrap()).unwrap();
+        assert_eq!(saved.pods.len(), 3, "pods were forgotten: {saved:?}");
+
+        let large: ipnet::Ipv4Net = "10.244.8.0/24".parse().unwrap();
+        assert_eq!(pods.list().len(), 3, "pod list hides the waiting pods");
+        rt.block_on(pods.renumber(large)).unwrap();
+        let ips: Vec<_> = pods.list().into_iter().map(|p| p.ip).collect();
+        assert_eq!(ips.len(), 3);
+        assert!(ips.iter().all(|ip| large.contains(ip)), "{ips:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
