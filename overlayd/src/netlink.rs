@@ -306,6 +306,18 @@ impl Netlink {
     }
 
     /// Removes `addr` (whatever its prefix length) from a link; absent is fine.
+    /// Makes `addr/prefix` the link's only IPv4 address: adds it, then deletes the others.
+    pub async fn set_only_addr(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        self.ensure_addr(index, addr, prefix).await?;
+        for (on, other, _) in self.ipv4_addrs(Some(index)).await? {
+            if on == index && other != addr {
+                tracing::info!(%other, "removing a stale address from interface #{index}");
+                self.delete_addr(index, other).await?;
+            }
+        }
+        Ok(())
+    }
+
     pub async fn delete_addr(&self, index: u32, addr: Ipv4Addr) -> Result<()> {
         let mut req = self
             .handle
@@ -614,6 +626,23 @@ mod tests {
                 );
                 let br0 = nl.link_by_name("br0").await.unwrap().unwrap();
                 assert_ne!(br0.mtu, 1400, "the foreign bridge was reconfigured");
+
+                // Addresses left by a move that failed half-way go when the next one lands.
+                for stale in ["10.244.1.1", "10.244.2.1"] {
+                    nl.ensure_addr(index, stale.parse().unwrap(), 24)
+                        .await
+                        .unwrap();
+                }
+                let gateway: Ipv4Addr = "10.244.3.1".parse().unwrap();
+                nl.set_only_addr(index, gateway, 24).await.unwrap();
+                let addrs: Vec<_> = nl
+                    .ipv4_addrs(Some(index))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, a, p)| (a, p))
+                    .collect();
+                assert_eq!(addrs, [(gateway, 24)]);
             })
         });
     }

@@ -134,8 +134,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     tracing::info!(pod_subnet = %subnet.net, "pod subnet");
 
     let bridge_index = nl.ensure_bridge(&cfg.bridge.name, local.pod_mtu).await?;
-    nl.ensure_addr(bridge_index, subnet.gateway, subnet.net.prefix_len())
-        .await?;
+    set_bridge_gateway(&nl, bridge_index, &subnet).await?;
     // Pods may send only from addresses routed back through the bridge (their own): a pod
     // cannot put a node's underlay address on a packet to a peer's tunnel port, say.
     std::fs::write(
@@ -143,14 +142,6 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         "1",
     )
     .context("enabling reverse-path filtering on the bridge")?;
-    // The bridge is ours: an address left from an earlier subnet (changed while the daemon
-    // was down) would keep a connected route that shadows that subnet's new owner.
-    for (index, addr, _) in nl.ipv4_addrs(Some(bridge_index)).await? {
-        if index == bridge_index && addr != subnet.gateway {
-            tracing::info!(%addr, "removing a stale address from the bridge");
-            nl.delete_addr(bridge_index, addr).await?;
-        }
-    }
 
     let tun = Arc::new(create_tun(&cfg.tunnel.device, local.tunnel_mtu)?);
     let tun_link = nl
@@ -561,6 +552,15 @@ fn local_routing(shared: &Shared, subnet: Subnet) -> LocalRouting {
     }
 }
 
+/// Puts the subnet's gateway address on the bridge and removes every other address. The
+/// bridge is ours (`ensure_bridge` checked): an address left from an earlier subnet (one
+/// that changed while the daemon was down, or a move that failed half-way before the
+/// subnet changed again) would keep a connected route that shadows its new owner.
+async fn set_bridge_gateway(nl: &Netlink, bridge_index: u32, subnet: &Subnet) -> Result<()> {
+    nl.set_only_addr(bridge_index, subnet.gateway, subnet.net.prefix_len())
+        .await
+}
+
 /// Moves the node to a new claimed subnet when gossip says so (a conflict was lost):
 /// bridge address, NAT, pods, then routes and the forwarding table. A step that fails is
 /// retried (every step is idempotent) until it succeeds or the subnet changes again.
@@ -593,16 +593,7 @@ async fn move_subnet(shared: &Shared, new: Subnet) -> Result<()> {
     if new.net != old.net {
         tracing::warn!(old = %old.net, new = %new.net, "pod subnet changed; moving the bridge and pods");
     }
-    shared
-        .nl
-        .ensure_addr(shared.bridge_index, new.gateway, new.net.prefix_len())
-        .await?;
-    if old.gateway != new.gateway {
-        shared
-            .nl
-            .delete_addr(shared.bridge_index, old.gateway)
-            .await?;
-    }
+    set_bridge_gateway(&shared.nl, shared.bridge_index, &new).await?;
     let nodes = shared
         .nft
         .lock()
