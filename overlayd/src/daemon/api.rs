@@ -67,7 +67,7 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: UnixListener) -> Result
     }
 }
 
-/// How long a client has to send its request line.
+/// How long a client has to send its request line, and to read the response.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reads one request line (at most [`api::MAX_REQUEST`] bytes, plus one to tell).
@@ -103,7 +103,10 @@ async fn answer(
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
-    write.write_all(&out).await?;
+    // A client that stops reading must not hold its task (and the response) forever.
+    tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(&out))
+        .await
+        .map_err(|_| anyhow!("the client read no response within {REQUEST_TIMEOUT:?}"))??;
     Ok(())
 }
 
