@@ -112,6 +112,8 @@ impl Pods {
         if !self.strays.is_empty() {
             self.renumber(self.ipam.subnet()).await?;
         }
+        // Pods still waiting for an address stay recorded: the daemon runs on, so that they
+        // can be deleted (which makes room for the others).
         for pod in self.pods.values() {
             match nl.link_by_name(&pod.veth).await? {
                 Some(link) => {
@@ -261,8 +263,10 @@ impl Pods {
     /// conflict, or its subnet changed while the daemon was down): each gets a free
     /// address of `subnet` and a default route via its gateway. Pods already inside keep
     /// their address, so running it again after a partial failure finishes the move.
-    /// Pods whose namespace is gone keep a reservation in the new subnet.
-    pub async fn renumber(&mut self, subnet: ipnet::Ipv4Net) -> Result<()> {
+    /// Pods whose namespace is gone keep a reservation in the new subnet. Pods that find
+    /// no free address stay recorded (saved, listed, deletable) and are moved by a later
+    /// call; returns how many wait. `Err` only if the records cannot be saved.
+    pub async fn renumber(&mut self, subnet: ipnet::Ipv4Net) -> Result<usize> {
         let mut ipam = PodIpam::new(subnet);
         if subnet == self.ipam.subnet() {
             ipam.set_cursor(self.ipam.cursor());
@@ -299,13 +303,14 @@ impl Pods {
         self.strays = stuck;
         self.save()?;
         if !self.strays.is_empty() {
-            bail!(
-                "{} pods found no free address in {subnet}; delete pods or give the node a \
-                 larger subnet",
+            tracing::error!(
+                "{} pods found no free address in {subnet} and wait, unreachable, for one; \
+                 delete pods (each deletion moves a waiting pod in) or give the node a larger \
+                 subnet",
                 self.strays.len()
             );
         }
-        Ok(())
+        Ok(self.strays.len())
     }
 
     async fn readdress(&self, pod: &PodRecord, ip: Ipv4Addr, ipam: &PodIpam) -> Result<()> {
@@ -340,7 +345,13 @@ impl Pods {
         self.detach(nl, &record).await?;
         self.pods.remove(name);
         self.ipam.release(record.ip);
-        self.save()?;
+        if self.strays.is_empty() {
+            self.save()?;
+        } else {
+            // The freed address can take a pod that waits for one: move it in and attach
+            // it to the bridge (this saves too).
+            self.reattach(nl).await?;
+        }
         Ok(record)
     }
 
@@ -420,7 +431,7 @@ mod tests {
             name: name.into(),
             ip: ip.parse().unwrap(),
             netns: format!("/nonexistent/{name}").into(),
-            netns_owned: true,
+            netns_owned: false,
             netns_inode: None,
             veth: host_veth_name(name),
         }
@@ -443,6 +454,7 @@ mod tests {
         };
         std::fs::write(dir.join("pods.json"), serde_json::to_vec(&file).unwrap()).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap();
         let old: ipnet::Ipv4Net = "10.244.1.0/24".parse().unwrap();
@@ -451,22 +463,38 @@ mod tests {
 
         // A /30 has one pod address (.2): one pod moves, two wait.
         let small: ipnet::Ipv4Net = "10.244.9.0/30".parse().unwrap();
-        let err = rt.block_on(pods.renumber(small)).unwrap_err();
-        assert!(
-            err.to_string().contains("2 pods found no free address"),
-            "{err}"
-        );
+        assert_eq!(rt.block_on(pods.renumber(small)).unwrap(), 2);
         assert_eq!(pods.len(), 1);
-        assert_eq!(pods.list().len(), 3);
-        let saved: StoreFile =
-            serde_json::from_slice(&std::fs::read(dir.join("pods.json")).unwrap()).unwrap();
-        assert_eq!(saved.pods.len(), 3, "pods were forgotten: {saved:?}");
-
-        let large: ipnet::Ipv4Net = "10.244.8.0/24".parse().unwrap();
         assert_eq!(pods.list().len(), 3, "pod list hides the waiting pods");
-        rt.block_on(pods.renumber(large)).unwrap();
+        let saved = || -> StoreFile {
+            serde_json::from_slice(&std::fs::read(dir.join("pods.json")).unwrap()).unwrap()
+        };
+        assert_eq!(saved().pods.len(), 3, "pods were forgotten");
+
+        // Deleting the pod that moved makes room: a waiting one moves in.
+        let moved = pods
+            .list()
+            .into_iter()
+            .find(|p| small.contains(&p.ip))
+            .unwrap();
+        rt.block_on(async {
+            let nl = Netlink::connect().unwrap();
+            pods.del(&nl, &moved.name).await.unwrap();
+        });
+        let in_small: Vec<_> = pods
+            .list()
+            .into_iter()
+            .filter(|p| small.contains(&p.ip))
+            .collect();
+        assert_eq!(in_small.len(), 1, "{:?}", pods.list());
+        assert_ne!(in_small[0].name, moved.name);
+        assert_eq!(saved().pods.len(), 2);
+
+        // A larger subnet takes everyone.
+        let large: ipnet::Ipv4Net = "10.244.8.0/24".parse().unwrap();
+        assert_eq!(rt.block_on(pods.renumber(large)).unwrap(), 0);
         let ips: Vec<_> = pods.list().into_iter().map(|p| p.ip).collect();
-        assert_eq!(ips.len(), 3);
+        assert_eq!(ips.len(), 2);
         assert!(ips.iter().all(|ip| large.contains(ip)), "{ips:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -604,7 +604,8 @@ async fn move_subnet(shared: &Shared, new: Subnet) -> Result<()> {
     sync_nft(shared, ruleset(&shared.cfg, new.net, nodes))?;
     *shared.subnet.write().unwrap_or_else(|e| e.into_inner()) = new;
     shared.reconcile_now.notify_one();
-    pods.renumber(new.net).await
+    // Pods that find no address wait, recorded, for a deletion to make room (logged).
+    pods.renumber(new.net).await.map(drop)
 }
 
 /// SIGHUP: make the running keyring what the config's key files say now.
