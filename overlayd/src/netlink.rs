@@ -305,7 +305,6 @@ impl Netlink {
         }
     }
 
-    /// Removes `addr` (whatever its prefix length) from a link; absent is fine.
     /// Makes `addr/prefix` the link's only IPv4 address: adds it, then deletes the others.
     pub async fn set_only_addr(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
         self.ensure_addr(index, addr, prefix).await?;
@@ -318,6 +317,7 @@ impl Netlink {
         Ok(())
     }
 
+    /// Removes `addr` (whatever its prefix length) from a link; absent is fine.
     pub async fn delete_addr(&self, index: u32, addr: Ipv4Addr) -> Result<()> {
         let mut req = self
             .handle
