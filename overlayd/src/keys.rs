@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use overlayd_proto::gossip::SecretKey;
 
-/// Largest key file read; a key (69 bytes at most with whitespace) is far smaller.
+/// Largest key file read; a key (64 hex digits or 44 base64 characters) is far smaller.
 const MAX_KEY_FILE: u64 = 4096;
 
 /// Reads and parses one key file: a regular file of at most 4 KiB (a FIFO or a device
