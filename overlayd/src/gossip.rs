@@ -59,14 +59,7 @@ impl SubnetClaim {
     }
 
     fn save(&self, state_dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(state_dir)?;
-        let path = Self::path(state_dir);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(state_dir)?.sync_all()?;
-        Ok(())
+        crate::write_atomic(&Self::path(state_dir), &serde_json::to_vec(self)?)
     }
 }
 

@@ -57,22 +57,30 @@ pub fn parse(text: &str) -> Result<SecretKey> {
     Ok(SecretKey(key))
 }
 
+/// Reads every key file, in order (the first is the primary).
+pub fn load_all(paths: &[std::path::PathBuf]) -> Result<Vec<SecretKey>> {
+    paths.iter().map(|p| load(p)).collect()
+}
+
 /// A new random key from the kernel's CSPRNG, as 64 hex digits.
 pub fn generate() -> Result<String> {
-    let mut key = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut key))
-        .context("reading /dev/urandom")?;
-    Ok(key.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(urandom::<32>()?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// A random u64 from the kernel's CSPRNG (seeds for the gossip core's nonce salt).
 pub fn random_u64() -> Result<u64> {
-    let mut bytes = [0u8; 8];
+    Ok(u64::from_le_bytes(urandom()?))
+}
+
+fn urandom<const N: usize>() -> Result<[u8; N]> {
+    let mut bytes = [0u8; N];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .context("reading /dev/urandom")?;
-    Ok(u64::from_le_bytes(bytes))
+    Ok(bytes)
 }
 
 fn base64(text: &str) -> Result<Vec<u8>> {

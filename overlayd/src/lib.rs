@@ -17,6 +17,28 @@ pub mod netns;
 pub mod nft;
 pub mod pods;
 
+/// Replaces `path` with `bytes` so that a crash leaves the old or the new contents, never
+/// a mix: a temporary file next to it, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no directory", path.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(())
+}
+
 /// An error and its causes on one line, `outer: cause: root`, with each cause left out
 /// when the text before it already says it. Many error types print their source in their
 /// own message and also return it from `source()`; anyhow's `{:#}` would then repeat it.

@@ -367,7 +367,6 @@ impl Pods {
 
     /// Writes the records atomically: a temporary file, fsync, rename, fsync of the dir.
     fn save(&self) -> Result<()> {
-        use std::io::Write;
         // Strays (recorded in an older subnet, not moved yet) are saved too: they are
         // moved on a later start or subnet change.
         let pods = self
@@ -384,20 +383,7 @@ impl Pods {
             cursor: Some(self.ipam.cursor()),
             pods,
         };
-        let dir = self
-            .path
-            .parent()
-            .ok_or_else(|| anyhow!("state path has no directory"))?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(&file)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("replacing {}", self.path.display()))?;
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(())
+        crate::write_atomic(&self.path, &serde_json::to_vec_pretty(&file)?)
     }
 }
 

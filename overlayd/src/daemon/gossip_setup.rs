@@ -22,11 +22,7 @@ pub(super) async fn start(
     g: &GossipConfigFile,
     local: &Local,
 ) -> Result<(GossipHandle, tokio::task::JoinHandle<Result<()>>)> {
-    let keys = g
-        .key_files
-        .iter()
-        .map(|f| crate::keys::load(f))
-        .collect::<Result<Vec<_>>>()?;
+    let keys = crate::keys::load_all(&g.key_files)?;
     let (primary, rest) = keys
         .split_first()
         .ok_or_else(|| anyhow!("gossip.key_files is empty"))?;

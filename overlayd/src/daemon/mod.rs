@@ -620,12 +620,7 @@ async fn reload_keys(shared: &Shared) {
             cfg.gossip
                 .ok_or_else(|| anyhow!("[gossip] was removed; restart to turn gossip off"))
         })
-        .and_then(|g| {
-            g.key_files
-                .iter()
-                .map(|f| crate::keys::load(f))
-                .collect::<Result<Vec<_>>>()
-        });
+        .and_then(|g| crate::keys::load_all(&g.key_files));
     let result = match reloaded {
         Ok(keys) => handle.keys(crate::gossip::KeyOp::Replace(keys)).await,
         Err(e) => Err(e),
