@@ -301,16 +301,11 @@ async fn send_runs(
                 // The whole run would be lost with the GSO send: send it datagram by
                 // datagram instead (later batches no longer use GSO).
                 tracing::debug!(dst = %run.dst, "GSO send refused ({e}); sending the run singly");
-                for slot in run.slots.clone() {
-                    let len = if slot + 1 == run.slots.end {
-                        run.last_len
-                    } else {
-                        stride
-                    };
+                for segment in run.segments(stride) {
                     let single = Transmit {
                         destination,
                         ecn: None,
-                        contents: &arena[slot * stride..slot * stride + len],
+                        contents: &arena[segment],
                         segment_size: None,
                         src_ip: None,
                     };

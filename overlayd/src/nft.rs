@@ -112,7 +112,8 @@ fn nft(script: &str) -> Result<()> {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(anyhow::Error::new(e).context(
-                "nft is not installed: install the nftables package, or set nat.masquerade = false",
+                "nft is not installed: install the nftables package (the daemon needs it for NAT and \
+                 for the rule that keeps pods off the tunnel and gossip ports)",
             ));
         }
         Err(e) => return Err(e).context("running nft"),

@@ -24,6 +24,19 @@ impl GsoRun {
         self.slots.start * stride..(self.slots.end - 1) * stride + self.last_len
     }
 
+    /// The bytes of each datagram of the send, in order (to send them one by one when
+    /// the kernel refuses segmentation offload).
+    pub fn segments(&self, stride: usize) -> impl Iterator<Item = Range<usize>> + use<'_> {
+        self.slots.clone().map(move |slot| {
+            let len = if slot + 1 == self.slots.end {
+                self.last_len
+            } else {
+                stride
+            };
+            slot * stride..slot * stride + len
+        })
+    }
+
     /// The GSO segment size, or `None` for a single datagram.
     pub fn segment_size(&self, stride: usize) -> Option<usize> {
         (self.slots.len() > 1).then_some(stride)
@@ -74,6 +87,19 @@ mod tests {
 
     const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    #[test]
+    fn segments_cover_the_send_slot_by_slot() {
+        let run = GsoRun {
+            dst: A,
+            slots: 2..5,
+            last_len: 40,
+        };
+        let segments: Vec<_> = run.segments(100).collect();
+        assert_eq!(segments, [200..300, 300..400, 400..440]);
+        assert_eq!(segments.first().unwrap().start, run.bytes(100).start);
+        assert_eq!(segments.last().unwrap().end, run.bytes(100).end);
+    }
 
     #[test]
     fn full_slots_to_one_peer_join_until_a_short_one_ends_the_run() {

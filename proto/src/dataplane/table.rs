@@ -153,8 +153,9 @@ impl ForwardingTable {
     /// Encapsulates the IPv4 packet in `frame[vxlan::ENCAP_LEN..]` (read from the TUN
     /// device) by writing the VXLAN and inner Ethernet headers into `frame[..ENCAP_LEN]`.
     ///
-    /// Returns `Err` iff the packet is not IPv4 or no peer's pod subnet covers its
-    /// destination; `frame` is then unchanged.
+    /// Returns `Err` iff the packet is not IPv4, its header is malformed or claims more
+    /// bytes than `frame` holds (a packet cut short by the read buffer), or no peer's pod
+    /// subnet covers its destination; `frame` is then unchanged.
     ///
     /// # Panics
     /// If `frame` is shorter than `vxlan::ENCAP_LEN`.
