@@ -1,5 +1,6 @@
 //! Semantic checks on a decoded [`Config`]: what the types alone cannot say.
 
+use overlayd_proto::overlaps;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::path::Path;
@@ -407,10 +408,6 @@ fn pod_subnets(config: &Config) -> Vec<(KeyPath, Ipv4Net)> {
         )
     });
     node.into_iter().chain(peers).collect()
-}
-
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b) || b.contains(&a)
 }
 
 fn dns_label(path: &KeyPath, name: &str) -> Check {

@@ -13,3 +13,9 @@ pub mod gossip;
 pub mod ipam;
 pub mod pod;
 pub mod routing;
+
+/// Whether two subnets share any address (of two CIDR blocks that overlap, one contains
+/// the other).
+pub fn overlaps(a: ipnet::Ipv4Net, b: ipnet::Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}

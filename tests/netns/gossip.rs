@@ -4,6 +4,7 @@
 //! Bounds here are generous so a loaded CI machine never flakes; the measured times are
 //! printed (run with `--nocapture`) and reported in the issue notes.
 
+use overlayd_proto::overlaps;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -535,10 +536,6 @@ pub(crate) fn static_subnet_wins_and_the_claimer_moves_its_pods() -> Result<()> 
                 && ping(&netns("n4-p1"), ip_of("n1-p1")?, 1).is_ok())
         },
     )
-}
-
-fn overlaps(a: ipnet::Ipv4Net, b: ipnet::Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// `(pod, ip)` as the node's daemon records them.

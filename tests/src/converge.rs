@@ -2,6 +2,7 @@
 //! every other running daemon node (with the pod subnet that node reports) and every
 //! static peer. With gossip that takes longer than each daemon's own `ready`.
 
+use overlayd_proto::overlaps;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
@@ -184,10 +185,6 @@ fn check_claims_against_static_peers(
         }
     }
     Ok(())
-}
-
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! Parsing resolves every default (addresses, pod subnets, the seed), so a [`Topology`]
 //! is always valid and complete.
 
+use overlayd_proto::overlaps;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -647,10 +648,6 @@ fn hosts(net: Ipv4Net) -> u64 {
 
 fn host(net: Ipv4Net, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()) + n)
-}
-
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 #[cfg(test)]

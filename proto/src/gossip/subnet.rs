@@ -2,6 +2,7 @@
 //! takes, and who yields when two claims overlap. Pure functions; the gossip core calls
 //! them whenever its view of other members' subnets changes.
 
+pub use crate::overlaps;
 use std::cmp::Ordering;
 
 use ipnet::Ipv4Net;
@@ -84,11 +85,6 @@ pub fn conflict_loser(a: &Claim<'_>, b: &Claim<'_>) -> Option<Loser> {
             _ => Some(Loser::A),
         },
     }
-}
-
-/// True iff the two subnets share an address.
-pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// `taken` as sorted, disjoint, inclusive `[start, end]` ranges.

@@ -4,6 +4,7 @@
 //! itself. Every node applies the same rules to the same peer set in name order, so all
 //! pick the same winner when two peers collide.
 
+use crate::overlaps;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -100,10 +101,6 @@ fn check(local: &LocalView, admitted: &[PeerInfo], peer: &PeerInfo) -> Result<()
         return Err(RejectReason::DuplicateUnderlay(other.name.clone()));
     }
     Ok(())
-}
-
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 #[cfg(test)]
