@@ -933,6 +933,7 @@ fn replays_to_any_node_from_spoofed_sources_change_nothing() {
     sim.run_until(sim.now + secs(1.0));
     sim.crash(leaver);
     let captured = sim.capture.take().unwrap_or_default();
+    assert!(!captured.is_empty(), "nothing captured to replay");
     let spoofed = SocketAddr::from(([10, 9, 9, 9], 7946));
     let replay_all = |sim: &mut Sim| {
         let mark = sim.now;
@@ -1226,6 +1227,7 @@ fn an_asymmetric_partition_heals() {
         }
     }
     sim.run_until(sim.now + secs(20.0));
+    assert!(!sim.converged(), "the one-way cut changed nothing");
     sim.one_way.clear();
     let t = sim
         .run_until_pred(secs(60.0), secs(0.1), Sim::converged)
