@@ -135,6 +135,43 @@ fn replays_stale_generations_and_misdirected_streams_are_counted() {
     assert_eq!(a.stats().drop_count(GossipDrop::Oversized), 1);
 }
 
+/// Streams are sealed for their recipient: a pull addressed to one node is refused by
+/// another, and so is a response served to another joiner, even one whose own pull
+/// carries the same id.
+#[test]
+fn streams_sealed_for_another_node_are_misdirected() {
+    let now = Instant::now();
+    let mut a = node(1, vec![], now);
+    let mut b = node(2, vec![addr(1)], now);
+    pump(now, &mut a, &mut b);
+    // The first pull went to the seed address (name unknown then); its retry goes to n1,
+    // alive by now, by name.
+    b.poll_stream().expect("joiner pulls full state");
+    b.handle_stream_failed(now, addr(1));
+    b.handle_timeout(now + Duration::from_secs(1));
+    let req = b.poll_stream().expect("retried pull");
+    assert_eq!(a.serve_stream(now, &req.request).map(|_| ()), Ok(()));
+    let mut c = node(3, vec![], now);
+    assert_eq!(
+        c.serve_stream(now, &req.request),
+        Err(StreamError::Dropped(GossipDrop::Misdirected))
+    );
+    assert_eq!(c.stats().drop_count(GossipDrop::Misdirected), 1);
+
+    // Two joiners pull from the same seed; both pulls have id 1.
+    let mut seed = node(1, vec![], now);
+    let mut d = node(4, vec![addr(1)], now);
+    let mut e = node(5, vec![addr(1)], now);
+    let for_d = d.poll_stream().expect("d pulls");
+    e.poll_stream().expect("e pulls");
+    let resp = seed.serve_stream(now, &for_d.request).expect("served");
+    e.handle_stream_response(now, &resp);
+    assert_eq!(e.stats().drop_count(GossipDrop::Misdirected), 1);
+    assert_eq!(e.stats().streams_completed, 0);
+    d.handle_stream_response(now, &resp);
+    assert_eq!(d.stats().streams_completed, 1);
+}
+
 #[test]
 fn unanswered_probes_raise_local_health() {
     let now = Instant::now();
