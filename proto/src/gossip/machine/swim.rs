@@ -587,7 +587,6 @@ impl Gossip {
         self.live = None;
         if was_up {
             self.member_down(name, DownReason::Left);
-            self.after_member_down(now);
         }
         if via.rebroadcast {
             let message = Message::Left {
@@ -596,15 +595,6 @@ impl Gossip {
             };
             self.broadcasts
                 .push(Topic::Member(name.to_owned()), &message);
-        }
-    }
-
-    /// A member went down: if we still have no subnet, its going may be what lets us
-    /// claim one (a slot it held is only free once it is forgotten, but claiming runs
-    /// again at once when nothing else stands in the way).
-    fn after_member_down(&mut self, now: Instant) {
-        if self.local.pod_subnet.is_none() {
-            self.check_subnet(now);
         }
     }
 
@@ -620,7 +610,6 @@ impl Gossip {
         self.suspects.remove(name);
         self.live = None;
         self.member_down(name, DownReason::Dead);
-        self.after_member_down(now);
         let message = Message::Dead {
             name: name.to_owned(),
             inc,
