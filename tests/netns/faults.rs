@@ -375,6 +375,7 @@ pub(crate) fn pods_cannot_reach_tunnel_or_gossip_ports() -> Result<()> {
     let pod = lab.pod("n1-p1")?.netns.clone();
     let n3 = lab.node("n3")?;
     let before = drops(&lab, "n3")?;
+    let n1_before = drops(&lab, "n1")?;
     let rx_from_n1 = |lab: &Lab| -> Result<u64> {
         let peer = lab
             .peers("n3")?
@@ -436,6 +437,11 @@ pub(crate) fn pods_cannot_reach_tunnel_or_gossip_ports() -> Result<()> {
         gossip_drops(&lab)? == gossip_before,
         "n3's gossip port heard the pod"
     );
+    let n1_after = drops(&lab, "n1")?;
+    ensure!(
+        total(&n1_after) == total(&n1_before),
+        "n1's own tunnel port saw its pod's datagrams: {n1_before} -> {n1_after}"
+    );
     Ok(())
 }
 
@@ -469,13 +475,15 @@ pub(crate) fn sigterm_during_start_up_stops_cleanly() -> Result<()> {
         ),
     )?;
     let log = dir.join("daemon.log");
+    // One open file for both streams: two would each write from offset 0 over the other.
+    let log_file = std::fs::File::create(&log)?;
     let child = Command::new("ip")
         .args(["netns", "exec", &ns])
         .arg(crate::support::overlayd_bin())
         .args(["run", "--config"])
         .arg(&config)
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::create(&log)?)
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
         .spawn()?;
     let mut child = crate::support::KillOnDrop(child);
     wait_for("the daemon to start", Duration::from_secs(10), || {

@@ -346,7 +346,10 @@ fn poll_timeout_is_always_set_and_handle_timeout_advances_it() {
     let t = a.poll_timeout().expect("periodic timers");
     assert!(t >= now);
     a.handle_timeout(t);
-    assert!(a.poll_timeout().expect("still") > t, "handle_timeout left a timer due");
+    assert!(
+        a.poll_timeout().expect("still") > t,
+        "handle_timeout left a timer due"
+    );
     // A seed that never answers: the pull is retried after the stream timeout.
     assert!(a.poll_stream().is_some());
     a.handle_stream_failed(t, addr(9));
