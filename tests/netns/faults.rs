@@ -275,17 +275,6 @@ segment = "b"
 pods = 1
 "#;
 
-fn sigterm(lab: &Lab, node: &str) -> Result<()> {
-    let pid = lab.node(node)?.pid().context("daemon not running")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
-    wait_for("the daemon to exit", Duration::from_secs(10), || {
-        Ok(lab.node(node)?.pid().is_none())
-    })
-}
-
 /// A clean stop (SIGTERM) removes the daemon's routes, TUN, bridge and NAT table, and
 /// nothing else; pods survive and are attached again on the next start.
 pub(crate) fn clean_stop_removes_only_what_is_ours() -> Result<()> {
@@ -304,7 +293,7 @@ pub(crate) fn clean_stop_removes_only_what_is_ours() -> Result<()> {
         .context("veth")?
         .to_owned();
 
-    sigterm(&lab, "n1")?;
+    lab.stop_daemon("n1")?;
     ensure!(
         n(&["ip", "route", "show", "proto", "79"])?
             .trim()
@@ -344,7 +333,7 @@ pub(crate) fn on_exit_keep_leaves_the_data_path() -> Result<()> {
     let mut lab = lab("ke", &two_segments_with("gossip = false", &nodes)?)?;
     let ns = lab.node("n1")?.netns();
     let routes_before = ns_run(&ns, &["ip", "route", "show", "proto", "79"])?;
-    sigterm(&lab, "n1")?;
+    lab.stop_daemon("n1")?;
     let routes_after = ns_run(&ns, &["ip", "route", "show", "proto", "79"])?;
     let n2_route = format!("{} via 10.100.1.12", crate::cluster::subnet_of(&lab, "n2")?);
     ensure!(
@@ -450,9 +439,9 @@ pub(crate) fn pods_cannot_reach_tunnel_or_gossip_ports() -> Result<()> {
 /// the signal's default action killed the process wherever it was, leaving what start-up
 /// had made so far whatever `on_exit` said.
 pub(crate) fn sigterm_during_start_up_stops_cleanly() -> Result<()> {
-    let lab = lab("st", &two_segments_with("gossip = false", SMALL)?)?;
+    let mut lab = lab("st", &two_segments_with("gossip = false", SMALL)?)?;
     // n3's daemon goes, so its ports and the node's devices are free for the one here.
-    sigterm(&lab, "n3")?;
+    lab.stop_daemon("n3")?;
     let ns = lab.node("n3")?.netns();
     let dir = lab.run_dir().join("early");
     std::fs::create_dir_all(&dir)?;

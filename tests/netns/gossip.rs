@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use overlayd_lab::{Lab, in_netns};
+use overlayd_lab::{Lab, MemberState, in_netns};
 
 use crate::support::{lab, ns_run, overlayd_bin, ping, two_segments, wait_for};
 
@@ -39,24 +39,6 @@ pods = 1
 
 const NODES: [&str; 5] = ["n1", "n2", "n3", "n4", "n5"];
 
-/// `(name, state, subnet)` of every member `on` knows.
-fn members(lab: &Lab, on: &str) -> Result<Vec<(String, String, Option<String>)>> {
-    let out = lab.overlayd(on, &["members", "--json"])?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(v["members"]
-        .as_array()
-        .context("members")?
-        .iter()
-        .map(|m| {
-            (
-                m["name"].as_str().unwrap_or_default().to_owned(),
-                m["state"].as_str().unwrap_or_default().to_owned(),
-                m["subnet"].as_str().map(str::to_owned),
-            )
-        })
-        .collect())
-}
-
 /// The kernel routes the daemon on `on` owns, as `ip route` prints them.
 fn routes(lab: &Lab, on: &str) -> Result<String> {
     ns_run(
@@ -65,11 +47,12 @@ fn routes(lab: &Lab, on: &str) -> Result<String> {
     )
 }
 
-fn state_of(lab: &Lab, on: &str, member: &str) -> Result<Option<String>> {
-    Ok(members(lab, on)?
+fn state_of(lab: &Lab, on: &str, member: &str) -> Result<Option<MemberState>> {
+    Ok(lab
+        .members(on)?
         .into_iter()
-        .find(|m| m.0 == member)
-        .map(|m| m.1))
+        .find(|m| m.name == member)
+        .map(|m| m.state))
 }
 
 fn gossip_drops(lab: &Lab, on: &str) -> Result<serde_json::Value> {
@@ -82,14 +65,14 @@ fn gossip_drops(lab: &Lab, on: &str) -> Result<serde_json::Value> {
 /// reach pods on every other.
 fn assert_full_mesh(lab: &Lab) -> Result<()> {
     for on in NODES {
-        let seen = members(lab, on)?;
+        let seen = lab.members(on)?;
         let alive: Vec<_> = seen
             .iter()
-            .filter(|m| m.1 == "alive")
-            .map(|m| m.0.as_str())
+            .filter(|m| m.state == MemberState::Alive)
+            .map(|m| m.name.as_str())
             .collect();
         ensure!(alive.len() == 5, "{on} sees alive: {alive:?} ({seen:?})");
-        let mut subnets: Vec<_> = seen.iter().filter_map(|m| m.2.clone()).collect();
+        let mut subnets: Vec<_> = seen.iter().filter_map(|m| m.subnet).collect();
         subnets.sort();
         subnets.dedup();
         ensure!(subnets.len() == 5, "{on} sees subnets {subnets:?}");
@@ -121,7 +104,7 @@ pub(crate) fn five_nodes_join_from_one_seed_and_survive_kill_9() -> Result<()> {
         Duration::from_secs(20),
         || {
             for on in &NODES[..4] {
-                if state_of(&lab, on, "n5")?.as_deref() != Some("dead") {
+                if state_of(&lab, on, "n5")? != Some(MemberState::Dead) {
                     return Ok(false);
                 }
             }
@@ -171,7 +154,7 @@ pub(crate) fn five_nodes_join_from_one_seed_and_survive_kill_9() -> Result<()> {
     );
     wait_for("n5 alive everywhere again", Duration::from_secs(20), || {
         for on in &NODES[..4] {
-            if state_of(&lab, on, "n5")?.as_deref() != Some("alive") {
+            if state_of(&lab, on, "n5")? != Some(MemberState::Alive) {
                 return Ok(false);
             }
         }
@@ -200,7 +183,7 @@ pub(crate) fn partition_for_30s_then_heal_restores_the_mesh() -> Result<()> {
             for (here, there) in sides {
                 for on in here {
                     for other in there {
-                        if state_of(&lab, on, other)?.as_deref() != Some("dead") {
+                        if state_of(&lab, on, other)? != Some(MemberState::Dead) {
                             return Ok(false);
                         }
                     }
@@ -219,7 +202,11 @@ pub(crate) fn partition_for_30s_then_heal_restores_the_mesh() -> Result<()> {
     let healed = Instant::now();
     wait_for("the mesh to heal", Duration::from_secs(60), || {
         for on in NODES {
-            let alive = members(&lab, on)?.iter().filter(|m| m.1 == "alive").count();
+            let alive = lab
+                .members(on)?
+                .iter()
+                .filter(|m| m.state == MemberState::Alive)
+                .count();
             if alive != 5 {
                 return Ok(false);
             }
@@ -257,7 +244,7 @@ pub(crate) fn graceful_leave_is_seen_at_once() -> Result<()> {
     lab.stop_daemon("n3")?;
     wait_for("peers to see n3 leave", Duration::from_secs(3), || {
         for on in ["n1", "n2", "n4", "n5"] {
-            if state_of(&lab, on, "n3")?.as_deref() != Some("left") {
+            if state_of(&lab, on, "n3")? != Some(MemberState::Left) {
                 return Ok(false);
             }
         }
@@ -331,7 +318,7 @@ pub(crate) fn wrong_key_and_forged_gossip_are_refused_and_counted() -> Result<()
         std::fs::read_to_string(dir.join("x1.log")).unwrap_or_default()
     );
     for on in NODES {
-        let names: Vec<_> = members(&lab, on)?.into_iter().map(|m| m.0).collect();
+        let names: Vec<_> = lab.members(on)?.into_iter().map(|m| m.name).collect();
         ensure!(
             !names.iter().any(|n| n == "x1"),
             "{on} lists the intruder: {names:?}"
@@ -428,7 +415,11 @@ pub(crate) fn key_rotation_keeps_the_cluster_up() -> Result<()> {
         // Longer than failure detection takes: a broken step would have cost a member.
         std::thread::sleep(Duration::from_secs(4));
         for on in NODES {
-            let alive = members(&lab, on)?.iter().filter(|m| m.1 == "alive").count();
+            let alive = lab
+                .members(on)?
+                .iter()
+                .filter(|m| m.state == MemberState::Alive)
+                .count();
             ensure!(
                 alive == 5,
                 "after `key {}` {on} sees {alive} alive",
