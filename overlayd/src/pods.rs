@@ -267,28 +267,26 @@ impl Pods {
     /// no free address stay recorded (saved, listed, deletable) and are moved by a later
     /// call; returns how many wait. `Err` only if the records cannot be saved.
     pub async fn renumber(&mut self, subnet: ipnet::Ipv4Net) -> Result<usize> {
-        let mut ipam = PodIpam::new(subnet);
-        if subnet == self.ipam.subnet() {
-            ipam.set_cursor(self.ipam.cursor());
-        }
         let everyone: Vec<PodRecord> = std::mem::take(&mut self.pods)
             .into_values()
             .chain(std::mem::take(&mut self.strays))
             .collect();
-        let (inside, outside): (Vec<_>, Vec<_>) = everyone
-            .into_iter()
-            .partition(|p| ipam.restore(p.ip, &p.name).is_ok());
-        let mut pods: BTreeMap<String, PodRecord> =
-            inside.into_iter().map(|p| (p.name.clone(), p)).collect();
+        let held: Vec<(&str, Ipv4Addr)> =
+            everyone.iter().map(|p| (p.name.as_str(), p.ip)).collect();
+        let plan = self.ipam.renumber(subnet, &held);
+        let moves: BTreeMap<usize, Ipv4Addr> = plan.moves.into_iter().collect();
+        let ipam = plan.ipam;
+        let mut pods = BTreeMap::new();
         let mut stuck = Vec::new();
-        for pod in outside {
-            let ip = match ipam.allocate(&pod.name, None) {
-                Ok(ip) => ip,
-                Err(e) => {
-                    tracing::error!(pod = %pod.name, ip = %pod.ip, "no address for the pod in {subnet}: {e}");
-                    stuck.push(pod);
-                    continue;
-                }
+        for (i, pod) in everyone.into_iter().enumerate() {
+            if plan.stuck.contains(&i) {
+                tracing::error!(pod = %pod.name, ip = %pod.ip, "no free address for the pod in {subnet}");
+                stuck.push(pod);
+                continue;
+            }
+            let Some(&ip) = moves.get(&i) else {
+                pods.insert(pod.name.clone(), pod);
+                continue;
             };
             tracing::warn!(pod = %pod.name, old = %pod.ip, new = %ip, "moving the pod into subnet {subnet}");
             if let Err(e) = self.readdress(&pod, ip, &ipam).await {

@@ -25,6 +25,17 @@ pub enum IpamError {
     InUse { addr: Ipv4Addr, holder: String },
 }
 
+/// Where each pod goes when the node's pod subnet changes: see [`PodIpam::renumber`].
+#[derive(Debug, Clone)]
+pub struct Renumbering {
+    /// The allocator for the new subnet, holding every address below.
+    pub ipam: PodIpam,
+    /// `(index into the pods given, new address)` of each pod that moves.
+    pub moves: Vec<(usize, Ipv4Addr)>,
+    /// Indices of the pods that found no free address; they keep theirs, outside.
+    pub stuck: Vec<usize>,
+}
+
 /// Allocator for one pod subnet.
 #[derive(Debug, Clone)]
 pub struct PodIpam {
@@ -97,6 +108,31 @@ impl PodIpam {
         Err(IpamError::Exhausted(self.subnet))
     }
 
+    /// Plans moving `pods` (`(name, address)`) into `subnet` (a lost subnet conflict, or
+    /// a subnet changed while the daemon was down). A pod already inside keeps its address
+    /// (of two claiming one, the first); the others get free addresses of `subnet` in
+    /// order, and those that find none are `stuck`. Within the same subnet the search
+    /// resumes at this allocator's cursor.
+    pub fn renumber(&self, subnet: Ipv4Net, pods: &[(&str, Ipv4Addr)]) -> Renumbering {
+        let mut ipam = PodIpam::new(subnet);
+        if subnet == self.subnet {
+            ipam.cursor = self.cursor;
+        }
+        // Every pod that stays is restored before any is moved, so none is moved onto an
+        // address a later one still holds.
+        let outside: Vec<usize> = (0..pods.len())
+            .filter(|&i| ipam.restore(pods[i].1, pods[i].0).is_err())
+            .collect();
+        let (mut moves, mut stuck) = (Vec::new(), Vec::new());
+        for i in outside {
+            match ipam.allocate(pods[i].0, None) {
+                Ok(addr) => moves.push((i, addr)),
+                Err(_) => stuck.push(i),
+            }
+        }
+        Renumbering { ipam, moves, stuck }
+    }
+
     /// Frees `addr`; returns the pod that held it.
     pub fn release(&mut self, addr: Ipv4Addr) -> Option<String> {
         self.held.remove(&addr)
@@ -160,6 +196,47 @@ mod tests {
             Some("p1")
         );
         assert_eq!(a.allocate("p6", None), Ok(Ipv4Addr::new(10, 244, 1, 3)));
+    }
+
+    #[test]
+    fn renumber_keeps_those_inside_moves_the_rest_and_reports_who_finds_no_room() {
+        let a = ipam("10.244.1.0/24");
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        // A /29 has pod addresses .2-.6; .3 is taken by a pod already inside.
+        let pods = [
+            ("a", ip("10.244.1.2")),
+            ("b", ip("10.244.9.3")),
+            ("c", ip("10.244.1.3")),
+            ("d", ip("10.244.1.4")),
+            ("e", ip("10.244.1.5")),
+            ("f", ip("10.244.1.6")),
+            ("g", ip("10.244.1.7")),
+        ];
+        let plan = a.renumber("10.244.9.0/29".parse().unwrap(), &pods);
+        // b keeps .3; the others move into .2, .4, .5, .6 in order; two find no room.
+        assert_eq!(
+            plan.moves,
+            [
+                (0, ip("10.244.9.2")),
+                (2, ip("10.244.9.4")),
+                (3, ip("10.244.9.5")),
+                (4, ip("10.244.9.6")),
+            ]
+        );
+        assert_eq!(plan.stuck, [5, 6]);
+        assert_eq!(plan.ipam.holder(ip("10.244.9.3")), Some("b"));
+        assert_eq!(plan.ipam.holder(ip("10.244.9.6")), Some("e"));
+
+        // Within the same subnet, pods inside stay and the cursor carries over.
+        let mut same = ipam("10.244.1.0/24");
+        same.allocate("x", Some(ip("10.244.1.9"))).unwrap();
+        same.set_cursor(ip("10.244.1.9"));
+        let plan = same.renumber(
+            same.subnet(),
+            &[("x", ip("10.244.1.9")), ("y", ip("10.1.1.1"))],
+        );
+        assert_eq!(plan.moves, [(1, ip("10.244.1.10"))]);
+        assert!(plan.stuck.is_empty());
     }
 
     #[test]
