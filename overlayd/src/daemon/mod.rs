@@ -72,7 +72,7 @@ struct Shared {
     peers: std::sync::Mutex<PeerState>,
     gossip: Option<GossipHandle>,
     /// Our nftables table as last installed.
-    nft: std::sync::Mutex<Option<nft::Ruleset>>,
+    nft: std::sync::Mutex<nft::Ruleset>,
     /// Wakes the control loop (the local subnet changed).
     reconcile_now: Notify,
     ready: AtomicBool,
@@ -187,7 +187,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         pods: Mutex::new(pods),
         peers: std::sync::Mutex::new(PeerState::default()),
         gossip: gossip.clone(),
-        nft: std::sync::Mutex::new(Some(initial)),
+        nft: std::sync::Mutex::new(initial),
         reconcile_now: Notify::new(),
         ready: AtomicBool::new(false),
         started: Instant::now(),
@@ -397,9 +397,9 @@ fn ruleset(
 /// Installs our nftables table unless it is already exactly `want`.
 fn sync_nft(shared: &Shared, want: nft::Ruleset) -> Result<()> {
     let mut installed = shared.nft.lock().unwrap_or_else(|e| e.into_inner());
-    if installed.as_ref() != Some(&want) {
+    if *installed != want {
         want.install()?;
-        *installed = Some(want);
+        *installed = want;
     }
     Ok(())
 }
@@ -598,9 +598,8 @@ async fn move_subnet(shared: &Shared, new: Subnet) -> Result<()> {
         .nft
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map(|r| r.nodes.clone())
-        .unwrap_or_default();
+        .nodes
+        .clone();
     sync_nft(shared, ruleset(&shared.cfg, new.net, nodes))?;
     *shared.subnet.write().unwrap_or_else(|e| e.into_inner()) = new;
     shared.reconcile_now.notify_one();
