@@ -40,11 +40,13 @@ impl Lab {
             .nodes()
             .filter(|n| n.spec().daemon && n.pid().is_some())
             .collect();
+        // The cut cannot change while we wait: read it once, not on every poll.
+        let cut = self.partitions()?;
         loop {
             if let Some(gone) = running.iter().find(|n| n.pid().is_none()) {
                 return Err(gone.not_ready("its daemon exited while the lab converged".into()));
             }
-            let gaps = self.convergence_gaps(&running)?;
+            let gaps = self.convergence_gaps(&running, &cut)?;
             if gaps.is_empty() {
                 return Ok(());
             }
@@ -56,8 +58,11 @@ impl Lab {
     }
 
     /// The nodes of `running` whose view is still incomplete, in topology order.
-    fn convergence_gaps<'a>(&'a self, running: &[Node<'a>]) -> Result<Vec<Gap<'a>>, LabError> {
-        let cut = self.partitions()?;
+    fn convergence_gaps<'a>(
+        &'a self,
+        running: &[Node<'a>],
+        cut: &[(String, String)],
+    ) -> Result<Vec<Gap<'a>>, LabError> {
         let mut gaps = Vec::new();
         let mut expected = Vec::new();
         for &node in running {

@@ -451,11 +451,8 @@ fn check_pod_room(
     claim_prefix: u8,
 ) -> Result<(), TopologyError> {
     let (room, describe) = match subnet {
-        Some(subnet) => (hosts(subnet), format!("pod_subnet {subnet}")),
-        None => (
-            (1u64 << (32 - u32::from(claim_prefix))).saturating_sub(2),
-            format!("a claimed /{claim_prefix}"),
-        ),
+        Some(subnet) => (hosts(subnet.prefix_len()), format!("pod_subnet {subnet}")),
+        None => (hosts(claim_prefix), format!("a claimed /{claim_prefix}")),
     };
     let room = room.saturating_sub(1);
     if u64::from(pods) > room {
@@ -616,7 +613,7 @@ fn check_config_table(config: &toml::Table, gossip: bool) -> Result<(), Topology
 /// The address of the node at 0-based `position` among its segment's nodes.
 fn node_address(segment: &Segment, position: usize) -> Result<Ipv4Addr, TopologyError> {
     let offset = u64::from(FIRST_NODE_HOST) + position as u64 + 1;
-    if offset > hosts(segment.subnet) {
+    if offset > hosts(segment.subnet.prefix_len()) {
         return Err(TopologyError::SegmentFull {
             segment: segment.name.clone(),
             subnet: segment.subnet,
@@ -642,8 +639,9 @@ fn default_pod_subnet(cluster: Ipv4Net, index: usize) -> Option<Ipv4Net> {
 }
 
 /// Usable host addresses of a subnet (without network and broadcast addresses).
-fn hosts(net: Ipv4Net) -> u64 {
-    (1u64 << (32 - u32::from(net.prefix_len()))).saturating_sub(2)
+/// Host addresses in a subnet of this prefix length.
+fn hosts(prefix: u8) -> u64 {
+    (1u64 << (32 - u32::from(prefix))).saturating_sub(2)
 }
 
 fn host(net: Ipv4Net, n: u32) -> Ipv4Addr {
