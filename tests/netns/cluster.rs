@@ -171,8 +171,8 @@ pub(crate) fn masquerade_outside_cluster_pod_source_kept_inside() -> Result<()> 
 pub(crate) fn pods_get_persistent_addresses_and_namespaces() -> Result<()> {
     let mut lab = default_lab("pd")?;
     // Names with the lab's prefix: `lab down` removes their namespaces if the test fails.
-    let own = format!("ovl-{}-own", lab.name());
-    let other = format!("ovl-{}-x2", lab.name());
+    let own = overlayd_lab::pod_netns(lab.name(), "own");
+    let other = overlayd_lab::pod_netns(lab.name(), "x2");
     let out = lab.overlayd("n1", &["pod", "add", &own, "--json"])?;
     let record: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let ip: Ipv4Addr = record["ip"].as_str().context("ip")?.parse()?;

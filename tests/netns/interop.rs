@@ -27,11 +27,11 @@ pub(crate) fn kernel_vxlan_node_interoperates_both_ways() -> Result<()> {
         serde_json::from_slice(&lab.overlayd("n1", &["status", "--json"])?.stdout)?;
     let n1_mac = status["vtep_mac"].as_str().context("vtep_mac")?.to_owned();
     // n1 claimed its subnet by gossip; the kernel side routes it via its network address.
-    let n1_subnet = status["pod_subnet"]
-        .as_str()
-        .context("pod_subnet")?
-        .to_owned();
-    let n1_net = n1_subnet.split('/').next().unwrap_or_default().to_owned();
+    let n1_pod_subnet = lab.status("n1")?.pod_subnet;
+    let (n1_subnet, n1_net) = (
+        n1_pod_subnet.to_string(),
+        n1_pod_subnet.network().to_string(),
+    );
     let (n1_underlay, k1_underlay) = (
         n1.underlay().to_string(),
         lab.node("k1")?.underlay().to_string(),
