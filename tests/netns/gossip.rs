@@ -47,6 +47,15 @@ fn routes(lab: &Lab, on: &str) -> Result<String> {
     )
 }
 
+/// How many members `on` holds alive (itself included).
+fn alive_count(lab: &Lab, on: &str) -> Result<usize> {
+    Ok(lab
+        .members(on)?
+        .iter()
+        .filter(|m| m.state == MemberState::Alive)
+        .count())
+}
+
 fn state_of(lab: &Lab, on: &str, member: &str) -> Result<Option<MemberState>> {
     Ok(lab
         .members(on)?
@@ -202,11 +211,7 @@ pub(crate) fn partition_for_30s_then_heal_restores_the_mesh() -> Result<()> {
     let healed = Instant::now();
     wait_for("the mesh to heal", Duration::from_secs(60), || {
         for on in NODES {
-            let alive = lab
-                .members(on)?
-                .iter()
-                .filter(|m| m.state == MemberState::Alive)
-                .count();
+            let alive = alive_count(&lab, on)?;
             if alive != 5 {
                 return Ok(false);
             }
@@ -415,11 +420,7 @@ pub(crate) fn key_rotation_keeps_the_cluster_up() -> Result<()> {
         // Longer than failure detection takes: a broken step would have cost a member.
         std::thread::sleep(Duration::from_secs(4));
         for on in NODES {
-            let alive = lab
-                .members(on)?
-                .iter()
-                .filter(|m| m.state == MemberState::Alive)
-                .count();
+            let alive = alive_count(&lab, on)?;
             ensure!(
                 alive == 5,
                 "after `key {}` {on} sees {alive} alive",
