@@ -232,7 +232,6 @@ pub async fn start(
             commands: rx,
             peers,
             subnet: subnet_tx,
-            up: BTreeMap::new(),
             claims: ClaimWriter::default(),
         }
         .run(),
@@ -247,8 +246,6 @@ struct Driver {
     commands: mpsc::Receiver<Command>,
     peers: watch::Sender<Vec<PeerInfo>>,
     subnet: watch::Sender<Option<Ipv4Net>>,
-    /// Members that are up and have a subnet, by name.
-    up: BTreeMap<String, PeerInfo>,
     claims: ClaimWriter,
 }
 
@@ -347,30 +344,27 @@ impl Driver {
             changed |= self.event(event);
         }
         if changed {
-            let mut peers: BTreeMap<String, PeerInfo> = self
-                .setup
-                .static_peers
-                .iter()
-                .map(|p| (p.name.clone(), p.clone()))
-                .collect();
-            peers.extend(self.up.iter().map(|(k, v)| (k.clone(), v.clone())));
-            self.peers.send_replace(peers.into_values().collect());
+            let peers = self.setup.gossip.peers(&self.setup.static_peers);
+            self.peers.send_if_modified(|current| {
+                let differs = *current != peers;
+                if differs {
+                    *current = peers;
+                }
+                differs
+            });
         }
     }
 
-    /// Returns whether the peer set changed.
+    /// Returns whether the peer set may have changed.
     fn event(&mut self, event: Event) -> bool {
         match event {
             Event::MemberUp(record) | Event::MemberUpdated(record) => {
                 tracing::info!(member = %record.name, underlay = %record.underlay, subnet = ?record.pod_subnet, "member up or updated");
-                match record.peer_info() {
-                    Some(info) => self.up.insert(record.name.clone(), info.clone()) != Some(info),
-                    None => self.up.remove(&record.name).is_some(),
-                }
+                true
             }
             Event::MemberDown { name, reason } => {
                 tracing::info!(member = %name, ?reason, "member down");
-                self.up.remove(&name).is_some()
+                true
             }
             Event::LocalSubnetChanged { subnet, claimed_at } => {
                 tracing::info!(%subnet, "claimed pod subnet");

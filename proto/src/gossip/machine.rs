@@ -29,6 +29,7 @@ use super::record::{NodeRecord, RecordError};
 use super::replay::{ReplayWindow, Verdict};
 use super::stats::{GossipDrop, GossipStats};
 use super::subnet::{Claim, Loser, choose_subnet, conflict_loser, overlaps};
+use crate::PeerInfo;
 
 /// How far ahead of this node's wall clock a boot generation (wall-clock µs) may be:
 /// clocks of one cluster are never a day apart, so anything further is a forgery or a
@@ -554,6 +555,21 @@ impl Gossip {
             is_local: true,
         };
         std::iter::once(local).chain(self.members.values().map(Member::view))
+    }
+
+    /// The peers the data path reaches: `static_peers` (nodes that do not gossip, such as
+    /// a kernel vxlan node), each replaced by the up member of the same name, plus every
+    /// other up member that has a pod subnet; by name. The local node is never one.
+    pub fn peers(&self, static_peers: &[PeerInfo]) -> Vec<PeerInfo> {
+        let mut peers: BTreeMap<String, PeerInfo> = static_peers
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect();
+        let up = self.members().filter(|m| !m.is_local && m.state.is_up());
+        for info in up.filter_map(|m| m.record?.peer_info()) {
+            peers.insert(info.name.clone(), info);
+        }
+        peers.into_values().collect()
     }
 
     /// One member by name (the local node included).

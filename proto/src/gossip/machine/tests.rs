@@ -75,6 +75,52 @@ fn join_pair(now: Instant) -> (Gossip, Gossip) {
 }
 
 #[test]
+fn peers_are_the_static_list_overridden_by_up_members_with_a_subnet() {
+    let now = Instant::now();
+    let mut a = node(1, vec![], now);
+    let subnet: ipnet::Ipv4Net = "10.244.2.0/24".parse().unwrap();
+    let mut record = NodeRecord::new("n2", addr(2), Ipv4Addr::new(192, 168, 0, 2), Some(subnet));
+    record.subnet_static = true;
+    let mut b = Gossip::new(
+        GossipConfig::new("test", vec![addr(1)]),
+        record,
+        Keyring::new(key()),
+        1002,
+        2,
+        now,
+        1_700_000_000_000,
+    )
+    .expect("valid");
+    // n3 gossips but has no subnet yet: no peer.
+    let mut c = node(3, vec![addr(1)], now);
+    pump(now, &mut a, &mut b);
+    pump(now, &mut a, &mut c);
+    let peer = |name: &str, underlay: [u8; 4], subnet: &str| crate::PeerInfo {
+        name: name.into(),
+        underlay: underlay.into(),
+        pod_subnet: subnet.parse().unwrap(),
+        vtep_mac: crate::wire::MacAddr::vtep_for_node(name),
+    };
+    let stale_n2 = peer("n2", [10, 9, 9, 2], "10.244.9.0/24");
+    let k1 = peer("k1", [10, 9, 9, 1], "10.244.8.0/24");
+    let statics = [stale_n2.clone(), k1.clone()];
+    let peers = a.peers(&statics);
+    let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["k1", "n2"]);
+    assert_eq!(peers[0], k1);
+    assert_eq!(
+        peers[1].pod_subnet, subnet,
+        "gossip's n2 wins over the static one"
+    );
+    assert!(b.peers(&[]).iter().all(|p| p.name != "n2"), "never itself");
+
+    // n2 leaves: the static entry is what is left of it.
+    b.leave(now);
+    pump(now, &mut a, &mut b);
+    assert_eq!(a.peers(&statics), [k1, stale_n2]);
+}
+
+#[test]
 fn two_nodes_join_and_see_each_other() {
     let now = Instant::now();
     let (mut a, mut b) = join_pair(now);
