@@ -16,6 +16,25 @@ fn addr(i: u8) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, i], 7946))
 }
 
+/// A core with the test key and wall clock: `generation` and `rng_seed` as given.
+fn gossip_with(
+    config: GossipConfig,
+    record: NodeRecord,
+    generation: u64,
+    rng_seed: u64,
+    now: Instant,
+) -> Result<Gossip, NewError> {
+    Gossip::new(
+        config,
+        record,
+        Keyring::new(key()),
+        generation,
+        rng_seed,
+        now,
+        1_700_000_000_000,
+    )
+}
+
 fn node(i: u8, seeds: Vec<SocketAddr>, now: Instant) -> Gossip {
     let record = NodeRecord::new(
         format!("n{i}"),
@@ -24,16 +43,7 @@ fn node(i: u8, seeds: Vec<SocketAddr>, now: Instant) -> Gossip {
         None,
     );
     let config = GossipConfig::new("test", seeds);
-    Gossip::new(
-        config,
-        record,
-        Keyring::new(key()),
-        1000 + u64::from(i),
-        u64::from(i),
-        now,
-        1_700_000_000_000,
-    )
-    .expect("valid")
+    gossip_with(config, record, 1000 + u64::from(i), u64::from(i), now).expect("valid")
 }
 
 /// Moves every datagram between `a` and `b` until both are quiet; returns how many.
@@ -81,14 +91,12 @@ fn peers_are_the_static_list_overridden_by_up_members_with_a_subnet() {
     let subnet: ipnet::Ipv4Net = "10.244.2.0/24".parse().unwrap();
     let mut record = NodeRecord::new("n2", addr(2), Ipv4Addr::new(192, 168, 0, 2), Some(subnet));
     record.subnet_static = true;
-    let mut b = Gossip::new(
+    let mut b = gossip_with(
         GossipConfig::new("test", vec![addr(1)]),
         record,
-        Keyring::new(key()),
         1002,
         2,
         now,
-        1_700_000_000_000,
     )
     .expect("valid");
     // n3 gossips but has no subnet yet: no peer.
@@ -146,14 +154,12 @@ fn replays_stale_generations_and_misdirected_streams_are_counted() {
     // b restarts (new generation); its old datagrams are then stale.
     let mut b2 = {
         let record = b.local().clone();
-        Gossip::new(
+        gossip_with(
             GossipConfig::new("test", vec![addr(1)]),
             record,
-            Keyring::new(key()),
             5000,
             9,
             now,
-            1_700_000_000_000,
         )
         .expect("valid")
     };
@@ -449,16 +455,7 @@ fn claims_avoid_subnets_reserved_for_static_peers() {
     config.subnet_pool = Some(pool);
     config.reserved = vec![preferred];
     let record = NodeRecord::new("n1", addr(1), Ipv4Addr::new(192, 168, 0, 1), None);
-    let mut g = Gossip::new(
-        config,
-        record,
-        Keyring::new(key()),
-        1,
-        1,
-        now,
-        1_700_000_000_000,
-    )
-    .unwrap();
+    let mut g = gossip_with(config, record, 1, 1, now).unwrap();
     g.handle_timeout(now + Duration::from_secs(10));
     let claimed = std::iter::from_fn(|| g.poll_event()).find_map(|e| match e {
         Event::LocalSubnetChanged { subnet, .. } => Some(subnet),
@@ -474,16 +471,7 @@ fn claims_avoid_subnets_reserved_for_static_peers() {
     config.reserved = vec![claimed];
     let mut record = NodeRecord::new("n1", addr(1), Ipv4Addr::new(192, 168, 0, 1), Some(claimed));
     record.subnet_claimed_at = Hlc::new(1_700_000_000_000, 0);
-    let mut g = Gossip::new(
-        config,
-        record,
-        Keyring::new(key()),
-        2,
-        1,
-        now,
-        1_700_000_000_000,
-    )
-    .unwrap();
+    let mut g = gossip_with(config, record, 2, 1, now).unwrap();
     g.handle_timeout(now + Duration::from_secs(10));
     let moved = std::iter::from_fn(|| g.poll_event()).find_map(|e| match e {
         Event::LocalSubnetChanged { subnet, .. } => Some(subnet),
@@ -516,16 +504,7 @@ fn a_restarted_seed_without_seeds_rejoins_from_members_pings() {
     // `node()` gives generation 1001 again; a real restart has a newer one.
     a = {
         let record = a.local().clone();
-        Gossip::new(
-            GossipConfig::new("test", vec![]),
-            record,
-            Keyring::new(key()),
-            5000,
-            9,
-            t0,
-            1_700_000_000_000,
-        )
-        .expect("valid")
+        gossip_with(GossipConfig::new("test", vec![]), record, 5000, 9, t0).expect("valid")
     };
     assert!(
         a.members().all(|m| m.is_local),
@@ -769,16 +748,7 @@ fn timing_at_its_bounds_never_panics() {
             Ipv4Addr::new(192, 168, 0, i),
             None,
         );
-        Gossip::new(
-            config,
-            record,
-            Keyring::new(key()),
-            1000 + u64::from(i),
-            1,
-            start,
-            1_700_000_000_000,
-        )
-        .expect("valid at the bounds")
+        gossip_with(config, record, 1000 + u64::from(i), 1, start).expect("valid at the bounds")
     };
     let mut a = make(1, vec![]);
     let mut b = make(2, vec![addr(1)]);
@@ -884,17 +854,8 @@ fn a_claimed_subnet_without_its_claim_time_is_refused() {
         Ipv4Addr::new(192, 168, 0, 1),
         Some("10.244.1.0/24".parse().unwrap()),
     );
-    let start = |record: NodeRecord| {
-        Gossip::new(
-            GossipConfig::new("test", vec![]),
-            record,
-            Keyring::new(key()),
-            1,
-            1,
-            now,
-            1_700_000_000_000,
-        )
-    };
+    let start =
+        |record: NodeRecord| gossip_with(GossipConfig::new("test", vec![]), record, 1, 1, now);
     assert_eq!(
         start(record.clone()).err(),
         Some(NewError::Record(RecordError::ClaimTimeMissing))
