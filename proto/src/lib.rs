@@ -13,6 +13,7 @@ pub mod gossip;
 pub mod ipam;
 pub mod pod;
 pub mod routing;
+pub mod service;
 
 /// Whether two subnets share any address (of two CIDR blocks that overlap, one contains
 /// the other).

@@ -1,0 +1,17 @@
+//! Services, sans-IO: what a Service is ([`spec`]), how Services and pod endpoints travel
+//! as gossip objects, how every node turns them into the same resolved
+//! [`table::ServiceTable`] (allocation of VIPs and node ports, conflicts, endpoints by
+//! label selector), and the balancing decisions the daemon's proxy carries out (round
+//! robin, least connections, Maglev, client-IP affinity, health, UDP flows).
+//!
+//! Nothing here does I/O or reads a clock: every input that depends on time takes `now`.
+//! See docs/services.md for the design and its measurements.
+
+pub mod spec;
+pub mod table;
+
+pub use spec::{
+    Algorithm, ClusterIp, ExplicitBackend, HealthCheck, Protocol, ServicePort, ServiceSpec,
+    ServiceType, SessionAffinity, SpecError,
+};
+pub use table::{Endpoint, ResolvedPort, ResolvedService, ServiceKey, ServiceStatus, ServiceTable};
