@@ -160,7 +160,7 @@ pub fn members_table(m: &api::Members) -> String {
                 m.name.clone(),
                 m.address.to_string(),
                 opt(m.subnet.map(|s| s.to_string())),
-                m.state.clone(),
+                m.state.as_str().to_owned(),
                 m.incarnation.to_string(),
                 opt(m.last_heard_ms.map(|ms| format!("{ms} ms ago"))),
             ]

@@ -2,7 +2,6 @@
 //! `overlayd_proto::gossip::Gossip` — datagrams in, timers, transmits out, full-state
 //! streams over TCP — and turns its events into the daemon's peer set and local subnet.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::discovery::PeerSource;
+
+pub use overlayd_proto::api::{GossipReport, MemberReport};
 
 /// Largest full-state request a peer may send us over TCP.
 const MAX_STREAM_REQUEST: usize = 64 * 1024;
@@ -98,35 +99,6 @@ impl ClaimWriter {
             }
         });
     }
-}
-
-/// One member as `overlayd members` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MemberReport {
-    pub name: String,
-    pub address: SocketAddr,
-    pub subnet: Option<Ipv4Net>,
-    pub state: String,
-    pub incarnation: u64,
-    pub generation: u64,
-    /// Milliseconds since we last heard from it directly; `None` for ourselves and for
-    /// members only heard of through others.
-    pub last_heard_ms: Option<u64>,
-}
-
-/// Gossip counters for `overlayd status`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct GossipReport {
-    pub members_alive: usize,
-    pub members_suspect: usize,
-    pub members_dead: usize,
-    pub local_health: u32,
-    pub datagrams_sent: u64,
-    pub bytes_sent: u64,
-    pub datagrams_received: u64,
-    pub bytes_received: u64,
-    pub drops: BTreeMap<String, u64>,
-    pub key_fingerprints: Vec<String>,
 }
 
 /// Changes to the running keyring.
@@ -406,7 +378,7 @@ impl Driver {
                         name: m.name.to_owned(),
                         address: m.addr,
                         subnet: m.record.and_then(|r| r.pod_subnet),
-                        state: m.state.as_str().to_owned(),
+                        state: m.state,
                         incarnation: m.incarnation.incarnation,
                         generation: m.incarnation.generation,
                         last_heard_ms: m

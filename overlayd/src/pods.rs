@@ -11,27 +11,13 @@ use overlayd_proto::ipam::{IpamError, PodIpam};
 use overlayd_proto::pod::{host_veth_name, validate_pod_name};
 use serde::{Deserialize, Serialize};
 
+pub use overlayd_proto::api::PodRecord;
+
 use crate::netlink::Netlink;
 use crate::netns;
 
 /// Name of the pod's interface inside its namespace.
 pub const POD_IFNAME: &str = "eth0";
-
-/// One pod as persisted and as the API reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodRecord {
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub netns: PathBuf,
-    /// The daemon created the namespace (and deletes it with the pod).
-    pub netns_owned: bool,
-    /// The namespace's inode when the pod was added: a path like /proc/PID/ns/net can come
-    /// to name another namespace once the PID is reused, and the daemon must then not
-    /// touch it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netns_inode: Option<u64>,
-    pub veth: String,
-}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StoreFile {

@@ -4,6 +4,7 @@
 //! syscalls. The daemon (`overlayd`) feeds bytes, kernel state and time in and carries
 //! out what comes back, so every decision is testable with plain unit tests.
 
+pub mod api;
 pub mod peer;
 pub mod wire;
 

@@ -1,94 +1,17 @@
 //! Talking to a lab node's daemon through the `overlayd` CLI, as a user would.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
-
-use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
 
 use crate::netns::{self, NetnsError};
 
 /// How long one CLI call may take before it counts as hung.
 const CLI_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `overlayd status --json`, the fields the lab reads.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Status {
-    pub node: String,
-    pub ready: bool,
-    /// The pod subnet in force: configured or claimed by gossip.
-    pub pod_subnet: Ipv4Net,
-}
-
-/// One entry of `overlayd members --json`: a gossip member as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub name: String,
-    /// Its gossip address.
-    pub address: SocketAddr,
-    /// Its pod subnet; `None` while it has not claimed one.
-    pub subnet: Option<Ipv4Net>,
-    pub state: MemberState,
-    pub incarnation: u64,
-    /// Changes each time the member's daemon starts.
-    pub generation: u64,
-    /// Milliseconds since this node last heard from it directly; `None` for itself and
-    /// for members only heard of through others.
-    pub last_heard_ms: Option<u64>,
-}
-
-/// A gossip member's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemberState {
-    Alive,
-    /// Failed a probe; declared dead unless it refutes in time.
-    Suspect,
-    Dead,
-    /// Left gracefully (its daemon was stopped).
-    Left,
-}
-
-#[derive(Deserialize)]
-struct Members {
-    members: Vec<Member>,
-}
-
-/// One entry of `overlayd peers --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerReport {
-    pub name: String,
-    #[serde(default)]
-    pub underlay: String,
-    #[serde(default)]
-    pub pod_subnet: String,
-    /// `host-gw`, `udp`, …
-    pub path: String,
-    #[serde(default)]
-    pub tx_packets: u64,
-    #[serde(default)]
-    pub tx_bytes: u64,
-    #[serde(default)]
-    pub rx_packets: u64,
-    #[serde(default)]
-    pub rx_bytes: u64,
-    #[serde(default)]
-    pub drops: u64,
-}
-
-#[derive(Deserialize)]
-struct Peers {
-    peers: Vec<PeerReport>,
-}
-
-/// `overlayd pod add --json`, the fields the lab reads.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct PodAdded {
-    pub name: String,
-    pub ip: Ipv4Addr,
-}
+pub use overlayd_proto::api::{MemberReport as Member, PeerReport, PodRecord, Status};
+use overlayd_proto::api::{Members, Peers};
+pub use overlayd_proto::gossip::MemberState;
 
 /// Why a CLI call failed.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +67,7 @@ pub fn pod_add(
     socket: &Path,
     pod: &str,
     pod_netns: &Path,
-) -> Result<PodAdded, ClientError> {
+) -> Result<PodRecord, ClientError> {
     let netns_path = pod_netns.to_string_lossy();
     json(
         bin,

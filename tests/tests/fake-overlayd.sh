@@ -32,7 +32,7 @@ route_peer() {
 
 # add_peer NAME UNDERLAY SUBNET PATH: appends the peer's JSON to $peers.
 add_peer() {
-    peers+="${peers:+,}{\"name\":\"$1\",\"underlay\":\"$2\",\"pod_subnet\":\"$3\",\"path\":\"$4\",\"tx_packets\":0,\"tx_bytes\":0,\"rx_packets\":0,\"rx_bytes\":0,\"drops\":0}"
+    peers+="${peers:+,}{\"name\":\"$1\",\"underlay\":\"$2\",\"pod_subnet\":\"$3\",\"path\":\"$4\",\"vtep_mac\":\"02:00:00:00:00:01\",\"tx_packets\":0,\"tx_bytes\":0,\"rx_packets\":0,\"rx_bytes\":0,\"drops\":0}"
 }
 
 # gossip_peers: $static_peers plus every other live member, into $dir/peers.json. Routes
@@ -51,7 +51,7 @@ gossip_peers() {
         esac
         add_peer "$n" "$u" "$s" "${routed[$n]##* }"
     done
-    echo "{\"peers\":[$peers]}" > "$dir/peers.tmp"
+    echo "{\"peers\":[$peers],\"rejected\":[],\"drops\":{}}" > "$dir/peers.tmp"
     mv "$dir/peers.tmp" "$dir/peers.json"
 }
 
@@ -106,7 +106,7 @@ run)
         p && $1=="name" {n=$2} p && $1=="underlay_address" {u=$2}
         p && $1=="pod_subnet" {gsub(/"/,"",n); gsub(/"/,"",u); gsub(/"/,"",$2); print n, u, $2}' "$config")
     static_peers=$peers
-    echo "{\"peers\":[$peers]}" > "$dir/peers.json"
+    echo "{\"peers\":[$peers],\"rejected\":[],\"drops\":{}}" > "$dir/peers.json"
     if [ -e "$dir/gossip" ]; then
         echo "$name $underlay $subnet $$" > "$dir/member.tmp"
         mv "$dir/member.tmp" "$dir/member"
@@ -122,7 +122,12 @@ run)
     ;;
 status)
     dir=$(socket_dir)
-    echo "{\"node\":\"$(cat "$dir/name")\",\"ready\":true,\"pod_subnet\":\"$(cat "$dir/subnet")\"}"
+    # Every field of the API's Status (overlayd_proto::api::Status), with made-up values.
+    subnet=$(cat "$dir/subnet")
+    echo "{\"node\":\"$(cat "$dir/name")\",\"ready\":true,\"underlay_interface\":\"eth0\",\
+\"underlay\":\"0.0.0.0\",\"pod_subnet\":\"$subnet\",\"gateway\":\"$(cat "$dir/base").1\",\
+\"vtep_mac\":\"02:00:00:00:00:01\",\"tunnel_port\":8472,\"vni\":1,\"tunnel_mtu\":1450,\"pod_mtu\":1500,\
+\"peers\":0,\"pods\":0,\"uptime_s\":0,\"drops\":{},\"io\":{}}"
     ;;
 peers)
     cat "$(socket_dir)/peers.json"
@@ -158,7 +163,7 @@ pod)
     nsenter --net="$netns" ip addr add "$ip/24" dev eth0
     nsenter --net="$netns" ip link set eth0 up
     nsenter --net="$netns" ip route add default via "$base.1"
-    echo "{\"name\":\"$pod\",\"ip\":\"$ip\",\"netns\":\"$netns\",\"veth\":\"v$pod\"}"
+    echo "{\"name\":\"$pod\",\"ip\":\"$ip\",\"netns\":\"$netns\",\"netns_owned\":false,\"veth\":\"v$pod\"}"
     ;;
 *)
     die "unknown command: $cmd"

@@ -3,6 +3,10 @@
 //! gossip, against a fake `overlayd` (tests/fake-overlayd.sh) that honours the CLI
 //! contract with host-gw routes.
 
+
+// A test file whose harness is libtest-mimic: clippy cannot see `#[test]` here.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -73,16 +77,6 @@ segment = "b"
 daemon = false
 "#;
 
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let _ = std::io::stderr().write_all(
-        b"\n\n!!!!! overlayd-lab: SKIPPING namespace test: it needs root (run as root) !!!!!\n\n",
-    );
-    false
-}
-
 /// A lab name no other test (or test process) uses: a tag letter and this process's id.
 fn unique_name(tag: char) -> String {
     let mut pid = std::process::id();
@@ -103,11 +97,7 @@ fn no_daemon() -> &'static Path {
     Path::new("/nonexistent/overlayd")
 }
 
-#[test]
 fn daemonless_lab_builds_segments_and_routes_between_them() {
-    if !is_root() {
-        return;
-    }
     let name = unique_name('d');
     let topo = Topology::parse(&with_segments("", DAEMONLESS)).unwrap();
 
@@ -184,11 +174,7 @@ fn daemonless_lab_builds_segments_and_routes_between_them() {
     Lab::down(&name).expect("down is idempotent");
 }
 
-#[test]
 fn guard_tears_the_lab_down_when_the_test_panics() {
-    if !is_root() {
-        return;
-    }
     let name = unique_name('p');
     let topo = Topology::parse(&with_segments("", DAEMONLESS)).unwrap();
 
@@ -205,7 +191,6 @@ fn guard_tears_the_lab_down_when_the_test_panics() {
 
 /// Run as a child by `down_cleans_up_after_the_process_that_called_up_was_killed`;
 /// a no-op otherwise.
-#[test]
 #[expect(
     clippy::zombie_processes,
     reason = "the sleeper must outlive this process"
@@ -228,11 +213,7 @@ fn child_crashes_after_up() {
     nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
 }
 
-#[test]
 fn down_cleans_up_after_the_process_that_called_up_was_killed() {
-    if !is_root() {
-        return;
-    }
     let name = unique_name('k');
 
     let child = Command::new(std::env::current_exe().unwrap())
@@ -282,11 +263,7 @@ fn down_cleans_up_after_the_process_that_called_up_was_killed() {
     assert!(!run_dir(&name).exists());
 }
 
-#[test]
 fn daemons_become_ready_get_pods_and_check_passes() {
-    if !is_root() {
-        return;
-    }
     let name = unique_name('f');
     let topo = Topology::parse(&with_segments("gossip = false", STATIC_DAEMONS)).unwrap();
 
@@ -370,11 +347,7 @@ fn daemons_become_ready_get_pods_and_check_passes() {
     assert_eq!(lab_namespaces(&name).unwrap(), Vec::<String>::new());
 }
 
-#[test]
 fn gossip_daemons_claim_subnets_converge_and_restart() {
-    if !is_root() {
-        return;
-    }
     let name = unique_name('g');
     let topo = Topology::parse(&with_segments("", GOSSIP_DAEMONS)).unwrap();
 
@@ -500,11 +473,7 @@ fn gossip_daemons_claim_subnets_converge_and_restart() {
     assert_eq!(lab_namespaces(&name).unwrap(), Vec::<String>::new());
 }
 
-#[test]
 fn up_fails_when_a_claimed_subnet_overlaps_a_static_peer() {
-    if !is_root() {
-        return;
-    }
     let name = unique_name('o');
     // The fake's first claim is 10.244.101.0/24.
     let topo = Topology::parse(&with_segments("", GOSSIP_DAEMONS).replace(
@@ -539,18 +508,8 @@ fn real_overlayd() -> Option<PathBuf> {
     bin.is_file().then_some(bin)
 }
 
-#[test]
 fn real_daemons_converge_in_the_default_topology() {
-    if !is_root() {
-        return;
-    }
-    let Some(bin) = real_overlayd() else {
-        let _ = std::io::stderr().write_all(
-            b"\n\n!!!!! overlayd-lab: SKIPPING the end-to-end test: no overlayd binary; \
-              run `cargo build -p overlayd` or set OVERLAYD_BIN !!!!!\n\n",
-        );
-        return;
-    };
+    let bin = real_overlayd().expect("main() ignores this test without an overlayd binary");
     let name = unique_name('r');
 
     let mut lab = Lab::up(&name, &Topology::default(), &bin).unwrap();
@@ -558,17 +517,17 @@ fn real_daemons_converge_in_the_default_topology() {
     let nodes = ["n1", "n2", "n3", "n4"];
     let subnet = |lab: &Lab, node: &str| lab.node(node).unwrap().pod_subnet().unwrap();
     for node in nodes {
-        let mut listed: Vec<(String, String)> = lab
+        let mut listed: Vec<(String, ipnet::Ipv4Net)> = lab
             .peers(node)
             .unwrap()
             .into_iter()
             .map(|p| (p.name, p.pod_subnet))
             .collect();
         listed.sort();
-        let others: Vec<(String, String)> = nodes
+        let others: Vec<(String, ipnet::Ipv4Net)> = nodes
             .iter()
             .filter(|&&n| n != node)
-            .map(|&n| (n.to_string(), subnet(&lab, n).to_string()))
+            .map(|&n| (n.to_string(), subnet(&lab, n)))
             .collect();
         assert_eq!(listed, others, "peers of {node}");
         let members = lab.members(node).unwrap();
@@ -609,11 +568,7 @@ fn real_daemons_converge_in_the_default_topology() {
     assert_eq!(lab_namespaces(&name).unwrap(), Vec::<String>::new());
 }
 
-#[test]
 fn up_fails_naming_the_node_and_its_log_when_a_daemon_dies() {
-    if !is_root() {
-        return;
-    }
     let name = unique_name('b');
     let dir = std::env::temp_dir().join(format!("overlayd-lab-test-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -647,11 +602,7 @@ fn up_fails_naming_the_node_and_its_log_when_a_daemon_dies() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
 fn cli_commands_drive_a_lab() {
-    if !is_root() {
-        return;
-    }
     let name = unique_name('c');
     let file = std::env::temp_dir().join(format!("overlayd-lab-test-{name}.toml"));
     std::fs::write(&file, with_segments("", GOSSIP_DAEMONS)).unwrap();
@@ -717,11 +668,7 @@ fn cli_commands_drive_a_lab() {
     std::fs::remove_file(&file).unwrap();
 }
 
-#[test]
 fn netns_handle_runs_code_inside_and_deletes_on_drop() {
-    if !is_root() {
-        return;
-    }
     let name = format!("ovl-{}-scratch", unique_name('n'));
     let thread_ns = || std::fs::read_link("/proc/thread-self/ns/net").unwrap();
 
@@ -747,4 +694,83 @@ fn netns_handle_runs_code_inside_and_deletes_on_drop() {
     );
     assert!(!path.exists(), "dropping the handle deletes the namespace");
     assert!(overlayd_lab::try_in_netns(&name, || ()).is_err());
+}
+
+type TestFn = fn();
+
+/// Tests that build namespaces: reported ignored, not passed, without root.
+const ROOT_TESTS: &[(&str, TestFn)] = &[
+    (
+        "daemonless_lab_builds_segments_and_routes_between_them",
+        daemonless_lab_builds_segments_and_routes_between_them,
+    ),
+    (
+        "guard_tears_the_lab_down_when_the_test_panics",
+        guard_tears_the_lab_down_when_the_test_panics,
+    ),
+    (
+        "down_cleans_up_after_the_process_that_called_up_was_killed",
+        down_cleans_up_after_the_process_that_called_up_was_killed,
+    ),
+    (
+        "daemons_become_ready_get_pods_and_check_passes",
+        daemons_become_ready_get_pods_and_check_passes,
+    ),
+    (
+        "gossip_daemons_claim_subnets_converge_and_restart",
+        gossip_daemons_claim_subnets_converge_and_restart,
+    ),
+    (
+        "up_fails_when_a_claimed_subnet_overlaps_a_static_peer",
+        up_fails_when_a_claimed_subnet_overlaps_a_static_peer,
+    ),
+    (
+        "up_fails_naming_the_node_and_its_log_when_a_daemon_dies",
+        up_fails_naming_the_node_and_its_log_when_a_daemon_dies,
+    ),
+    ("cli_commands_drive_a_lab", cli_commands_drive_a_lab),
+    (
+        "netns_handle_runs_code_inside_and_deletes_on_drop",
+        netns_handle_runs_code_inside_and_deletes_on_drop,
+    ),
+];
+
+/// The lab's own tests run under libtest-mimic, as tests/netns does, so that a test that
+/// cannot run here (not root, no overlayd binary) is reported `ignored` with a banner
+/// instead of passing without having run.
+fn main() {
+    let args = libtest_mimic::Arguments::from_args();
+    let root = nix::unistd::geteuid().is_root();
+    let real = real_overlayd().is_some();
+    if !root {
+        let _ = std::io::stderr().write_all(
+            b"\n*** overlayd-lab namespace tests IGNORED: they need root (run as root; CI does).\n\n",
+        );
+    } else if !real {
+        let _ = std::io::stderr().write_all(
+            b"\n*** overlayd-lab end-to-end test IGNORED: no overlayd binary; \
+              run `cargo build -p overlayd` or set OVERLAYD_BIN.\n\n",
+        );
+    }
+    let trial = |name: &'static str, f: TestFn| {
+        libtest_mimic::Trial::test(name, move || {
+            f();
+            Ok(())
+        })
+    };
+    let mut trials: Vec<_> = ROOT_TESTS
+        .iter()
+        .map(|&(name, f)| trial(name, f).with_ignored_flag(!root))
+        .collect();
+    trials.push(
+        trial(
+            "real_daemons_converge_in_the_default_topology",
+            real_daemons_converge_in_the_default_topology,
+        )
+        .with_ignored_flag(!root || !real),
+    );
+    // Not a test: the child that `down_cleans_up_after_the_process_that_called_up_was_killed`
+    // runs (a no-op unless that test's environment variable is set).
+    trials.push(trial("child_crashes_after_up", child_crashes_after_up));
+    libtest_mimic::run(&args, trials).exit();
 }

@@ -8,7 +8,10 @@ use super::message::Incarnation;
 use super::record::NodeRecord;
 
 /// A member's state in the local view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum MemberState {
     Alive,
     /// A probe failed; unless it refutes before the suspicion timeout, it is declared dead.

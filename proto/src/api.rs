@@ -1,0 +1,205 @@
+//! The control API's schema: one JSON request per line over the daemon's Unix socket, one
+//! JSON response line back. The daemon, the CLI and the lab all use these types, so a
+//! renamed or retyped field is a compile error on both sides rather than a silently
+//! defaulted value.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::gossip::MemberState;
+
+/// Largest request line the daemon reads; anything longer is refused.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Peers,
+    Routes,
+    PodAdd {
+        name: String,
+        #[serde(default)]
+        ip: Option<Ipv4Addr>,
+        #[serde(default)]
+        netns: Option<String>,
+    },
+    PodDel {
+        name: String,
+    },
+    PodList,
+    Members,
+    Key {
+        action: KeyAction,
+        /// The key file, for install/use/remove (read by the daemon).
+        #[serde(default)]
+        file: Option<PathBuf>,
+    },
+}
+
+/// What `overlayd key` does to the running keyring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyAction {
+    /// Show the installed keys' fingerprints, primary first.
+    List,
+    /// Add a key: it decrypts from now on.
+    Install,
+    /// Make an installed key the primary: it encrypts from now on.
+    Use,
+    /// Remove a key that is not the primary.
+    Remove,
+}
+
+/// Every response: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub ready: bool,
+    pub underlay_interface: String,
+    pub underlay: Ipv4Addr,
+    pub pod_subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub vtep_mac: String,
+    pub tunnel_port: u16,
+    pub vni: u32,
+    pub tunnel_mtu: u32,
+    pub pod_mtu: u32,
+    pub peers: usize,
+    pub pods: usize,
+    pub uptime_s: u64,
+    /// Tunnel drops by reason, every reason listed.
+    pub drops: BTreeMap<String, u64>,
+    /// Tunnel I/O: TUN packets read, TUN write errors, UDP sends and send errors.
+    pub io: BTreeMap<String, u64>,
+    /// With `[gossip]`: membership counts, traffic, drops by reason, key fingerprints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip: Option<GossipReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    pub members: Vec<MemberReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keys {
+    /// Fingerprints of the installed keys, primary first.
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReport {
+    pub name: String,
+    pub underlay: Ipv4Addr,
+    pub pod_subnet: Ipv4Net,
+    pub path: String,
+    /// Why the kernel refused this peer's route, if it did (a foreign route in the way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_error: Option<String>,
+    pub vtep_mac: String,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub drops: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peers {
+    pub peers: Vec<PeerReport>,
+    /// Peers left out of routes and the tunnel, with the reason.
+    pub rejected: Vec<RejectedPeer>,
+    /// Drops by reason for the node, including those no peer can be blamed for.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// A peer the data path does not use: its subnet or address would collide or capture
+/// traffic that is not its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedPeer {
+    pub name: String,
+    pub underlay: Ipv4Addr,
+    pub pod_subnet: Ipv4Net,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteReport {
+    pub dst: Ipv4Net,
+    pub kind: String,
+    pub via: Option<Ipv4Addr>,
+    pub dev: Option<String>,
+    pub src: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routes {
+    pub routes: Vec<RouteReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodList {
+    pub pods: Vec<PodRecord>,
+}
+
+/// One pod as the daemon persists it and the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub netns: PathBuf,
+    /// The daemon created the namespace (and deletes it with the pod).
+    pub netns_owned: bool,
+    /// The namespace's inode when the pod was added: a path like /proc/PID/ns/net can come
+    /// to name another namespace once the PID is reused, and the daemon must then not
+    /// touch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_inode: Option<u64>,
+    pub veth: String,
+}
+
+/// One gossip member as `overlayd members` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReport {
+    pub name: String,
+    /// Its gossip address.
+    pub address: SocketAddr,
+    /// Its pod subnet; `None` while it has not claimed one.
+    pub subnet: Option<Ipv4Net>,
+    pub state: MemberState,
+    pub incarnation: u64,
+    /// Changes each time the member's daemon starts.
+    pub generation: u64,
+    /// Milliseconds since we last heard from it directly; `None` for ourselves and for
+    /// members only heard of through others.
+    pub last_heard_ms: Option<u64>,
+}
+
+/// Gossip counters for `overlayd status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipReport {
+    pub members_alive: usize,
+    pub members_suspect: usize,
+    pub members_dead: usize,
+    pub local_health: u32,
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    pub datagrams_received: u64,
+    pub bytes_received: u64,
+    pub drops: BTreeMap<String, u64>,
+    pub key_fingerprints: Vec<String>,
+}
