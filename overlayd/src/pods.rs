@@ -26,6 +26,15 @@ struct StoreFile {
     pods: BTreeMap<String, PodRecord>,
 }
 
+/// What [`Pods::renumber`] left undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renumbered {
+    /// Pods that found no free address in the subnet.
+    pub waiting: usize,
+    /// Pods that have an address waiting but could not be re-addressed (yet).
+    pub failed: usize,
+}
+
 /// The node's pods, their addresses and the file that keeps them.
 pub struct Pods {
     path: PathBuf,
@@ -96,7 +105,15 @@ impl Pods {
     /// one. Pods whose veth is gone are reported and keep their address.
     pub async fn reattach(&mut self, nl: &Netlink) -> Result<()> {
         if !self.strays.is_empty() {
-            self.renumber(self.ipam.subnet()).await?;
+            let left = self.renumber(self.ipam.subnet()).await?;
+            if left.failed > 0 {
+                tracing::error!(
+                    "{} pods could not be moved into {}; they keep their old address until the \
+                     next start, subnet change or pod deletion",
+                    left.failed,
+                    self.ipam.subnet()
+                );
+            }
         }
         // Pods still waiting for an address stay recorded: the daemon runs on, so that they
         // can be deleted (which makes room for the others).
@@ -251,8 +268,9 @@ impl Pods {
     /// their address, so running it again after a partial failure finishes the move.
     /// Pods whose namespace is gone keep a reservation in the new subnet. Pods that find
     /// no free address stay recorded (saved, listed, deletable) and are moved by a later
-    /// call; returns how many wait. `Err` only if the records cannot be saved.
-    pub async fn renumber(&mut self, subnet: ipnet::Ipv4Net) -> Result<usize> {
+    /// call. A pod that could not be re-addressed keeps its old address on record, so a
+    /// later call tries again. `Err` only if the records cannot be saved.
+    pub async fn renumber(&mut self, subnet: ipnet::Ipv4Net) -> Result<Renumbered> {
         let everyone: Vec<PodRecord> = std::mem::take(&mut self.pods)
             .into_values()
             .chain(std::mem::take(&mut self.strays))
@@ -261,9 +279,10 @@ impl Pods {
             everyone.iter().map(|p| (p.name.as_str(), p.ip)).collect();
         let plan = self.ipam.renumber(subnet, &held);
         let moves: BTreeMap<usize, Ipv4Addr> = plan.moves.into_iter().collect();
-        let ipam = plan.ipam;
+        let mut ipam = plan.ipam;
         let mut pods = BTreeMap::new();
         let mut stuck = Vec::new();
+        let mut failed = 0;
         for (i, pod) in everyone.into_iter().enumerate() {
             if plan.stuck.contains(&i) {
                 tracing::error!(pod = %pod.name, ip = %pod.ip, "no free address for the pod in {subnet}");
@@ -275,15 +294,25 @@ impl Pods {
                 continue;
             };
             tracing::warn!(pod = %pod.name, old = %pod.ip, new = %ip, "moving the pod into subnet {subnet}");
-            if let Err(e) = self.readdress(&pod, ip, &ipam).await {
-                tracing::warn!(pod = %pod.name, "moving to {ip}: {e:#}");
+            // A pod whose namespace is gone has nothing to re-address: it keeps a
+            // reservation in the new subnet until it is deleted.
+            if pod.netns.exists()
+                && let Err(e) = self.readdress(&pod, ip, &ipam).await
+            {
+                // Recorded with its old address it stays a stray, so the next try
+                // re-addresses it; recorded with the new one it never would be.
+                tracing::warn!(pod = %pod.name, "moving to {ip} failed, will retry: {e:#}");
+                ipam.release(ip);
+                stuck.push(pod);
+                failed += 1;
+                continue;
             }
             pods.insert(pod.name.clone(), PodRecord { ip, ..pod });
         }
         self.ipam = ipam;
         self.pods = pods;
-        // Pods that found no address stay recorded (and saved) to be moved on the next
-        // try, instead of being forgotten.
+        // Pods that found no address, or could not be moved, stay recorded (and saved) to
+        // be moved on the next try, instead of being forgotten.
         self.strays = stuck;
         self.save()?;
         if !self.strays.is_empty() {
@@ -294,7 +323,10 @@ impl Pods {
                 self.strays.len()
             );
         }
-        Ok(self.strays.len())
+        Ok(Renumbered {
+            waiting: self.strays.len() - failed,
+            failed,
+        })
     }
 
     async fn readdress(&self, pod: &PodRecord, ip: Ipv4Addr, ipam: &PodIpam) -> Result<()> {
@@ -433,7 +465,13 @@ mod tests {
 
         // A /30 has one pod address (.2): one pod moves, two wait.
         let small: ipnet::Ipv4Net = "10.244.9.0/30".parse().unwrap();
-        assert_eq!(rt.block_on(pods.renumber(small)).unwrap(), 2);
+        assert_eq!(
+            rt.block_on(pods.renumber(small)).unwrap(),
+            Renumbered {
+                waiting: 2,
+                failed: 0
+            }
+        );
         assert_eq!(pods.len(), 1);
         assert_eq!(pods.list().len(), 3, "pod list hides the waiting pods");
         let saved = || -> StoreFile {
@@ -462,10 +500,59 @@ mod tests {
 
         // A larger subnet takes everyone.
         let large: ipnet::Ipv4Net = "10.244.8.0/24".parse().unwrap();
-        assert_eq!(rt.block_on(pods.renumber(large)).unwrap(), 0);
+        assert_eq!(rt.block_on(pods.renumber(large)).unwrap().waiting, 0);
         let ips: Vec<_> = pods.list().into_iter().map(|p| p.ip).collect();
         assert_eq!(ips.len(), 2);
         assert!(ips.iter().all(|ip| large.contains(ip)), "{ips:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A pod whose namespace is there but cannot be re-addressed keeps its old address on
+    /// record, so the next renumber tries it again (before, the new address was recorded
+    /// and the pod was never re-plumbed).
+    #[test]
+    fn renumber_retries_a_pod_it_could_not_readdress() {
+        let dir = std::env::temp_dir().join(format!("overlayd-pods-r-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A regular file where the namespace should be: it exists, but entering it fails.
+        let not_a_netns = dir.join("not-a-netns");
+        std::fs::write(&not_a_netns, b"").unwrap();
+        let stuck = PodRecord {
+            netns: not_a_netns,
+            ..record("stuck", "10.244.1.2")
+        };
+        let file = StoreFile {
+            cursor: None,
+            pods: [("stuck".to_string(), stuck)].into_iter().collect(),
+        };
+        std::fs::write(dir.join("pods.json"), serde_json::to_vec(&file).unwrap()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let old: ipnet::Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let new: ipnet::Ipv4Net = "10.244.2.0/24".parse().unwrap();
+        let mut pods = Pods::load(&dir, PodIpam::new(old), 0, 1500).unwrap();
+
+        for attempt in 1..=2 {
+            let left = rt.block_on(pods.renumber(new)).unwrap();
+
+            assert_eq!(
+                left,
+                Renumbered {
+                    waiting: 0,
+                    failed: 1
+                },
+                "attempt {attempt}"
+            );
+            let listed = pods.list();
+            assert_eq!(listed.len(), 1);
+            assert_eq!(listed[0].ip.to_string(), "10.244.1.2", "attempt {attempt}");
+            let saved: StoreFile =
+                serde_json::from_slice(&std::fs::read(dir.join("pods.json")).unwrap()).unwrap();
+            assert_eq!(saved.pods["stuck"].ip.to_string(), "10.244.1.2");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,7 +3,6 @@
 //! gossip, against a fake `overlayd` (tests/fake-overlayd.sh) that honours the CLI
 //! contract with host-gw routes.
 
-
 // A test file whose harness is libtest-mimic: clippy cannot see `#[test]` here.
 #![allow(clippy::unwrap_used)]
 

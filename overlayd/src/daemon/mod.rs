@@ -603,8 +603,13 @@ async fn move_subnet(shared: &Shared, new: Subnet) -> Result<()> {
     sync_nft(shared, ruleset(&shared.cfg, new.net, nodes))?;
     *shared.subnet.write().unwrap_or_else(|e| e.into_inner()) = new;
     shared.reconcile_now.notify_one();
-    // Pods that find no address wait, recorded, for a deletion to make room (logged).
-    pods.renumber(new.net).await.map(drop)
+    // Pods that find no address wait, recorded, for a deletion to make room (logged); pods
+    // that could not be re-addressed are retried.
+    let left = pods.renumber(new.net).await?;
+    if left.failed > 0 {
+        bail!("{} pods could not be moved into {}", left.failed, new.net);
+    }
+    Ok(())
 }
 
 /// SIGHUP: make the running keyring what the config's key files say now.
