@@ -12,6 +12,7 @@ pub use peer::PeerInfo;
 pub mod dataplane;
 pub mod gossip;
 pub mod ipam;
+pub mod nft;
 pub mod pod;
 pub mod routing;
 pub mod service;

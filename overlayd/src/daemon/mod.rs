@@ -163,7 +163,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         subnet.net,
         cfg.peers.iter().map(|p| p.underlay_address).collect(),
     );
-    initial.install()?;
+    nft::install(&initial)?;
 
     let ipam = PodIpam::new(subnet.net);
     let mut pods = Pods::load(&cfg.daemon.state_dir, ipam, bridge_index, local.pod_mtu)?;
@@ -398,7 +398,7 @@ fn ruleset(
 fn sync_nft(shared: &Shared, want: nft::Ruleset) -> Result<()> {
     let mut installed = shared.nft.lock().unwrap_or_else(|e| e.into_inner());
     if *installed != want {
-        want.install()?;
+        nft::install(&want)?;
         *installed = want;
     }
     Ok(())
