@@ -49,6 +49,9 @@ pub struct Link {
     pub mtu: u32,
 }
 
+/// The kernel's local table (`ip route show table local`), where local routes live.
+const RT_TABLE_LOCAL: u8 = 255;
+
 impl Netlink {
     /// Connects in the calling thread's network namespace. Must run inside a tokio runtime.
     pub fn connect() -> Result<Self> {
@@ -408,23 +411,29 @@ impl Netlink {
             .context("listing routes")
     }
 
-    /// The routes in the main table tagged with [`ROUTE_PROTOCOL`].
+    /// The routes tagged with [`ROUTE_PROTOCOL`] in the main table, and in the local table
+    /// (the Service CIDR's local route).
     pub async fn owned_routes(&self) -> Result<Vec<KernelRoute>> {
+        let tables = [RouteHeader::RT_TABLE_MAIN, RT_TABLE_LOCAL];
         let msgs = match &self.routes {
             Some(strict) => {
-                let filter = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .table_id(u32::from(RouteHeader::RT_TABLE_MAIN))
-                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-                    .scope(RouteScope::Universe)
-                    .kind(RouteType::Unspec)
-                    .build();
-                strict
-                    .route()
-                    .get(filter)
-                    .execute()
-                    .try_collect()
-                    .await
-                    .context("listing our routes")?
+                let mut msgs = Vec::new();
+                for table in tables {
+                    let filter = RouteMessageBuilder::<Ipv4Addr>::new()
+                        .table_id(u32::from(table))
+                        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                        .kind(RouteType::Unspec)
+                        .build();
+                    let found: Vec<RouteMessage> = strict
+                        .route()
+                        .get(filter)
+                        .execute()
+                        .try_collect()
+                        .await
+                        .context("listing our routes")?;
+                    msgs.extend(found);
+                }
+                msgs
             }
             None => self.dump_ipv4_routes().await?,
         };
@@ -432,7 +441,7 @@ impl Netlink {
             .iter()
             .filter(|m| {
                 m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
-                    && m.header.table == RouteHeader::RT_TABLE_MAIN
+                    && tables.contains(&m.header.table)
             })
             .filter_map(to_kernel_route)
             .collect())
@@ -478,10 +487,10 @@ fn to_kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
     let mut dst_addr = Ipv4Addr::UNSPECIFIED;
     let mut route = KernelRoute {
         dst: Ipv4Net::default(),
-        kind: if msg.header.kind == RouteType::BlackHole {
-            RouteKind::Blackhole
-        } else {
-            RouteKind::Unicast
+        kind: match msg.header.kind {
+            RouteType::BlackHole => RouteKind::Blackhole,
+            RouteType::Local => RouteKind::Local,
+            _ => RouteKind::Unicast,
         },
         gateway: None,
         oif: None,
@@ -507,6 +516,15 @@ fn to_message(route: &KernelRoute) -> RouteMessage {
     match route.kind {
         RouteKind::Blackhole => {
             b = b.kind(RouteType::BlackHole).scope(RouteScope::Universe);
+        }
+        RouteKind::Local => {
+            b = b
+                .kind(RouteType::Local)
+                .scope(RouteScope::Host)
+                .table_id(u32::from(RT_TABLE_LOCAL));
+            if let Some(oif) = route.oif {
+                b = b.output_interface(oif);
+            }
         }
         RouteKind::Unicast => {
             b = b.scope(if route.gateway.is_some() {
@@ -645,6 +663,36 @@ mod tests {
                     .map(|(_, a, p)| (a, p))
                     .collect();
                 assert_eq!(addrs, [(gateway, 24)]);
+            })
+        });
+    }
+
+    /// The Service CIDR's local route goes into the local table, is read back as ours, makes
+    /// any address of the prefix bindable, and is deleted again.
+    #[test]
+    fn a_local_route_makes_the_service_cidr_bindable() {
+        in_new_netns(|nl| {
+            Box::pin(async move {
+                let lo = nl.link_by_name("lo").await.unwrap().unwrap();
+                nl.set_link(lo.index, None, None, true).await.unwrap();
+                let route = KernelRoute {
+                    dst: "10.96.0.0/12".parse().unwrap(),
+                    kind: RouteKind::Local,
+                    gateway: None,
+                    oif: Some(lo.index),
+                    pref_src: None,
+                };
+                let vip = "10.96.7.9:80";
+                assert!(std::net::TcpListener::bind(vip).is_err(), "bindable before");
+
+                nl.apply(&RouteOp::Add(route)).await.unwrap();
+
+                assert_eq!(nl.owned_routes().await.unwrap(), [route]);
+                let listener = std::net::TcpListener::bind(vip).expect("binding a VIP");
+                let client = std::net::TcpStream::connect(vip).expect("connecting to the VIP");
+                drop((listener, client));
+                nl.apply(&RouteOp::Delete(route)).await.unwrap();
+                assert_eq!(nl.owned_routes().await.unwrap(), []);
             })
         });
     }

@@ -266,6 +266,7 @@ async fn routes(shared: &Shared) -> Result<api::Routes> {
             kind: match r.kind {
                 RouteKind::Unicast => "unicast".into(),
                 RouteKind::Blackhole => "blackhole".into(),
+                RouteKind::Local => "local".into(),
             },
             via: r.gateway,
             dev: name_of(r.oif),

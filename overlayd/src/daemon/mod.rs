@@ -42,6 +42,8 @@ struct Local {
     vtep_mac: MacAddr,
     pod_mtu: u32,
     tunnel_mtu: u32,
+    /// The loopback interface, which the Service CIDR's local route names.
+    loopback_index: u32,
 }
 
 /// The pod subnet in force and its gateway (the bridge's address). Changes only when a
@@ -358,7 +360,13 @@ async fn resolve_local(nl: &Netlink, cfg: &Config) -> Result<Local> {
             underlay.mtu
         );
     }
+    let loopback_index = nl
+        .link_by_name("lo")
+        .await?
+        .ok_or_else(|| anyhow!("this network namespace has no loopback interface lo"))?
+        .index;
     Ok(Local {
+        loopback_index,
         name: node.name.clone(),
         underlay_addr,
         vtep_mac: node
@@ -549,6 +557,8 @@ fn local_routing(shared: &Shared, subnet: Subnet) -> LocalRouting {
         tunnel_src: subnet.gateway,
         tunnel_oif: shared.tun_index,
         underlay_oif: shared.local.underlay.index,
+        service_cidr: None,
+        loopback_oif: shared.local.loopback_index,
     }
 }
 

@@ -60,9 +60,14 @@ pub enum RouteKind {
     /// Drops silently-unknown destinations inside the cluster CIDR instead of letting
     /// them follow the default route out of the node un-encapsulated.
     Blackhole,
+    /// Every address of the prefix is this node's own ("AnyIP": `local PREFIX dev lo` in
+    /// the local table): the Service CIDR, so the proxy can bind any VIP without an
+    /// address per VIP.
+    Local,
 }
 
-/// A route in the main table, as far as the daemon cares.
+/// A route in the main table (the local table for [`RouteKind::Local`]), as far as the
+/// daemon cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KernelRoute {
     pub dst: Ipv4Net,
@@ -81,6 +86,10 @@ pub struct LocalRouting {
     pub tunnel_src: Ipv4Addr,
     pub tunnel_oif: u32,
     pub underlay_oif: u32,
+    /// The Service CIDR, made local so the proxy can bind its VIPs (`None`: no Services).
+    pub service_cidr: Option<Ipv4Net>,
+    /// The loopback interface, which local routes name.
+    pub loopback_oif: u32,
 }
 
 /// The routes this node should have, sorted by destination.
@@ -92,6 +101,15 @@ pub fn plan(local: &LocalRouting, peers: &[(PeerInfo, PeerPath)]) -> Vec<KernelR
         oif: None,
         pref_src: None,
     }];
+    if let Some(services) = local.service_cidr {
+        routes.push(KernelRoute {
+            dst: services,
+            kind: RouteKind::Local,
+            gateway: None,
+            oif: Some(local.loopback_oif),
+            pref_src: None,
+        });
+    }
     routes.extend(peers.iter().map(|(peer, path)| match path {
         PeerPath::HostGw => KernelRoute {
             dst: peer.pod_subnet,
@@ -163,6 +181,8 @@ mod tests {
             tunnel_src: Ipv4Addr::new(10, 244, 1, 1),
             tunnel_oif: 7,
             underlay_oif: 2,
+            service_cidr: None,
+            loopback_oif: 1,
         }
     }
 
@@ -209,6 +229,28 @@ mod tests {
         assert_eq!(routes[1].oif, Some(2));
         assert_eq!(routes[2].oif, Some(7));
         assert_eq!(routes[2].pref_src, Some(Ipv4Addr::new(10, 244, 1, 1)));
+    }
+
+    #[test]
+    fn the_service_cidr_is_made_local_on_loopback() {
+        let with_services = LocalRouting {
+            service_cidr: Some("10.96.0.0/12".parse().unwrap()),
+            ..local()
+        };
+
+        let routes = plan(&with_services, &[]);
+
+        let local_route = routes
+            .iter()
+            .find(|r| r.kind == RouteKind::Local)
+            .expect("a local route");
+        assert_eq!(local_route.dst.to_string(), "10.96.0.0/12");
+        assert_eq!(local_route.oif, Some(1));
+        assert!(
+            !plan(&local(), &[])
+                .iter()
+                .any(|r| r.kind == RouteKind::Local)
+        );
     }
 
     #[test]
