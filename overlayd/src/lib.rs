@@ -6,6 +6,7 @@
 //! `overlayd_proto`. `main.rs` is only the command line.
 
 pub mod api;
+pub mod arp;
 pub mod cli;
 pub mod daemon;
 pub mod datapath;

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressProtocol};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
 };
@@ -47,6 +47,8 @@ pub struct Link {
     pub index: u32,
     pub name: String,
     pub mtu: u32,
+    /// Its hardware address, if it has an Ethernet one.
+    pub mac: Option<overlayd_proto::wire::MacAddr>,
 }
 
 /// The kernel's local table (`ip route show table local`), where local routes live.
@@ -304,6 +306,47 @@ impl Netlink {
         }
     }
 
+    /// The /32 addresses on a link tagged with [`ROUTE_PROTOCOL`] (LoadBalancer IPs this
+    /// node holds).
+    pub async fn owned_addrs(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .context("listing addresses")?;
+        let ours = AddressAttribute::Protocol(AddressProtocol::Other(ROUTE_PROTOCOL));
+        Ok(msgs
+            .iter()
+            .filter(|m| m.attributes.contains(&ours))
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// Adds `addr/32` to a link tagged with [`ROUTE_PROTOCOL`], so [`Netlink::owned_addrs`]
+    /// finds it again after a restart; present already is fine.
+    pub async fn add_owned_addr(&self, index: u32, addr: Ipv4Addr) -> Result<()> {
+        let mut req = self.handle.address().add(index, IpAddr::V4(addr), 32);
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Protocol(AddressProtocol::Other(
+                ROUTE_PROTOCOL,
+            )));
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding {addr}/32 to interface #{index}")),
+        }
+    }
+
     /// Makes `addr/prefix` the link's only IPv4 address: adds it, then deletes the others.
     pub async fn set_only_addr(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
         self.ensure_addr(index, addr, prefix).await?;
@@ -472,11 +515,17 @@ fn to_link(msg: &LinkMessage) -> Link {
         index: msg.header.index,
         name: String::new(),
         mtu: 0,
+        mac: None,
     };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::Address(a) => {
+                link.mac = <[u8; 6]>::try_from(a.as_slice())
+                    .ok()
+                    .map(overlayd_proto::wire::MacAddr)
+            }
             _ => {}
         }
     }
@@ -693,6 +742,38 @@ mod tests {
                 drop((listener, client));
                 nl.apply(&RouteOp::Delete(route)).await.unwrap();
                 assert_eq!(nl.owned_routes().await.unwrap(), []);
+            })
+        });
+    }
+
+    /// Addresses added as ours are found again as ours; others on the link are not.
+    #[test]
+    fn owned_addresses_are_tagged_and_found_again() {
+        in_new_netns(|nl| {
+            Box::pin(async move {
+                let lo = nl.link_by_name("lo").await.unwrap().unwrap();
+                nl.ensure_addr(lo.index, "192.0.2.1".parse().unwrap(), 24)
+                    .await
+                    .unwrap();
+                let lb: Ipv4Addr = "192.0.2.240".parse().unwrap();
+
+                nl.add_owned_addr(lo.index, lb).await.unwrap();
+                nl.add_owned_addr(lo.index, lb).await.unwrap();
+
+                assert_eq!(nl.owned_addrs(lo.index).await.unwrap(), [lb]);
+                nl.delete_addr(lo.index, lb).await.unwrap();
+                assert_eq!(
+                    nl.owned_addrs(lo.index).await.unwrap(),
+                    Vec::<Ipv4Addr>::new()
+                );
+                let left: Vec<Ipv4Addr> = nl
+                    .ipv4_addrs(Some(lo.index))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, a, _)| a)
+                    .collect();
+                assert_eq!(left, ["192.0.2.1".parse::<Ipv4Addr>().unwrap()]);
             })
         });
     }

@@ -1,6 +1,7 @@
 //! Wire formats. Each is a checked view over bytes plus an `emit`; accessors never panic
 //! once `parse` has succeeded.
 
+pub mod arp;
 pub(crate) mod ipv4;
 mod mac;
 pub mod vxlan;
