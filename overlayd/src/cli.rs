@@ -180,7 +180,29 @@ pub fn keys_table(k: &api::Keys) -> String {
 }
 
 pub fn pods_table(p: &api::PodList) -> String {
-    table(&["NAME", "IP", "NETNS", "VETH"], p.pods.iter().map(pod_row))
+    table(
+        &["NAME", "IP", "NETNS", "VETH", "LABELS"],
+        p.pods.iter().map(pod_row),
+    )
+}
+
+/// `KEY=VALUE` of `--label`; the daemon checks the label syntax.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not a label; expected KEY=VALUE, e.g. app=web"))
+}
+
+/// `k=v,k2=v2`, or `-` for none.
+fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn pod_line(p: &PodRecord) -> String {
@@ -199,6 +221,7 @@ fn pod_row(p: &PodRecord) -> Vec<String> {
         p.ip.to_string(),
         p.netns.display().to_string(),
         p.veth.clone(),
+        labels_text(&p.labels),
     ]
 }
 

@@ -101,6 +101,9 @@ enum PodCommand {
         /// instead of creating /run/netns/NAME.
         #[arg(long)]
         netns: Option<String>,
+        /// A label KEY=VALUE that Services select the pod by; repeat for more.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = cli::parse_label)]
+        labels: Vec<(String, String)>,
         #[arg(long)]
         json: bool,
     },
@@ -215,11 +218,17 @@ async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
                 name,
                 ip,
                 netns,
+                labels,
                 json,
             } => {
                 cli::show(
                     socket,
-                    Request::PodAdd { name, ip, netns },
+                    Request::PodAdd {
+                        name,
+                        ip,
+                        netns,
+                        labels: labels.into_iter().collect(),
+                    },
                     json,
                     cli::pod_line,
                 )

@@ -142,6 +142,7 @@ impl Pods {
         name: &str,
         ip: Option<Ipv4Addr>,
         netns_spec: Option<&str>,
+        labels: BTreeMap<String, String>,
     ) -> Result<PodRecord> {
         validate_pod_name(name)?;
         if let Some(existing) = self.pods.get(name) {
@@ -155,7 +156,7 @@ impl Pods {
             );
         }
         let ip = self.ipam.allocate(name, ip)?;
-        match self.attach(nl, name, ip, netns_spec).await {
+        match self.attach(nl, name, ip, netns_spec, labels).await {
             Ok(record) => {
                 self.pods.insert(name.to_owned(), record.clone());
                 if let Err(e) = self.save() {
@@ -179,6 +180,7 @@ impl Pods {
         name: &str,
         ip: Ipv4Addr,
         netns_spec: Option<&str>,
+        labels: BTreeMap<String, String>,
     ) -> Result<PodRecord> {
         // Two pod names whose hashes collide would share a veth name: refuse the second
         // before anything is made (or undone) under that name.
@@ -209,6 +211,7 @@ impl Pods {
             netns_owned: owned,
             netns_inode: Some(netns_inode),
             veth,
+            labels,
         };
         if let Err(e) = self.plumb(nl, &record).await {
             let _ = self.detach(nl, &record).await;
@@ -436,6 +439,7 @@ mod tests {
             netns_owned: false,
             netns_inode: None,
             veth: host_veth_name(name),
+            labels: BTreeMap::new(),
         }
     }
 

@@ -27,6 +27,9 @@ pub enum Request {
         ip: Option<Ipv4Addr>,
         #[serde(default)]
         netns: Option<String>,
+        /// Labels Services select pods by.
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
     },
     PodDel {
         name: String,
@@ -170,6 +173,10 @@ pub struct PodRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_inode: Option<u64>,
     pub veth: String,
+    /// Labels Services select the pod by. (Default: none, as in records written before
+    /// pods had labels.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One gossip member as `overlayd members` shows it.

@@ -83,6 +83,10 @@ pub enum LabCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run the pod server (TCP and UDP echo with a greeting, HTTP) as POD, in the foreground;
+    /// `lab up` starts one in every pod.
+    #[command(hide = true)]
+    Serve { pod: String },
     /// Ping between every pair of pods and show which path each pair takes.
     Check {
         #[arg(long, default_value = "lab", value_parser = lab_name)]
@@ -102,6 +106,10 @@ fn lab_name(name: &str) -> Result<String, String> {
 /// The exit code is non-zero when `check` finds a failed pair, or is `exec`'s own.
 pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
     match cmd {
+        LabCommand::Serve { pod } => {
+            crate::hello::serve(&pod).with_context(|| format!("serving as pod {pod}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Kill { node, name } => {
             Lab::open(&name)?.kill_daemon(&node)?;
             println!("killed the daemon of {node} (SIGKILL)");

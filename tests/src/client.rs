@@ -60,21 +60,22 @@ pub fn members(bin: &Path, ns: &str, socket: &Path) -> Result<Vec<Member>, Clien
     json::<Members>(bin, ns, socket, &["members", "--json"]).map(|m| m.members)
 }
 
-/// `overlayd pod add NAME --netns NETNS_PATH --json`.
+/// `overlayd pod add NAME --netns NETNS_PATH --json --label K=V…`.
 pub fn pod_add(
     bin: &Path,
     ns: &str,
     socket: &Path,
     pod: &str,
     pod_netns: &Path,
+    labels: &std::collections::BTreeMap<String, String>,
 ) -> Result<PodRecord, ClientError> {
     let netns_path = pod_netns.to_string_lossy();
-    json(
-        bin,
-        ns,
-        socket,
-        &["pod", "add", pod, "--netns", &netns_path, "--json"],
-    )
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut args = vec!["pod", "add", pod, "--netns", &netns_path, "--json"];
+    for label in &labels {
+        args.extend(["--label", label]);
+    }
+    json(bin, ns, socket, &args)
 }
 
 /// `overlayd pod del NAME`.

@@ -793,14 +793,20 @@ impl Lab {
             &node.socket_path(),
             &name,
             &netns::path(&ns),
+            &node.spec().pod_labels,
         );
         match added {
-            Ok(added) => Ok(Pod {
-                name,
-                node: node.name().into(),
-                ip: added.ip,
-                netns: ns,
-            }),
+            Ok(added) => {
+                // The pod's server (`overlayd lab serve`); `lab down` ends it with every
+                // other process in the lab's namespaces.
+                netns::spawn_in(&ns, self.overlayd_bin(), &["lab", "serve", &name])?;
+                Ok(Pod {
+                    name,
+                    node: node.name().into(),
+                    ip: added.ip,
+                    netns: ns,
+                })
+            }
             Err(e) => {
                 let _ = netns::delete(&ns);
                 Err(node.client_error(e))

@@ -40,6 +40,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 mod converge;
+pub mod hello;
 mod lab;
 pub mod netns;
 mod partition;

@@ -4,7 +4,7 @@
 //! is always valid and complete.
 
 use overlayd_proto::overlaps;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -118,6 +118,21 @@ pub struct NodeSpec {
     pub daemon: bool,
     /// The VTEP MAC other nodes' configs get for this node; `None`: derived from the name.
     pub vtep_mac: Option<MacAddr>,
+    /// Labels of the node's pods (`pod add --label`), which Services select them by.
+    /// Default [`DEFAULT_POD_LABELS`].
+    #[serde(default = "default_pod_labels")]
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+/// Labels every lab pod gets unless its node's `pod_labels` says otherwise: the default
+/// topology's Service `hello` selects them.
+pub const DEFAULT_POD_LABELS: &[(&str, &str)] = &[("app", "hello")];
+
+fn default_pod_labels() -> BTreeMap<String, String> {
+    DEFAULT_POD_LABELS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Why a topology file was rejected.
@@ -258,6 +273,7 @@ struct NodeFile {
     #[serde(default = "yes")]
     daemon: bool,
     vtep_mac: Option<MacAddr>,
+    pod_labels: Option<BTreeMap<String, String>>,
 }
 
 fn default_cluster_cidr() -> Ipv4Net {
@@ -402,6 +418,7 @@ fn resolve(mut file: TopologyFile) -> Result<Topology, TopologyError> {
             pods,
             daemon: node.daemon,
             vtep_mac: node.vtep_mac,
+            pod_labels: node.pod_labels.unwrap_or_else(default_pod_labels),
         });
     }
     check_pod_subnets(&nodes)?;

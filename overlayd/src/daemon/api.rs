@@ -123,9 +123,16 @@ async fn dispatch(shared: &Shared, req: Request) -> Result<serde_json::Value> {
         Request::Status => serde_json::to_value(status(shared).await)?,
         Request::Peers => serde_json::to_value(peers(shared)?)?,
         Request::Routes => serde_json::to_value(routes(shared).await?)?,
-        Request::PodAdd { name, ip, netns } => {
+        Request::PodAdd {
+            name,
+            ip,
+            netns,
+            labels,
+        } => {
             let mut pods = shared.pods.lock().await;
-            let record = pods.add(&shared.nl, &name, ip, netns.as_deref()).await?;
+            let record = pods
+                .add(&shared.nl, &name, ip, netns.as_deref(), labels)
+                .await?;
             tracing::info!(pod = %record.name, ip = %record.ip, netns = %record.netns.display(), "pod added");
             serde_json::to_value(record)?
         }
