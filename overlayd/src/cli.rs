@@ -8,6 +8,8 @@ use anyhow::Result;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod service;
+
 use crate::api::{self, Request};
 use crate::pods::PodRecord;
 

@@ -11,11 +11,12 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::gossip::MemberState;
+use crate::service::{Endpoint, Protocol, ResolvedService, ServiceSpec};
 
 /// Largest request line the daemon reads; anything longer is refused.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
@@ -35,6 +36,22 @@ pub enum Request {
         name: String,
     },
     PodList,
+    /// Add or replace a Service; any node, the change reaches every node.
+    ServiceAdd {
+        spec: ServiceSpec,
+    },
+    ServiceDel {
+        namespace: String,
+        name: String,
+    },
+    ServiceGet {
+        namespace: String,
+        name: String,
+    },
+    ServiceList,
+    /// The operator view: every Service with its backends, their health and counters as
+    /// this node's proxy sees them.
+    Services,
     Members,
     Key {
         action: KeyAction,
@@ -209,4 +226,51 @@ pub struct GossipReport {
     pub bytes_received: u64,
     pub drops: BTreeMap<String, u64>,
     pub key_fingerprints: Vec<String>,
+}
+
+/// One Service: the spec as given, and what the cluster made of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub spec: ServiceSpec,
+    /// Allocated addresses and ports, endpoints and whether it is served.
+    pub service: ResolvedService,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceList {
+    pub services: Vec<ServiceInfo>,
+}
+
+/// `overlayd services`: every Service as this node serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesReport {
+    pub services: Vec<ServiceReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceReport {
+    pub service: ResolvedService,
+    /// LoadBalancer: the live node that holds the external IP now.
+    pub lb_holder: Option<String>,
+    /// One row per Service port and endpoint.
+    pub backends: Vec<BackendReport>,
+}
+
+/// One backend of one Service port, as this node's proxy sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendReport {
+    /// The Service port (on the VIP).
+    pub port: u16,
+    pub protocol: Protocol,
+    pub endpoint: Endpoint,
+    /// Where connections go: the endpoint's address and target port.
+    pub addr: std::net::SocketAddrV4,
+    /// Up for new connections (active checks and passive failures agree it works).
+    pub healthy: bool,
+    /// Connections (TCP) or flows (UDP) open now.
+    pub active: u64,
+    /// Connections or flows since the daemon started.
+    pub total: u64,
+    /// Connects that were refused or timed out.
+    pub failed: u64,
 }

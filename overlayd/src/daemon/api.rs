@@ -144,6 +144,11 @@ async fn dispatch(shared: &Shared, req: Request) -> Result<serde_json::Value> {
         Request::PodList => serde_json::to_value(api::PodList {
             pods: shared.pods.lock().await.list(),
         })?,
+        Request::ServiceAdd { .. }
+        | Request::ServiceDel { .. }
+        | Request::ServiceGet { .. }
+        | Request::ServiceList
+        | Request::Services => bail!("this daemon does not serve Services yet"),
         Request::Members => {
             let members = gossip(shared)?.members().await?;
             serde_json::to_value(api::Members { members })?
