@@ -360,6 +360,18 @@ impl Responder {
         self.reply(&request, rcode, sections, transport)
     }
 
+    /// SERVFAIL to `query` (its id and question), for when no upstream answered a
+    /// forwarded query. `None` if `query` is not a query we could have forwarded.
+    pub fn servfail(&self, query: &[u8], transport: Transport) -> Option<Reply> {
+        let request = Message::from_vec(query).ok()?;
+        self.reply(
+            &request,
+            ResponseCode::ServFail,
+            Sections::default(),
+            transport,
+        )
+    }
+
     /// What `owner` (under the domain) holds for `qtype`.
     fn lookup(
         &self,
@@ -741,6 +753,50 @@ impl Responder {
             rcode,
             truncated: true,
         })
+    }
+}
+
+/// What a forwarder makes of a message from an upstream it sent `query` to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamReply {
+    /// The answer: pass it to the client.
+    Answer,
+    /// The answer, cut short (TC): a client that asked over UDP gets it as it is and
+    /// retries over TCP; a chase asks the same upstream again over TCP.
+    Truncated,
+    /// The upstream failed (SERVFAIL, REFUSED, NOTIMP): try the next one, and fall back
+    /// to this answer if none does better, as glibc's resolver does.
+    TryNext,
+    /// Not a reply to this query (another id or question, not a response, garbage):
+    /// keep waiting. A spoofer must guess the port, the id and the question.
+    Ignore,
+}
+
+/// Judges `reply` from an upstream against the `query` sent to it.
+pub fn check_upstream_reply(query: &[u8], reply: &[u8]) -> UpstreamReply {
+    let (Ok(query), Ok(reply)) = (Message::from_vec(query), Message::from_vec(reply)) else {
+        return UpstreamReply::Ignore;
+    };
+    // Name equality is case-insensitive: an upstream may echo a 0x20-mixed name as it
+    // likes.
+    let same_question = query.queries.len() == reply.queries.len()
+        && query.queries.iter().zip(&reply.queries).all(|(q, r)| {
+            q.name() == r.name()
+                && q.query_type() == r.query_type()
+                && q.query_class() == r.query_class()
+        });
+    if reply.metadata.message_type != MessageType::Response
+        || reply.metadata.id != query.metadata.id
+        || !same_question
+    {
+        return UpstreamReply::Ignore;
+    }
+    match reply.metadata.response_code {
+        ResponseCode::ServFail | ResponseCode::Refused | ResponseCode::NotImp => {
+            UpstreamReply::TryNext
+        }
+        _ if reply.metadata.truncation => UpstreamReply::Truncated,
+        _ => UpstreamReply::Answer,
     }
 }
 
@@ -1535,6 +1591,69 @@ mod tests {
         );
         assert!(Responder::new(".").is_err());
         assert!(Responder::new("bad..name").is_err());
+    }
+
+    #[test]
+    fn upstream_replies_are_matched_by_id_and_question() {
+        let q = query("example.com.", RecordType::A);
+        let reply = |id: u16, name: &str, rcode: ResponseCode, tc: bool| {
+            let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+            m.add_query(Query::query(
+                Name::from_ascii(name).expect("n"),
+                RecordType::A,
+            ));
+            m.metadata.response_code = rcode;
+            m.metadata.truncation = tc;
+            m.to_vec().expect("encode")
+        };
+        let ok = ResponseCode::NoError;
+        assert_eq!(
+            check_upstream_reply(&q, &reply(0x4242, "example.com.", ok, false)),
+            UpstreamReply::Answer
+        );
+        assert_eq!(
+            check_upstream_reply(
+                &q,
+                &reply(0x4242, "EXAMPLE.com.", ResponseCode::NXDomain, false)
+            ),
+            UpstreamReply::Answer
+        );
+        assert_eq!(
+            check_upstream_reply(&q, &reply(0x4242, "example.com.", ok, true)),
+            UpstreamReply::Truncated
+        );
+        assert_eq!(
+            check_upstream_reply(
+                &q,
+                &reply(0x4242, "example.com.", ResponseCode::ServFail, false)
+            ),
+            UpstreamReply::TryNext
+        );
+        assert_eq!(
+            check_upstream_reply(&q, &reply(0x4243, "example.com.", ok, false)),
+            UpstreamReply::Ignore
+        );
+        assert_eq!(
+            check_upstream_reply(&q, &reply(0x4242, "example.net.", ok, false)),
+            UpstreamReply::Ignore
+        );
+        assert_eq!(
+            check_upstream_reply(&q, &q),
+            UpstreamReply::Ignore,
+            "a query is no reply"
+        );
+        assert_eq!(check_upstream_reply(&q, b"junk"), UpstreamReply::Ignore);
+    }
+
+    #[test]
+    fn servfail_keeps_the_id_and_question() {
+        let q = query("example.com.", RecordType::A);
+        let r = responder().servfail(&q, Transport::Udp).expect("reply");
+        let m = Message::from_vec(&r.bytes).expect("parses");
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(m.metadata.id, 0x4242);
+        assert_eq!(m.queries[0].name().to_ascii(), "example.com.");
+        assert!(!m.metadata.authoritative);
     }
 
     #[test]
