@@ -616,3 +616,528 @@ impl Inner {
             .map_err(|_| anyhow!("no answer within {:?}", self.forward_timeout))?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    use overlayd_proto::service::spec::{
+        Algorithm, HealthCheck, Protocol, ServiceType, SessionAffinity,
+    };
+    use overlayd_proto::service::{ResolvedPort, ResolvedService, ServiceStatus};
+    use std::time::Instant as StdInstant;
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    /// What the fake upstream answers for `example.com`.
+    const EXAMPLE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+    fn service(name: &str, cluster_ip: Option<Ipv4Addr>, endpoints: u8) -> ResolvedService {
+        ResolvedService {
+            key: ServiceKey::new("default", name),
+            kind: ServiceType::ClusterIp,
+            cluster_ip,
+            external_ip: None,
+            external_name: None,
+            ports: vec![ResolvedPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: 8080,
+                node_port: None,
+                proxy_protocol: false,
+            }],
+            endpoints: (1..=endpoints)
+                .map(|i| Endpoint {
+                    ip: Ipv4Addr::new(10, 244, 0, i),
+                    port: None,
+                    node: None,
+                    pod: None,
+                })
+                .collect(),
+            algorithm: Algorithm::RoundRobin,
+            affinity: SessionAffinity::None,
+            affinity_timeout_s: 10_800,
+            health: HealthCheck::default(),
+            status: ServiceStatus::Active,
+        }
+    }
+
+    /// web.default (VIP), big.default (headless, 60 endpoints), ext.default
+    /// (ExternalName example.com).
+    fn table() -> Arc<ServiceTable> {
+        let mut t = ServiceTable::default();
+        let mut ext = service("ext", None, 0);
+        ext.kind = ServiceType::ExternalName;
+        ext.external_name = Some("example.com".into());
+        for s in [service("web", Some(VIP), 1), service("big", None, 60), ext] {
+            t.services.insert(s.key.clone(), s);
+        }
+        Arc::new(t)
+    }
+
+    fn query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+        m.to_vec().expect("encode")
+    }
+
+    fn a_records(m: &Message) -> Vec<Ipv4Addr> {
+        m.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn udp_ask(server: SocketAddrV4, bytes: &[u8], wait: Duration) -> Option<Message> {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        sock.send_to(bytes, server).await.expect("send");
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let n = timeout(wait, sock.recv(&mut buf)).await.ok()?.ok()?;
+        Some(Message::from_vec(&buf[..n]).expect("reply parses"))
+    }
+
+    /// Sends every query on one TCP connection, then reads as many replies.
+    async fn tcp_ask(server: SocketAddrV4, queries: &[Vec<u8>]) -> Vec<Message> {
+        let mut stream = TcpStream::connect(server).await.expect("connect");
+        let mut out = Vec::new();
+        for q in queries {
+            write_frame(&mut stream, q).await.expect("write");
+        }
+        for _ in queries {
+            let body = read_frame(&mut stream, Duration::from_secs(5))
+                .await
+                .expect("read")
+                .expect("a reply");
+            out.push(Message::from_vec(&body).expect("reply parses"));
+        }
+        out
+    }
+
+    fn settings(upstreams: Vec<SocketAddrV4>) -> DnsSettings {
+        let mut s = DnsSettings::new(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 0), upstreams);
+        s.forward_timeout = Duration::from_millis(300);
+        s
+    }
+
+    /// A resolver on loopback, UDP and TCP on one port: `example.com` A is [`EXAMPLE`],
+    /// everything else NXDOMAIN. Counts the queries it got.
+    struct FakeUpstream {
+        addr: SocketAddrV4,
+        queries: Arc<AtomicU64>,
+        tasks: [JoinHandle<()>; 2],
+    }
+
+    impl Drop for FakeUpstream {
+        fn drop(&mut self) {
+            self.tasks.iter().for_each(JoinHandle::abort);
+        }
+    }
+
+    fn upstream_answer(query: &[u8]) -> Vec<u8> {
+        let q = Message::from_vec(query).expect("upstream got a query");
+        let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        r.metadata.recursion_desired = q.metadata.recursion_desired;
+        r.metadata.recursion_available = true;
+        r.queries = q.queries.clone();
+        let question = &q.queries[0];
+        if question
+            .name()
+            .to_ascii()
+            .eq_ignore_ascii_case("example.com.")
+            && question.query_type() == RecordType::A
+        {
+            r.add_answer(Record::from_rdata(
+                question.name().clone(),
+                60,
+                RData::A(A(EXAMPLE)),
+            ));
+        } else {
+            r.metadata.response_code = ResponseCode::NXDomain;
+        }
+        r.to_vec().expect("encode")
+    }
+
+    fn fake_upstream() -> FakeUpstream {
+        let (udp, tcp, addr) =
+            bind_pair(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind upstream");
+        let queries = Arc::new(AtomicU64::new(0));
+        let count = queries.clone();
+        let udp_task = tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_MESSAGE];
+            while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+                count.fetch_add(1, Relaxed);
+                let _ = udp.send_to(&upstream_answer(&buf[..n]), from).await;
+            }
+        });
+        let count = queries.clone();
+        let tcp_task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = tcp.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(q)) = read_frame(&mut stream, Duration::from_secs(5)).await {
+                        count.fetch_add(1, Relaxed);
+                        if write_frame(&mut stream, &upstream_answer(&q))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeUpstream {
+            addr,
+            queries,
+            tasks: [udp_task, tcp_task],
+        }
+    }
+
+    /// A UDP port that takes queries and never answers (its socket stays open, so no
+    /// ICMP error hurries the forwarder along).
+    async fn silent_upstream() -> (SocketAddrV4, UdpSocket) {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = match sock.local_addr().expect("addr") {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        };
+        (addr, sock)
+    }
+
+    #[tokio::test]
+    async fn answers_services_over_udp_and_several_queries_per_tcp_connection() {
+        let server = DnsServer::start(settings(vec![]), table())
+            .await
+            .expect("start");
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0);
+
+        let m = udp_ask(
+            addr,
+            &query(7, "web.default.svc.cluster.local.", RecordType::A),
+            Duration::from_secs(3),
+        )
+        .await
+        .expect("UDP reply");
+        assert_eq!(m.metadata.id, 7);
+        assert_eq!(a_records(&m), vec![VIP]);
+
+        let replies = tcp_ask(
+            addr,
+            &[
+                query(8, "web.default.svc.cluster.local.", RecordType::A),
+                query(9, "nosuch.default.svc.cluster.local.", RecordType::A),
+                query(
+                    10,
+                    "_http._tcp.web.default.svc.cluster.local.",
+                    RecordType::SRV,
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(
+            replies.iter().map(|m| m.metadata.id).collect::<Vec<_>>(),
+            vec![8, 9, 10]
+        );
+        assert_eq!(a_records(&replies[0]), vec![VIP]);
+        assert_eq!(replies[1].metadata.response_code, ResponseCode::NXDomain);
+        assert!(matches!(&replies[2].answers[0].data, RData::SRV(s) if s.port == 80));
+
+        let c = server.counters();
+        assert_eq!(c["queries"], 4);
+        assert_eq!(c["answered"], 4);
+        assert_eq!(c["nxdomain"], 1);
+        assert_eq!(c["tcp_connections"], 1);
+        assert_eq!(c["forwarded"], 0);
+    }
+
+    #[tokio::test]
+    async fn forwards_other_names_to_the_next_upstream_that_answers() {
+        let up = fake_upstream();
+        let (silent, _keep) = silent_upstream().await;
+        // The silent one first: the forwarder must give up on it and try the next.
+        let server = DnsServer::start(settings(vec![silent, up.addr]), table())
+            .await
+            .expect("start");
+        let addr = server.local_addr();
+
+        let m = udp_ask(
+            addr,
+            &query(21, "example.com.", RecordType::A),
+            Duration::from_secs(3),
+        )
+        .await
+        .expect("UDP reply");
+        assert_eq!(m.metadata.id, 21);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(a_records(&m), vec![EXAMPLE]);
+
+        // Over TCP the forwarder asks over TCP too; the upstream's NXDOMAIN comes back.
+        let replies = tcp_ask(
+            addr,
+            &[
+                query(22, "example.com.", RecordType::A),
+                query(23, "nosuch.example.", RecordType::A),
+            ],
+        )
+        .await;
+        assert_eq!(a_records(&replies[0]), vec![EXAMPLE]);
+        assert_eq!(replies[1].metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(up.queries.load(Relaxed), 3);
+
+        let c = server.counters();
+        assert_eq!(c["forwarded"], 3);
+        assert_eq!(c["forward_failed"], 0);
+        assert_eq!(c["answered"], 0);
+    }
+
+    #[tokio::test]
+    async fn external_name_is_answered_with_the_upstreams_address() {
+        let up = fake_upstream();
+        let server = DnsServer::start(settings(vec![up.addr]), table())
+            .await
+            .expect("start");
+        let m = udp_ask(
+            server.local_addr(),
+            &query(31, "ext.default.svc.cluster.local.", RecordType::A),
+            Duration::from_secs(3),
+        )
+        .await
+        .expect("reply");
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(matches!(&m.answers[0].data, RData::CNAME(c) if c.0.to_ascii() == "example.com."));
+        assert_eq!(a_records(&m), vec![EXAMPLE]);
+    }
+
+    #[tokio::test]
+    async fn servfail_within_the_timeout_when_no_upstream_answers() {
+        let (silent_a, _keep_a) = silent_upstream().await;
+        let (silent_b, _keep_b) = silent_upstream().await;
+        let server = DnsServer::start(settings(vec![silent_a, silent_b]), table())
+            .await
+            .expect("start");
+        let started = StdInstant::now();
+        let m = udp_ask(
+            server.local_addr(),
+            &query(41, "example.com.", RecordType::A),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("a SERVFAIL, not silence");
+        let took = started.elapsed();
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(m.metadata.id, 41);
+        // Two upstreams of 300 ms each, and not much more.
+        assert!(took >= Duration::from_millis(600), "{took:?}");
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        let c = server.counters();
+        assert_eq!((c["forwarded"], c["forward_failed"]), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn never_forwards_to_itself() {
+        // Bind first to learn the port, then name the server itself as its only upstream.
+        let server = DnsServer::start(settings(vec![]), table())
+            .await
+            .expect("start");
+        server.set_upstreams(vec![server.local_addr()]);
+        let started = StdInstant::now();
+        let m = udp_ask(
+            server.local_addr(),
+            &query(51, "example.com.", RecordType::A),
+            Duration::from_secs(3),
+        )
+        .await
+        .expect("reply");
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        // No upstream left to try: at once, without a loop through ourselves.
+        assert!(started.elapsed() < Duration::from_millis(250));
+        let c = server.counters();
+        assert_eq!(c["queries"], 1, "the server never sent itself the query");
+    }
+
+    #[tokio::test]
+    async fn large_udp_answer_is_truncated_and_tcp_gives_it_whole() {
+        let server = DnsServer::start(settings(vec![]), table())
+            .await
+            .expect("start");
+        let q = query(61, "big.default.svc.cluster.local.", RecordType::A);
+        let m = udp_ask(server.local_addr(), &q, Duration::from_secs(3))
+            .await
+            .expect("reply");
+        assert!(m.metadata.truncation);
+        assert!(m.answers.is_empty());
+        let replies = tcp_ask(server.local_addr(), &[q]).await;
+        assert!(!replies[0].metadata.truncation);
+        assert_eq!(a_records(&replies[0]).len(), 60);
+        assert_eq!(server.counters()["truncated"], 1);
+
+        // A client offering EDNS gets the 60 records over UDP.
+        let mut with_edns =
+            Message::from_vec(&query(62, "big.default.svc.cluster.local.", RecordType::A))
+                .expect("parse");
+        let mut edns = Edns::new();
+        edns.set_max_payload(4096);
+        with_edns.set_edns(edns);
+        let m = udp_ask(
+            server.local_addr(),
+            &with_edns.to_vec().expect("encode"),
+            Duration::from_secs(3),
+        )
+        .await
+        .expect("reply");
+        assert!(!m.metadata.truncation);
+        assert_eq!(a_records(&m).len(), 60);
+    }
+
+    #[tokio::test]
+    async fn swapped_table_and_readiness_are_served_at_once() {
+        let server = DnsServer::start(settings(vec![]), Arc::new(ServiceTable::default()))
+            .await
+            .expect("start");
+        let ask = |id| query(id, "big.default.svc.cluster.local.", RecordType::A);
+        let m = udp_ask(server.local_addr(), &ask(71), Duration::from_secs(3))
+            .await
+            .expect("reply");
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+
+        server.set_table(table());
+        server.set_readiness(Arc::new(|_, e: &Endpoint| e.ip.octets()[3] <= 2));
+        let m = udp_ask(server.local_addr(), &ask(72), Duration::from_secs(3))
+            .await
+            .expect("reply");
+        assert_eq!(
+            a_records(&m),
+            vec![Ipv4Addr::new(10, 244, 0, 1), Ipv4Addr::new(10, 244, 0, 2)]
+        );
+    }
+
+    #[tokio::test]
+    async fn moves_to_a_new_address() {
+        let mut s = settings(vec![]);
+        s.listen = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 0);
+        let server = DnsServer::start(s, table()).await.expect("start");
+        let old = server.local_addr();
+        let q = query(81, "web.default.svc.cluster.local.", RecordType::A);
+        assert!(udp_ask(old, &q, Duration::from_secs(3)).await.is_some());
+
+        server
+            .move_to(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 3), 0))
+            .expect("move");
+        let new = server.local_addr();
+        assert_eq!(*new.ip(), Ipv4Addr::new(127, 0, 0, 3));
+        let m = udp_ask(new, &q, Duration::from_secs(3))
+            .await
+            .expect("reply at the new address");
+        assert_eq!(a_records(&m), vec![VIP]);
+        assert_eq!(
+            a_records(&tcp_ask(new, std::slice::from_ref(&q)).await[0]),
+            vec![VIP]
+        );
+        // The old address is let go.
+        tokio::task::yield_now().await;
+        assert!(udp_ask(old, &q, Duration::from_millis(300)).await.is_none());
+        assert!(TcpStream::connect(old).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn binds_an_address_the_node_does_not_have_yet() {
+        // 192.0.2.1 (TEST-NET-1) is on no interface here: IP_FREEBIND lets the server
+        // start anyway, as it must before the bridge gets its gateway. Nothing is sent.
+        let mut s = settings(vec![]);
+        s.listen = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 0);
+        let server = DnsServer::start(s, table())
+            .await
+            .expect("start on a missing address");
+        assert_eq!(*server.local_addr().ip(), Ipv4Addr::new(192, 0, 2, 1));
+    }
+
+    #[tokio::test]
+    async fn garbage_is_dropped_and_counted_and_idle_tcp_is_closed() {
+        let mut s = settings(vec![]);
+        s.tcp_idle_timeout = Duration::from_millis(200);
+        let server = DnsServer::start(s, table()).await.expect("start");
+        assert!(
+            udp_ask(server.local_addr(), &[1, 2, 3], Duration::from_millis(300))
+                .await
+                .is_none()
+        );
+        let c = server.counters();
+        assert_eq!((c["queries"], c["dropped_short"]), (1, 1));
+
+        let mut stream = TcpStream::connect(server.local_addr())
+            .await
+            .expect("connect");
+        let started = StdInstant::now();
+        let mut byte = [0u8; 1];
+        let n = timeout(Duration::from_secs(3), stream.read(&mut byte))
+            .await
+            .expect("closed by the server, not by our timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn tcp_connections_beyond_the_limit_are_closed() {
+        let mut s = settings(vec![]);
+        s.max_tcp_connections = 1;
+        let server = DnsServer::start(s, table()).await.expect("start");
+        let q = query(91, "web.default.svc.cluster.local.", RecordType::A);
+        let mut first = TcpStream::connect(server.local_addr())
+            .await
+            .expect("connect");
+        write_frame(&mut first, &q).await.expect("write");
+        assert!(
+            read_frame(&mut first, Duration::from_secs(3))
+                .await
+                .expect("read")
+                .is_some()
+        );
+
+        let mut second = TcpStream::connect(server.local_addr())
+            .await
+            .expect("connect");
+        let _ = write_frame(&mut second, &q).await;
+        let got = read_frame(&mut second, Duration::from_secs(3)).await;
+        assert!(
+            !matches!(got, Ok(Some(_))),
+            "the second connection got an answer"
+        );
+        assert_eq!(server.counters()["dropped_tcp_busy"], 1);
+
+        // The first one is still served.
+        write_frame(&mut first, &q).await.expect("write");
+        assert!(
+            read_frame(&mut first, Duration::from_secs(3))
+                .await
+                .expect("read")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn node_upstreams_prefer_the_configured_ones() {
+        let dir = std::env::temp_dir().join(format!("ovd-dns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, "nameserver 192.0.2.53\nnameserver ::1\n").expect("write");
+        let configured = [SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 5353)];
+        assert_eq!(
+            node_upstreams(&configured, &path).expect("ok"),
+            configured.to_vec()
+        );
+        assert_eq!(
+            node_upstreams(&[], &path).expect("ok"),
+            vec![SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 53), 53)]
+        );
+        assert!(node_upstreams(&[], &dir.join("missing")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
