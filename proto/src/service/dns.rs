@@ -243,6 +243,9 @@ impl Responder {
         let qtype = question.query_type();
 
         if !self.domain.zone_of(name) {
+            if question.query_class() != DNSClass::IN {
+                return Answer::Forward;
+            }
             return match self.reverse(name, qtype, table, &ready) {
                 Some(sections) => {
                     self.reply_answer(&request, ResponseCode::NoError, sections, transport)
