@@ -11,6 +11,7 @@ pub mod cli;
 pub mod daemon;
 pub mod datapath;
 pub mod discovery;
+pub mod dns;
 pub mod gossip;
 pub mod keys;
 pub mod netlink;
