@@ -34,7 +34,7 @@
 //! # Ok(()) }   // dropping `lab` tears it down
 //! ```
 
-mod bench;
+pub mod bench;
 mod check;
 pub mod cli;
 pub mod client;
@@ -47,7 +47,6 @@ mod partition;
 pub mod process;
 pub mod topology;
 
-pub use bench::{BenchReport, BenchRow, bench};
 pub use check::{CheckReport, PairResult};
 pub use cli::{LabCommand, run};
 pub use client::{Member, MemberState, PeerReport, Status};
