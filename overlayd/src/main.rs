@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use overlayd::api::{KeyAction, Request};
+use overlayd::api::{self, KeyAction, Request};
 use overlayd::{cli, daemon, pods};
 
 #[derive(Parser)]
@@ -72,6 +72,17 @@ enum Command {
         #[command(subcommand)]
         command: PodCommand,
     },
+    /// Add, delete, show or list Services (any node; the change reaches every node).
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Every Service as this node serves it: VIP, ports, each backend's health and
+    /// connections.
+    Services {
+        #[arg(long)]
+        json: bool,
+    },
     /// A whole cluster in network namespaces on this host: up, check, ps, exec, down.
     Lab {
         #[command(subcommand)]
@@ -109,6 +120,37 @@ enum PodCommand {
     },
     /// Delete a pod: its veth, its address and the namespace if the daemon made it.
     Del { name: String },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Add a Service, or replace the one of that name: flags, or a TOML/JSON --file.
+    Add {
+        #[command(flatten)]
+        args: cli::service::AddArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a Service: NAME or NAMESPACE/NAME.
+    Del {
+        name: String,
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one Service: NAME or NAMESPACE/NAME.
+    Get {
+        name: String,
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     List {
         #[arg(long)]
         json: bool,
@@ -247,6 +289,52 @@ async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
                 cli::show(socket, Request::PodList, json, cli::pods_table).await
             }
         },
+        Command::Service { command } => match command {
+            ServiceCommand::Add { args, json } => {
+                let spec = args.spec()?;
+                cli::show(
+                    socket,
+                    Request::ServiceAdd { spec },
+                    json,
+                    cli::service::info_text,
+                )
+                .await
+            }
+            ServiceCommand::Del {
+                name,
+                namespace,
+                json,
+            } => {
+                let (namespace, name) = cli::service::key_of(&name, namespace)?;
+                cli::show(
+                    socket,
+                    Request::ServiceDel { namespace, name },
+                    json,
+                    |i: &api::ServiceInfo| format!("deleted service {}\n", i.service.key),
+                )
+                .await
+            }
+            ServiceCommand::Get {
+                name,
+                namespace,
+                json,
+            } => {
+                let (namespace, name) = cli::service::key_of(&name, namespace)?;
+                cli::show(
+                    socket,
+                    Request::ServiceGet { namespace, name },
+                    json,
+                    cli::service::info_text,
+                )
+                .await
+            }
+            ServiceCommand::List { json } => {
+                cli::show(socket, Request::ServiceList, json, cli::service::list_table).await
+            }
+        },
+        Command::Services { json } => {
+            cli::show(socket, Request::Services, json, cli::service::report_table).await
+        }
         Command::Run { .. } | Command::Check { .. } | Command::Lab { .. } => {
             unreachable!("handled before connecting")
         }

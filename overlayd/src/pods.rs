@@ -44,7 +44,22 @@ pub struct Pods {
     strays: Vec<PodRecord>,
     bridge: u32,
     mtu: u32,
+    /// What pods' resolv.conf says, when the node runs the cluster DNS.
+    dns: Option<PodDns>,
 }
+
+/// The DNS a pod is given: the node's responder (its bridge gateway) and the cluster
+/// domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodDns {
+    pub nameserver: Ipv4Addr,
+    pub domain: String,
+}
+
+/// Where `ip netns exec NAME` finds a namespace's own /etc files.
+const ETC_NETNS: &str = "/etc/netns";
+/// The first line of a resolv.conf the daemon wrote: it rewrites or removes only these.
+const RESOLV_CONF_MARK: &str = "# overlayd:";
 
 impl Pods {
     /// Loads `state_dir/pods.json` (absent means no pods) and rebuilds the allocator.
@@ -67,6 +82,7 @@ impl Pods {
             strays: Vec::new(),
             bridge,
             mtu,
+            dns: None,
         };
         for (name, record) in file.pods {
             match pods.ipam.restore(record.ip, &name) {
@@ -212,12 +228,17 @@ impl Pods {
             netns_inode: Some(netns_inode),
             veth,
             labels,
+            resolv_conf: None,
         };
         if let Err(e) = self.plumb(nl, &record).await {
             let _ = self.detach(nl, &record).await;
             return Err(e);
         }
-        Ok(record)
+        let resolv_conf = self.write_resolv_conf(&record);
+        Ok(PodRecord {
+            resolv_conf,
+            ..record
+        })
     }
 
     async fn plumb(&self, nl: &Netlink, pod: &PodRecord) -> Result<()> {
@@ -374,6 +395,64 @@ impl Pods {
         Ok(record)
     }
 
+    /// Points every pod's resolv.conf at `dns` (the node's DNS and domain; `None`: the
+    /// node runs none, and the files the daemon wrote are removed), then saves.
+    pub fn set_dns(&mut self, dns: Option<PodDns>) -> Result<()> {
+        if self.dns == dns {
+            return Ok(());
+        }
+        self.dns = dns;
+        let names: Vec<String> = self.pods.keys().cloned().collect();
+        for name in names {
+            let Some(pod) = self.pods.get(&name) else {
+                continue;
+            };
+            let written = match self.dns {
+                Some(_) => self.write_resolv_conf(pod),
+                None => {
+                    remove_resolv_conf(pod);
+                    None
+                }
+            };
+            if let Some(pod) = self.pods.get_mut(&name) {
+                pod.resolv_conf = written;
+            }
+        }
+        self.save()
+    }
+
+    /// Writes the pod's `/etc/netns/NETNS/resolv.conf` (for a pod whose namespace is named
+    /// under /run/netns, so `ip netns exec` can bind it over /etc/resolv.conf), unless a
+    /// file the daemon did not write is there. Returns the path written; failures are
+    /// logged (the pod works without it, but names do not resolve in it).
+    fn write_resolv_conf(&self, pod: &PodRecord) -> Option<PathBuf> {
+        let dns = self.dns.as_ref()?;
+        let name = netns_name(&pod.netns)?;
+        let dir = Path::new(ETC_NETNS).join(name);
+        let path = dir.join("resolv.conf");
+        if let Ok(existing) = std::fs::read_to_string(&path)
+            && !existing.starts_with(RESOLV_CONF_MARK)
+        {
+            tracing::warn!(pod = %pod.name, "{} exists and is not ours; leaving it", path.display());
+            return None;
+        }
+        let text = format!(
+            "{RESOLV_CONF_MARK} pod {}; the node's cluster DNS (rewritten by the daemon)\n{}",
+            pod.name,
+            overlayd_proto::service::dns::resolv_conf(dns.nameserver, &dns.domain, "default")
+        );
+        let written = std::fs::create_dir_all(&dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| crate::write_atomic(&path, text.as_bytes()));
+        match written {
+            Ok(()) => Some(path),
+            Err(e) => {
+                tracing::warn!(pod = %pod.name, "writing {}: {e:#}", path.display());
+                None
+            }
+        }
+    }
+
     async fn detach(&self, nl: &Netlink, pod: &PodRecord) -> Result<()> {
         if let Some(link) = nl.link_by_name(&pod.veth).await? {
             nl.delete_link(link.index).await?;
@@ -381,6 +460,7 @@ impl Pods {
         if pod.netns_owned {
             netns::delete(&pod.netns)?;
         }
+        remove_resolv_conf(pod);
         Ok(())
     }
 
@@ -403,6 +483,29 @@ impl Pods {
             pods,
         };
         crate::write_atomic(&self.path, &serde_json::to_vec_pretty(&file)?)
+    }
+}
+
+/// The name `ip netns` knows a namespace by: the file name of a path under /run/netns.
+fn netns_name(path: &Path) -> Option<&str> {
+    (path.parent()? == Path::new(netns::NETNS_RUN_DIR))
+        .then(|| path.file_name()?.to_str())
+        .flatten()
+}
+
+/// Removes the resolv.conf the daemon wrote for `pod` (and its directory if that is then
+/// empty); a file someone else wrote there is left alone.
+fn remove_resolv_conf(pod: &PodRecord) {
+    let Some(path) = &pod.resolv_conf else {
+        return;
+    };
+    let ours = std::fs::read_to_string(path).is_ok_and(|t| t.starts_with(RESOLV_CONF_MARK));
+    if ours {
+        let _ = std::fs::remove_file(path);
+        if let Some(dir) = path.parent() {
+            // Fails, as it should, while the directory holds anything else.
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -440,6 +543,7 @@ mod tests {
             netns_inode: None,
             veth: host_veth_name(name),
             labels: BTreeMap::new(),
+            resolv_conf: None,
         }
     }
 
@@ -558,5 +662,15 @@ mod tests {
             assert_eq!(saved.pods["stuck"].ip.to_string(), "10.244.1.2");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_namespaces_named_under_run_netns_get_a_resolv_conf() {
+        assert_eq!(
+            netns_name(Path::new("/run/netns/ovl-lab-n1-p1")),
+            Some("ovl-lab-n1-p1")
+        );
+        assert_eq!(netns_name(Path::new("/proc/42/ns/net")), None);
+        assert_eq!(netns_name(Path::new("/run/netns/a/b")), None);
     }
 }

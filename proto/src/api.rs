@@ -194,6 +194,10 @@ pub struct PodRecord {
     /// pods had labels.)
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The resolv.conf the daemon wrote for the pod (`/etc/netns/NETNS/resolv.conf`,
+    /// which `ip netns exec` puts in place), pointing at the node's cluster DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// One gossip member as `overlayd members` shows it.

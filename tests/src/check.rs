@@ -1,7 +1,9 @@
 //! `overlayd lab check`: ping between every ordered pair of pods, and which path each
-//! pair's traffic takes.
+//! pair's traffic takes; and every Service the cluster has, from one pod on every node:
+//! connections to its VIP (which backends answered) and its DNS name.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -25,11 +27,33 @@ pub struct PairResult {
     pub rtt_ms: Option<f64>,
 }
 
-/// All pairs, in source-major order of the lab's pods.
+/// One Service as one pod reaches it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceResult {
+    /// `namespace/name`.
+    pub service: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    /// The client pod.
+    pub from: String,
+    /// Every connection was answered by a backend.
+    pub ok: bool,
+    /// Connections made.
+    pub connections: usize,
+    /// The backend pods that answered (their greeting), each once, sorted.
+    pub backends: Vec<String>,
+    /// Backends the Service has.
+    pub endpoints: usize,
+    /// The address its DNS name resolved to inside the pod (`getent hosts`).
+    pub dns: Option<Ipv4Addr>,
+}
+
+/// All pairs, in source-major order of the lab's pods, and the Services.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckReport {
     pods: Vec<String>,
     pub results: Vec<PairResult>,
+    pub services: Vec<ServiceResult>,
 }
 
 impl Lab {
@@ -61,7 +85,64 @@ impl Lab {
         Ok(CheckReport {
             pods: pods.iter().map(|p| p.name.clone()).collect(),
             results,
+            services: self.check_services()?,
         })
+    }
+
+    /// Every active TCP Service with a VIP, from the first pod of every node with pods.
+    fn check_services(&self) -> Result<Vec<ServiceResult>, LabError> {
+        let Some(asked) = self
+            .nodes()
+            .find(|n| n.spec().daemon && n.pid().is_some() && !n.pods().is_empty())
+        else {
+            return Ok(Vec::new());
+        };
+        let services = self.service_list(asked.name())?;
+        let clients: Vec<&Pod> = self.nodes().filter_map(|n| n.pods().first()).collect();
+        let domain = self.cluster_domain();
+        let mut results = Vec::new();
+        for info in &services {
+            let s = &info.service;
+            let (Some(vip), Some(port)) = (s.cluster_ip, s.ports.first()) else {
+                continue;
+            };
+            if !s.is_active() || port.protocol != overlayd_proto::service::Protocol::Tcp {
+                continue;
+            }
+            let name = format!("{}.{}.svc.{domain}", s.key.name, s.key.namespace);
+            let connections = SERVICE_CONNECTIONS.max(3 * s.endpoints.len());
+            let found: Vec<ServiceResult> = std::thread::scope(|scope| {
+                let workers: Vec<_> = clients
+                    .iter()
+                    .map(|&client| {
+                        let name = &name;
+                        scope.spawn(move || {
+                            let answers: Vec<Option<String>> = (0..connections)
+                                .map(|_| greeting(&client.netns, vip, port.port))
+                                .collect();
+                            let mut backends: Vec<String> =
+                                answers.iter().flatten().cloned().collect();
+                            backends.sort();
+                            backends.dedup();
+                            ServiceResult {
+                                service: s.key.to_string(),
+                                vip,
+                                port: port.port,
+                                from: client.name.clone(),
+                                ok: answers.iter().all(Option::is_some),
+                                connections,
+                                backends,
+                                endpoints: s.endpoints.len(),
+                                dns: resolve(&client.netns, name),
+                            }
+                        })
+                    })
+                    .collect();
+                workers.into_iter().filter_map(|w| w.join().ok()).collect()
+            });
+            results.extend(found);
+        }
+        Ok(results)
     }
 
     /// `(source node, destination node) -> path` from each daemon node's `overlayd peers`.
@@ -101,6 +182,43 @@ fn check_pair(src: &Pod, dst: &Pod, paths: &HashMap<(String, String), String>) -
     }
 }
 
+/// Connections per Service and client pod in `check`, at least (3 per endpoint if more).
+const SERVICE_CONNECTIONS: usize = 8;
+
+/// Connects from namespace `ns` to `vip:port` and reads the backend's greeting line (the
+/// lab's pod server sends its pod name first).
+fn greeting(ns: &str, vip: Ipv4Addr, port: u16) -> Option<String> {
+    netns::try_in_netns(ns, || {
+        let timeout = Duration::from_secs(3);
+        let addr = std::net::SocketAddr::from((vip, port));
+        let conn = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+        conn.set_read_timeout(Some(timeout)).ok()?;
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(conn), &mut line).ok()?;
+        let name = line.trim_end();
+        (!name.is_empty()).then(|| name.to_string())
+    })
+    .ok()
+    .flatten()
+}
+
+/// `getent hosts NAME` in pod namespace `ns` as a user would run it there (`ip netns
+/// exec`, so the pod's /etc/netns/NS/resolv.conf applies): the first address.
+fn resolve(ns: &str, name: &str) -> Option<Ipv4Addr> {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns, "getent", "hosts", name]);
+    let output = netns::output_with_timeout(cmd, Duration::from_secs(10)).ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// One echo request from namespace `ns`; the RTT in ms if a reply came.
 fn ping(ns: &str, ip: &str) -> Option<f64> {
     let mut cmd = netns::command(ns, "ping").ok()?;
@@ -120,9 +238,10 @@ fn parse_rtt(stdout: &str) -> Option<f64> {
 }
 
 impl CheckReport {
-    /// Whether every pair got a reply.
+    /// Whether every pair got a reply, and every Service answered every connection with
+    /// all of its backends and resolved to its VIP.
     pub fn ok(&self) -> bool {
-        self.results.iter().all(|r| r.ok)
+        self.results.iter().all(|r| r.ok) && self.services.iter().all(ServiceResult::passed)
     }
 
     pub fn failures(&self) -> impl Iterator<Item = &PairResult> {
@@ -134,9 +253,42 @@ impl CheckReport {
         self.results.iter().find(|r| r.src == src && r.dst == dst)
     }
 
-    /// `[{"src","dst","ok","path","rtt_ms"}, …]`
+    /// `{"pairs":[{"src","dst","ok","path","rtt_ms"}, …],
+    ///   "services":[{"service","vip","port","from","ok","connections","backends","endpoints","dns"}, …]}`
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(&self.results).expect("check results always serialize")
+        serde_json::to_string_pretty(&serde_json::json!({
+            "pairs": self.results,
+            "services": self.services,
+        }))
+        .expect("check results always serialize")
+    }
+
+    /// One block per Service: from each client pod, how many backends answered and what
+    /// its name resolved to.
+    pub fn services_text(&self) -> String {
+        let mut out = String::new();
+        let mut last = "";
+        for r in &self.services {
+            if r.service != last {
+                out.push_str(&format!(
+                    "service {} {}:{} ({} endpoints)\n",
+                    r.service, r.vip, r.port, r.endpoints
+                ));
+                last = &r.service;
+            }
+            let dns = r.dns.map_or("FAIL".into(), |ip| ip.to_string());
+            out.push_str(&format!(
+                "  from {}: {} {} of {} connections, {} of {} backends ({}), DNS {dns}\n",
+                r.from,
+                if r.passed() { "ok" } else { "FAIL" },
+                if r.ok { r.connections } else { 0 },
+                r.connections,
+                r.backends.len(),
+                r.endpoints,
+                r.backends.join(" "),
+            ));
+        }
+        out
     }
 
     /// Rows are source pods, columns destination pods; a cell is the path (`bridge`,
@@ -184,6 +336,13 @@ impl CheckReport {
     }
 }
 
+impl ServiceResult {
+    /// Every connection answered, every backend seen, and the name resolved to the VIP.
+    pub fn passed(&self) -> bool {
+        self.ok && self.backends.len() == self.endpoints && self.dns == Some(self.vip)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +372,7 @@ mod tests {
                 result("n1-p1", "n2-p1", true, "host-gw"),
                 result("n2-p1", "n1-p1", false, "udp"),
             ],
+            services: Vec::new(),
         };
 
         let matrix = report.matrix();
@@ -224,7 +384,43 @@ mod tests {
         assert!(!report.ok());
         assert_eq!(report.failures().count(), 1);
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
-        assert_eq!(json[0]["path"], "host-gw");
-        assert_eq!(json[1]["rtt_ms"], serde_json::Value::Null);
+        assert_eq!(json["pairs"][0]["path"], "host-gw");
+        assert_eq!(json["pairs"][1]["rtt_ms"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_service_passes_only_with_every_backend_and_its_dns_name() {
+        let mut r = ServiceResult {
+            service: "default/hello".into(),
+            vip: "10.96.0.10".parse().unwrap(),
+            port: 80,
+            from: "n1-p1".into(),
+            ok: true,
+            connections: 8,
+            backends: vec!["n1-p1".into(), "n3-p1".into()],
+            endpoints: 2,
+            dns: Some("10.96.0.10".parse().unwrap()),
+        };
+        assert!(r.passed());
+        let report = CheckReport {
+            pods: Vec::new(),
+            results: Vec::new(),
+            services: vec![r.clone()],
+        };
+        assert!(report.ok());
+        assert_eq!(
+            report.services_text(),
+            "service default/hello 10.96.0.10:80 (2 endpoints)\n  from n1-p1: ok 8 of 8 \
+             connections, 2 of 2 backends (n1-p1 n3-p1), DNS 10.96.0.10\n"
+        );
+
+        r.backends.pop();
+        assert!(!r.passed(), "a backend never answered");
+        r.backends.push("n3-p1".into());
+        r.dns = None;
+        assert!(!r.passed(), "the name did not resolve");
+        r.dns = Some(r.vip);
+        r.ok = false;
+        assert!(!r.passed(), "a connection failed");
     }
 }

@@ -261,6 +261,15 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
                 if failed > 0 {
                     writeln!(out, "{failed} of {} pairs FAILED", report.results.len())?;
                 }
+                write!(out, "{}", report.services_text())?;
+                let failed = report.services.iter().filter(|s| !s.passed()).count();
+                if failed > 0 {
+                    writeln!(
+                        out,
+                        "{failed} of {} Service checks FAILED",
+                        report.services.len()
+                    )?;
+                }
             }
             Ok(if report.ok() {
                 ExitCode::SUCCESS

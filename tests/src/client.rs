@@ -9,7 +9,10 @@ use crate::netns::{self, NetnsError};
 /// How long one CLI call may take before it counts as hung.
 const CLI_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub use overlayd_proto::api::{MemberReport as Member, PeerReport, PodRecord, Status};
+pub use overlayd_proto::api::{
+    MemberReport as Member, PeerReport, PodRecord, ServiceInfo, ServiceList, ServiceReport,
+    ServicesReport, Status,
+};
 use overlayd_proto::api::{Members, Peers};
 pub use overlayd_proto::gossip::MemberState;
 
@@ -82,4 +85,27 @@ pub fn pod_add(
 pub fn pod_del(bin: &Path, ns: &str, socket: &Path, pod: &str) -> Result<(), ClientError> {
     overlayd(bin, ns, socket, &["pod", "del", pod])?;
     Ok(())
+}
+
+/// `overlayd service list --json`.
+pub fn service_list(bin: &Path, ns: &str, socket: &Path) -> Result<Vec<ServiceInfo>, ClientError> {
+    json::<ServiceList>(bin, ns, socket, &["service", "list", "--json"]).map(|l| l.services)
+}
+
+/// `overlayd services --json`.
+pub fn services(bin: &Path, ns: &str, socket: &Path) -> Result<Vec<ServiceReport>, ClientError> {
+    json::<ServicesReport>(bin, ns, socket, &["services", "--json"]).map(|r| r.services)
+}
+
+/// `overlayd service ARGS… --json` (add, get, del), which answer one Service.
+pub fn service(
+    bin: &Path,
+    ns: &str,
+    socket: &Path,
+    args: &[&str],
+) -> Result<ServiceInfo, ClientError> {
+    let mut all = vec!["service"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    json(bin, ns, socket, &all)
 }

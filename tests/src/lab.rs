@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{self, ClientError, Member, PeerReport, Status};
+use crate::client::{self, ClientError, Member, PeerReport, ServiceInfo, ServiceReport, Status};
 use crate::config::{NodePaths, gossip_key_path, node_config};
 use crate::netns::{self, NetnsError};
 use crate::process;
@@ -227,6 +227,9 @@ pub fn validate_lab_name(name: &str) -> Result<(), LabError> {
     }
 }
 
+/// `cluster.domain` when the config does not set it.
+const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
 impl Lab {
     /// Builds lab `name` from `topology`: namespaces, segments, node configs (and with
     /// gossip the key `RUN/gossip.key`), daemons and pods. Before it adds pods it waits up
@@ -334,6 +337,18 @@ impl Lab {
     /// `/run/overlayd-lab/LAB`
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
+    }
+
+    /// The cluster's DNS domain: `[config.cluster] domain` of the topology, or the
+    /// daemon's default.
+    pub fn cluster_domain(&self) -> String {
+        self.topology()
+            .config()
+            .get("cluster")
+            .and_then(|c| c.get("domain"))
+            .and_then(|d| d.as_str())
+            .unwrap_or(DEFAULT_CLUSTER_DOMAIN)
+            .to_string()
     }
 
     pub fn topology(&self) -> &Topology {
@@ -470,6 +485,32 @@ impl Lab {
         let node = self.daemon_node(node)?;
         client::members(self.overlayd_bin(), &node.netns(), &node.socket_path())
             .map_err(|e| node.client_error(e))
+    }
+
+    /// `overlayd service list --json` on `node`: every Service the cluster has.
+    pub fn service_list(&self, node: &str) -> Result<Vec<ServiceInfo>, LabError> {
+        let node = self.daemon_node(node)?;
+        client::service_list(self.overlayd_bin(), &node.netns(), &node.socket_path())
+            .map_err(|e| node.client_error(e))
+    }
+
+    /// `overlayd services --json` on `node`: its proxy's view, backends and counters.
+    pub fn services(&self, node: &str) -> Result<Vec<ServiceReport>, LabError> {
+        let node = self.daemon_node(node)?;
+        client::services(self.overlayd_bin(), &node.netns(), &node.socket_path())
+            .map_err(|e| node.client_error(e))
+    }
+
+    /// `overlayd service ARGS… --json` on `node` (`add …`, `get NAME`, `del NAME`).
+    pub fn service(&self, node: &str, args: &[&str]) -> Result<ServiceInfo, LabError> {
+        let node = self.daemon_node(node)?;
+        client::service(
+            self.overlayd_bin(),
+            &node.netns(),
+            &node.socket_path(),
+            args,
+        )
+        .map_err(|e| node.client_error(e))
     }
 
     /// Adds the next pod `NODE-pN` of `node`: creates its namespace and asks the daemon to

@@ -149,6 +149,11 @@ members)
     done
     echo "{\"members\":[$out]}"
     ;;
+service)
+    socket_dir > /dev/null
+    [ "${1:-}" = list ] || die "only service list is faked"
+    echo '{"services":[]}'
+    ;;
 pod)
     dir=$(socket_dir)
     [ "${1:-}" = add ] || die "only pod add is faked"

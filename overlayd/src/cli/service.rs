@@ -27,6 +27,7 @@ pub struct AddArgs {
         "cluster_ip", "external_ip", "external_name", "algorithm", "session_affinity",
         "affinity_timeout", "no_health_check", "proxy_protocol"])]
     pub file: Option<PathBuf>,
+    /// The Service's namespace (a DNS label; default `default`).
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
     /// ClusterIP (default), NodePort, LoadBalancer or ExternalName.
