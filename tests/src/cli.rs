@@ -239,8 +239,17 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
                     (serde_json::to_string_pretty(&report), report.table())
                 }
                 BenchSuite::Services => {
-                    let _ = (connections, services, endpoints);
-                    anyhow::bail!("the services bench is not there yet");
+                    let options = crate::bench::services::Options {
+                        seconds,
+                        repeat,
+                        connections,
+                        services,
+                        endpoints,
+                        ..Default::default()
+                    };
+                    let report =
+                        crate::bench::services::run(&name, &overlayd_bin, &options, keep, &mut log)?;
+                    (serde_json::to_string_pretty(&report), report.table())
                 }
             };
             if json {

@@ -6,6 +6,8 @@
 //! - [`services`]: a Service VIP through the daemon's proxy, HAProxy and an nftables DNAT
 //!   against the direct pod-to-pod path, Service propagation time and daemon memory.
 
+mod api;
 pub mod datapath;
 pub mod measure;
 mod reference;
+pub mod services;
