@@ -11,7 +11,7 @@ pub mod spec;
 pub mod table;
 
 pub use spec::{
-    Algorithm, ClusterIp, ExplicitBackend, HealthCheck, Protocol, ServicePort, ServiceSpec,
-    ServiceType, SessionAffinity, SpecError,
+    Algorithm, ClusterIp, ExplicitBackend, FieldSegment, HealthCheck, Protocol, ServicePort,
+    ServiceSettings, ServiceSpec, ServiceType, SessionAffinity, SpecError,
 };
 pub use table::{Endpoint, ResolvedPort, ResolvedService, ServiceKey, ServiceStatus, ServiceTable};
