@@ -508,6 +508,13 @@ impl Gossip {
         Ok(())
     }
 
+    /// A fresh HLC timestamp at `now`: above every timestamp this node has issued or
+    /// seen. The shell stamps what it writes with it — a Service's creation time, the
+    /// version of a split Service — so stamps order like the writes they go with.
+    pub fn stamp(&mut self, now: Instant) -> Hlc {
+        self.hlc.tick(self.wall_ms(now))
+    }
+
     /// Leaves the cluster: gossips `Left` (peers drop this node at once) and stops
     /// probing. Keep driving the node until [`Gossip::pending_broadcasts`] is 0 or a
     /// second has passed, then drop it.

@@ -7,6 +7,7 @@
 //! Nothing here does I/O or reads a clock: every input that depends on time takes `now`.
 //! See docs/services.md for the design and its measurements.
 
+pub mod codec;
 pub mod spec;
 pub mod table;
 
@@ -15,3 +16,6 @@ pub use spec::{
     ServiceSettings, ServiceSpec, ServiceType, SessionAffinity, SpecError,
 };
 pub use table::{Endpoint, ResolvedPort, ResolvedService, ServiceKey, ServiceStatus, ServiceTable};
+
+#[cfg(test)]
+pub(crate) mod test_support;
