@@ -7,6 +7,7 @@
 //! Nothing here does I/O or reads a clock: every input that depends on time takes `now`.
 //! See docs/services.md for the design and its measurements.
 
+pub mod catalog;
 pub mod codec;
 pub mod spec;
 pub mod table;
