@@ -9,6 +9,7 @@
 
 pub mod catalog;
 pub mod codec;
+pub mod lb;
 pub mod spec;
 pub mod table;
 
