@@ -181,7 +181,8 @@ struct Relay {
 /// The full-state pull.
 #[derive(Debug, Clone)]
 struct Pull {
-    /// Full state is wanted: a fresh joiner, or a node cut off past the GC horizon.
+    /// Full state is wanted: a fresh joiner, a node cut off past the GC horizon, or one
+    /// whose anti-entropy found too much to repair by datagrams.
     needed: bool,
     /// Drop local objects the server lacks that are older than the GC horizon.
     behind: bool,
@@ -191,6 +192,8 @@ struct Pull {
     /// A node that contacted us while we knew no live member: pull from it when there is
     /// neither a live member nor a seed to pull from.
     hint: Option<Dest>,
+    /// The member anti-entropy found far apart from us: pull from it first.
+    prefer: Option<Dest>,
 }
 
 /// One node's gossip: SWIM membership with Lifeguard, its own record, cluster objects,
@@ -323,6 +326,7 @@ impl Gossip {
                 next_attempt: now,
                 next_id: 0,
                 hint: None,
+                prefer: None,
             },
             next_gossip,
             next_push_pull,

@@ -804,6 +804,49 @@ pub fn put_service(
     )?)
 }
 
+/// [`put_service`] for many Services at once (a config's `[[service]]` list, a bulk
+/// import): each is allocated around the catalog and the ones before it, all with
+/// `stamp`. Returns `Err((i, error))` for the first spec `i` that cannot be allocated;
+/// nothing is written then.
+pub fn put_services(
+    specs: &[ServiceSpec],
+    stamp: Hlc,
+    catalog: &Catalog,
+    settings: &ServiceSettings,
+) -> Result<Vec<ObjectWrite>, (usize, AllocError)> {
+    let keys: BTreeSet<ServiceKey> = specs.iter().map(ServiceSpec::key).collect();
+    // Values of the Services being replaced are free for their new versions: each keeps
+    // its own through `existing`, and no other Service of the batch may take them.
+    let mut used = Used::default();
+    for (k, u) in &catalog.in_use {
+        if !keys.contains(k) {
+            used.add(&u.object.alloc);
+        }
+    }
+    for spec in specs {
+        if let Some(existing) = catalog.object(&spec.key()) {
+            used.add(&existing.alloc);
+        }
+    }
+    let mut writes = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let fail = |e: AllocError| (i, e);
+        spec.validate(settings).map_err(|e| fail(e.into()))?;
+        let key = spec.key();
+        let existing = catalog.object(&key);
+        let alloc = allocation_for(spec, existing, catalog, settings, &mut used).map_err(fail)?;
+        let object = ServiceObject {
+            spec: spec.clone(),
+            alloc,
+            created: existing.map_or(stamp, |o| o.created),
+        };
+        let w =
+            service_writes(&object, stamp, &catalog.part_keys(&key)).map_err(|e| fail(e.into()))?;
+        writes.extend(w);
+    }
+    Ok(writes)
+}
+
 /// The writes that delete a Service: its head and every part the catalog knows of.
 /// Parts still travelling are deleted by the housekeeper later ([`repairs`]).
 pub fn delete_service(key: &ServiceKey, catalog: &Catalog) -> Vec<ObjectWrite> {

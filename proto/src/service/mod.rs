@@ -20,4 +20,6 @@ pub use spec::{
 pub use table::{Endpoint, ResolvedPort, ResolvedService, ServiceKey, ServiceStatus, ServiceTable};
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 pub(crate) mod test_support;
