@@ -27,8 +27,8 @@ use crate::gossip::codec::stable_hash;
 
 use super::codec::{
     Allocation, CodecError, Head, ObjectKey, ObjectWrite, PodEndpoint, ServiceObject, SplitHead,
-    assemble, check_key, decode_head, decode_part, parse_key, part_key, pod_key, service_key,
-    service_writes,
+    assemble_with, check_key, decode_head_with, decode_part, parse_key, part_key, pod_key,
+    service_key, service_writes,
 };
 use super::spec::{Protocol, ServiceSettings, ServiceSpec, ServiceType, SpecError};
 use super::table::{
@@ -44,6 +44,8 @@ pub const ORPHAN_GRACE_MS: u64 = 10 * 60 * 1000;
 #[derive(Debug, Clone)]
 struct InUse {
     object: Arc<ServiceObject>,
+    /// The inline head it was decoded from: an unchanged head is not decoded again.
+    raw: Option<Arc<[u8]>>,
     /// Set iff this version is split: its parts.
     split: Option<SplitHead>,
 }
@@ -86,10 +88,20 @@ pub struct Catalog {
     heads: BTreeMap<ServiceKey, HeadRef>,
     parts: Vec<PartRef>,
     /// Every pod endpoint published, by node then pod, live node or not.
-    pods: BTreeMap<String, BTreeMap<String, PodEndpoint>>,
+    pods: BTreeMap<String, BTreeMap<String, Arc<PodCached>>>,
+    /// The settings the Services were checked against: what was checked under other
+    /// settings is checked again.
+    settings: ServiceSettings,
     /// Who holds each claim (Services not in conflict).
     holders: HashMap<Claim, ServiceKey>,
     skipped: usize,
+}
+
+/// A decoded pod endpoint with the bytes it came from.
+#[derive(Debug)]
+struct PodCached {
+    endpoint: PodEndpoint,
+    raw: Box<[u8]>,
 }
 
 /// The winning head of a Service, as far as the catalog needs it.
@@ -114,7 +126,13 @@ impl Catalog {
         settings: &ServiceSettings,
         previous: &Catalog,
     ) -> Catalog {
-        let mut c = Catalog::default();
+        let mut c = Catalog {
+            settings: settings.clone(),
+            ..Catalog::default()
+        };
+        // What the previous build decoded and checked under the same settings is reused
+        // when its bytes are unchanged: a rebuild after one change decodes one object.
+        let reuse = previous.settings == *settings;
         let mut part_values: HashMap<&'a str, &'a [u8]> = HashMap::new();
         let mut heads: Vec<(ServiceKey, &'a [u8])> = Vec::new();
         for (key, value) in objects {
@@ -138,12 +156,28 @@ impl Catalog {
                         stamp,
                     });
                 }
-                Some(ObjectKey::Pod { node, pod }) => match PodEndpoint::decode(value) {
-                    Ok(endpoint) => {
-                        c.pods.entry(node).or_default().insert(pod, endpoint);
+                Some(ObjectKey::Pod { node, pod }) => {
+                    let cached = previous
+                        .pods
+                        .get(&node)
+                        .and_then(|pods| pods.get(&pod))
+                        .filter(|p| *p.raw == *value)
+                        .cloned();
+                    let decoded = cached.or_else(|| {
+                        PodEndpoint::decode(value).ok().map(|endpoint| {
+                            Arc::new(PodCached {
+                                endpoint,
+                                raw: value.into(),
+                            })
+                        })
+                    });
+                    match decoded {
+                        Some(p) => {
+                            c.pods.entry(node).or_default().insert(pod, p);
+                        }
+                        None => c.skipped += 1,
                     }
-                    Err(_) => c.skipped += 1,
-                },
+                }
                 None => {
                     if key.starts_with(super::codec::SERVICE_PREFIX)
                         || key.starts_with(super::codec::POD_PREFIX)
@@ -154,7 +188,15 @@ impl Catalog {
             }
         }
         for (service, value) in heads {
-            let head = match decode_head(value) {
+            let prev = previous.in_use.get(&service).filter(|_| reuse);
+            if let Some(prev) = prev
+                && prev.raw.as_deref() == Some(value)
+            {
+                c.heads.insert(service.clone(), HeadRef { split: None });
+                c.in_use.insert(service, prev.clone());
+                continue;
+            }
+            let head = match decode_head_with(value, settings) {
                 Ok(head) => head,
                 Err(_) => {
                     c.skipped += 1;
@@ -166,25 +208,36 @@ impl Catalog {
                     c.heads.insert(service.clone(), HeadRef { split: None });
                     check_key(&service, &object).ok().map(|()| InUse {
                         object: Arc::new(*object),
+                        raw: Some(value.into()),
                         split: None,
                     })
                 }
                 Head::Split(split) => {
                     c.heads
                         .insert(service.clone(), HeadRef { split: Some(split) });
+                    if let Some(prev) = prev
+                        && prev.split == Some(split)
+                    {
+                        c.in_use.insert(service, prev.clone());
+                        continue;
+                    }
                     let part = |i| {
                         part_values
                             .get(part_key(&service, split.hash, i).as_str())
                             .copied()
                     };
-                    match assemble(&service, &split, part) {
+                    match assemble_with(&service, &split, part, settings) {
                         Ok(Some(object)) => Some(InUse {
                             object: Arc::new(object),
+                            raw: None,
                             split: Some(split),
                         }),
                         // Parts still on their way: the version in use stays.
                         Ok(None) => match previous.in_use.get(&service) {
-                            Some(prev) => Some(prev.clone()),
+                            Some(prev) if prev.object.spec.validate(settings).is_ok() => {
+                                Some(prev.clone())
+                            }
+                            Some(_) => None,
                             None => continue,
                         },
                         Err(_) => None,
@@ -192,10 +245,10 @@ impl Catalog {
                 }
             };
             match in_use {
-                Some(u) if u.object.spec.validate(settings).is_ok() => {
+                Some(u) => {
                     c.in_use.insert(service, u);
                 }
-                _ => c.skipped += 1,
+                None => c.skipped += 1,
             }
         }
         c.resolve(live, settings);
@@ -257,9 +310,13 @@ impl Catalog {
         keys.into_iter().collect()
     }
 
-    /// The pods `node` has published (live or not).
-    pub fn published_pods(&self, node: &str) -> Option<&BTreeMap<String, PodEndpoint>> {
-        self.pods.get(node)
+    /// The pods `node` has published (live or not), by name.
+    pub fn published_pods(&self, node: &str) -> impl Iterator<Item = (&str, &PodEndpoint)> {
+        self.pods
+            .get(node)
+            .into_iter()
+            .flatten()
+            .map(|(name, p)| (name.as_str(), &p.endpoint))
     }
 
     /// Who holds a claim, other than `me`.
@@ -379,7 +436,7 @@ struct PodIndex<'a> {
 
 impl<'a> PodIndex<'a> {
     fn new(
-        pods: &'a BTreeMap<String, BTreeMap<String, PodEndpoint>>,
+        pods: &'a BTreeMap<String, BTreeMap<String, Arc<PodCached>>>,
         live: &BTreeSet<String>,
     ) -> Self {
         let mut index = PodIndex {
@@ -391,6 +448,7 @@ impl<'a> PodIndex<'a> {
                 continue;
             }
             for (name, pod) in node_pods {
+                let pod = &pod.endpoint;
                 let i = index.pods.len() as u32;
                 index.pods.push((node, name, pod));
                 for (k, v) in &pod.labels {
@@ -869,7 +927,7 @@ pub fn pod_writes(
     let published = catalog.pods.get(node).unwrap_or(&empty);
     let mut writes = Vec::new();
     for (name, pod) in local_pods {
-        if published.get(name) == Some(pod) {
+        if published.get(name).is_some_and(|p| p.endpoint == *pod) {
             continue;
         }
         if let (Some(key), Ok(value)) = (pod_key(node, name), pod.encode()) {

@@ -217,6 +217,14 @@ impl ServiceObject {
     /// Decodes [`ServiceObject::encode`]'s bytes; `Err` iff they are malformed, have
     /// trailing bytes, or break a bound.
     pub fn decode(bytes: &[u8]) -> Result<ServiceObject, CodecError> {
+        Self::decode_with(bytes, &ServiceSettings::unrestricted())
+    }
+
+    /// [`ServiceObject::decode`], validating the spec under `settings`.
+    pub fn decode_with(
+        bytes: &[u8],
+        settings: &ServiceSettings,
+    ) -> Result<ServiceObject, CodecError> {
         if bytes.len() > MAX_OBJECT_LEN {
             return Err(CodecError::TooLarge(bytes.len()));
         }
@@ -241,7 +249,7 @@ impl ServiceObject {
             },
             created,
         };
-        object.spec.validate(&ServiceSettings::unrestricted())?;
+        object.spec.validate(settings)?;
         object.check_allocation()?;
         Ok(object)
     }
@@ -531,11 +539,19 @@ fn check_version(r: &mut Reader<'_>) -> Result<u8, CodecError> {
 
 /// Decodes the value under a Service's key.
 pub fn decode_head(bytes: &[u8]) -> Result<Head, CodecError> {
+    decode_head_with(bytes, &ServiceSettings::unrestricted())
+}
+
+/// [`decode_head`], validating an inline Service under `settings`.
+pub fn decode_head_with(bytes: &[u8], settings: &ServiceSettings) -> Result<Head, CodecError> {
     let mut r = Reader::new(bytes);
     match check_version(&mut r)? {
         TAG_INLINE => {
             let stamp = Hlc(r.u64()?);
-            let object = Box::new(ServiceObject::decode(r.take(r.remaining())?)?);
+            let object = Box::new(ServiceObject::decode_with(
+                r.take(r.remaining())?,
+                settings,
+            )?);
             Ok(Head::Inline { stamp, object })
         }
         TAG_SPLIT => {
@@ -586,7 +602,17 @@ pub fn decode_part(bytes: &[u8]) -> Result<Part<'_>, CodecError> {
 pub fn assemble<'a>(
     key: &ServiceKey,
     head: &SplitHead,
+    part: impl FnMut(u16) -> Option<&'a [u8]>,
+) -> Result<Option<ServiceObject>, CodecError> {
+    assemble_with(key, head, part, &ServiceSettings::unrestricted())
+}
+
+/// [`assemble`], validating the Service under `settings`.
+pub fn assemble_with<'a>(
+    key: &ServiceKey,
+    head: &SplitHead,
     mut part: impl FnMut(u16) -> Option<&'a [u8]>,
+    settings: &ServiceSettings,
 ) -> Result<Option<ServiceObject>, CodecError> {
     let mut bytes = Vec::with_capacity(head.len as usize);
     for i in 0..head.parts {
@@ -607,7 +633,7 @@ pub fn assemble<'a>(
     if version_hash(head.stamp, &bytes) != head.hash {
         return Err(CodecError::HashMismatch);
     }
-    let object = ServiceObject::decode(&bytes)?;
+    let object = ServiceObject::decode_with(&bytes, settings)?;
     check_key(key, &object)?;
     Ok(Some(object))
 }
