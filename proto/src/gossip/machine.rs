@@ -181,7 +181,8 @@ struct Relay {
 /// The full-state pull.
 #[derive(Debug, Clone)]
 struct Pull {
-    /// Full state is wanted: a fresh joiner, or a node cut off past the GC horizon.
+    /// Full state is wanted: a fresh joiner, a node cut off past the GC horizon, or one
+    /// whose anti-entropy found too much to repair by datagrams.
     needed: bool,
     /// Drop local objects the server lacks that are older than the GC horizon.
     behind: bool,
@@ -191,6 +192,8 @@ struct Pull {
     /// A node that contacted us while we knew no live member: pull from it when there is
     /// neither a live member nor a seed to pull from.
     hint: Option<Dest>,
+    /// The member anti-entropy found far apart from us: pull from it first.
+    prefer: Option<Dest>,
 }
 
 /// One node's gossip: SWIM membership with Lifeguard, its own record, cluster objects,
@@ -323,6 +326,7 @@ impl Gossip {
                 next_attempt: now,
                 next_id: 0,
                 hint: None,
+                prefer: None,
             },
             next_gossip,
             next_push_pull,
@@ -506,6 +510,13 @@ impl Gossip {
         };
         self.apply_object(now, key, entry, true);
         Ok(())
+    }
+
+    /// A fresh HLC timestamp at `now`: above every timestamp this node has issued or
+    /// seen. The shell stamps what it writes with it — a Service's creation time, the
+    /// version of a split Service — so stamps order like the writes they go with.
+    pub fn stamp(&mut self, now: Instant) -> Hlc {
+        self.hlc.tick(self.wall_ms(now))
     }
 
     /// Leaves the cluster: gossips `Left` (peers drop this node at once) and stops

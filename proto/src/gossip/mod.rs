@@ -17,7 +17,7 @@
 //! `poll_event`. See docs/gossip.md for the design and measurements.
 
 mod broadcast;
-mod codec;
+pub(crate) mod codec;
 mod config;
 mod crypto;
 mod hlc;
@@ -31,7 +31,7 @@ mod stats;
 pub mod subnet;
 
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 
 pub use codec::DecodeError;
 pub use config::{

@@ -205,7 +205,7 @@ impl Sim {
         }
     }
 
-    fn wall_ms(&self, i: usize) -> u64 {
+    pub(crate) fn wall_ms(&self, i: usize) -> u64 {
         let ms = (self.now - self.base).as_millis() as i64 + self.nodes[i].skew_ms;
         (WALL0 as i64 + ms) as u64
     }

@@ -7,12 +7,20 @@
 //! Nothing here does I/O or reads a clock: every input that depends on time takes `now`.
 //! See docs/services.md for the design and its measurements.
 
+pub mod catalog;
+pub mod codec;
 pub mod dns;
+pub mod lb;
 pub mod spec;
 pub mod table;
 
 pub use spec::{
-    Algorithm, ClusterIp, ExplicitBackend, HealthCheck, Protocol, ServicePort, ServiceSpec,
-    ServiceType, SessionAffinity, SpecError,
+    Algorithm, ClusterIp, ExplicitBackend, FieldSegment, HealthCheck, Protocol, ServicePort,
+    ServiceSettings, ServiceSpec, ServiceType, SessionAffinity, SpecError,
 };
 pub use table::{Endpoint, ResolvedPort, ResolvedService, ServiceKey, ServiceStatus, ServiceTable};
+
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+pub(crate) mod test_support;

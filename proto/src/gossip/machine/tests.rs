@@ -1038,3 +1038,23 @@ fn replies_go_to_the_recorded_address() {
         .collect();
     assert_eq!(sent, vec![addr(2)]);
 }
+
+/// `stamp` orders after everything the node has issued or seen: a Service stamped on a
+/// node whose clock is behind is still newer than the writes it already received.
+#[test]
+fn stamps_grow_and_pass_every_timestamp_seen() {
+    let now = Instant::now();
+    let (mut a, mut b) = join_pair(now);
+    // b's wall clock is 5 s behind a's.
+    b.set_wall_clock(now, 1_700_000_000_000 - 5_000);
+    let first = b.stamp(now);
+    let second = b.stamp(now);
+    assert!(second > first);
+    assert_eq!(first.physical_ms(), 1_700_000_000_000 - 5_000);
+    a.set_object(now, "k", Some(vec![1])).expect("valid");
+    a.handle_timeout(now + Duration::from_secs(1));
+    pump(now, &mut a, &mut b);
+    let seen = b.objects.entry("k").expect("gossiped").hlc;
+    assert!(seen > second);
+    assert!(b.stamp(now) > seen);
+}

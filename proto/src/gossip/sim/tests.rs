@@ -339,6 +339,90 @@ fn missed_writes_are_repaired_by_anti_entropy() {
     eprintln!("anti-entropy repaired 30 objects after {t:?}");
 }
 
+/// A node far behind (more objects missed than the broadcast queue holds, in most
+/// digest buckets) is repaired by a full-state pull that anti-entropy starts, not by
+/// 32 KiB answers every push-pull interval.
+#[test]
+fn anti_entropy_pulls_full_state_from_a_member_far_apart() {
+    let mut sim = joined(13, 4);
+    sim.keep_events = false;
+    sim.partition(|i| u32::from(i == 3));
+    // More than the piggyback queue holds (4096): most never go out as broadcasts.
+    sim.with(0, |g, now| {
+        for k in 0..5000 {
+            g.set_object(now, &format!("obj/{k}"), Some(vec![1; 100]))
+                .expect("valid");
+        }
+    });
+    sim.run_until(sim.now + secs(1.0));
+    sim.heal();
+    let pulls_before: u64 = (0..4)
+        .map(|i| sim.gossip(i).stats().streams_completed)
+        .sum();
+    let t = sim
+        .run_until_pred(secs(120.0), secs(0.5), |s| {
+            s.running().all(|i| s.gossip(i).objects().count() == 5000)
+        })
+        .expect("every node catches up");
+    let pulls: u64 = (0..4)
+        .map(|i| sim.gossip(i).stats().streams_completed)
+        .sum();
+    assert!(pulls > pulls_before, "caught up without a pull");
+    // Two push-pull intervals (15 s) at most, not the minutes of 32 KiB answers.
+    assert!(t < secs(35.0), "{t:?}");
+}
+
+/// A digest bucket holding more than one 32 KiB answer: a missed write sorting last in
+/// it is still repaired (each answer starts at a random entry of the bucket).
+#[test]
+fn anti_entropy_repairs_entries_at_the_end_of_large_buckets() {
+    let mut config = lan_config();
+    config.timing.push_pull_interval = secs(1.0);
+    let mut sim = Sim::new(14, 3, config, NetConfig::default(), secs(1.0));
+    sim.run_until_pred(secs(30.0), secs(0.1), Sim::converged)
+        .expect("join");
+    sim.keep_events = false;
+    // About 94 objects of 700 B in each of the 32 buckets: ~66 KiB per bucket.
+    sim.with(0, |g, now| {
+        for k in 0..3000 {
+            g.set_object(now, &format!("obj/{k:05}"), Some(vec![1; 700]))
+                .expect("valid");
+        }
+    });
+    sim.run_until_pred(secs(120.0), secs(0.5), |s| {
+        s.running().all(|i| s.gossip(i).objects().count() == 3000)
+    })
+    .expect("loaded");
+    // Node 2 misses three writes whose keys sort after every other key of their bucket.
+    sim.partition(|i| u32::from(i == 2));
+    for k in 0..3 {
+        sim.with(k % 2, |g, now| {
+            g.set_object(now, &format!("zzz/{k}"), Some(vec![2; 700]))
+                .expect("valid")
+        });
+    }
+    // The three are the least-sent broadcasts: they are sent their 6 times (to node 0
+    // or 1, or lost towards node 2) within a few gossip rounds — and before node 2
+    // declares anyone dead (then, alone, it would pull full state on the heal).
+    sim.run_until(sim.now + secs(1.0));
+    assert!(sim.running().all(|i| {
+        sim.gossip(i)
+            .member(&sim.nodes[(i + 1) % 3].name)
+            .is_some_and(|m| m.state.is_up())
+    }));
+    sim.heal();
+    let pulls_before = sim.gossip(2).stats().streams_completed;
+    sim.run_until_pred(secs(60.0), secs(0.5), |s| {
+        s.gossip(2).objects().count() == 3003
+    })
+    .expect("node 2 repaired");
+    assert_eq!(
+        sim.gossip(2).stats().streams_completed,
+        pulls_before,
+        "repaired by datagrams, not a pull"
+    );
+}
+
 #[test]
 fn a_restarted_node_replaces_its_old_record() {
     let mut sim = joined(12, 5);
