@@ -247,8 +247,13 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
                         endpoints,
                         ..Default::default()
                     };
-                    let report =
-                        crate::bench::services::run(&name, &overlayd_bin, &options, keep, &mut log)?;
+                    let report = crate::bench::services::run(
+                        &name,
+                        &overlayd_bin,
+                        &options,
+                        keep,
+                        &mut log,
+                    )?;
                     (serde_json::to_string_pretty(&report), report.table())
                 }
             };

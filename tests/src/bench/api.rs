@@ -106,9 +106,9 @@ mod tests {
 
     /// A temporary directory removed on drop (no extra crate for one test).
     mod tempdir {
-        pub struct Dir(std::path::PathBuf);
+        pub(super) struct Dir(std::path::PathBuf);
         impl Dir {
-            pub fn new() -> Dir {
+            pub(super) fn new() -> Dir {
                 use std::sync::atomic::{AtomicU32, Ordering};
                 static N: AtomicU32 = AtomicU32::new(0);
                 let path = std::env::temp_dir().join(format!(
@@ -119,7 +119,7 @@ mod tests {
                 std::fs::create_dir_all(&path).unwrap();
                 Dir(path)
             }
-            pub fn path(&self) -> &std::path::Path {
+            pub(super) fn path(&self) -> &std::path::Path {
                 &self.0
             }
         }

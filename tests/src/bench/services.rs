@@ -260,7 +260,10 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
     targets.push(Target {
         name: "haproxy",
         ip: HAPROXY_VIP,
-        describe: format!("{HAPROXY_VIP} (HAProxy on {CLIENT_NODE}, pid {})", haproxy.pid()),
+        describe: format!(
+            "{HAPROXY_VIP} (HAProxy on {CLIENT_NODE}, pid {})",
+            haproxy.pid()
+        ),
     });
     let nft = NftDnat::load(&node_ns, backend.ip, &client)?;
     targets.push(Target {
@@ -360,7 +363,12 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
     })
 }
 
-fn measure_target(t: &Target, client: &Pod, backend: &Pod, o: &Options) -> Result<Sample, LabError> {
+fn measure_target(
+    t: &Target,
+    client: &Pod,
+    backend: &Pod,
+    o: &Options,
+) -> Result<Sample, LabError> {
     let tcp = Iperf {
         client_ns: &client.netns,
         server_ns: &backend.netns,
@@ -468,7 +476,14 @@ impl Haproxy {
         };
         netns::run_in(
             node_ns,
-            &["ip", "addr", "add", &format!("{HAPROXY_VIP}/32"), "dev", "lo"],
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{HAPROXY_VIP}/32"),
+                "dev",
+                "lo",
+            ],
         )?;
         let out = open_log(&log)?;
         let err = out.try_clone().map_err(|source| LabError::Io {
@@ -502,7 +517,14 @@ impl Drop for Haproxy {
         drop(self.child.take());
         let _ = netns::run_in(
             &self.node_ns,
-            &["ip", "addr", "del", &format!("{HAPROXY_VIP}/32"), "dev", "lo"],
+            &[
+                "ip",
+                "addr",
+                "del",
+                &format!("{HAPROXY_VIP}/32"),
+                "dev",
+                "lo",
+            ],
         );
     }
 }
@@ -771,7 +793,12 @@ fn memory(
         .collect();
     let listed = |socket: &Path| {
         api::call_as::<ServiceList>(socket, &Request::ServiceList)
-            .map(|l| l.services.iter().filter(|s| s.spec.name.starts_with("load-")).count())
+            .map(|l| {
+                l.services
+                    .iter()
+                    .filter(|s| s.spec.name.starts_with("load-"))
+                    .count()
+            })
             .unwrap_or(0)
     };
     let mut counts: Vec<usize>;
@@ -934,7 +961,8 @@ mod tests {
         let b = load_spec(9_999, 10);
         assert_eq!(a.backends.len(), 10);
         assert_eq!(b.name, "load-9999");
-        assert!(a.validate().is_ok() && b.validate().is_ok());
+        let settings = overlayd_proto::service::spec::ServiceSettings::unrestricted();
+        assert!(a.validate(&settings).is_ok() && b.validate(&settings).is_ok());
         assert!(!a.health_check.enabled);
         let all: std::collections::HashSet<_> = (0..10_000)
             .flat_map(|i| load_spec(i, 10).backends)
