@@ -241,6 +241,7 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
         describe: format!("{} ({BACKEND_POD})", backend.ip),
     }];
     log("adding the Service for the vip path");
+    let mut vip_skipped = None;
     let vip = match add_bench_service(lab, &backend) {
         Ok(vip) => {
             targets.push(Target {
@@ -252,6 +253,7 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
         }
         Err(e) => {
             notes.push(format!("vip: not measured: {e}"));
+            vip_skipped = Some(e.to_string());
             None
         }
     };
@@ -290,7 +292,7 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
         paths.insert(
             1,
             PathReport {
-                skipped: notes.first().cloned(),
+                skipped: vip_skipped,
                 ..summarize(
                     &Target {
                         name: "vip",
@@ -502,8 +504,24 @@ impl Haproxy {
             source,
         })?;
         me.child = Some(ChildGuard(child));
-        measure::wait_listening(node_ns, HTTP_PORT, Duration::from_secs(10))?;
-        measure::wait_listening(node_ns, IPERF_PORT, Duration::from_secs(10))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in [HTTP_PORT, IPERF_PORT] {
+            while measure::wait_listening(node_ns, port, Duration::ZERO).is_err() {
+                let exited = me
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.0.try_wait().ok().flatten());
+                if exited.is_some() || Instant::now() >= deadline {
+                    let text = fs::read_to_string(&log).unwrap_or_default();
+                    return Err(LabError::Bench(format!(
+                        "HAProxy does not listen on {HAPROXY_VIP}:{port} ({}); {}:\n{text}",
+                        exited.map_or_else(|| "still starting".into(), |s| s.to_string()),
+                        log.display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         Ok(me)
     }
 
@@ -545,7 +563,7 @@ fn open_log(path: &Path) -> Result<fs::File, LabError> {
 pub fn haproxy_config(vip: Ipv4Addr, backend: Ipv4Addr) -> String {
     let mut cfg = String::from(
         "# overlayd lab bench services: HAProxy as a Service proxy (TCP mode)\n\
-         global\n    maxconn 100000\n\n\
+         global\n    maxconn 4000\n\n\
          defaults\n    mode tcp\n    option splice-auto\n    timeout connect 5s\n    \
          timeout client 60s\n    timeout server 60s\n",
     );
@@ -618,7 +636,7 @@ pub fn nft_dnat_ruleset(vip: Ipv4Addr, backend: Ipv4Addr) -> String {
          \t\telements = {{ {} }}\n\t}}\n\
          \tchain nat-prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\
          \t\tjump services\n\t}}\n\
-         \tchain nat-output {{\n\t\ttype nat hook output priority dstnat; policy accept;\n\
+         \tchain nat-output {{\n\t\ttype nat hook output priority -100; policy accept;\n\
          \t\tjump services\n\t}}\n\
          \tchain nat-postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tjump masquerading\n\t}}\n\
