@@ -425,13 +425,13 @@ pub(super) fn num(v: Option<f64>, digits: usize) -> String {
 impl Report {
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<22} {:>8} {:>8} {:>9} {:>8} {:>9} {:>8} {:>7} {:>7}  {}\n",
+            "{:<22} {:>7} {:>7} {:>7} {:>8} {:>11} {:>8} {:>6} {:>7}  {}\n",
             "PATH",
             "GBPS_1",
             "GBPS_4",
-            "UDP_LOSS",
-            "UDP_GBPS",
             "RTT_MS",
+            "UDP_LOSS",
+            "UDP_RX/TX",
             "CPU_S/GB",
             "RATIO",
             "RATIO_4",
@@ -440,14 +440,14 @@ impl Report {
         for p in &self.paths {
             let _ = writeln!(
                 out,
-                "{:<22} {:>8} {:>8} {:>9} {:>8} {:>9} {:>8} {:>7} {:>7}  {}",
+                "{:<22} {:>7} {:>7} {:>7} {:>8} {:>11} {:>8} {:>6} {:>7}  {}",
                 p.name,
                 num(p.gbps_1, 2),
                 num(p.gbps_4, 2),
-                p.udp_loss
-                    .map_or_else(|| "n/a".into(), |l| format!("{:.2}%", l * 100.0)),
-                num(p.udp_gbps, 2),
                 num(p.rtt_ms, 3),
+                p.udp_loss
+                    .map_or_else(|| "n/a".into(), |l| format!("{:.1}%", l * 100.0)),
+                format!("{}/{}", num(p.udp_gbps, 2), num(p.udp_sent_gbps, 2)),
                 num(p.cpu_s_per_gb, 2),
                 num(p.ratio, 2),
                 num(p.ratio_4, 2),
@@ -456,10 +456,11 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "(medians of {} repeats; iperf3 -t {} per run; UDP offered {}bit/s in {}-byte \
-             datagrams; RTT: median of {} pings 10 ms apart; CPU: sending + receiving \
-             daemon per GB in the 1-stream run; RATIO: GBPS_1 / the reference's)",
-            self.repeat, self.seconds, self.udp_rate, self.udp_len, self.pings
+            "(medians of {} repeats; iperf3 -t {} per run, Gbit/s at the receiver; RTT: median \
+             of {} pings 10 ms apart; UDP: {}-byte datagrams offered at {}bit/s, loss and \
+             Gbit/s received/sent; CPU: sending + receiving daemon per GB in the 1-stream run; \
+             RATIO(_4): GBPS_1 (GBPS_4) / the reference's)",
+            self.repeat, self.seconds, self.pings, self.udp_len, self.udp_rate
         );
         out
     }
@@ -516,7 +517,10 @@ mod tests {
             paths: vec![path("kernel-vxlan", None), path("udp", Some(3.25))],
         };
         let table = report.table();
-        assert!(table.contains("12.50%"), "{table}");
+        assert!(
+            table.contains("12.5%") && table.contains("0.90/1.00"),
+            "{table}"
+        );
         assert!(table.lines().nth(1).unwrap().contains("n/a"), "{table}");
         assert!(table.lines().nth(2).unwrap().contains("3.25"), "{table}");
         let json = serde_json::to_value(&report).unwrap();
