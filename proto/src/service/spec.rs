@@ -75,7 +75,9 @@ fn default_affinity_timeout() -> u32 {
 }
 
 /// The four Service types of Kubernetes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum ServiceType {
     /// A virtual IP reachable from every pod and node, balanced by every node.
     #[default]
@@ -86,10 +88,18 @@ pub enum ServiceType {
     NodePort,
     /// NodePort, plus an external IP held by one live node on the segment where it is
     /// on-link.
-    #[serde(rename = "LoadBalancer", alias = "load_balancer", alias = "loadbalancer")]
+    #[serde(
+        rename = "LoadBalancer",
+        alias = "load_balancer",
+        alias = "loadbalancer"
+    )]
     LoadBalancer,
     /// A DNS CNAME to `external_name`; nothing is proxied.
-    #[serde(rename = "ExternalName", alias = "external_name", alias = "externalname")]
+    #[serde(
+        rename = "ExternalName",
+        alias = "external_name",
+        alias = "externalname"
+    )]
     ExternalName,
 }
 
@@ -150,7 +160,9 @@ impl ServicePort {
 }
 
 /// Transport protocol of a Service port.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum Protocol {
     #[default]
     #[serde(rename = "TCP", alias = "tcp")]
