@@ -48,9 +48,13 @@ pub use relay::RelayMode;
 /// How the proxy relays and how patient it is with backends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyConfig {
-    /// `splice` (zero-copy through a pipe, the default: faster, see docs/services.md) or
-    /// `copy` (through a userspace buffer).
+    /// `copy` (the default: measured faster on loopback, see docs/services.md) or
+    /// `splice` (zero-copy through a pipe per direction).
     pub relay: RelayMode,
+    /// The most bytes one relay step moves: the size of each worker thread's scratch
+    /// buffer (copy), or each pipe's capacity (splice, which holds up to this much per
+    /// direction of a busy connection).
+    pub relay_chunk: usize,
     /// A connect to a backend not done within this fails (and counts against it).
     pub connect_timeout: Duration,
     /// Backends a connection tries before the client is reset.
@@ -68,6 +72,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             relay: RelayMode::default(),
+            relay_chunk: 256 * 1024,
             connect_timeout: Duration::from_millis(1500),
             connect_tries: 3,
             socket_buffer: None,

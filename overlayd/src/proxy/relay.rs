@@ -7,10 +7,22 @@
 //!   its FIN) resets the other (`SO_LINGER` 0, then close), so a peer that aborts is seen
 //!   to abort, not to finish cleanly.
 //!
-//! Bytes move with `splice(2)` through a pipe (socket → pipe → socket, no copy into user
-//! space) or, with [`RelayMode::Copy`], through one buffer per direction allocated once
-//! per connection. Neither allocates per packet.
+//! Bytes move in one of two ways ([`RelayMode`]; measured in docs/services.md):
+//!
+//! - **copy** (the default): `recv(MSG_PEEK)` into a scratch buffer of the worker thread,
+//!   `send` to the other socket, then `recv(MSG_TRUNC)` to discard from the source exactly
+//!   what was sent. Bytes the destination has no room for stay in the source socket's
+//!   receive buffer, where TCP flow control already holds them, so a connection owns no
+//!   buffer of its own: an idle connection costs nothing beyond its sockets, and the
+//!   scratch buffer (one per thread) stays in cache. The price is a third system call per
+//!   chunk, and when the destination is nearly full, a peek that copies more than is
+//!   sent (the rest is peeked again later).
+//! - **splice**: `splice(2)` socket → pipe → socket, no copy through user space; a pipe
+//!   per direction (two descriptors each) for the connection's life.
+//!
+//! Neither allocates per packet or per connection.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -24,19 +36,16 @@ use tokio::net::TcpStream;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RelayMode {
-    /// `splice(2)` through a pipe per direction (zero-copy). Measured faster on
-    /// loopback; see docs/services.md.
+    /// Peek, send, discard through a per-thread buffer. Measured faster than splice on
+    /// loopback, in throughput and in CPU per byte; see docs/services.md.
     #[default]
-    Splice,
-    /// `read`/`write` through a buffer per direction.
     Copy,
+    /// `splice(2)` through a pipe per direction (zero-copy).
+    Splice,
 }
 
-/// Bytes one splice into the pipe may move: the pipe's default capacity (16 pages).
-/// Larger pipes measured no faster (docs/services.md).
-const PIPE_CHUNK: usize = 64 * 1024;
-/// The copy buffer of one direction.
-const COPY_BUF: usize = 64 * 1024;
+/// A pipe's capacity unless raised with F_SETPIPE_SZ (16 pages).
+const DEFAULT_PIPE: usize = 64 * 1024;
 
 /// How a relayed connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,17 +67,20 @@ pub(super) fn set_reset_on_close(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
-/// Relays until both directions have ended, counting bytes as they pass. Consumes the
+/// Relays until both directions have ended, counting bytes as they pass. `chunk` is the
+/// most one step moves: the copy's scratch buffer, or the pipe's capacity. Consumes the
 /// sockets: on return they are closed (normally, or with RST after a reset).
 pub(super) async fn relay(
     client: TcpStream,
     backend: TcpStream,
     mode: RelayMode,
+    chunk: usize,
     to_backend: &AtomicU64,
     from_backend: &AtomicU64,
 ) -> RelayEnd {
+    let chunk = chunk.max(4096);
     let pipes = match mode {
-        RelayMode::Splice => match (Pipe::new(), Pipe::new()) {
+        RelayMode::Splice => match (Pipe::new(chunk), Pipe::new(chunk)) {
             (Ok(a), Ok(b)) => Some((a, b)),
             // Out of file descriptors, say: this connection copies instead.
             (Err(e), _) | (_, Err(e)) => {
@@ -89,13 +101,11 @@ pub(super) async fn relay(
             .await
         }
         None => {
-            let mut up = vec![0u8; COPY_BUF];
-            let mut down = vec![0u8; COPY_BUF];
             both_ways(
                 &client,
                 &backend,
-                pump_copy(&client, &backend, &mut up, to_backend),
-                pump_copy(&backend, &client, &mut down, from_backend),
+                pump_copy(&client, &backend, chunk, to_backend),
+                pump_copy(&backend, &client, chunk, from_backend),
             )
             .await
         }
@@ -176,22 +186,98 @@ pub(super) async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()>
     Ok(())
 }
 
+thread_local! {
+    /// The copy's scratch buffer: one per worker thread, used only between two awaits,
+    /// so never by two connections at once.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What one copy step did.
+enum Step {
+    Moved(usize),
+    Eof,
+    /// The destination had no room: nothing was consumed.
+    DstFull,
+}
+
 async fn pump_copy(
     src: &TcpStream,
     dst: &TcpStream,
-    buf: &mut [u8],
+    chunk: usize,
     count: &AtomicU64,
 ) -> io::Result<()> {
     loop {
-        let n = src
-            .async_io(Interest::READABLE, || src.try_read(buf))
-            .await?;
-        if n == 0 {
-            return shutdown_write(dst);
+        src.readable().await?;
+        // Through src's readiness: nothing to peek clears it, and the next readable()
+        // waits for data.
+        match src.try_io(Interest::READABLE, || copy_step(src, dst, chunk)) {
+            Ok(Step::Moved(n)) => {
+                count.fetch_add(n as u64, Relaxed);
+            }
+            Ok(Step::Eof) => return shutdown_write(dst),
+            Ok(Step::DstFull) => dst.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
-        write_all(dst, &buf[..n]).await?;
-        count.fetch_add(n as u64, Relaxed);
     }
+}
+
+/// Peek up to `chunk` bytes from `src`, send what `dst` takes, discard that from `src`.
+fn copy_step(src: &TcpStream, dst: &TcpStream, chunk: usize) -> io::Result<Step> {
+    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
+    SCRATCH.with_borrow_mut(|buf| {
+        if buf.len() < chunk {
+            buf.resize(chunk, 0);
+        }
+        // SAFETY: `buf` has room for `chunk` bytes.
+        let peeked = unsafe {
+            libc::recv(
+                src_fd,
+                buf.as_mut_ptr().cast(),
+                chunk,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        let peeked = usize::try_from(peeked).map_err(|_| io::Error::last_os_error())?;
+        if peeked == 0 {
+            return Ok(Step::Eof);
+        }
+        // Through dst's readiness, so a full socket clears exactly the readiness seen
+        // before the send and no wake-up is lost.
+        let sent = dst.try_io(Interest::WRITABLE, || {
+            // SAFETY: the first `peeked` bytes of `buf` were written by recv.
+            let n = unsafe {
+                libc::send(
+                    dst_fd,
+                    buf.as_ptr().cast(),
+                    peeked,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        });
+        let sent = match sent {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::DstFull),
+            Err(e) => return Err(e),
+        };
+        // SAFETY: with MSG_TRUNC, TCP discards the bytes without writing to the buffer.
+        let discarded = unsafe {
+            libc::recv(
+                src_fd,
+                std::ptr::null_mut(),
+                sent,
+                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+            )
+        };
+        // The peeked bytes are in the receive queue and only this task reads it.
+        if usize::try_from(discarded).ok() != Some(sent) {
+            return Err(io::Error::other(format!(
+                "discarding {sent} sent bytes took {discarded}"
+            )));
+        }
+        Ok(Step::Moved(sent))
+    })
 }
 
 async fn pump_splice(
@@ -205,7 +291,7 @@ async fn pump_splice(
         // The pipe is empty here: fill it from the socket, then drain it completely.
         let n = src
             .async_io(Interest::READABLE, || {
-                splice(src_fd, pipe.write.as_raw_fd(), PIPE_CHUNK)
+                splice(src_fd, pipe.write.as_raw_fd(), pipe.capacity)
             })
             .await?;
         if n == 0 {
@@ -231,10 +317,14 @@ async fn pump_splice(
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// Bytes it holds at most.
+    capacity: usize,
 }
 
 impl Pipe {
-    fn new() -> io::Result<Pipe> {
+    /// A pipe of `capacity` bytes if the kernel allows (rounded up to pages), else of the
+    /// default 64 KB.
+    fn new(capacity: usize) -> io::Result<Pipe> {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
         let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
@@ -243,7 +333,21 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        Ok(Pipe { read, write })
+        let mut pipe = Pipe {
+            read,
+            write,
+            capacity: DEFAULT_PIPE,
+        };
+        if capacity != DEFAULT_PIPE {
+            let want = libc::c_int::try_from(capacity).unwrap_or(libc::c_int::MAX);
+            // SAFETY: F_SETPIPE_SZ on a pipe we own; it returns the size set, or -1 (over
+            // pipe-max-size or the user's pipe quota), which leaves the pipe as it was.
+            let set = unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+            if let Ok(size) = usize::try_from(set) {
+                pipe.capacity = size;
+            }
+        }
+        Ok(pipe)
     }
 }
 
@@ -261,9 +365,5 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )
     };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }

@@ -131,6 +131,7 @@ async fn serve(inner: Arc<Inner>, addr: FrontendAddr, client: TcpStream, peer: S
         client,
         backend,
         inner.cfg.relay,
+        inner.cfg.relay_chunk,
         &counters.bytes_to_backend,
         &counters.bytes_from_backend,
     )
