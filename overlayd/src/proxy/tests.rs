@@ -939,13 +939,13 @@ async fn relay_throughput() {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     }
-    let configs: Vec<Option<(RelayMode, usize)>> = std::iter::once(None)
-        .chain(
-            [64 << 10, 256 << 10, 1 << 20]
-                .into_iter()
-                .flat_map(|b| [Some((RelayMode::Splice, b)), Some((RelayMode::Copy, b))]),
-        )
-        .collect();
+    // (mode, chunk, fixed socket buffers); None: straight to the sink.
+    let mut configs: Vec<Option<(RelayMode, usize, Option<usize>)>> = vec![None];
+    for chunk in [64 << 10, 256 << 10, 1 << 20] {
+        configs.push(Some((RelayMode::Splice, chunk, None)));
+        configs.push(Some((RelayMode::Copy, chunk, None)));
+    }
+    configs.push(Some((RelayMode::Copy, 256 << 10, Some(4 << 20))));
     let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); configs.len()];
     let mut n = 20;
     // Interleaved, so that a busy moment on the machine hits every configuration alike.
@@ -953,10 +953,11 @@ async fn relay_throughput() {
         for (config, result) in configs.iter().zip(&mut results) {
             let (gbps, cpu) = match config {
                 None => send(sink.addr).await,
-                Some((mode, buffer)) => {
+                Some((mode, chunk, socket_buffer)) => {
                     let proxy = Proxy::new(ProxyConfig {
                         relay: *mode,
-                        relay_chunk: *buffer,
+                        relay_chunk: *chunk,
+                        socket_buffer: *socket_buffer,
                         ..ProxyConfig::default()
                     });
                     n += 1;
@@ -976,7 +977,10 @@ async fn relay_throughput() {
     for (config, (gbps, cpu)) in configs.iter().zip(results) {
         let name = match config {
             None => "direct (no proxy)".to_owned(),
-            Some((mode, buffer)) => format!("{mode:?} {} KB", buffer >> 10),
+            Some((mode, chunk, None)) => format!("{mode:?} {} KB", chunk >> 10),
+            Some((mode, chunk, Some(b))) => {
+                format!("{mode:?} {} KB, {} MB sockbuf", chunk >> 10, b >> 20)
+            }
         };
         println!(
             "{name:>20}: {:5.1} Gbit/s, {:.2} CPU s/GB  (runs: {})",

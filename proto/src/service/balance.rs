@@ -168,6 +168,11 @@ impl Balancer {
         usable: impl Fn(BackendIndex) -> bool,
         active: impl Fn(BackendIndex) -> u64,
     ) -> Option<BackendIndex> {
+        if let Some(table) = &mut self.affinity {
+            // Cheap when nothing is due (one look at the oldest entry), so expired
+            // entries leave as time passes rather than only when the table is full.
+            table.expire(now, |_, _| {});
+        }
         if let Some(table) = &mut self.affinity
             && let Some(&mut backend) = table.touch(client.ip(), now)
             && let Ok(i) = self.backends.binary_search(&backend)
@@ -211,14 +216,6 @@ impl Balancer {
             self.pick(client, now, |i| healthy(i) && !tried.contains(&i), active)
         } else {
             self.pick(client, now, |i| !tried.contains(&i), active)
-        }
-    }
-
-    /// Forgets expired affinity entries. The table is bounded either way; this only
-    /// returns memory early.
-    pub fn expire(&mut self, now: Instant) {
-        if let Some(table) = &mut self.affinity {
-            table.expire(now, |_, _| {});
         }
     }
 
