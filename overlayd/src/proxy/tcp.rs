@@ -80,9 +80,10 @@ async fn serve(inner: Arc<Inner>, addr: FrontendAddr, client: TcpStream, peer: S
         return;
     };
     let _ = client.set_nodelay(true);
-    let mut tried = Vec::with_capacity(inner.cfg.connect_tries);
+    let tries = inner.cfg.connect_tries.max(1);
+    let mut tried = Vec::with_capacity(tries);
     let connected = loop {
-        if tried.len() >= inner.cfg.connect_tries {
+        if tried.len() >= tries {
             break None;
         }
         let Some((i, active)) = port.pick(&inner.health, peer, &tried) else {
@@ -110,10 +111,15 @@ async fn serve(inner: Arc<Inner>, addr: FrontendAddr, client: TcpStream, peer: S
         relay::set_reset_on_close(&client);
         return;
     };
-    let counters = &port.counters[i];
+    // From here the connection needs only its backend's counters: the snapshot's port
+    // (balancer, affinity table, Maglev table) is let go, so a long-lived connection
+    // does not keep an old snapshot alive.
+    let counters = port.counters[i].clone();
+    let proxy_protocol = port.port.proxy_protocol;
+    drop(port);
     counters.connections.fetch_add(1, Relaxed);
     let _ = backend.set_nodelay(true);
-    if port.port.proxy_protocol {
+    if proxy_protocol {
         // The destination is the address the client connected to (VIP, node port or
         // external IP), as the client saw it.
         let service = match client.local_addr() {
