@@ -7,10 +7,18 @@
 //! Nothing here does I/O or reads a clock: every input that depends on time takes `now`.
 //! See docs/services.md for the design and its measurements.
 
+mod aging;
+pub mod balance;
 pub mod catalog;
 pub mod codec;
 pub mod dns;
+pub mod flows;
+pub mod frontend;
+pub mod hash;
+pub mod health;
 pub mod lb;
+pub mod maglev;
+pub mod proxy_protocol;
 pub mod spec;
 pub mod table;
 
