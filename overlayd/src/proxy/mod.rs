@@ -32,17 +32,18 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use overlayd_proto::service::balance::{BackendIndex, Balancer};
 use overlayd_proto::service::flows::{UDP_IDLE, UDP_MAX_FLOWS};
-use overlayd_proto::service::frontend::{Frontend, FrontendAddr, FrontendKind};
+use overlayd_proto::service::frontend::{Frontend, FrontendAddr};
 use overlayd_proto::service::health::{
     BackendKey, HealthTable, Outcome, Transition, health_targets,
 };
-use overlayd_proto::service::{
-    Algorithm, HealthCheck, Protocol, ResolvedPort, ServiceKey, ServiceTable,
-};
+use overlayd_proto::service::{HealthCheck, Protocol, ResolvedPort, ServiceTable};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
+pub use overlayd_proto::api::{
+    BackendReport, BackendState, ListenerReport, PortKey, PortReport, ProxyReport,
+};
 pub use relay::RelayMode;
 
 /// How the proxy relays and how patient it is with backends.
@@ -80,15 +81,6 @@ impl Default for ProxyConfig {
             udp_max_flows: UDP_MAX_FLOWS,
         }
     }
-}
-
-/// A Service port, identified across table updates (a Service's ports may be
-/// reordered; protocol and port number stay).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PortKey {
-    pub service: ServiceKey,
-    pub protocol: Protocol,
-    pub port: u16,
 }
 
 /// Counters of one backend of one Service port.
@@ -551,65 +543,4 @@ impl Inner {
             );
         }
     }
-}
-
-/// Everything `overlayd services` shows of the proxy.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProxyReport {
-    /// By Service, protocol and port; a removed Service port stays while connections
-    /// to it drain.
-    pub ports: Vec<PortReport>,
-    pub listeners: Vec<ListenerReport>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PortReport {
-    #[serde(flatten)]
-    pub key: PortKey,
-    pub name: String,
-    /// `None` (like `algorithm`) once the port is gone and only drains.
-    pub target_port: Option<u16>,
-    pub algorithm: Option<Algorithm>,
-    /// Client IPs remembered under ClientIP affinity.
-    pub affinity_entries: usize,
-    /// Listeners serving this port.
-    pub frontends: Vec<FrontendAddr>,
-    pub backends: Vec<BackendReport>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BackendReport {
-    pub addr: SocketAddrV4,
-    pub state: BackendState,
-    /// Seconds in its health state.
-    pub state_for_s: Option<f64>,
-    /// Whether active health checks run for it.
-    pub checked: bool,
-    pub active: u64,
-    pub connections: u64,
-    pub failed_connects: u64,
-    pub bytes_to_backend: u64,
-    pub bytes_from_backend: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendState {
-    Up,
-    Down,
-    /// Down, and being retried by real connections (no active checks).
-    Retrying,
-    /// No longer a backend of the port; its connections are finishing.
-    Draining,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ListenerReport {
-    pub frontend: FrontendAddr,
-    pub kind: FrontendKind,
-    pub service: ServiceKey,
-    /// Why it is not bound.
-    pub error: Option<String>,
-    /// UDP: flows open.
-    pub udp_flows: Option<usize>,
 }
