@@ -37,8 +37,8 @@ use std::path::Path;
 
 pub use error::ConfigError;
 pub use schema::{
-    Bridge, Cluster, Config, Daemon, Gossip, Nat, Node, OnExit, Peer, Profile, TimingOverrides,
-    Tunnel,
+    Bridge, Cluster, Config, Daemon, Dataplane, Dns, DnsUpstream, Gossip, Nat, Node, OnExit, Peer,
+    PortRange, Profile, Services, TimingOverrides, Tunnel,
 };
 pub use seed::{Seed, SeedError};
 
