@@ -319,6 +319,15 @@ impl Catalog {
             .map(|(name, p)| (name.as_str(), &p.endpoint))
     }
 
+    /// Whether the version of `key` in use is the one its winning head names (and not the
+    /// previous one, kept while the parts of a newer version arrive).
+    pub fn is_current(&self, key: &ServiceKey) -> bool {
+        match (self.heads.get(key), self.in_use.get(key)) {
+            (Some(head), Some(in_use)) => head.split == in_use.split,
+            _ => false,
+        }
+    }
+
     /// Who holds a claim, other than `me`.
     fn held_by_other(&self, claim: Claim, me: &ServiceKey) -> Option<&ServiceKey> {
         self.holders.get(&claim).filter(|h| *h != me)
@@ -999,6 +1008,11 @@ pub fn repairs(
         let Some(object) = catalog.object(key) else {
             continue;
         };
+        // A newer version is on its way (its parts are missing here): re-allocating the
+        // version in use would overwrite it. Once it is in, it is judged on its own.
+        if !catalog.is_current(key) {
+            continue;
+        }
         let Ok(alloc) = reallocation(object, catalog, settings, &mut used) else {
             continue;
         };

@@ -569,6 +569,50 @@ fn a_split_service_keeps_its_previous_version_until_every_part_of_the_new_one_is
     );
 }
 
+/// A Pending Service whose newer version is still arriving is left alone: re-allocating
+/// the version in use would overwrite the newer one.
+#[test]
+fn a_pending_service_with_a_newer_version_in_flight_is_not_reallocated() {
+    let mut w = World::new(small());
+    let a = allocate(&spec("a"), Hlc::new(WALL, 1), &w.catalog, &w.settings).unwrap();
+    let mut big = allocate(
+        &with_backends("big", 300),
+        Hlc::new(WALL, 2),
+        &w.catalog,
+        &w.settings,
+    )
+    .unwrap();
+    big.alloc = a.alloc.clone();
+    w.write(&a);
+    w.write(&big);
+    assert!(matches!(w.service("big").status, ServiceStatus::Pending(_)));
+    assert!(w.catalog.is_current(&key("big")));
+    // The user's update: its head arrives, its parts do not (yet).
+    let mut v2 = big.clone();
+    v2.spec.backends.pop();
+    let stamp = w.stamp();
+    let writes = service_writes(&v2, stamp, &w.catalog.part_keys(&key("big"))).unwrap();
+    let (parts, rest): (Vec<ObjectWrite>, Vec<ObjectWrite>) = writes
+        .into_iter()
+        .partition(|w| w.value.is_some() && w.key.matches('/').count() == 4);
+    w.apply(&rest);
+    assert!(!w.catalog.is_current(&key("big")));
+    assert_eq!(w.service("big").endpoints.len(), 300);
+    assert!(w.housekeep().is_empty());
+    // Once it is in, it is re-allocated like any other.
+    w.apply(&parts);
+    assert!(w.catalog.is_current(&key("big")));
+    assert_eq!(
+        w.housekeep()
+            .iter()
+            .filter(|w| w.key == "svc/default/big")
+            .count(),
+        1
+    );
+    assert!(w.service("big").is_active());
+    assert_eq!(w.service("big").endpoints.len(), 299);
+}
+
 #[test]
 fn the_housekeeper_deletes_orphaned_parts_after_the_grace_only() {
     let mut w = World::new(ServiceSettings::default());
