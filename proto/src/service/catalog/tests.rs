@@ -276,6 +276,23 @@ fn allocation_starts_at_the_preferred_slot_and_probes_upward() {
 }
 
 #[test]
+fn putting_the_same_spec_again_writes_nothing() {
+    let mut w = World::new(ServiceSettings::default());
+    let s = node_port(&spec("web"));
+    w.put(&s).unwrap();
+    let stamp = w.stamp();
+    assert_eq!(put_service(&s, stamp, &w.catalog, &w.settings), Ok(vec![]));
+    let both = [s.clone(), spec("api")];
+    let writes = put_services(&both, stamp, &w.catalog, &w.settings).unwrap();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].key, "svc/default/api");
+    // Still checked: an invalid spec is refused, unchanged or not.
+    let mut bad = s;
+    bad.ports[0].port = 0;
+    assert!(put_service(&bad, stamp, &w.catalog, &w.settings).is_err());
+}
+
+#[test]
 fn an_update_keeps_the_allocation_and_the_creation_stamp() {
     let mut w = World::new(ServiceSettings::default());
     let s = node_port(&spec("web"));
