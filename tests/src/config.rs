@@ -81,6 +81,9 @@ pub fn node_config(topology: &Topology, node: &NodeSpec, lab: &str) -> Result<Co
         },
         gossip: gossip(topology, node, &run_dir),
         peers: static_peers(topology, &node.name),
+        services: Default::default(),
+        dns: Default::default(),
+        service_specs: Vec::new(),
     };
     config.cluster.cidr = topology.cluster_cidr();
     if topology.gossip() {

@@ -22,6 +22,11 @@ pub mod proxy_protocol;
 pub mod spec;
 pub mod table;
 
+pub use catalog::{
+    AllocError, Catalog, Housekeeping, allocate, delete_service, housekeeper, pod_writes,
+    put_service, put_services, repairs,
+};
+pub use codec::{Allocation, ObjectWrite, PodEndpoint, ServiceObject};
 pub use spec::{
     Algorithm, ClusterIp, ExplicitBackend, FieldSegment, HealthCheck, Protocol, ServicePort,
     ServiceSettings, ServiceSpec, ServiceType, SessionAffinity, SpecError,
