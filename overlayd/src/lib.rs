@@ -19,6 +19,7 @@ pub mod netns;
 pub mod nft;
 pub mod pods;
 pub mod proxy;
+pub mod services;
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new contents, never
 /// a mix: a temporary file next to it, fsync, rename, fsync of the directory.

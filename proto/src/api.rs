@@ -102,6 +102,11 @@ pub struct Status {
     pub pod_mtu: u32,
     pub peers: usize,
     pub pods: usize,
+    /// Services the cluster has.
+    pub services: usize,
+    /// The cluster DNS responder's counters (queries, answered, nxdomain, forwarded, …);
+    /// empty with `dns.enabled = false`.
+    pub dns: BTreeMap<String, u64>,
     pub uptime_s: u64,
     /// Tunnel drops by reason, every reason listed.
     pub drops: BTreeMap<String, u64>,
