@@ -24,10 +24,14 @@ fn describe(
     error: &serde_path_to_error::Error<toml::de::Error>,
 ) -> ConfigError {
     let path = KeyPath::from(error.path());
-    let span = error
-        .inner()
-        .span()
-        .unwrap_or_else(|| doc.locate(&path).span);
+    // toml gives the span of the whole array for an element that does not parse: point
+    // at the element itself.
+    let element = doc.locate(&path);
+    let span = match error.inner().span() {
+        Some(_) if path.is_element() && element.present => element.span,
+        Some(span) => span,
+        None => element.span,
+    };
     let raw = error.inner().message();
     // serde words these two itself and quotes every name in backticks.
     let names = backticked(raw);

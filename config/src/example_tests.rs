@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use overlayd_proto::gossip::Timing;
 
 use crate::parse;
-use crate::schema::{Bridge, Cluster, Daemon, Gossip, Nat, Profile, Tunnel};
+use crate::schema::{Bridge, Cluster, Daemon, Dns, Gossip, Nat, Profile, Services, Tunnel};
 use crate::test_support::schema_keys;
 
 const EXAMPLE: &str = include_str!("../overlayd.example.toml");
@@ -19,6 +19,12 @@ fn example_parses() {
     assert_eq!(config.node.name, "node-1");
     assert_eq!(config.peers.len(), 2);
     assert_eq!(config.gossip, None);
+    let names: Vec<&str> = config
+        .service_specs
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["web", "api", "db"]);
 }
 
 #[test]
@@ -70,6 +76,27 @@ fn example_values_are_valid_and_defaults_match_the_code() {
     );
     assert_eq!(config.nat, Nat::default());
     assert_eq!(config.daemon, Daemon::default());
+    assert_eq!(
+        Services {
+            external_pool: Vec::new(),
+            ..config.services
+        },
+        Services::default()
+    );
+    assert_eq!(
+        Dns {
+            upstream: Vec::new(),
+            ..config.dns
+        },
+        Dns::default()
+    );
+    // The commented-out values of every [[service]] key work together.
+    assert_eq!(config.service_specs.len(), 3);
+    assert_eq!(
+        config.service_specs[1].external_ip,
+        Some("192.0.2.10".parse().unwrap())
+    );
+    assert_eq!(config.service_specs[0].health_check, Default::default());
     assert_eq!(config.node.zone, "default");
     let gossip = config.gossip.unwrap();
     assert_eq!(gossip.bind, Gossip::default_bind());

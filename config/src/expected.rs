@@ -22,6 +22,13 @@ fn for_element(schema_key: &str) -> Option<&'static str> {
              IPv4 address or a DNS name, PORT 1 to 65535, default gossip.bind's)"
         }
         "gossip.key_files" => "an absolute path like /etc/overlayd/gossip.key",
+        "service" => "a [[service]] table with at least `name` and `ports`",
+        "service.ports" => "a port table with at least `port`, like { name = \"http\", port = 80 }",
+        "service.backends" => {
+            "a backend like \"192.0.2.10\" or \"192.0.2.10:8080\" (IPV4 or IPV4:PORT)"
+        }
+        "services.external_pool" => "an IPv4 subnet like 192.0.2.0/28",
+        "dns.upstream" => "an IPv4 address or IP:PORT, like 192.0.2.53 or 198.51.100.1:5353",
         _ => return None,
     };
     Some(expected)
@@ -30,6 +37,12 @@ fn for_element(schema_key: &str) -> Option<&'static str> {
 /// What the key at `schema_key` (a path without array indices, such as
 /// `peer.pod_subnet`) expects; `None` for keys the schema does not have.
 pub(crate) fn for_schema_key(schema_key: &str) -> Option<&'static str> {
+    // A selector's keys are the user's labels.
+    if schema_key.starts_with("service.selector.") {
+        return Some(
+            "a label value like \"web\" (at most 63 characters of A-Z, a-z, 0-9, '-', '_' and '.')",
+        );
+    }
     let expected = match schema_key {
         "" => "a TOML document with a [node] table",
         "node" => "a [node] table with at least `name`, and `pod_subnet` unless [gossip] is set",
@@ -102,6 +115,51 @@ pub(crate) fn for_schema_key(schema_key: &str) -> Option<&'static str> {
         "daemon.state_dir" => "an absolute path like /var/lib/overlayd",
         "daemon.control_socket" => "an absolute path like /run/overlayd/overlayd.sock",
         "daemon.on_exit" => "\"remove\" or \"keep\"",
+        "cluster.service_cidr" => {
+            "an IPv4 subnet for Service addresses like 10.96.0.0/12, outside cluster.cidr"
+        }
+        "cluster.domain" => "a DNS name like cluster.local",
+        "services" => "a [services] table",
+        "services.dataplane" => "\"proxy\" (the only data plane so far)",
+        "services.node_port_range" => {
+            "a port range like \"30000-32767\" (LO-HI: ports 1 to 65535, LO at most HI)"
+        }
+        "services.external_pool" => "a list of IPv4 subnets like [\"192.0.2.0/28\"]",
+        "dns" => "a [dns] table",
+        "dns.enabled" => "true or false",
+        "dns.upstream" => {
+            "a list of IPv4 addresses or IP:PORT, like [\"192.0.2.53\", \"198.51.100.1:5353\"]"
+        }
+        "service" => "[[service]] tables, each with at least `name` and `ports`",
+        "service.name" | "service.namespace" => {
+            "a DNS label like web (1 to 63 characters of a-z, 0-9 and '-', not starting or \
+             ending with '-')"
+        }
+        "service.type" => "\"ClusterIP\", \"NodePort\", \"LoadBalancer\" or \"ExternalName\"",
+        "service.ports" => "a list of ports, like [{ port = 80 }] or [[service.ports]] tables",
+        "service.ports.name" => "a port name like http (a DNS label of at most 15 characters)",
+        "service.ports.protocol" => "\"TCP\" or \"UDP\"",
+        "service.ports.port" | "service.ports.target_port" => "a port between 1 and 65535",
+        "service.ports.node_port" => "a node port inside services.node_port_range",
+        "service.ports.proxy_protocol" | "service.health_check.enabled" => "true or false",
+        "service.selector" => "a table of labels like { app = \"web\" }",
+        "service.backends" => "a list of backends like [\"192.0.2.10\", \"192.0.2.11:8080\"]",
+        "service.cluster_ip" => {
+            "an IPv4 address inside cluster.service_cidr, or \"None\" for a headless Service"
+        }
+        "service.session_affinity" => "\"None\" or \"ClientIP\"",
+        "service.affinity_timeout_s" => "a number of seconds between 1 and 86400",
+        "service.algorithm" => "\"round_robin\", \"least_conn\" or \"maglev\"",
+        "service.health_check" => "a [service.health_check] table",
+        "service.health_check.interval_ms" => {
+            "a whole number of milliseconds between 100 and 3600000"
+        }
+        "service.health_check.timeout_ms" => {
+            "a whole number of milliseconds, less than interval_ms"
+        }
+        "service.health_check.rise" | "service.health_check.fall" => "a count between 1 and 100",
+        "service.external_ip" => "a unicast IPv4 address like 192.0.2.10",
+        "service.external_name" => "a DNS name like db.example.com",
         _ => return None,
     };
     Some(expected)

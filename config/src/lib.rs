@@ -6,8 +6,11 @@
 //! rejects what the types cannot: names that are not DNS labels or interface names,
 //! subnets with host bits set, outside `cluster.cidr` or overlapping another node's,
 //! duplicate peers, out-of-range ports, VNIs and MTUs, non-unicast MACs and addresses,
-//! relative paths, malformed or duplicate gossip seeds and gossip timers that cannot work
-//! together.
+//! relative paths, malformed or duplicate gossip seeds, gossip timers that cannot work
+//! together, a service CIDR or external pool overlapping the pod CIDR, a node port range
+//! holding the node's own ports, and `[[service]]` tables that do not pass
+//! `ServiceSpec::validate` (reported at the field, `service[1].ports[0].node_port`) or
+//! clash with each other.
 //!
 //! Every rejection is one [`ConfigError`] that reads
 //! `FILE:LINE:COLUMN: KEY: MESSAGE`, for example
@@ -37,8 +40,8 @@ use std::path::Path;
 
 pub use error::ConfigError;
 pub use schema::{
-    Bridge, Cluster, Config, Daemon, Gossip, Nat, Node, OnExit, Peer, Profile, TimingOverrides,
-    Tunnel,
+    Bridge, Cluster, Config, Daemon, Dataplane, Dns, DnsUpstream, Gossip, Nat, Node, OnExit, Peer,
+    PortRange, Profile, Services, TimingOverrides, Tunnel,
 };
 pub use seed::{Seed, SeedError};
 

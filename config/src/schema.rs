@@ -12,6 +12,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use overlayd_proto::gossip::Timing;
 use overlayd_proto::gossip::subnet::SubnetPool;
+use overlayd_proto::service::{ServiceSettings, ServiceSpec};
 use overlayd_proto::wire::MacAddr;
 use serde::{Deserialize, Serialize};
 
@@ -40,9 +41,29 @@ pub struct Config {
     /// they are used together with the gossip members.
     #[serde(default, rename = "peer")]
     pub peers: Vec<Peer>,
+    /// `[services]`: how Services are served.
+    #[serde(default)]
+    pub services: Services,
+    /// `[dns]`: the DNS responder for Service names.
+    #[serde(default)]
+    pub dns: Dns,
+    /// `[[service]]`: Services this node adds to the cluster (by gossip) at start.
+    #[serde(default, rename = "service")]
+    pub service_specs: Vec<ServiceSpec>,
 }
 
 impl Config {
+    /// The settings every Service is checked against and allocated from:
+    /// `cluster.service_cidr`, `services.node_port_range` and `services.external_pool`.
+    /// Every node of a cluster must have the same.
+    pub fn service_settings(&self) -> ServiceSettings {
+        ServiceSettings {
+            service_cidr: self.cluster.service_cidr,
+            node_port_range: self.services.node_port_range.lo..=self.services.node_port_range.hi,
+            external_pool: self.services.external_pool.clone(),
+        }
+    }
+
     /// The gossip address peers reach this node at: `gossip.advertise`, or else
     /// `node.advertise_address` or, without it, `underlay_address` (the daemon's resolved
     /// `node.underlay_address`), with `gossip.bind`'s port. `None` iff `[gossip]` is absent.
@@ -109,6 +130,12 @@ pub struct Cluster {
     /// Prefix length of the subnets nodes claim by gossip: at least `cidr`'s, at most 30.
     /// Default 24. Configured pod subnets may have any length.
     pub subnet_prefix: u8,
+    /// Cluster IPs of Services come from here; it must not overlap `cidr`. Default
+    /// 10.96.0.0/12 (Kubernetes').
+    pub service_cidr: Ipv4Net,
+    /// The DNS domain of Service names: `<service>.<namespace>.svc.<domain>`. Default
+    /// `cluster.local`.
+    pub domain: String,
 }
 
 impl Cluster {
@@ -127,6 +154,128 @@ impl Default for Cluster {
             cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).expect("16 is a valid prefix"),
             name: "overlayd".into(),
             subnet_prefix: 24,
+            service_cidr: ServiceSettings::default_service_cidr(),
+            domain: "cluster.local".into(),
+        }
+    }
+}
+
+/// `[services]`: how this node serves Services.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Services {
+    /// How Service traffic is balanced. Default `proxy`.
+    pub dataplane: Dataplane,
+    /// Node ports of NodePort and LoadBalancer Services, `LO-HI`. Default 30000-32767.
+    pub node_port_range: PortRange,
+    /// LoadBalancer external IPs are allocated from these subnets. Default: none (a
+    /// LoadBalancer without `external_ip` waits for one).
+    pub external_pool: Vec<Ipv4Net>,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            dataplane: Dataplane::Proxy,
+            node_port_range: PortRange {
+                lo: *ServiceSettings::DEFAULT_NODE_PORTS.start(),
+                hi: *ServiceSettings::DEFAULT_NODE_PORTS.end(),
+            },
+            external_pool: Vec::new(),
+        }
+    }
+}
+
+/// How Service traffic is balanced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataplane {
+    /// The daemon accepts and relays every connection and datagram itself.
+    #[default]
+    Proxy,
+}
+
+/// A range of ports written `"LO-HI"`. Parsing only checks the form (two port numbers);
+/// [`crate::parse`] checks the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let parsed = s
+            .split_once('-')
+            .and_then(|(lo, hi)| Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?)));
+        match parsed {
+            Some((lo, hi)) => Ok(PortRange { lo, hi }),
+            None => Err(format!("{s:?} is not a port range LO-HI")),
+        }
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(r: PortRange) -> String {
+        format!("{}-{}", r.lo, r.hi)
+    }
+}
+
+/// `[dns]`: the DNS responder on every node's bridge gateway, for
+/// `<service>.<namespace>.svc.<cluster.domain>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Answer DNS queries from pods. Default true.
+    pub enabled: bool,
+    /// Where names outside the cluster domain are forwarded. Empty (default): the
+    /// nameservers of the node's /etc/resolv.conf, which the daemon reads.
+    pub upstream: Vec<DnsUpstream>,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            enabled: true,
+            upstream: Vec::new(),
+        }
+    }
+}
+
+/// A DNS server to forward to: `"IP"` (port 53) or `"IP:PORT"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DnsUpstream(pub SocketAddrV4);
+
+impl DnsUpstream {
+    pub const DEFAULT_PORT: u16 = 53;
+}
+
+impl TryFrom<String> for DnsUpstream {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if let Ok(ip) = s.parse::<Ipv4Addr>() {
+            return Ok(DnsUpstream(SocketAddrV4::new(
+                ip,
+                DnsUpstream::DEFAULT_PORT,
+            )));
+        }
+        s.parse()
+            .map(DnsUpstream)
+            .map_err(|_| format!("{s:?} is not IP or IP:PORT"))
+    }
+}
+
+impl From<DnsUpstream> for String {
+    fn from(u: DnsUpstream) -> String {
+        if u.0.port() == DnsUpstream::DEFAULT_PORT {
+            u.0.ip().to_string()
+        } else {
+            u.0.to_string()
         }
     }
 }

@@ -2,9 +2,16 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use std::collections::BTreeMap;
+
+use overlayd_proto::service::{
+    Algorithm, ClusterIp, HealthCheck, Protocol, ServicePort, ServiceSpec, ServiceType,
+    SessionAffinity,
+};
+
 use crate::schema::{
-    Bridge, Cluster, Config, Daemon, Gossip, Nat, Node, OnExit, Peer, Profile, TimingOverrides,
-    Tunnel,
+    Bridge, Cluster, Config, Daemon, Dataplane, Dns, DnsUpstream, Gossip, Nat, Node, OnExit, Peer,
+    PortRange, Profile, Services, TimingOverrides, Tunnel,
 };
 
 /// A configuration with every optional key set and one peer, so that serializing it
@@ -24,6 +31,8 @@ pub(crate) fn full_config() -> Config {
             cidr: "10.244.0.0/16".parse().unwrap(),
             name: "overlayd".into(),
             subnet_prefix: 24,
+            service_cidr: "10.96.0.0/12".parse().unwrap(),
+            domain: "cluster.local".into(),
         },
         bridge: Bridge {
             name: "ovd0".into(),
@@ -49,6 +58,45 @@ pub(crate) fn full_config() -> Config {
             pod_subnet: "10.244.2.0/24".parse().unwrap(),
             vtep_mac: Some("0e:00:00:00:00:02".parse().unwrap()),
         }],
+        services: Services {
+            dataplane: Dataplane::Proxy,
+            node_port_range: PortRange {
+                lo: 30000,
+                hi: 32767,
+            },
+            external_pool: vec!["192.0.2.0/28".parse().unwrap()],
+        },
+        dns: Dns {
+            enabled: true,
+            upstream: vec![DnsUpstream("192.0.2.53:53".parse().unwrap())],
+        },
+        service_specs: vec![full_service()],
+    }
+}
+
+/// A Service with every key set (valid with `full_config`'s settings).
+fn full_service() -> ServiceSpec {
+    ServiceSpec {
+        name: "web".into(),
+        namespace: "default".into(),
+        kind: ServiceType::LoadBalancer,
+        ports: vec![ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: Some(8080),
+            node_port: Some(30080),
+            proxy_protocol: true,
+        }],
+        selector: BTreeMap::from([("app".to_owned(), "web".to_owned())]),
+        backends: vec!["192.0.2.100".parse().unwrap()],
+        cluster_ip: Some(ClusterIp::Ip("10.96.0.10".parse().unwrap())),
+        session_affinity: SessionAffinity::ClientIp,
+        affinity_timeout_s: 600,
+        algorithm: Algorithm::Maglev,
+        health_check: HealthCheck::default(),
+        external_ip: Some("192.0.2.1".parse().unwrap()),
+        external_name: Some("db.example.com".into()),
     }
 }
 
@@ -104,7 +152,10 @@ fn collect_keys(value: &toml::Value, prefix: &str, keys: &mut Vec<String>) {
                     format!("{prefix}.{key}")
                 };
                 keys.push(path.clone());
-                collect_keys(value, &path, keys);
+                // A selector's keys are labels, not schema keys.
+                if path != "service.selector" {
+                    collect_keys(value, &path, keys);
+                }
             }
         }
         toml::Value::Array(array) => {

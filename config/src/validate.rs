@@ -13,8 +13,10 @@ use crate::document::Document;
 use crate::error::ConfigError;
 use crate::expected::expected;
 use crate::key_path::KeyPath;
-use crate::schema::{Bridge, Cluster, Config, Daemon, Gossip, Node, Peer, Tunnel};
+use crate::schema::{Bridge, Cluster, Config, Daemon, Dns, Gossip, Node, Peer, Services, Tunnel};
 use crate::seed::Seed;
+use overlayd_proto::service::spec::dns_name_problem;
+use overlayd_proto::service::{FieldSegment, Protocol, ServiceSpec};
 
 /// Longest Linux interface name in bytes (`IFNAMSIZ` less the terminating NUL).
 const MAX_INTERFACE_NAME_BYTES: usize = 15;
@@ -30,6 +32,8 @@ const PORTS: RangeInclusive<u32> = 1..=65535;
 const VNIS: RangeInclusive<u32> = 0..=(1 << 24) - 1;
 /// MTUs: from the IPv4 minimum every host must accept to the IPv4 maximum.
 const MTUS: RangeInclusive<u32> = 576..=65535;
+/// Longest service CIDR prefix: a /30 has two addresses for Services.
+const MAX_SERVICE_PREFIX_LEN: u8 = 30;
 
 /// A key whose value breaks a rule, and the message saying so.
 struct Invalid {
@@ -53,6 +57,9 @@ fn check(config: &Config, doc: &Document<'_>) -> Check {
     check_subnets_disjoint(config, doc)?;
     check_names_unique(config, doc)?;
     check_addresses_unique(config, doc)?;
+    check_service_ranges(config, doc)?;
+    check_upstreams_unique(&config.dns, doc)?;
+    check_service_specs(config, doc)?;
     if let Some(gossip) = &config.gossip {
         check_claims_fit_cluster(&config.cluster, doc)?;
         check_seeds_unique(gossip, doc)?;
@@ -84,6 +91,8 @@ fn check_keys(config: &Config) -> Check {
     if let Some(gossip) = &config.gossip {
         check_gossip(gossip)?;
     }
+    check_services(&config.services)?;
+    check_dns(&config.dns)?;
     for (i, peer) in config.peers.iter().enumerate() {
         check_peer(&KeyPath::root().key("peer").index(i), peer)?;
     }
@@ -120,7 +129,66 @@ fn check_cluster(cluster: &Cluster) -> Check {
         &path.key("subnet_prefix"),
         u32::from(cluster.subnet_prefix),
         0..=u32::from(MAX_POD_PREFIX_LEN),
-    )
+    )?;
+    let service_cidr = path.key("service_cidr");
+    network_address(&service_cidr, cluster.service_cidr)?;
+    if cluster.service_cidr.prefix_len() > MAX_SERVICE_PREFIX_LEN {
+        let message = format!(
+            "{} leaves no room for Services; expected a prefix length of at most \
+             /{MAX_SERVICE_PREFIX_LEN}, like 10.96.0.0/12",
+            cluster.service_cidr
+        );
+        return Err(Invalid {
+            path: service_cidr,
+            message,
+        });
+    }
+    if let Some(problem) = dns_name_problem(&cluster.domain) {
+        return Err(problem_with(
+            &path.key("domain"),
+            &format!("{:?}", cluster.domain),
+            &problem,
+        ));
+    }
+    Ok(())
+}
+
+fn check_services(services: &Services) -> Check {
+    let path = KeyPath::root().key("services");
+    let range = services.node_port_range;
+    let range_path = path.key("node_port_range");
+    let text = format!("\"{}-{}\"", range.lo, range.hi);
+    if range.lo == 0 {
+        return Err(problem_with(&range_path, &text, "starts at port 0"));
+    }
+    if range.lo > range.hi {
+        return Err(problem_with(&range_path, &text, "is backwards"));
+    }
+    for (i, net) in services.external_pool.iter().enumerate() {
+        network_address(&path.key("external_pool").index(i), *net)?;
+    }
+    Ok(())
+}
+
+fn check_dns(dns: &Dns) -> Check {
+    let path = KeyPath::root().key("dns").key("upstream");
+    for (i, upstream) in dns.upstream.iter().enumerate() {
+        let address = upstream.0;
+        let at = path.index(i);
+        if address.ip().is_unspecified()
+            || address.ip().is_multicast()
+            || address.ip().is_broadcast()
+        {
+            let problem = unicast_problem(*address.ip()).unwrap_or("is not unicast");
+            return Err(problem_with(
+                &at,
+                &format!("\"{}\"", String::from(*upstream)),
+                problem,
+            ));
+        }
+        port_not_zero(&at, address)?;
+    }
+    Ok(())
 }
 
 fn check_bridge(bridge: &Bridge) -> Check {
@@ -393,6 +461,225 @@ fn probe_timeout_too_long(gossip: &Gossip, doc: &Document<'_>) -> Invalid {
         path: path.key("probe_timeout_ms"),
         message,
     }
+}
+
+/// The service CIDR and the external pool stay clear of the pod CIDR and of each other,
+/// and the node port range of the ports the node itself listens on.
+fn check_service_ranges(config: &Config, doc: &Document<'_>) -> Check {
+    let cidr_path = KeyPath::root().key("cluster").key("cidr");
+    let service_path = KeyPath::root().key("cluster").key("service_cidr");
+    let (cidr, service_cidr) = (config.cluster.cidr, config.cluster.service_cidr);
+    if overlaps(cidr, service_cidr) {
+        let message = format!(
+            "{service_cidr} overlaps {cidr_path} {cidr} ({}); expected a subnet of its own for \
+             Service addresses, like 10.96.0.0/12",
+            doc.whereabouts(&cidr_path)
+        );
+        return Err(Invalid {
+            path: service_path,
+            message,
+        });
+    }
+    // Every address of the Service CIDR is local on every node (the proxy binds VIPs in
+    // it): a node address inside it would never be reached.
+    let node_addrs = [
+        ("underlay_address", config.node.underlay_address),
+        ("advertise_address", config.node.advertise_address),
+    ];
+    for (key, addr) in node_addrs {
+        if let Some(addr) = addr
+            && service_cidr.contains(&addr)
+        {
+            let addr_path = KeyPath::root().key("node").key(key);
+            let message = format!(
+                "{addr} is inside {service_path} {service_cidr} ({}); expected a node address \
+                 outside the Service CIDR (every address in it is local on every node), or \
+                 another Service CIDR",
+                doc.whereabouts(&service_path)
+            );
+            return Err(Invalid {
+                path: addr_path,
+                message,
+            });
+        }
+    }
+    let pool_path = KeyPath::root().key("services").key("external_pool");
+    let pool = &config.services.external_pool;
+    for (i, net) in pool.iter().enumerate() {
+        let earlier = pool[..i]
+            .iter()
+            .enumerate()
+            .map(|(j, n)| (pool_path.index(j), *n));
+        let others = [
+            (cidr_path.clone(), cidr),
+            (service_path.clone(), service_cidr),
+        ]
+        .into_iter()
+        .chain(earlier);
+        for (other_path, other) in others {
+            if overlaps(*net, other) {
+                let message = format!(
+                    "{net} overlaps {other_path} {other} ({}); expected external addresses \
+                     outside the pod and service CIDRs, each listed once",
+                    doc.whereabouts(&other_path)
+                );
+                return Err(Invalid {
+                    path: pool_path.index(i),
+                    message,
+                });
+            }
+        }
+    }
+    let range = config.services.node_port_range;
+    let own_ports = [
+        (
+            KeyPath::root().key("tunnel").key("port"),
+            Some(config.tunnel.port),
+        ),
+        (
+            KeyPath::root().key("gossip").key("bind"),
+            config.gossip.as_ref().map(|g| g.bind.port()),
+        ),
+    ];
+    for (path, port) in own_ports {
+        if let Some(port) = port
+            && (range.lo..=range.hi).contains(&port)
+        {
+            let message = format!(
+                "\"{}-{}\" contains {path}'s port {port} ({}); expected a range clear of the \
+                 ports overlayd itself listens on",
+                range.lo,
+                range.hi,
+                doc.whereabouts(&path)
+            );
+            return Err(Invalid {
+                path: KeyPath::root().key("services").key("node_port_range"),
+                message,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// No DNS upstream is listed twice.
+fn check_upstreams_unique(dns: &Dns, doc: &Document<'_>) -> Check {
+    let path = KeyPath::root().key("dns").key("upstream");
+    for (i, upstream) in dns.upstream.iter().enumerate() {
+        if let Some(j) = dns.upstream[..i].iter().position(|u| u == upstream) {
+            let message = format!(
+                "\"{}\" is also {} ({}); list every upstream once",
+                String::from(*upstream),
+                path.index(j),
+                doc.whereabouts(&path.index(j))
+            );
+            return Err(Invalid {
+                path: path.index(i),
+                message,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every `[[service]]` validates under the settings of this file, and no two name the
+/// same Service or give the same address or node port.
+fn check_service_specs(config: &Config, doc: &Document<'_>) -> Check {
+    let settings = config.service_settings();
+    let services = KeyPath::root().key("service");
+    for (i, spec) in config.service_specs.iter().enumerate() {
+        if let Err(error) = spec.validate(&settings) {
+            let mut path = services.index(i);
+            for segment in &error.path {
+                path = match segment {
+                    FieldSegment::Key(key) => path.key(key),
+                    FieldSegment::Index(index) => path.index(*index),
+                };
+            }
+            return Err(Invalid {
+                path,
+                message: error.message,
+            });
+        }
+    }
+    let mut names: Vec<(usize, &ServiceSpec)> = Vec::new();
+    let mut claims: Vec<(Claim, KeyPath)> = Vec::new();
+    for (i, spec) in config.service_specs.iter().enumerate() {
+        let at = services.index(i);
+        if let Some((j, _)) = names
+            .iter()
+            .find(|(_, o)| o.name == spec.name && o.namespace == spec.namespace)
+        {
+            let other = services.index(*j).key("name");
+            let message = format!(
+                "{:?} in namespace {:?} is also {other} ({}); every Service needs a name of its \
+                 own within its namespace",
+                spec.name,
+                spec.namespace,
+                doc.whereabouts(&other)
+            );
+            return Err(Invalid {
+                path: at.key("name"),
+                message,
+            });
+        }
+        names.push((i, spec));
+        for (claim, path) in given_claims(spec, &at) {
+            if let Some((_, other)) = claims.iter().find(|(c, _)| *c == claim) {
+                let message = format!(
+                    "{} is also given in {other} ({}); two Services cannot share it",
+                    claim.describe(),
+                    doc.whereabouts(other)
+                );
+                return Err(Invalid { path, message });
+            }
+            claims.push((claim, path));
+        }
+    }
+    Ok(())
+}
+
+/// An address or port a Service's spec gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    ClusterIp(Ipv4Addr, Protocol, u16),
+    NodePort(u16, Protocol),
+    ExternalIp(Ipv4Addr, Protocol, u16),
+}
+
+impl Claim {
+    fn describe(self) -> String {
+        match self {
+            Claim::ClusterIp(ip, proto, port) => format!("cluster IP {ip}:{port}/{proto}"),
+            Claim::NodePort(port, proto) => format!("node port {port}/{proto}"),
+            Claim::ExternalIp(ip, proto, port) => format!("external IP {ip}:{port}/{proto}"),
+        }
+    }
+}
+
+/// What `spec` (at `at`) gives, each with the key that gives it.
+fn given_claims(spec: &ServiceSpec, at: &KeyPath) -> Vec<(Claim, KeyPath)> {
+    let mut out = Vec::new();
+    for (k, port) in spec.ports.iter().enumerate() {
+        if let Some(ip) = spec.given_cluster_ip() {
+            out.push((
+                Claim::ClusterIp(ip, port.protocol, port.port),
+                at.key("cluster_ip"),
+            ));
+        }
+        if let Some(np) = port.node_port {
+            out.push((
+                Claim::NodePort(np, port.protocol),
+                at.key("ports").index(k).key("node_port"),
+            ));
+        }
+        if let Some(ip) = spec.external_ip {
+            out.push((
+                Claim::ExternalIp(ip, port.protocol, port.port),
+                at.key("external_ip"),
+            ));
+        }
+    }
+    out
 }
 
 /// Every configured pod subnet with its key: this node's first, then the peers' in order.

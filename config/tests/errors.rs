@@ -175,7 +175,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         error(&format!("log_level = \"debug\"\n{NODE}")),
         "o.toml:1:1: log_level: unknown key `log_level`; expected one of: node, cluster, \
-         bridge, tunnel, nat, daemon, gossip, peer"
+         bridge, tunnel, nat, daemon, gossip, peer, services, dns, service"
     );
 }
 

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use overlayd_config::{
-    Bridge, Cluster, Config, Daemon, Gossip, Nat, Node, OnExit, Peer, Profile, Seed,
-    TimingOverrides, Tunnel, load, parse,
+    Bridge, Cluster, Config, Daemon, Dataplane, Dns, Gossip, Nat, Node, OnExit, Peer, PortRange,
+    Profile, Seed, Services, TimingOverrides, Tunnel, load, parse,
 };
 use overlayd_proto::gossip::Timing;
 use overlayd_proto::wire::MacAddr;
@@ -31,6 +31,8 @@ fn minimal_config_takes_every_documented_default() {
             cidr: "10.244.0.0/16".parse().unwrap(),
             name: "overlayd".into(),
             subnet_prefix: 24,
+            service_cidr: "10.96.0.0/12".parse().unwrap(),
+            domain: "cluster.local".into(),
         },
         bridge: Bridge {
             name: "ovd0".into(),
@@ -51,8 +53,25 @@ fn minimal_config_takes_every_documented_default() {
         },
         gossip: None,
         peers: vec![],
+        services: Services {
+            dataplane: Dataplane::Proxy,
+            node_port_range: PortRange {
+                lo: 30000,
+                hi: 32767,
+            },
+            external_pool: vec![],
+        },
+        dns: Dns {
+            enabled: true,
+            upstream: vec![],
+        },
+        service_specs: vec![],
     };
     assert_eq!(config, expected);
+    assert_eq!(
+        config.service_settings(),
+        overlayd_proto::service::ServiceSettings::default()
+    );
 }
 
 #[test]

@@ -7,10 +7,13 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 use overlayd_config::{
-    Bridge, Cluster, Config, Daemon, Gossip, Nat, Node, OnExit, Peer, Profile, TimingOverrides,
-    Tunnel, parse,
+    Bridge, Cluster, Config, Daemon, Dataplane, Dns, DnsUpstream, Gossip, Nat, Node, OnExit, Peer,
+    PortRange, Profile, Services, TimingOverrides, Tunnel, parse,
 };
 use overlayd_proto::gossip::{MAX_COUNT, MAX_MULTIPLIER, MAX_TIMER, MAX_TOMBSTONE_GC};
+use overlayd_proto::service::{
+    Algorithm, HealthCheck, Protocol, ServicePort, ServiceSpec, ServiceType, SessionAffinity,
+};
 use overlayd_proto::wire::MacAddr;
 use proptest::collection::{btree_set, vec};
 use proptest::option;
@@ -87,6 +90,7 @@ fn config() -> impl Strategy<Value = Config> {
                         option::of(gossip()),
                         any::<bool>(),
                     ),
+                    (option::of(dns_label()), 1u16..=u16::MAX, any::<bool>()),
                 )
             })
         })
@@ -103,6 +107,7 @@ fn config() -> impl Strategy<Value = Config> {
                 masquerade,
                 daemon,
                 (cidr, zone, cluster_name, any_prefix, claim_prefix, gossip, has_static_subnet),
+                (service_name, service_port, dns_enabled),
             )| {
                 let subnet: Vec<Ipv4Net> = subnet_indices
                     .iter()
@@ -128,8 +133,22 @@ fn config() -> impl Strategy<Value = Config> {
                         vtep_mac: macs[0],
                         zone,
                     },
+                    services: services(
+                        &[Some(tunnel.port), gossip.as_ref().map(|g| g.bind.port())],
+                        cidr,
+                    ),
+                    dns: Dns {
+                        enabled: dns_enabled,
+                        upstream: vec![DnsUpstream("192.0.2.53:5353".parse().expect("address"))],
+                    },
+                    service_specs: service_name
+                        .into_iter()
+                        .map(|name| service(&name, service_port))
+                        .collect(),
                     cluster: Cluster {
                         cidr,
+                        service_cidr: service_cidr(cidr),
+                        domain: "cluster.local".into(),
                         name: cluster_name,
                         // Only claims need a prefix that fits the cluster CIDR.
                         subnet_prefix: if gossip.is_some() {
@@ -150,6 +169,66 @@ fn config() -> impl Strategy<Value = Config> {
                 }
             },
         )
+}
+
+/// A service CIDR clear of the pod CIDR `cidr`.
+fn service_cidr(cidr: Ipv4Net) -> Ipv4Net {
+    ["10.96.0.0/12", "172.16.0.0/16", "100.64.0.0/16"]
+        .iter()
+        .map(|s| s.parse::<Ipv4Net>().expect("subnet"))
+        .find(|s| !overlayd_proto::overlaps(*s, cidr))
+        .expect("three disjoint candidates: a /8 to /20 overlaps at most one")
+}
+
+/// `[services]` with a node port range clear of `ports` (the node's own), and a pool
+/// clear of the pod CIDR `cidr` and its service CIDR.
+fn services(ports: &[Option<u16>], cidr: Ipv4Net) -> Services {
+    let range = [(30000, 32767), (40000, 40999), (50000, 50999)]
+        .into_iter()
+        .find(|(lo, hi)| ports.iter().flatten().all(|p| !(lo..=hi).contains(&p)))
+        .expect("two ports leave one of three disjoint ranges free");
+    Services {
+        dataplane: Dataplane::Proxy,
+        node_port_range: PortRange {
+            lo: range.0,
+            hi: range.1,
+        },
+        external_pool: ["192.0.2.0/28", "198.51.100.0/28", "203.0.113.0/28"]
+            .iter()
+            .map(|s| s.parse::<Ipv4Net>().expect("subnet"))
+            .filter(|p| {
+                !overlayd_proto::overlaps(*p, cidr)
+                    && !overlayd_proto::overlaps(*p, service_cidr(cidr))
+            })
+            .take(1)
+            .collect(),
+    }
+}
+
+/// A ClusterIP Service named `name` on `port`, selecting `app=<name>`.
+fn service(name: &str, port: u16) -> ServiceSpec {
+    ServiceSpec {
+        name: name.to_owned(),
+        namespace: "default".into(),
+        kind: ServiceType::ClusterIp,
+        ports: vec![ServicePort {
+            name: String::new(),
+            protocol: Protocol::Tcp,
+            port,
+            target_port: None,
+            node_port: None,
+            proxy_protocol: false,
+        }],
+        selector: [("app".to_owned(), name.to_owned())].into(),
+        backends: Vec::new(),
+        cluster_ip: None,
+        session_affinity: SessionAffinity::None,
+        affinity_timeout_s: 10_800,
+        algorithm: Algorithm::RoundRobin,
+        health_check: HealthCheck::default(),
+        external_ip: None,
+        external_name: None,
+    }
 }
 
 /// The `index`th subnet of length `prefix` inside `cidr`.

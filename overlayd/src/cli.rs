@@ -72,6 +72,21 @@ fn status_lines(s: &api::Status) -> String {
     for (reason, n) in s.drops.iter().filter(|(_, n)| **n > 0) {
         out.push_str(&format!("  {reason:<18}{n}\n"));
     }
+    out.push_str(&format!("services    {}\n", s.services));
+    if s.dns.is_empty() {
+        out.push_str("dns         off\n");
+    } else {
+        let count = |k: &str| s.dns.get(k).copied().unwrap_or(0);
+        out.push_str(&format!(
+            "dns         {}:53, {} queries, {} answered, {} nxdomain, {} forwarded, {} forward failures\n",
+            s.gateway,
+            count("queries"),
+            count("answered"),
+            count("nxdomain"),
+            count("forwarded"),
+            count("forward_failed")
+        ));
+    }
     out
 }
 

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::discovery::PeerSource;
+use crate::services::{Commands, ServiceState};
 
 pub use overlayd_proto::api::{GossipReport, MemberReport};
 
@@ -175,6 +176,8 @@ pub struct GossipSetup {
     /// Configured `[[peer]]`s (nodes that do not gossip), always part of the peer set.
     pub static_peers: Vec<PeerInfo>,
     pub stream_timeout: Duration,
+    /// The Services, whose objects live in this core.
+    pub services: (ServiceState, Commands),
 }
 
 /// Binds the gossip port (UDP and TCP) and starts the task.
@@ -196,9 +199,18 @@ pub async fn start(
         peers: peers.clone(),
         subnet,
     };
+    let (services, service_commands) = setup.services;
+    let setup = GossipSetupCore {
+        gossip: setup.gossip,
+        state_dir: setup.state_dir,
+        static_peers: setup.static_peers,
+        stream_timeout: setup.stream_timeout,
+    };
     let task = tokio::spawn(
         Driver {
             setup,
+            services,
+            service_commands,
             udp,
             tcp,
             commands: rx,
@@ -211,8 +223,18 @@ pub async fn start(
     Ok((handle, task))
 }
 
+/// [`GossipSetup`] without the Services, which the driver keeps apart.
+struct GossipSetupCore {
+    gossip: Gossip,
+    state_dir: PathBuf,
+    static_peers: Vec<PeerInfo>,
+    stream_timeout: Duration,
+}
+
 struct Driver {
-    setup: GossipSetup,
+    setup: GossipSetupCore,
+    services: ServiceState,
+    service_commands: Commands,
     udp: UdpSocket,
     tcp: TcpListener,
     commands: mpsc::Receiver<Command>,
@@ -235,12 +257,22 @@ impl Driver {
         let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
         loop {
             self.flush(&stream_done_tx).await;
+            self.services.tick(&mut self.setup.gossip, Instant::now());
             let deadline = self
                 .setup
                 .gossip
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            let services_due = self
+                .services
+                .deadline()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
+                _ = tokio::time::sleep_until(services_due.into()) => {}
+                _ = self.services.pods_changed() => self.services.mark_dirty(),
+                Some(command) = self.service_commands.recv() => {
+                    self.services.command(&mut self.setup.gossip, Instant::now(), command);
+                }
                 received = self.udp.recv_from(&mut buf) => {
                     // A failing receive (ICMP port unreachable surfacing, say) is not fatal.
                     if let Ok((n, from)) = received {
@@ -313,6 +345,15 @@ impl Driver {
         }
         let mut changed = false;
         while let Some(event) = self.setup.gossip.poll_event() {
+            if matches!(
+                event,
+                Event::ObjectChanged { .. }
+                    | Event::MemberUp(_)
+                    | Event::MemberUpdated(_)
+                    | Event::MemberDown { .. }
+            ) {
+                self.services.mark_dirty();
+            }
             changed |= self.event(event);
         }
         if changed {

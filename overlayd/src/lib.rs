@@ -18,6 +18,8 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod pods;
+pub mod proxy;
+pub mod services;
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new contents, never
 /// a mix: a temporary file next to it, fsync, rename, fsync of the directory.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use overlayd_proto::ipam::{IpamError, PodIpam};
 use overlayd_proto::pod::{host_veth_name, validate_pod_name};
+use overlayd_proto::service::codec::{PodEndpoint, validate_pod_labels};
 use serde::{Deserialize, Serialize};
 
 pub use overlayd_proto::api::PodRecord;
@@ -108,6 +109,23 @@ impl Pods {
         self.pods.values().chain(&self.strays).cloned().collect()
     }
 
+    /// The pods as Service endpoints, by name: those with an address in the subnet (a pod
+    /// waiting to be moved is unreachable and no backend).
+    pub fn endpoints(&self) -> BTreeMap<String, PodEndpoint> {
+        self.pods
+            .iter()
+            .map(|(name, pod)| {
+                (
+                    name.clone(),
+                    PodEndpoint {
+                        ip: pod.ip,
+                        labels: pod.labels.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.pods.len()
     }
@@ -161,6 +179,7 @@ impl Pods {
         labels: BTreeMap<String, String>,
     ) -> Result<PodRecord> {
         validate_pod_name(name)?;
+        validate_pod_labels(&labels)?;
         if let Some(existing) = self.pods.get(name) {
             bail!("pod {name} already exists with address {}", existing.ip);
         }

@@ -11,7 +11,9 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::gossip::MemberState;
-use crate::service::{Endpoint, Protocol, ResolvedService, ServiceSpec};
+use crate::service::frontend::{FrontendAddr, FrontendKind};
+use crate::service::{Algorithm, Protocol, ResolvedService, ServiceKey, ServiceSpec};
+use std::net::SocketAddrV4;
 
 /// Largest request line the daemon reads; anything longer is refused.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -100,6 +102,11 @@ pub struct Status {
     pub pod_mtu: u32,
     pub peers: usize,
     pub pods: usize,
+    /// Services the cluster has.
+    pub services: usize,
+    /// The cluster DNS responder's counters (queries, answered, nxdomain, forwarded, …);
+    /// empty with `dns.enabled = false`.
+    pub dns: BTreeMap<String, u64>,
     pub uptime_s: u64,
     /// Tunnel drops by reason, every reason listed.
     pub drops: BTreeMap<String, u64>,
@@ -246,35 +253,89 @@ pub struct ServiceList {
 }
 
 /// `overlayd services`: every Service as this node serves it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServicesReport {
     pub services: Vec<ServiceReport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceReport {
     pub service: ResolvedService,
     /// LoadBalancer: the live node that holds the external IP now.
     pub lb_holder: Option<String>,
-    /// One row per Service port and endpoint.
+    /// This node's proxy for each of the Service's ports: backends with health and
+    /// counters, and the listeners serving it.
+    pub ports: Vec<PortReport>,
+}
+
+// ---- the proxy's view, per Service port (built by overlayd's proxy) ------------------
+
+/// A Service port, identified across table updates (a Service's ports may be
+/// reordered; protocol and port number stay).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortKey {
+    pub service: ServiceKey,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// Everything `overlayd services` shows of the proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyReport {
+    /// By Service, protocol and port; a removed Service port stays while connections
+    /// to it drain.
+    pub ports: Vec<PortReport>,
+    pub listeners: Vec<ListenerReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortReport {
+    #[serde(flatten)]
+    pub key: PortKey,
+    pub name: String,
+    /// `None` (like `algorithm`) once the port is gone and only drains.
+    pub target_port: Option<u16>,
+    pub algorithm: Option<Algorithm>,
+    /// Client IPs remembered under ClientIP affinity.
+    pub affinity_entries: usize,
+    /// Listeners serving this port.
+    pub frontends: Vec<FrontendAddr>,
     pub backends: Vec<BackendReport>,
 }
 
-/// One backend of one Service port, as this node's proxy sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackendReport {
-    /// The Service port (on the VIP).
-    pub port: u16,
-    pub protocol: Protocol,
-    pub endpoint: Endpoint,
-    /// Where connections go: the endpoint's address and target port.
-    pub addr: std::net::SocketAddrV4,
-    /// Up for new connections (active checks and passive failures agree it works).
-    pub healthy: bool,
-    /// Connections (TCP) or flows (UDP) open now.
+    pub addr: SocketAddrV4,
+    pub state: BackendState,
+    /// Seconds in its health state.
+    pub state_for_s: Option<f64>,
+    /// Whether active health checks run for it.
+    pub checked: bool,
     pub active: u64,
-    /// Connections or flows since the daemon started.
-    pub total: u64,
-    /// Connects that were refused or timed out.
-    pub failed: u64,
+    pub connections: u64,
+    pub failed_connects: u64,
+    pub bytes_to_backend: u64,
+    pub bytes_from_backend: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendState {
+    Up,
+    Down,
+    /// Down, and being retried by real connections (no active checks).
+    Retrying,
+    /// No longer a backend of the port; its connections are finishing.
+    Draining,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerReport {
+    pub frontend: FrontendAddr,
+    pub kind: FrontendKind,
+    pub service: ServiceKey,
+    /// Why it is not bound.
+    pub error: Option<String>,
+    /// UDP: flows open.
+    pub udp_flows: Option<usize>,
 }

@@ -57,6 +57,9 @@ pub fn gossip_key_path(run_dir: &Path) -> PathBuf {
 ///
 /// Returns `Err` iff the result does not pass the daemon's config checks (an unknown
 /// `[config]` key, a wrong type, values that do not fit together).
+/// The Service CIDR of lab nodes, unless the topology's `[config.cluster]` says otherwise.
+pub const LAB_SERVICE_CIDR: &str = "10.96.0.0/16";
+
 pub fn node_config(topology: &Topology, node: &NodeSpec, lab: &str) -> Result<Config, ConfigError> {
     let run_dir = run_dir(lab);
     let paths = NodePaths::new(&run_dir, &node.name);
@@ -81,8 +84,16 @@ pub fn node_config(topology: &Topology, node: &NodeSpec, lab: &str) -> Result<Co
         },
         gossip: gossip(topology, node, &run_dir),
         peers: static_peers(topology, &node.name),
+        services: Default::default(),
+        dns: Default::default(),
+        service_specs: Vec::new(),
     };
     config.cluster.cidr = topology.cluster_cidr();
+    // Kubernetes' default 10.96.0.0/12 runs to 10.111.255.255 and would hold the lab's
+    // segments (10.100.x.0/24): every address in the Service CIDR is local on every node.
+    config.cluster.service_cidr = LAB_SERVICE_CIDR
+        .parse()
+        .expect("the lab's Service CIDR is a CIDR");
     if topology.gossip() {
         config.cluster.name = format!("lab-{lab}");
     }

@@ -127,7 +127,7 @@ status)
     echo "{\"node\":\"$(cat "$dir/name")\",\"ready\":true,\"underlay_interface\":\"eth0\",\
 \"underlay\":\"0.0.0.0\",\"pod_subnet\":\"$subnet\",\"gateway\":\"$(cat "$dir/base").1\",\
 \"vtep_mac\":\"02:00:00:00:00:01\",\"tunnel_port\":8472,\"vni\":1,\"tunnel_mtu\":1450,\"pod_mtu\":1500,\
-\"peers\":0,\"pods\":0,\"uptime_s\":0,\"drops\":{},\"io\":{}}"
+\"peers\":0,\"pods\":0,\"services\":0,\"dns\":{},\"uptime_s\":0,\"drops\":{},\"io\":{}}"
     ;;
 peers)
     cat "$(socket_dir)/peers.json"

@@ -327,33 +327,62 @@ pub fn report_table(r: &api::ServicesReport) -> String {
             ));
         }
         out.push('\n');
-        if sr.backends.is_empty() {
+        let rows: Vec<Vec<String>> = sr
+            .ports
+            .iter()
+            .flat_map(|p| p.backends.iter().map(move |b| (p, b)))
+            .map(|(p, b)| {
+                // Which pod the backend address is, from the Service's endpoints.
+                let endpoint = s.endpoints.iter().find(|e| {
+                    s.ports
+                        .iter()
+                        .find(|sp| sp.port == p.key.port && sp.protocol == p.key.protocol)
+                        .is_some_and(|sp| e.addr(sp) == b.addr)
+                });
+                vec![
+                    format!(
+                        "  {}/{}",
+                        p.key.port,
+                        p.key.protocol.as_str().to_ascii_lowercase()
+                    ),
+                    b.addr.to_string(),
+                    endpoint
+                        .and_then(|e| e.pod.clone())
+                        .unwrap_or_else(|| "-".into()),
+                    endpoint
+                        .and_then(|e| e.node.clone())
+                        .unwrap_or_else(|| "-".into()),
+                    backend_state(b.state).into(),
+                    b.active.to_string(),
+                    b.connections.to_string(),
+                    b.failed_connects.to_string(),
+                ]
+            })
+            .collect();
+        if rows.is_empty() {
             out.push_str("  (no backends)\n");
             continue;
         }
-        let rows = table(
+        out.push_str(&table(
             &[
                 "  PORT", "BACKEND", "POD", "NODE", "HEALTH", "ACTIVE", "TOTAL", "FAILED",
             ],
-            sr.backends.iter().map(|b| {
-                vec![
-                    format!("  {}/{}", b.port, b.protocol.as_str().to_ascii_lowercase()),
-                    b.addr.to_string(),
-                    b.endpoint.pod.clone().unwrap_or_else(|| "-".into()),
-                    b.endpoint.node.clone().unwrap_or_else(|| "-".into()),
-                    if b.healthy { "up" } else { "down" }.into(),
-                    b.active.to_string(),
-                    b.total.to_string(),
-                    b.failed.to_string(),
-                ]
-            }),
-        );
-        out.push_str(&rows);
+            rows.into_iter(),
+        ));
     }
     if out.is_empty() {
         out.push_str("no Services\n");
     }
     out
+}
+
+fn backend_state(state: api::BackendState) -> &'static str {
+    match state {
+        api::BackendState::Up => "up",
+        api::BackendState::Down => "down",
+        api::BackendState::Retrying => "retrying",
+        api::BackendState::Draining => "draining",
+    }
 }
 
 #[cfg(test)]

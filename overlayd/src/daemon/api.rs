@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, anyhow, bail};
 use overlayd_proto::routing::{KernelRoute, RouteKind};
+use overlayd_proto::service::ServiceKey;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -133,22 +134,38 @@ async fn dispatch(shared: &Shared, req: Request) -> Result<serde_json::Value> {
             let record = pods
                 .add(&shared.nl, &name, ip, netns.as_deref(), labels)
                 .await?;
+            shared.publish_pods(&pods);
             tracing::info!(pod = %record.name, ip = %record.ip, netns = %record.netns.display(), "pod added");
             serde_json::to_value(record)?
         }
         Request::PodDel { name } => {
-            let record = shared.pods.lock().await.del(&shared.nl, &name).await?;
+            let mut pods = shared.pods.lock().await;
+            let record = pods.del(&shared.nl, &name).await;
+            shared.publish_pods(&pods);
+            let record = record?;
             tracing::info!(pod = %record.name, ip = %record.ip, "pod deleted");
             serde_json::to_value(record)?
         }
         Request::PodList => serde_json::to_value(api::PodList {
             pods: shared.pods.lock().await.list(),
         })?,
-        Request::ServiceAdd { .. }
-        | Request::ServiceDel { .. }
-        | Request::ServiceGet { .. }
-        | Request::ServiceList
-        | Request::Services => bail!("this daemon does not serve Services yet"),
+        Request::ServiceAdd { spec } => serde_json::to_value(shared.services.put(spec).await?)?,
+        Request::ServiceDel { namespace, name } => serde_json::to_value(
+            shared
+                .services
+                .delete(ServiceKey::new(namespace, name))
+                .await?,
+        )?,
+        Request::ServiceGet { namespace, name } => serde_json::to_value(
+            shared
+                .services
+                .get(ServiceKey::new(namespace, name))
+                .await?,
+        )?,
+        Request::ServiceList => serde_json::to_value(api::ServiceList {
+            services: shared.services.list().await?,
+        })?,
+        Request::Services => serde_json::to_value(super::serving::report(shared))?,
         Request::Members => {
             let members = gossip(shared)?.members().await?;
             serde_json::to_value(api::Members { members })?
@@ -203,6 +220,12 @@ async fn status(shared: &Shared) -> api::Status {
         pod_mtu: l.pod_mtu,
         peers: shared.peers.lock().map(|p| p.admitted.len()).unwrap_or(0),
         pods: shared.pods.lock().await.len(),
+        services: shared.services.table().borrow().len(),
+        dns: shared
+            .dns
+            .as_ref()
+            .map(|d| d.counters())
+            .unwrap_or_default(),
         uptime_s: shared.started.elapsed().as_secs(),
         drops: drops_map(shared),
     }
@@ -227,14 +250,15 @@ fn peers(shared: &Shared) -> Result<api::Peers> {
     let peers = state
         .admitted
         .iter()
-        .map(|(p, path, route_error)| {
+        .map(|a| {
+            let p = &a.peer;
             let c = shared.dp.counters_of(&p.name);
             PeerReport {
                 name: p.name.clone(),
                 underlay: p.underlay,
                 pod_subnet: p.pod_subnet,
-                path: path.as_str().to_owned(),
-                route_error: route_error.clone(),
+                path: a.path.as_str().to_owned(),
+                route_error: a.route_error.clone(),
                 vtep_mac: p.vtep_mac.to_string(),
                 tx_packets: c.tx_packets.load(Relaxed),
                 tx_bytes: c.tx_bytes.load(Relaxed),

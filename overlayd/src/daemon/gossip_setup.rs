@@ -21,6 +21,7 @@ pub(super) async fn start(
     cfg: &Config,
     g: &GossipConfigFile,
     local: &Local,
+    services: (crate::services::ServiceState, crate::services::Commands),
 ) -> Result<(GossipHandle, tokio::task::JoinHandle<Result<()>>)> {
     let keys = crate::keys::load_all(&g.key_files)?;
     let (primary, rest) = keys
@@ -90,6 +91,7 @@ pub(super) async fn start(
         state_dir: cfg.daemon.state_dir.clone(),
         static_peers,
         stream_timeout,
+        services,
     })
     .await
 }

@@ -5,8 +5,10 @@
 
 mod api;
 mod gossip_setup;
+mod serving;
 
-use std::net::Ipv4Addr;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -24,10 +26,13 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use crate::datapath::{self, Datapath};
 use crate::discovery::{PeerSource, StaticPeers};
+use crate::dns::{DnsServer, DnsSettings};
 use crate::gossip::GossipHandle;
 use crate::netlink::{self, Link, Netlink};
 use crate::nft;
-use crate::pods::Pods;
+use crate::pods::{PodDns, Pods};
+use crate::proxy::{Proxy, ProxyConfig};
+use crate::services::{LocalPods, LocalStore, ServiceState, ServicesHandle};
 
 /// How often routes are re-read and repaired even when no peer changed: a route someone
 /// deleted by hand, or a peer that moved on or off our L2 segment, is fixed within this.
@@ -77,6 +82,18 @@ struct Shared {
     nft: std::sync::Mutex<nft::Ruleset>,
     /// Wakes the control loop (the local subnet changed).
     reconcile_now: Notify,
+    /// The Services: the resolved table and the API's commands.
+    services: ServicesHandle,
+    /// This node's pods as Service endpoints (`None` until they are loaded).
+    pods_published: watch::Sender<LocalPods>,
+    proxy: Proxy,
+    /// The cluster DNS responder on the bridge gateway, unless `dns.enabled = false`.
+    dns: Option<DnsServer>,
+    /// The holder of each LoadBalancer IP, as this node last decided it (`None`: the IP
+    /// is not on this node's segment).
+    lb_holders: std::sync::Mutex<BTreeMap<Ipv4Addr, Option<String>>>,
+    /// Wakes the Services loop (the peers on our segment changed).
+    services_now: Notify,
     ready: AtomicBool,
     started: Instant,
     tun_index: u32,
@@ -86,6 +103,19 @@ struct Shared {
 impl Shared {
     fn subnet(&self) -> Subnet {
         *self.subnet.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the Services what pods this node has now.
+    fn publish_pods(&self, pods: &Pods) {
+        self.pods_published.send_replace(Some(pods.endpoints()));
+    }
+
+    /// What this node's pods are told about DNS.
+    fn pod_dns(&self, subnet: Subnet) -> Option<PodDns> {
+        self.dns.as_ref().map(|_| PodDns {
+            nameserver: subnet.gateway,
+            domain: self.cfg.cluster.domain.clone(),
+        })
     }
 }
 
@@ -108,12 +138,26 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     );
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
 
+    let (pods_published, pods_rx) = watch::channel::<LocalPods>(None);
+    let (service_state, services, service_commands) = ServiceState::new(
+        &cfg.node.name,
+        cfg.service_settings(),
+        cfg.service_specs.clone(),
+        cfg.gossip.as_ref().is_some_and(|g| !g.seeds.is_empty()),
+        pods_rx,
+    );
+    // Without gossip the Services live in a store of this node's own.
+    let mut service_parts = Some((service_state, service_commands));
+
     // Resolving seeds and claiming a subnet can take a while and make nothing in the
     // kernel: a stop signal meanwhile ends start-up at once.
     let joining = async {
         let (gossip, gossip_task) = match &cfg.gossip {
             Some(g) => {
-                let (handle, task) = gossip_setup::start(&cfg, g, &local).await?;
+                let parts = service_parts
+                    .take()
+                    .ok_or_else(|| anyhow!("the Services were handed out twice"))?;
+                let (handle, task) = gossip_setup::start(&cfg, g, &local, parts).await?;
                 (Some(handle), Some(task))
             }
             None => (None, None),
@@ -171,6 +215,13 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     let mut pods = Pods::load(&cfg.daemon.state_dir, ipam, bridge_index, local.pod_mtu)?;
     pods.reattach(&nl).await?;
 
+    let dns = if cfg.dns.enabled {
+        Some(start_dns(&cfg, subnet, services.table().borrow().clone()).await?)
+    } else {
+        None
+    };
+    let proxy = Proxy::new(ProxyConfig::default());
+
     let (sock, udp_state) = datapath::bind_udp(cfg.tunnel.port)?;
     let (sock, udp_state) = (Arc::new(sock), Arc::new(udp_state));
     let dp = Arc::new(Datapath::new(ForwardingTable::new(
@@ -191,6 +242,12 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         gossip: gossip.clone(),
         nft: std::sync::Mutex::new(initial),
         reconcile_now: Notify::new(),
+        services: services.clone(),
+        pods_published,
+        proxy,
+        dns,
+        lb_holders: std::sync::Mutex::new(BTreeMap::new()),
+        services_now: Notify::new(),
         ready: AtomicBool::new(false),
         started: Instant::now(),
         tun_index: tun_link.index,
@@ -219,6 +276,21 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         udp_state.clone(),
     ));
     tasks.spawn(api::serve(shared.clone(), listener));
+    {
+        let mut pods = shared.pods.lock().await;
+        if let Err(e) = pods.set_dns(shared.pod_dns(subnet)) {
+            tracing::warn!("pointing pods at the cluster DNS: {e:#}");
+        }
+        shared.publish_pods(&pods);
+    }
+    tasks.spawn(serving::serve(shared.clone(), services.table()));
+    if let Some((state, commands)) = service_parts.take() {
+        let store = LocalStore::new(&cfg.node.name);
+        tasks.spawn(async move {
+            crate::services::run_local(state, store, commands).await;
+            Ok(())
+        });
+    }
     if let Some(handle) = &gossip {
         tasks.spawn(follow_subnet(shared.clone(), handle.subnet()));
     }
@@ -257,6 +329,10 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     // Cancel the tasks and wait until they are gone, so none still programs routes or
     // nftables while the data path is removed below.
     tasks.shutdown().await;
+    shared.proxy.shutdown();
+    if let Some(dns) = &shared.dns {
+        dns.stop();
+    }
     let _ = std::fs::remove_file(&cfg.daemon.control_socket);
     if cfg.daemon.on_exit == OnExit::Remove {
         if let Err(e) = remove_datapath(&shared).await {
@@ -348,6 +424,21 @@ async fn resolve_local(nl: &Netlink, cfg: &Config) -> Result<Local> {
                 )
             })?,
     };
+    for (what, addr) in [
+        ("underlay address", Some(underlay_addr)),
+        ("advertise address", node.advertise_address),
+    ] {
+        if let Some(addr) = addr
+            && cfg.cluster.service_cidr.contains(&addr)
+        {
+            bail!(
+                "cluster.service_cidr {} contains this node's {what} {addr}: every address of \
+                 the Service CIDR is local on every node, so the node would be cut off; choose a \
+                 Service CIDR apart from the underlay (the same on every node)",
+                cfg.cluster.service_cidr
+            );
+        }
+    }
     let pod_mtu = cfg.bridge.mtu.unwrap_or(underlay.mtu);
     let tunnel_mtu = cfg
         .tunnel
@@ -470,15 +561,27 @@ async fn joined(shared: &Shared) -> bool {
 /// The peer set as the data path last applied it.
 #[derive(Debug, Default)]
 struct PeerState {
-    /// Admitted peers, their path, and the error of their route if it failed.
-    admitted: Vec<(PeerInfo, PeerPath, Option<String>)>,
+    admitted: Vec<AdmittedPeer>,
     rejected: Vec<routing::Rejected>,
+}
+
+/// A peer in routes and the tunnel.
+#[derive(Debug)]
+struct AdmittedPeer {
+    peer: PeerInfo,
+    path: PeerPath,
+    /// Its underlay address is on-link through our underlay interface (our L2 segment),
+    /// whatever path it takes: it may hold this segment's LoadBalancer IPs.
+    on_link: bool,
+    /// Why the kernel refused its route, if it did.
+    route_error: Option<String>,
 }
 
 async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     let subnet = shared.subnet();
     let view = routing::LocalView {
         cluster_cidr: shared.cfg.cluster.cidr,
+        service_cidr: shared.cfg.cluster.service_cidr,
         pod_subnet: subnet.net,
         underlay: shared.local.underlay_addr,
     };
@@ -496,19 +599,24 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
         tracing::warn!(peer = %r.peer.name, subnet = %r.peer.pod_subnet, underlay = %r.peer.underlay, "peer left out: {}", r.reason);
     }
     let mut with_paths = Vec::with_capacity(peers.len());
+    let mut on_link = Vec::with_capacity(peers.len());
     for peer in &peers {
-        let path = match shared.nl.route_get(peer.underlay).await {
-            Ok(lookup) => routing::choose_path(
-                shared.cfg.tunnel.host_gw,
-                lookup,
-                shared.local.underlay.index,
+        let (path, linked) = match shared.nl.route_get(peer.underlay).await {
+            Ok(lookup) => (
+                routing::choose_path(
+                    shared.cfg.tunnel.host_gw,
+                    lookup,
+                    shared.local.underlay.index,
+                ),
+                lookup.gateway.is_none() && lookup.oif == shared.local.underlay.index,
             ),
             Err(e) => {
                 tracing::warn!(peer = %peer.name, "no route to its underlay address, using the tunnel: {e:#}");
-                PeerPath::Udp
+                (PeerPath::Udp, false)
             }
         };
         with_paths.push((peer.clone(), path));
+        on_link.push(linked);
     }
     shared.dp.install(ForwardingTable::new(
         local_vtep(&shared.cfg, &shared.local, subnet),
@@ -528,20 +636,43 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
             errors.push((dst, format!("{e:#}")));
         }
     }
-    let admitted = with_paths
+    let admitted: Vec<AdmittedPeer> = with_paths
         .into_iter()
-        .map(|(peer, path)| {
-            let error = errors
+        .zip(on_link)
+        .map(|((peer, path), on_link)| {
+            let route_error = errors
                 .iter()
                 .find(|(dst, _)| *dst == peer.pod_subnet)
                 .map(|(_, e)| e.clone());
-            (peer, path, error)
+            AdmittedPeer {
+                peer,
+                path,
+                on_link,
+                route_error,
+            }
         })
         .collect();
-    *shared
-        .peers
-        .lock()
-        .map_err(|_| anyhow!("peer list lock poisoned"))? = PeerState { admitted, rejected };
+    let on_link_before: Vec<String> = {
+        let mut state = shared
+            .peers
+            .lock()
+            .map_err(|_| anyhow!("peer list lock poisoned"))?;
+        let before = on_link_names(&state.admitted);
+        *state = PeerState { admitted, rejected };
+        before
+    };
+    // The segment's live members decide who holds LoadBalancer IPs.
+    if on_link_before
+        != on_link_names(
+            &shared
+                .peers
+                .lock()
+                .map_err(|_| anyhow!("peer list lock poisoned"))?
+                .admitted,
+        )
+    {
+        shared.services_now.notify_one();
+    }
     match errors.first() {
         None => Ok(()),
         Some((dst, e)) => Err(anyhow!(
@@ -551,13 +682,21 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     }
 }
 
+fn on_link_names(peers: &[AdmittedPeer]) -> Vec<String> {
+    peers
+        .iter()
+        .filter(|p| p.on_link)
+        .map(|p| p.peer.name.clone())
+        .collect()
+}
+
 fn local_routing(shared: &Shared, subnet: Subnet) -> LocalRouting {
     LocalRouting {
         cluster_cidr: shared.cfg.cluster.cidr,
         tunnel_src: subnet.gateway,
         tunnel_oif: shared.tun_index,
         underlay_oif: shared.local.underlay.index,
-        service_cidr: None,
+        service_cidr: Some(shared.cfg.cluster.service_cidr),
         loopback_oif: shared.local.loopback_index,
     }
 }
@@ -613,13 +752,49 @@ async fn move_subnet(shared: &Shared, new: Subnet) -> Result<()> {
     sync_nft(shared, ruleset(&shared.cfg, new.net, nodes))?;
     *shared.subnet.write().unwrap_or_else(|e| e.into_inner()) = new;
     shared.reconcile_now.notify_one();
+    if let Some(dns) = &shared.dns {
+        dns.move_to(SocketAddrV4::new(new.gateway, DNS_PORT))?;
+    }
     // Pods that find no address wait, recorded, for a deletion to make room (logged); pods
     // that could not be re-addressed are retried.
-    let left = pods.renumber(new.net).await?;
+    let left = pods.renumber(new.net).await;
+    shared.publish_pods(&pods);
+    let left = left?;
+    pods.set_dns(shared.pod_dns(new))?;
     if left.failed > 0 {
         bail!("{} pods could not be moved into {}", left.failed, new.net);
     }
     Ok(())
+}
+
+/// The port pods ask the cluster DNS on.
+const DNS_PORT: u16 = 53;
+
+/// Starts the cluster DNS on the bridge gateway (port 53, UDP and TCP), forwarding other
+/// names to `dns.upstream` or the node's own resolvers.
+async fn start_dns(
+    cfg: &Config,
+    subnet: Subnet,
+    table: Arc<overlayd_proto::service::ServiceTable>,
+) -> Result<DnsServer> {
+    let configured: Vec<SocketAddrV4> = cfg.dns.upstream.iter().map(|u| u.0).collect();
+    let upstreams =
+        crate::dns::node_upstreams(&configured, std::path::Path::new("/etc/resolv.conf"))
+            .unwrap_or_else(|e| {
+                tracing::warn!(
+                    "no upstream resolvers ({e:#}): names outside {} will not resolve",
+                    cfg.cluster.domain
+                );
+                Vec::new()
+            });
+    let mut settings = DnsSettings::new(SocketAddrV4::new(subnet.gateway, DNS_PORT), upstreams);
+    settings.domain = cfg.cluster.domain.clone();
+    DnsServer::start(settings, table).await.with_context(|| {
+        format!(
+            "starting the cluster DNS on {}:{DNS_PORT}; free the port or set dns.enabled = false",
+            subnet.gateway
+        )
+    })
 }
 
 /// SIGHUP: make the running keyring what the config's key files say now.
@@ -658,6 +833,7 @@ async fn remove_datapath(shared: &Shared) -> Result<()> {
         }
         Err(e) => results.push(Err(e)),
     }
+    results.push(serving::release_lb(shared).await);
     results.push(nft::remove());
     results.push(shared.nl.delete_link(shared.tun_index).await);
     results.push(shared.nl.delete_link(shared.bridge_index).await);

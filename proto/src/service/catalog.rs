@@ -319,6 +319,23 @@ impl Catalog {
             .map(|(name, p)| (name.as_str(), &p.endpoint))
     }
 
+    /// Whether the version of `key` in use is the one its winning head names (and not the
+    /// previous one, kept while the parts of a newer version arrive).
+    pub fn is_current(&self, key: &ServiceKey) -> bool {
+        match (self.heads.get(key), self.in_use.get(key)) {
+            (Some(head), Some(in_use)) => head.split == in_use.split,
+            _ => false,
+        }
+    }
+
+    /// Whether `spec` is exactly the spec of its Service's current version: writing it
+    /// again would change nothing but the stamps (every node applying the same
+    /// `[[service]]` list at start would otherwise rewrite every Service).
+    pub fn unchanged(&self, spec: &ServiceSpec) -> bool {
+        let key = spec.key();
+        self.is_current(&key) && self.object(&key).is_some_and(|o| o.spec == *spec)
+    }
+
     /// Who holds a claim, other than `me`.
     fn held_by_other(&self, claim: Claim, me: &ServiceKey) -> Option<&ServiceKey> {
         self.holders.get(&claim).filter(|h| *h != me)
@@ -847,13 +864,18 @@ pub fn allocate(
 /// The writes that add or update a Service: allocation (see [`allocate`]) with
 /// `stamp` (a fresh `Gossip::stamp`) as creation stamp of a new Service and as version
 /// stamp, then the parts and head of the new version and the deletes of the parts it
-/// replaces. Apply them in order with `Gossip::set_object`.
+/// replaces. Apply them in order with `Gossip::set_object`. None if the Service's current
+/// version already has this spec.
 pub fn put_service(
     spec: &ServiceSpec,
     stamp: Hlc,
     catalog: &Catalog,
     settings: &ServiceSettings,
 ) -> Result<Vec<ObjectWrite>, AllocError> {
+    if catalog.unchanged(spec) {
+        spec.validate(settings)?;
+        return Ok(Vec::new());
+    }
     let object = allocate(spec, stamp, catalog, settings)?;
     Ok(service_writes(
         &object,
@@ -864,8 +886,12 @@ pub fn put_service(
 
 /// [`put_service`] for many Services at once (a config's `[[service]]` list, a bulk
 /// import): each is allocated around the catalog and the ones before it, all with
-/// `stamp`. Returns `Err((i, error))` for the first spec `i` that cannot be allocated;
-/// nothing is written then.
+/// `stamp`; specs their Service already has are skipped. Returns `Err((i, error))` for the
+/// first spec `i` that cannot be allocated; nothing is written then.
+///
+/// Apply a config's list only once this node holds the cluster's state (after the join's
+/// full-state pull): against an empty catalog every Service would be written anew, with
+/// a new creation stamp.
 pub fn put_services(
     specs: &[ServiceSpec],
     stamp: Hlc,
@@ -890,6 +916,9 @@ pub fn put_services(
     for (i, spec) in specs.iter().enumerate() {
         let fail = |e: AllocError| (i, e);
         spec.validate(settings).map_err(|e| fail(e.into()))?;
+        if catalog.unchanged(spec) {
+            continue;
+        }
         let key = spec.key();
         let existing = catalog.object(&key);
         let alloc = allocation_for(spec, existing, catalog, settings, &mut used).map_err(fail)?;
@@ -999,6 +1028,11 @@ pub fn repairs(
         let Some(object) = catalog.object(key) else {
             continue;
         };
+        // A newer version is on its way (its parts are missing here): re-allocating the
+        // version in use would overwrite it. Once it is in, it is judged on its own.
+        if !catalog.is_current(key) {
+            continue;
+        }
         let Ok(alloc) = reallocation(object, catalog, settings, &mut used) else {
             continue;
         };

@@ -7,13 +7,26 @@
 //! Nothing here does I/O or reads a clock: every input that depends on time takes `now`.
 //! See docs/services.md for the design and its measurements.
 
+mod aging;
+pub mod balance;
 pub mod catalog;
 pub mod codec;
 pub mod dns;
+pub mod flows;
+pub mod frontend;
+pub mod hash;
+pub mod health;
 pub mod lb;
+pub mod maglev;
+pub mod proxy_protocol;
 pub mod spec;
 pub mod table;
 
+pub use catalog::{
+    AllocError, Catalog, Housekeeping, allocate, delete_service, housekeeper, pod_writes,
+    put_service, put_services, repairs,
+};
+pub use codec::{Allocation, ObjectWrite, PodEndpoint, ServiceObject};
 pub use spec::{
     Algorithm, ClusterIp, ExplicitBackend, FieldSegment, HealthCheck, Protocol, ServicePort,
     ServiceSettings, ServiceSpec, ServiceType, SessionAffinity, SpecError,

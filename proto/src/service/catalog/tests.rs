@@ -276,6 +276,23 @@ fn allocation_starts_at_the_preferred_slot_and_probes_upward() {
 }
 
 #[test]
+fn putting_the_same_spec_again_writes_nothing() {
+    let mut w = World::new(ServiceSettings::default());
+    let s = node_port(&spec("web"));
+    w.put(&s).unwrap();
+    let stamp = w.stamp();
+    assert_eq!(put_service(&s, stamp, &w.catalog, &w.settings), Ok(vec![]));
+    let both = [s.clone(), spec("api")];
+    let writes = put_services(&both, stamp, &w.catalog, &w.settings).unwrap();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].key, "svc/default/api");
+    // Still checked: an invalid spec is refused, unchanged or not.
+    let mut bad = s;
+    bad.ports[0].port = 0;
+    assert!(put_service(&bad, stamp, &w.catalog, &w.settings).is_err());
+}
+
+#[test]
 fn an_update_keeps_the_allocation_and_the_creation_stamp() {
     let mut w = World::new(ServiceSettings::default());
     let s = node_port(&spec("web"));
@@ -567,6 +584,50 @@ fn a_split_service_keeps_its_previous_version_until_every_part_of_the_new_one_is
         "{:?}",
         w.objects.keys().collect::<Vec<_>>()
     );
+}
+
+/// A Pending Service whose newer version is still arriving is left alone: re-allocating
+/// the version in use would overwrite the newer one.
+#[test]
+fn a_pending_service_with_a_newer_version_in_flight_is_not_reallocated() {
+    let mut w = World::new(small());
+    let a = allocate(&spec("a"), Hlc::new(WALL, 1), &w.catalog, &w.settings).unwrap();
+    let mut big = allocate(
+        &with_backends("big", 300),
+        Hlc::new(WALL, 2),
+        &w.catalog,
+        &w.settings,
+    )
+    .unwrap();
+    big.alloc = a.alloc.clone();
+    w.write(&a);
+    w.write(&big);
+    assert!(matches!(w.service("big").status, ServiceStatus::Pending(_)));
+    assert!(w.catalog.is_current(&key("big")));
+    // The user's update: its head arrives, its parts do not (yet).
+    let mut v2 = big.clone();
+    v2.spec.backends.pop();
+    let stamp = w.stamp();
+    let writes = service_writes(&v2, stamp, &w.catalog.part_keys(&key("big"))).unwrap();
+    let (parts, rest): (Vec<ObjectWrite>, Vec<ObjectWrite>) = writes
+        .into_iter()
+        .partition(|w| w.value.is_some() && w.key.matches('/').count() == 4);
+    w.apply(&rest);
+    assert!(!w.catalog.is_current(&key("big")));
+    assert_eq!(w.service("big").endpoints.len(), 300);
+    assert!(w.housekeep().is_empty());
+    // Once it is in, it is re-allocated like any other.
+    w.apply(&parts);
+    assert!(w.catalog.is_current(&key("big")));
+    assert_eq!(
+        w.housekeep()
+            .iter()
+            .filter(|w| w.key == "svc/default/big")
+            .count(),
+        1
+    );
+    assert!(w.service("big").is_active());
+    assert_eq!(w.service("big").endpoints.len(), 299);
 }
 
 #[test]

@@ -1,0 +1,160 @@
+//! The daemon's Services data path: keeps the proxy's listeners and balancers, the DNS
+//! responder's table and this node's LoadBalancer addresses in step with the resolved
+//! Services and the peers, and answers the API's Service requests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use overlayd_proto::api::{self, ServiceReport};
+use overlayd_proto::service::frontend::{self, LocalNode};
+use overlayd_proto::service::{ServiceTable, ServiceType, lb};
+use tokio::sync::watch;
+
+use super::Shared;
+
+/// How often listeners that failed to bind are retried, and LoadBalancer addresses
+/// re-checked, when nothing changed.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Gratuitous ARP announcements sent when this node takes a LoadBalancer IP.
+const GARP_COUNT: usize = 3;
+
+/// Serves every change of the Service table, and every peer change (LoadBalancer IPs
+/// follow the live members of the segment).
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    mut table: watch::Receiver<Arc<ServiceTable>>,
+) -> Result<()> {
+    let mut retry = false;
+    let mut served: Option<Arc<ServiceTable>> = None;
+    loop {
+        let current = table.borrow_and_update().clone();
+        let changed = served.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &current));
+        if changed || retry {
+            let frontends = frontend::frontends(
+                &current,
+                &LocalNode {
+                    underlay: shared.local.underlay_addr,
+                },
+            );
+            let outcome = shared.proxy.update(current.clone(), frontends);
+            for (addr, error) in &outcome.failed {
+                tracing::warn!(frontend = %addr, "cannot listen (retrying): {error}");
+            }
+            retry = !outcome.failed.is_empty();
+            if let Some(dns) = &shared.dns {
+                dns.set_table(current.clone());
+            }
+            served = Some(current.clone());
+        }
+        if let Err(e) = sync_lb(&shared, &current).await {
+            tracing::warn!("LoadBalancer addresses: {e:#}");
+        }
+        tokio::select! {
+            changed = table.changed() => if changed.is_err() { return Ok(()) },
+            _ = shared.services_now.notified() => {}
+            _ = tokio::time::sleep(RESYNC_INTERVAL) => {}
+        }
+    }
+}
+
+/// Holds exactly the LoadBalancer IPs this node is the holder of: for each active
+/// LoadBalancer Service's external IP on this node's segment (on-link through the
+/// underlay), the candidates are this node and the peers on the segment, and
+/// `lb::holder` picks one — the same one on every node of the segment. A newly taken
+/// address is announced with gratuitous ARP.
+async fn sync_lb(shared: &Shared, table: &ServiceTable) -> Result<()> {
+    let ips: BTreeSet<Ipv4Addr> = table
+        .iter()
+        .filter(|s| s.kind == ServiceType::LoadBalancer && s.is_active())
+        .filter_map(|s| s.external_ip)
+        .collect();
+    let on_link_peers: Vec<String> = shared
+        .peers
+        .lock()
+        .map_err(|_| anyhow::anyhow!("peer list lock poisoned"))?
+        .admitted
+        .iter()
+        .filter(|p| p.on_link)
+        .map(|p| p.peer.name.clone())
+        .collect();
+    let underlay = shared.local.underlay.index;
+    let mut holders = BTreeMap::new();
+    let mut wanted = BTreeSet::new();
+    for ip in ips {
+        let on_link = shared
+            .nl
+            .route_get(ip)
+            .await
+            .is_ok_and(|l| l.gateway.is_none() && l.oif == underlay);
+        if !on_link {
+            // Not this node's segment: its holder is decided there.
+            holders.insert(ip, None);
+            continue;
+        }
+        let candidates = std::iter::once(shared.local.name.as_str())
+            .chain(on_link_peers.iter().map(String::as_str));
+        let holder = lb::holder(ip, candidates).map(str::to_owned);
+        if holder.as_deref() == Some(shared.local.name.as_str()) {
+            wanted.insert(ip);
+        }
+        holders.insert(ip, holder);
+    }
+    *shared.lb_holders.lock().unwrap_or_else(|e| e.into_inner()) = holders;
+
+    let held: BTreeSet<Ipv4Addr> = shared.nl.owned_addrs(underlay).await?.into_iter().collect();
+    for ip in wanted.difference(&held) {
+        shared.nl.add_owned_addr(underlay, *ip).await?;
+        tracing::info!(%ip, "took the LoadBalancer IP");
+        if let Some(mac) = shared.local.underlay.mac
+            && let Err(e) = crate::arp::announce(underlay, mac, *ip, GARP_COUNT)
+        {
+            tracing::warn!(%ip, "announcing the LoadBalancer IP: {e:#}");
+        }
+    }
+    for ip in held.difference(&wanted) {
+        shared.nl.delete_addr(underlay, *ip).await?;
+        tracing::info!(%ip, "gave up the LoadBalancer IP");
+    }
+    Ok(())
+}
+
+/// Removes every LoadBalancer IP this node holds (a stop that removes the data path).
+pub(super) async fn release_lb(shared: &Shared) -> Result<()> {
+    let underlay = shared.local.underlay.index;
+    for ip in shared.nl.owned_addrs(underlay).await? {
+        shared.nl.delete_addr(underlay, ip).await?;
+    }
+    Ok(())
+}
+
+/// `overlayd services`: the table with the proxy's view of each Service's ports.
+pub(super) fn report(shared: &Shared) -> api::ServicesReport {
+    let table = shared.services.table().borrow().clone();
+    let mut ports: BTreeMap<_, Vec<api::PortReport>> = BTreeMap::new();
+    for port in shared.proxy.report().ports {
+        ports
+            .entry(port.key.service.clone())
+            .or_default()
+            .push(port);
+    }
+    let holders = shared
+        .lb_holders
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let services = table
+        .iter()
+        .map(|s| ServiceReport {
+            lb_holder: s
+                .external_ip
+                .and_then(|ip| holders.get(&ip).cloned().flatten()),
+            ports: ports.remove(&s.key).unwrap_or_default(),
+            service: s.clone(),
+        })
+        .collect();
+    api::ServicesReport { services }
+}

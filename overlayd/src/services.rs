@@ -1,0 +1,486 @@
+//! Services in the daemon: keeps the catalog (`proto::service::catalog`) in step with the
+//! objects of the cluster store — the gossip core, or this node alone without `[gossip]`
+//! — publishes the resolved [`ServiceTable`] for the proxy, the DNS responder and the
+//! API, writes this node's pods as endpoints, makes the housekeeper's repairs, applies
+//! the config's `[[service]]` list once the node has the cluster's state, and carries out
+//! `overlayd service add|del|get|list`.
+//!
+//! [`ServiceState`] is driven by the task that owns the store: the gossip task (objects
+//! change there) or, without gossip, [`run_local`]. Every decision is proto's; this only
+//! moves objects, stamps and results.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use overlayd_proto::api::ServiceInfo;
+use overlayd_proto::gossip::{Gossip, Hlc, ObjectError};
+use overlayd_proto::service::catalog::{
+    Catalog, Housekeeping, delete_service, put_service, put_services, repairs,
+};
+use overlayd_proto::service::codec::{ObjectWrite, PodEndpoint};
+use overlayd_proto::service::{ServiceKey, ServiceSettings, ServiceSpec, ServiceTable};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Rebuilds of the catalog are at least this far apart: a burst of gossip (a joiner's
+/// full state, a bulk import) costs one rebuild, not one per object.
+const REBUILD_EVERY: Duration = Duration::from_millis(20);
+
+/// Even when nothing changed, the catalog is rebuilt (and repairs made) this often: a
+/// member that gossip forgets raises no event, and orphaned parts age.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a node with seeds waits to hear from the cluster before it applies its
+/// config's Services anyway (it may be the first node up).
+const CONFIG_WAIT: Duration = Duration::from_secs(10);
+
+/// Where Service and pod objects live: the gossip core (replicated), or this node alone.
+pub trait ObjectStore {
+    /// Every live object.
+    fn objects(&self) -> Vec<(&str, &[u8])>;
+    /// Writes (`Some`) or deletes (`None`) an object.
+    fn set_object(
+        &mut self,
+        now: Instant,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), ObjectError>;
+    /// A fresh timestamp above every one written or seen.
+    fn stamp(&mut self, now: Instant) -> Hlc;
+    /// Up members (alive or suspect), this node included.
+    fn live(&self) -> BTreeSet<String>;
+    /// Every member known, in any state.
+    fn members(&self) -> BTreeSet<String>;
+}
+
+impl ObjectStore for Gossip {
+    fn objects(&self) -> Vec<(&str, &[u8])> {
+        Gossip::objects(self).collect()
+    }
+
+    fn set_object(
+        &mut self,
+        now: Instant,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), ObjectError> {
+        Gossip::set_object(self, now, key, value)
+    }
+
+    fn stamp(&mut self, now: Instant) -> Hlc {
+        Gossip::stamp(self, now)
+    }
+
+    fn live(&self) -> BTreeSet<String> {
+        self.members()
+            .filter(|m| m.state.is_up())
+            .map(|m| m.name.to_owned())
+            .collect()
+    }
+
+    fn members(&self) -> BTreeSet<String> {
+        Gossip::members(self).map(|m| m.name.to_owned()).collect()
+    }
+}
+
+/// The store of a node without gossip: its own objects only.
+pub struct LocalStore {
+    name: String,
+    objects: BTreeMap<String, Vec<u8>>,
+    last: Hlc,
+}
+
+impl LocalStore {
+    pub fn new(name: &str) -> Self {
+        LocalStore {
+            name: name.to_owned(),
+            objects: BTreeMap::new(),
+            last: Hlc(0),
+        }
+    }
+}
+
+impl ObjectStore for LocalStore {
+    fn objects(&self) -> Vec<(&str, &[u8])> {
+        self.objects
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect()
+    }
+
+    fn set_object(
+        &mut self,
+        _now: Instant,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), ObjectError> {
+        match value {
+            Some(v) => self.objects.insert(key.to_owned(), v),
+            None => self.objects.remove(key),
+        };
+        Ok(())
+    }
+
+    fn stamp(&mut self, _now: Instant) -> Hlc {
+        let wall = Hlc::new(crate::gossip::wall_clock_ms(), 0);
+        self.last = wall.max(Hlc(self.last.0 + 1));
+        self.last
+    }
+
+    fn live(&self) -> BTreeSet<String> {
+        [self.name.clone()].into()
+    }
+
+    fn members(&self) -> BTreeSet<String> {
+        self.live()
+    }
+}
+
+/// What the API asks of the Services.
+pub enum ServiceCommand {
+    Put(ServiceSpec, oneshot::Sender<Result<ServiceInfo>>),
+    Delete(ServiceKey, oneshot::Sender<Result<ServiceInfo>>),
+    Get(ServiceKey, oneshot::Sender<Result<ServiceInfo>>),
+    List(oneshot::Sender<Vec<ServiceInfo>>),
+}
+
+/// The daemon's handle on the Services: the table as it changes, and the commands.
+#[derive(Clone)]
+pub struct ServicesHandle {
+    commands: mpsc::Sender<ServiceCommand>,
+    table: watch::Receiver<Arc<ServiceTable>>,
+}
+
+impl ServicesHandle {
+    /// The resolved Services, now and as they change.
+    pub fn table(&self) -> watch::Receiver<Arc<ServiceTable>> {
+        self.table.clone()
+    }
+
+    pub async fn put(&self, spec: ServiceSpec) -> Result<ServiceInfo> {
+        self.ask(|tx| ServiceCommand::Put(spec, tx)).await?
+    }
+
+    pub async fn delete(&self, key: ServiceKey) -> Result<ServiceInfo> {
+        self.ask(|tx| ServiceCommand::Delete(key, tx)).await?
+    }
+
+    pub async fn get(&self, key: ServiceKey) -> Result<ServiceInfo> {
+        self.ask(|tx| ServiceCommand::Get(key, tx)).await?
+    }
+
+    pub async fn list(&self) -> Result<Vec<ServiceInfo>> {
+        self.ask(ServiceCommand::List).await
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> ServiceCommand) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| anyhow!("the Services task has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow!("the Services task has stopped"))
+    }
+}
+
+/// This node's pods as endpoints, by pod name; the daemon sends a new map whenever a pod
+/// is added, deleted or moved. `None` until the daemon has loaded its pods: until then
+/// nothing is repaired, so a restarting node never withdraws the pods it published
+/// before (they would leave every Service for a moment).
+pub type LocalPods = Option<BTreeMap<String, PodEndpoint>>;
+
+/// The Services side of the task that owns the store.
+pub struct ServiceState {
+    local: String,
+    settings: ServiceSettings,
+    catalog: Catalog,
+    /// The store changed since the last build.
+    dirty: bool,
+    last_build: Option<Instant>,
+    pods: watch::Receiver<LocalPods>,
+    table: watch::Sender<Arc<ServiceTable>>,
+    /// The config's `[[service]]` list, until it is applied.
+    config_specs: Option<Vec<ServiceSpec>>,
+    /// When the config's Services are applied even if no other member was heard of.
+    config_deadline: Instant,
+    /// Whether the node joins through seeds (else it may be the first: apply at once).
+    has_seeds: bool,
+    /// Objects the last build left out (malformed, or refused under our settings).
+    skipped: usize,
+}
+
+/// The commands' receiving end, for the task that drives a [`ServiceState`].
+pub type Commands = mpsc::Receiver<ServiceCommand>;
+
+impl ServiceState {
+    /// A state to drive, the handle for the daemon, and the receiver of API commands.
+    pub fn new(
+        local: &str,
+        settings: ServiceSettings,
+        config_specs: Vec<ServiceSpec>,
+        has_seeds: bool,
+        pods: watch::Receiver<LocalPods>,
+    ) -> (ServiceState, ServicesHandle, Commands) {
+        let (table_tx, table_rx) = watch::channel(Arc::new(ServiceTable::default()));
+        let (commands_tx, commands_rx) = mpsc::channel(64);
+        let state = ServiceState {
+            local: local.to_owned(),
+            settings,
+            catalog: Catalog::default(),
+            dirty: true,
+            last_build: None,
+            pods,
+            table: table_tx,
+            config_specs: (!config_specs.is_empty()).then_some(config_specs),
+            config_deadline: Instant::now() + CONFIG_WAIT,
+            has_seeds,
+            skipped: 0,
+        };
+        let handle = ServicesHandle {
+            commands: commands_tx,
+            table: table_rx,
+        };
+        (state, handle, commands_rx)
+    }
+
+    /// The store changed (an object or a member): rebuild soon.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// When [`ServiceState::tick`] has work to do: a rebuild (paced), or the config's
+    /// Services to apply.
+    pub fn deadline(&self) -> Option<Instant> {
+        let rebuild = match (self.dirty, self.last_build) {
+            (_, None) => Instant::now(),
+            (true, Some(t)) => t + REBUILD_EVERY,
+            (false, Some(t)) => t + RESYNC_EVERY,
+        };
+        let rebuild = Some(rebuild);
+        let config = self.config_specs.as_ref().map(|_| self.config_deadline);
+        match (rebuild, config) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A future that resolves when this node's pods change (then call `mark_dirty`).
+    pub async fn pods_changed(&mut self) {
+        if self.pods.changed().await.is_err() {
+            // The daemon dropped the sender: it is stopping; wait for the end.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Does what is due: rebuilds the catalog if the store changed (and makes this node's
+    /// repairs, which may change it again), applies the config's Services once the node
+    /// is part of the cluster (or waited long enough).
+    pub fn tick(&mut self, store: &mut impl ObjectStore, now: Instant) {
+        let due = match self.last_build {
+            None => true,
+            Some(t) if self.dirty => now >= t + REBUILD_EVERY,
+            Some(t) => now >= t + RESYNC_EVERY,
+        };
+        if due {
+            self.rebuild(store, now);
+        }
+        if self.config_specs.is_some() {
+            let joined = !self.has_seeds || store.live().len() > 1;
+            if joined || now >= self.config_deadline {
+                self.apply_config(store, now);
+            }
+        }
+    }
+
+    fn rebuild(&mut self, store: &mut impl ObjectStore, now: Instant) {
+        // Repairs change the store; a few rounds settle it (each round's writes are
+        // deterministic, so a second round finds nothing left to do).
+        for _ in 0..3 {
+            self.build(store, now);
+            let Some(local_pods) = self.pods.borrow_and_update().clone() else {
+                return;
+            };
+            let live = store.live();
+            let members = store.members();
+            let writes = repairs(
+                &self.catalog,
+                &self.settings,
+                &Housekeeping {
+                    local: &self.local,
+                    live: &live,
+                    members: &members,
+                    local_pods: &local_pods,
+                    stamp: store.stamp(now),
+                    wall_ms: crate::gossip::wall_clock_ms(),
+                },
+            );
+            if writes.is_empty() {
+                return;
+            }
+            tracing::debug!(writes = writes.len(), "Service repairs");
+            if let Err(e) = apply(store, now, &writes) {
+                tracing::warn!("writing Service repairs: {e:#}");
+                return;
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn build(&mut self, store: &mut impl ObjectStore, now: Instant) {
+        let live = store.live();
+        let catalog = Catalog::build(store.objects(), &live, &self.settings, &self.catalog);
+        if catalog.skipped() != self.skipped {
+            if catalog.skipped() > 0 {
+                tracing::warn!(
+                    skipped = catalog.skipped(),
+                    "Service objects left out: malformed, or refused under this node's service \
+                     settings (every node needs the same cluster.service_cidr, \
+                     services.node_port_range and services.external_pool)"
+                );
+            }
+            self.skipped = catalog.skipped();
+        }
+        self.catalog = catalog;
+        self.dirty = false;
+        self.last_build = Some(now);
+        let table = self.catalog.table();
+        self.table.send_if_modified(|current| {
+            let differs = **current != *table;
+            if differs {
+                *current = Arc::new(table.clone());
+            }
+            differs
+        });
+    }
+
+    fn apply_config(&mut self, store: &mut impl ObjectStore, now: Instant) {
+        let Some(specs) = self.config_specs.take() else {
+            return;
+        };
+        if self.dirty {
+            self.build(store, now);
+        }
+        let stamp = store.stamp(now);
+        match put_services(&specs, stamp, &self.catalog, &self.settings) {
+            Ok(writes) => {
+                tracing::info!(
+                    services = specs.len(),
+                    writes = writes.len(),
+                    "applied the config's Services"
+                );
+                if let Err(e) = apply(store, now, &writes) {
+                    tracing::error!("writing the config's Services: {e:#}");
+                }
+                self.rebuild(store, now);
+            }
+            Err((i, e)) => tracing::error!(
+                service = %specs[i].key(),
+                "the config's Services were not applied: {e}"
+            ),
+        }
+    }
+
+    /// Carries out one API command.
+    pub fn command(&mut self, store: &mut impl ObjectStore, now: Instant, command: ServiceCommand) {
+        match command {
+            ServiceCommand::Put(spec, reply) => {
+                let _ = reply.send(self.put(store, now, spec));
+            }
+            ServiceCommand::Delete(key, reply) => {
+                let _ = reply.send(self.delete(store, now, &key));
+            }
+            ServiceCommand::Get(key, reply) => {
+                let _ = reply.send(self.fresh(store, now).info(&key));
+            }
+            ServiceCommand::List(reply) => {
+                let state = self.fresh(store, now);
+                let list = state
+                    .catalog
+                    .objects()
+                    .filter_map(|(key, _)| state.info(key).ok())
+                    .collect();
+                let _ = reply.send(list);
+            }
+        }
+    }
+
+    /// The state with a catalog that holds every write made so far.
+    fn fresh(&mut self, store: &mut impl ObjectStore, now: Instant) -> &Self {
+        if self.dirty {
+            self.rebuild(store, now);
+        }
+        self
+    }
+
+    fn put(
+        &mut self,
+        store: &mut impl ObjectStore,
+        now: Instant,
+        spec: ServiceSpec,
+    ) -> Result<ServiceInfo> {
+        self.fresh(store, now);
+        let key = spec.key();
+        let writes = put_service(&spec, store.stamp(now), &self.catalog, &self.settings)?;
+        apply(store, now, &writes)?;
+        tracing::info!(service = %key, "Service written");
+        self.rebuild(store, now);
+        self.info(&key)
+    }
+
+    fn delete(
+        &mut self,
+        store: &mut impl ObjectStore,
+        now: Instant,
+        key: &ServiceKey,
+    ) -> Result<ServiceInfo> {
+        self.fresh(store, now);
+        let info = self.info(key)?;
+        apply(store, now, &delete_service(key, &self.catalog))?;
+        tracing::info!(service = %key, "Service deleted");
+        self.rebuild(store, now);
+        Ok(info)
+    }
+
+    fn info(&self, key: &ServiceKey) -> Result<ServiceInfo> {
+        let (Some(object), Some(service)) =
+            (self.catalog.object(key), self.catalog.table().get(key))
+        else {
+            bail!("no Service {key}");
+        };
+        Ok(ServiceInfo {
+            spec: object.spec.clone(),
+            service: service.clone(),
+        })
+    }
+}
+
+/// Applies writes in order.
+fn apply(store: &mut impl ObjectStore, now: Instant, writes: &[ObjectWrite]) -> Result<()> {
+    for w in writes {
+        store
+            .set_object(now, &w.key, w.value.clone())
+            .map_err(|e| anyhow!("writing {}: {e}", w.key))?;
+    }
+    Ok(())
+}
+
+/// Drives a [`ServiceState`] over a [`LocalStore`]: a node without gossip.
+pub async fn run_local(mut state: ServiceState, mut store: LocalStore, mut commands: Commands) {
+    loop {
+        let now = Instant::now();
+        state.tick(&mut store, now);
+        let deadline = state
+            .deadline()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = state.pods_changed() => state.mark_dirty(),
+            command = commands.recv() => match command {
+                Some(c) => state.command(&mut store, Instant::now(), c),
+                None => return,
+            },
+        }
+    }
+}
