@@ -30,7 +30,8 @@
 //! - memory: every daemon's VmRSS idle (before the bench made any Service) and after
 //!   `--services` Services with `--endpoints` explicit endpoints each were added on n1
 //!   (4 clients in parallel; the time it took), once every node lists them all (or after
-//!   a timeout, which the report says).
+//!   a timeout, which the report says); a node "has" them when its `overlayd status`
+//!   counts them (polled every 250 ms).
 //!
 //! The client pod and n1 get a wide ephemeral port range and `tcp_tw_reuse`, so the
 //! connection-rate runs are not limited by ports; the plumbing (HAProxy, its address, the
@@ -43,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use overlayd_proto::api::{Request, ServiceInfo, ServiceList};
+use overlayd_proto::api::{Request, ServiceInfo, Status};
 use overlayd_proto::service::ServiceSpec;
 use serde::Serialize;
 
@@ -181,7 +182,8 @@ pub struct Memory {
     pub endpoints: u32,
     /// From the first add request to the last answer (parallel clients).
     pub load_seconds: f64,
-    /// From the first add until every node listed them all; `None` on a timeout.
+    /// From the first add until every node's catalog had them all (`overlayd status`
+    /// polled every 250 ms); `None` on a timeout.
     pub converge_seconds: Option<f64>,
     pub nodes: Vec<NodeMemory>,
 }
@@ -191,7 +193,7 @@ pub struct NodeMemory {
     pub node: String,
     pub idle_rss_kib: u64,
     pub loaded_rss_kib: u64,
-    /// Services the node listed when the loaded RSS was read.
+    /// Services the node's catalog had (`overlayd status`) when the loaded RSS was read.
     pub services_listed: usize,
 }
 
@@ -671,6 +673,11 @@ fn get_service(socket: &Path, name: &str) -> Result<ServiceInfo, ApiError> {
     )
 }
 
+/// How many Services the node's catalog has (`overlayd status`).
+fn services_count(socket: &Path) -> Result<usize, ApiError> {
+    api::call_as::<Status>(socket, &Request::Status).map(|s| s.services)
+}
+
 fn spec(value: serde_json::Value) -> ServiceSpec {
     serde_json::from_value(value).expect("the bench's Service specs are valid JSON specs")
 }
@@ -779,6 +786,24 @@ fn memory(
     log: &mut dyn FnMut(&str),
 ) -> Result<Memory, LabError> {
     let origin = lab.node(CLIENT_NODE)?.socket_path();
+    let sockets: Vec<(String, PathBuf, u32)> = lab
+        .nodes()
+        .filter_map(|n| Some((n.name().to_string(), n.socket_path(), n.pid()?)))
+        .collect();
+    // Start from an empty catalog everywhere (the bench's earlier Services deleted), so a
+    // node's count is the loaded Services alone.
+    let deadline = Instant::now() + PROPAGATION_TIMEOUT;
+    while sockets
+        .iter()
+        .any(|(_, s, _)| services_count(s).map_or(true, |c| c > 0))
+    {
+        if Instant::now() >= deadline {
+            return Err(LabError::Bench(format!(
+                "the bench's earlier Services were still listed after {PROPAGATION_TIMEOUT:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let start = Instant::now();
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..LOAD_CLIENTS)
@@ -803,32 +828,21 @@ fn memory(
     })?;
     let load_seconds = start.elapsed().as_secs_f64();
     log(&format!(
-        "memory: loaded in {load_seconds:.1} s; waiting until every node lists them"
+        "memory: loaded in {load_seconds:.1} s; waiting until every node has them"
     ));
-    let sockets: Vec<(String, PathBuf, u32)> = lab
-        .nodes()
-        .filter_map(|n| Some((n.name().to_string(), n.socket_path(), n.pid()?)))
-        .collect();
-    let listed = |socket: &Path| {
-        api::call_as::<ServiceList>(socket, &Request::ServiceList)
-            .map(|l| {
-                l.services
-                    .iter()
-                    .filter(|s| s.spec.name.starts_with("load-"))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
     let mut counts: Vec<usize>;
     let converge_seconds = loop {
-        counts = sockets.iter().map(|(_, s, _)| listed(s)).collect();
+        counts = sockets
+            .iter()
+            .map(|(_, s, _)| services_count(s).unwrap_or(0))
+            .collect();
         if counts.iter().all(|&c| c >= o.services as usize) {
             break Some(start.elapsed().as_secs_f64());
         }
         if start.elapsed() > LOAD_CONVERGE_TIMEOUT {
             break None;
         }
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(250));
     };
     let nodes = sockets
         .iter()
