@@ -24,9 +24,12 @@
 //! Then, through the daemons' control sockets (from Rust, one JSON request per line, so the
 //! CLI's start-up is not what is measured):
 //!
-//! - propagation: a Service added on n1, and the time until `service get` answers for it
-//!   on every other node (polled every 5 ms, from the moment the add was sent); median
-//!   and max over the repeats, of the slowest node and per node;
+//! - propagation: a Service (a given VIP, port 80 to the backend pod's echo port 8080)
+//!   added on n1, and on every other node the time until `service get` answers for it
+//!   (`get`) and until a connection to its VIP from the node's namespace gets the
+//!   backend's greeting through that node's proxy (`served`); both polled every 5 ms,
+//!   from the moment the add was sent; median and max over the repeats of the slowest
+//!   node, and per node;
 //! - memory: every daemon's VmRSS idle (before the bench made any Service) and after
 //!   `--services` Services with `--endpoints` explicit endpoints each were added on n1
 //!   (4 clients in parallel; the time it took), once every node lists them all (or after
@@ -51,7 +54,7 @@ use serde::Serialize;
 use super::api::{self, ApiError};
 use super::datapath::{finish, num, ratio};
 use super::measure::{self, ChildGuard, Iperf, median};
-use crate::hello::HTTP_PORT;
+use crate::hello::{HELLO_PORT, HTTP_PORT};
 use crate::lab::{Lab, LabError, Pod};
 use crate::netns;
 use crate::topology::Topology;
@@ -69,7 +72,7 @@ const BENCH_SERVICE: &str = "bench";
 const SERVICE_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a Service may take to reach every node before propagation gives up.
 const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long loaded Services may take to reach every node.
+/// How long loaded Services may take to reach every node once the last add returned.
 const LOAD_CONVERGE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Parallel clients loading Services.
 const LOAD_CLIENTS: usize = 4;
@@ -156,23 +159,33 @@ pub struct Sample {
     pub errors: u64,
 }
 
-/// How long a Service added on one node takes to show on every other.
+/// How long a Service added on one node takes to reach every other.
 #[derive(Debug, Clone, Serialize)]
 pub struct Propagation {
     /// Services added (one at a time).
     pub repeat: u32,
-    /// Until the last node had it: median and max over the repeats, ms.
+    /// Until `service get` answered for it on the last node.
+    pub get: Spread,
+    /// Until a connection to its VIP reached the backend through the last node's proxy.
+    pub served: Spread,
+    pub per_node: Vec<NodePropagation>,
+}
+
+/// Per repeat the time until the slowest node had it, ms; their median and max.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
     pub every_node_median_ms: f64,
     pub every_node_max_ms: f64,
     pub samples_ms: Vec<f64>,
-    pub per_node: Vec<NodePropagation>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NodePropagation {
     pub node: String,
-    pub median_ms: f64,
-    pub max_ms: f64,
+    pub get_median_ms: f64,
+    pub get_max_ms: f64,
+    pub served_median_ms: f64,
+    pub served_max_ms: f64,
 }
 
 /// Daemon memory idle and with many Services.
@@ -325,7 +338,7 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
             "propagation: {} Services added on {CLIENT_NODE}, one at a time",
             o.propagation_repeat
         ));
-        let propagation = match propagation(lab, o.propagation_repeat) {
+        let propagation = match propagation(lab, o.propagation_repeat, &backend) {
             Ok(p) => Some(p),
             Err(e) => {
                 notes.push(format!("propagation: not measured: {e}"));
@@ -682,61 +695,82 @@ fn spec(value: serde_json::Value) -> ServiceSpec {
     serde_json::from_value(value).expect("the bench's Service specs are valid JSON specs")
 }
 
-fn propagation(lab: &Lab, repeat: u32) -> Result<Propagation, LabError> {
+/// Adds `repeat` Services on the client's node, one at a time, each with a given VIP and
+/// the backend pod's echo port as its backend, and times on every other node until
+/// `service get` answers for it (`get`) and until a connection to its VIP from the node's
+/// namespace reaches the backend through that node's proxy (`served`).
+fn propagation(lab: &Lab, repeat: u32, backend: &Pod) -> Result<Propagation, LabError> {
     let origin = lab.node(CLIENT_NODE)?.socket_path();
-    let others: Vec<(String, PathBuf)> = lab
+    let others: Vec<(String, PathBuf, String)> = lab
         .nodes()
         .filter(|n| n.name() != CLIENT_NODE && n.pid().is_some())
-        .map(|n| (n.name().to_string(), n.socket_path()))
+        .map(|n| (n.name().to_string(), n.socket_path(), n.netns()))
         .collect();
-    let mut per_node: Vec<Vec<f64>> = vec![Vec::new(); others.len()];
-    let mut every = Vec::new();
+    let mut get_times: Vec<Vec<f64>> = vec![Vec::new(); others.len()];
+    let mut served_times: Vec<Vec<f64>> = vec![Vec::new(); others.len()];
+    let greeting = format!("{}\n", backend.name);
     for i in 0..repeat {
         let name = format!("prop-{i}");
+        let vip = Ipv4Addr::new(10, 96, 250, 1 + (i % 250) as u8);
         let request = Request::ServiceAdd {
             spec: spec(serde_json::json!({
                 "name": name,
-                "ports": [{"port": 80, "target_port": 8080}],
-                "backends": ["10.253.0.1"],
+                "cluster_ip": vip.to_string(),
+                "ports": [{"port": 80, "target_port": HELLO_PORT}],
+                "backends": [backend.ip.to_string()],
                 "health_check": {"enabled": false},
             })),
         };
         let start = Instant::now();
-        let times: Vec<Result<f64, LabError>> = std::thread::scope(|scope| {
+        let elapsed_ms = || start.elapsed().as_secs_f64() * 1e3;
+        let timeout = |node: &str, what: &str| {
+            LabError::Bench(format!(
+                "{node}: Service default/{name} not {what} within {PROPAGATION_TIMEOUT:?}"
+            ))
+        };
+        let (added, times) = std::thread::scope(|scope| {
             let pollers: Vec<_> = others
                 .iter()
-                .map(|(node, socket)| {
-                    let name = &name;
-                    scope.spawn(move || {
-                        loop {
-                            if get_service(socket, name).is_ok() {
-                                return Ok(start.elapsed().as_secs_f64() * 1e3);
-                            }
+                .map(|(node, socket, ns)| {
+                    let get = scope.spawn(|| {
+                        while get_service(socket, &name).is_err() {
                             if start.elapsed() > PROPAGATION_TIMEOUT {
-                                return Err(LabError::Bench(format!(
-                                    "{node} did not show Service default/{name} within {PROPAGATION_TIMEOUT:?}"
-                                )));
+                                return Err(timeout(node, "shown by service get"));
                             }
                             std::thread::sleep(Duration::from_millis(5));
                         }
-                    })
+                        Ok(elapsed_ms())
+                    });
+                    let served = scope.spawn(|| {
+                        netns::try_in_netns(ns, || {
+                            while !greets(vip, &greeting) {
+                                if start.elapsed() > PROPAGATION_TIMEOUT {
+                                    return Err(timeout(node, "served on its VIP"));
+                                }
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            Ok(elapsed_ms())
+                        })?
+                    });
+                    (get, served)
                 })
                 .collect();
             let added = api::call(&origin, &request);
-            let times = pollers
+            let times: Vec<_> = pollers
                 .into_iter()
-                .map(|p| p.join().expect("a poller does not panic"))
+                .map(|(g, s)| {
+                    let g = g.join().expect("a poller does not panic");
+                    let s = s.join().expect("a poller does not panic");
+                    (g, s)
+                })
                 .collect();
-            match added {
-                Ok(_) => times,
-                Err(e) => vec![Err(LabError::Bench(format!("service add on n1: {e}")))],
-            }
+            (added, times)
         });
-        let times: Vec<f64> = times.into_iter().collect::<Result<_, _>>()?;
-        for (node, t) in per_node.iter_mut().zip(&times) {
-            node.push(*t);
+        added.map_err(|e| LabError::Bench(format!("service add on {CLIENT_NODE}: {e}")))?;
+        for (k, (g, s)) in times.into_iter().enumerate() {
+            get_times[k].push(g?);
+            served_times[k].push(s?);
         }
-        every.push(times.iter().copied().fold(0.0, f64::max));
         let _ = api::call(
             &origin,
             &Request::ServiceDel {
@@ -745,22 +779,60 @@ fn propagation(lab: &Lab, repeat: u32) -> Result<Propagation, LabError> {
             },
         );
     }
-    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     Ok(Propagation {
         repeat,
-        every_node_median_ms: median(&every).unwrap_or(f64::NAN),
-        every_node_max_ms: max(&every),
+        get: Spread::of_slowest(&get_times),
+        served: Spread::of_slowest(&served_times),
         per_node: others
             .iter()
-            .zip(&per_node)
-            .map(|((node, _), times)| NodePropagation {
+            .zip(get_times.iter().zip(&served_times))
+            .map(|((node, _, _), (get, served))| NodePropagation {
                 node: node.clone(),
-                median_ms: median(times).unwrap_or(f64::NAN),
-                max_ms: max(times),
+                get_median_ms: median(get).unwrap_or(f64::NAN),
+                get_max_ms: max(get),
+                served_median_ms: median(served).unwrap_or(f64::NAN),
+                served_max_ms: max(served),
             })
             .collect(),
-        samples_ms: every,
     })
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(0.0, f64::max)
+}
+
+impl Spread {
+    /// `times[node][repeat]` → per repeat the slowest node's time, and their median/max.
+    fn of_slowest(times: &[Vec<f64>]) -> Spread {
+        let repeats = times.iter().map(Vec::len).max().unwrap_or(0);
+        let samples_ms: Vec<f64> = (0..repeats)
+            .map(|r| {
+                max(&times
+                    .iter()
+                    .filter_map(|t| t.get(r).copied())
+                    .collect::<Vec<_>>())
+            })
+            .collect();
+        Spread {
+            every_node_median_ms: median(&samples_ms).unwrap_or(f64::NAN),
+            every_node_max_ms: max(&samples_ms),
+            samples_ms,
+        }
+    }
+}
+
+/// Whether a connection to `vip:80` from this thread's namespace answers with `greeting`
+/// (the backend's echo server's first line).
+fn greets(vip: Ipv4Addr, greeting: &str) -> bool {
+    use std::io::Read;
+    let addr = std::net::SocketAddr::from((vip, 80));
+    let Ok(mut conn) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut got = vec![0u8; greeting.len()];
+    conn.read_exact(&mut got).is_ok() && got == greeting.as_bytes()
 }
 
 /// The spec of loaded Service `i`: one port, `endpoints` explicit backends.
@@ -827,6 +899,7 @@ fn memory(
             .try_for_each(|w| w.join().expect("a loader does not panic"))
     })?;
     let load_seconds = start.elapsed().as_secs_f64();
+    let converge_deadline = Instant::now() + LOAD_CONVERGE_TIMEOUT;
     log(&format!(
         "memory: loaded in {load_seconds:.1} s; waiting until every node has them"
     ));
@@ -839,7 +912,7 @@ fn memory(
         if counts.iter().all(|&c| c >= o.services as usize) {
             break Some(start.elapsed().as_secs_f64());
         }
-        if start.elapsed() > LOAD_CONVERGE_TIMEOUT {
+        if Instant::now() >= converge_deadline {
             break None;
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -913,21 +986,26 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "(medians of {} repeats; iperf3 -t {} 1 stream; wrk -t {} -c {} -d {}s with \
+            "(medians of {} repeats; iperf3 -t {}, 1 stream; wrk -t {} -c {} -d {}s with \
              Connection: close; RATIO against direct)",
             self.repeat, self.seconds, self.threads, self.connections, self.seconds
         );
         if let Some(p) = &self.propagation {
             let _ = writeln!(
                 out,
-                "propagation of a new Service to every node ({} adds): median {:.0} ms, max {:.0} ms",
-                p.repeat, p.every_node_median_ms, p.every_node_max_ms
+                "propagation of a new Service to every other node ({} adds): service get \
+                 median {:.0} ms, max {:.0} ms; VIP served median {:.0} ms, max {:.0} ms",
+                p.repeat,
+                p.get.every_node_median_ms,
+                p.get.every_node_max_ms,
+                p.served.every_node_median_ms,
+                p.served.every_node_max_ms
             );
             for n in &p.per_node {
                 let _ = writeln!(
                     out,
-                    "  {}: median {:.0} ms, max {:.0} ms",
-                    n.node, n.median_ms, n.max_ms
+                    "  {}: get median {:.0} ms, max {:.0} ms; served median {:.0} ms, max {:.0} ms",
+                    n.node, n.get_median_ms, n.get_max_ms, n.served_median_ms, n.served_max_ms
                 );
             }
         }
