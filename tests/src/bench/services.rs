@@ -45,6 +45,8 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use overlayd_proto::api::{Request, ServiceInfo, Status};
@@ -195,10 +197,19 @@ pub struct Memory {
     pub endpoints: u32,
     /// From the first add request to the last answer (parallel clients).
     pub load_seconds: f64,
+    /// When every 1 % of the adds had been answered, from the first add: how the add
+    /// rate changes as the catalog grows.
+    pub load_marks: Vec<LoadMark>,
     /// From the first add until every node's catalog had them all (`overlayd status`
     /// polled every 250 ms); `None` on a timeout.
     pub converge_seconds: Option<f64>,
     pub nodes: Vec<NodeMemory>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LoadMark {
+    pub services: u32,
+    pub seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -876,11 +887,15 @@ fn memory(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let done = AtomicU32::new(0);
+    let marks = Mutex::new(Vec::new());
+    // A mark every 1 % of the load (at least every Service).
+    let step = (o.services / 100).max(1);
     let start = Instant::now();
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..LOAD_CLIENTS)
             .map(|w| {
-                let origin = &origin;
+                let (origin, done, marks) = (&origin, &done, &marks);
                 scope.spawn(move || {
                     for i in (w as u32..o.services).step_by(LOAD_CLIENTS) {
                         let request = Request::ServiceAdd {
@@ -889,11 +904,32 @@ fn memory(
                         api::call(origin, &request).map_err(|e| {
                             LabError::Bench(format!("adding Service load-{i} on n1: {e}"))
                         })?;
+                        let count = done.fetch_add(1, Ordering::Relaxed) + 1;
+                        if count % step == 0 || count == o.services {
+                            let mut marks = marks.lock().expect("no loader panics");
+                            marks.push(LoadMark {
+                                services: count,
+                                seconds: start.elapsed().as_secs_f64(),
+                            });
+                        }
                     }
                     Ok::<(), LabError>(())
                 })
             })
             .collect();
+        let mut logged = 0;
+        while !workers.iter().all(|w| w.is_finished()) {
+            std::thread::sleep(Duration::from_millis(200));
+            let tenth = done.load(Ordering::Relaxed) * 10 / o.services.max(1);
+            if tenth > logged && tenth < 10 {
+                logged = tenth;
+                log(&format!(
+                    "memory: {}0 % added after {:.0} s",
+                    tenth,
+                    start.elapsed().as_secs_f64()
+                ));
+            }
+        }
         workers
             .into_iter()
             .try_for_each(|w| w.join().expect("a loader does not panic"))
@@ -935,13 +971,33 @@ fn memory(
             })
         })
         .collect::<Result<_, LabError>>()?;
+    let mut load_marks = marks.into_inner().expect("no loader panics");
+    load_marks.sort_by_key(|m| m.services);
     Ok(Memory {
         services: o.services,
         endpoints: o.endpoints,
         load_seconds,
+        load_marks,
         converge_seconds,
         nodes,
     })
+}
+
+impl Memory {
+    /// Adds per second over the first and over the last tenth of the load, from the marks.
+    pub fn add_rates(&self) -> Option<(f64, f64)> {
+        let at = |fraction: u32| {
+            let count = self.services * fraction / 10;
+            self.load_marks
+                .iter()
+                .find(|m| m.services >= count.max(1))
+                .copied()
+        };
+        let (t1, t9, t10) = (at(1)?, at(9)?, at(10)?);
+        let first = f64::from(t1.services) / t1.seconds.max(1e-9);
+        let last = f64::from(t10.services - t9.services) / (t10.seconds - t9.seconds).max(1e-9);
+        Some((first, last))
+    }
 }
 
 impl Report {
@@ -1021,6 +1077,12 @@ impl Report {
                 m.load_seconds,
                 f64::from(m.services) / m.load_seconds.max(1e-9)
             );
+            if let Some((first, last)) = m.add_rates() {
+                let _ = writeln!(
+                    out,
+                    "  adds per second: {first:.0} over the first 10 %, {last:.0} over the last 10 %"
+                );
+            }
             for n in &m.nodes {
                 let _ = writeln!(
                     out,
@@ -1078,5 +1140,31 @@ mod tests {
             .flat_map(|i| load_spec(i, 10).backends)
             .collect();
         assert_eq!(all.len(), 100_000);
+    }
+
+    #[test]
+    fn add_rates_compare_the_first_and_the_last_tenth_of_the_load() {
+        let marks = (1..=100)
+            .map(|k| LoadMark {
+                services: k * 10,
+                // 100 adds/s for the first half, 10 adds/s after.
+                seconds: if k <= 50 {
+                    k as f64 * 0.1
+                } else {
+                    5.0 + (k - 50) as f64
+                },
+            })
+            .collect();
+        let memory = Memory {
+            services: 1000,
+            endpoints: 10,
+            load_seconds: 55.0,
+            load_marks: marks,
+            converge_seconds: None,
+            nodes: Vec::new(),
+        };
+        let (first, last) = memory.add_rates().unwrap();
+        assert!((first - 100.0).abs() < 1e-6, "{first}");
+        assert!((last - 10.0).abs() < 1e-6, "{last}");
     }
 }
