@@ -36,8 +36,10 @@
 //!   a timeout, which the report says); a node "has" them when its `overlayd status`
 //!   counts them (polled every 250 ms).
 //!
-//! The client pod and n1 get a wide ephemeral port range and `tcp_tw_reuse`, so the
-//! connection-rate runs are not limited by ports; the plumbing (HAProxy, its address, the
+//! Connection-rate runs leave TIME_WAIT sockets and conntrack entries that slow the runs
+//! after them (see `tune_for_connection_rates`), so the client pod, the backend pod and
+//! n1 keep no TIME_WAIT sockets, and conntrack's TIME_WAIT is 10 s on every node. The
+//! plumbing (HAProxy, its address, the
 //! nftables table, the Service) is removed when the bench ends, also on failure.
 
 use std::fmt::Write as _;
@@ -252,13 +254,7 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
     let idle_rss = rss_of_daemons(lab)?;
     let mut notes = Vec::new();
     let node_ns = lab.node(CLIENT_NODE)?.netns();
-    for ns in [&client.netns, &node_ns] {
-        netns::run_in(
-            ns,
-            &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"],
-        )?;
-        netns::run_in(ns, &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
-    }
+    tune_for_connection_rates(lab, &client, &backend)?;
     measure::wait_listening(&backend.netns, HTTP_PORT, Duration::from_secs(10))?;
 
     let mut targets = vec![Target {
@@ -389,6 +385,40 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
         memory,
         notes,
     })
+}
+
+/// Keeps one connection-rate run from slowing the next: a run opens tens of thousands of
+/// connections between the same two addresses, and with the defaults their TIME_WAIT
+/// sockets (60 s, at the backend, which closes first, and at n1 for the proxies' client
+/// sides) make later SYNs on reused ports fail PAWS and wait a 1 s retransmit (measured:
+/// `direct` fell from 7 200 to 720 connections/s over six 5-second runs), and their
+/// conntrack entries (TIME_WAIT 120 s, on the nodes the traffic crosses) can fill the
+/// table. So: no TIME_WAIT sockets (`tcp_max_tw_buckets = 0`) in the client pod, the
+/// backend pod and n1, the widest ephemeral port range in the client pod and n1, and
+/// conntrack's TIME_WAIT at 10 s on every node. All are per-namespace settings of the
+/// bench's own lab.
+fn tune_for_connection_rates(lab: &Lab, client: &Pod, backend: &Pod) -> Result<(), LabError> {
+    let node_ns = lab.node(CLIENT_NODE)?.netns();
+    for ns in [&client.netns, &backend.netns, &node_ns] {
+        netns::run_in(ns, &["sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"])?;
+    }
+    for ns in [&client.netns, &node_ns] {
+        netns::run_in(
+            ns,
+            &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"],
+        )?;
+    }
+    for node in lab.nodes().filter(|n| n.pid().is_some()) {
+        netns::run_in(
+            &node.netns(),
+            &[
+                "sysctl",
+                "-qw",
+                "net.netfilter.nf_conntrack_tcp_timeout_time_wait=10",
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 fn measure_target(
