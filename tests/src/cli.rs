@@ -90,7 +90,7 @@ pub enum LabCommand {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
         repeat: u32,
         /// datapath: offered load of the UDP run (iperf3 -b: 500M, 1G, …).
-        #[arg(long, default_value = "1G")]
+        #[arg(long, default_value = "1G", value_parser = udp_rate)]
         udp_rate: String,
         /// services: wrk connections (each request opens a new one).
         #[arg(long, default_value_t = 16)]
@@ -127,6 +127,17 @@ pub enum BenchSuite {
     Datapath,
     /// Service VIPs (proxy, HAProxy, nftables) against direct; propagation; memory.
     Services,
+}
+
+/// An iperf3 `-b` rate: a number with an optional K, M or G suffix.
+fn udp_rate(rate: &str) -> Result<String, String> {
+    let digits = rate.trim_end_matches(['K', 'M', 'G', 'k', 'm', 'g']);
+    match digits.parse::<f64>() {
+        Ok(r) if r > 0.0 && digits.len() + 1 >= rate.len() => Ok(rate.to_string()),
+        _ => Err(format!(
+            "{rate:?} is not a rate; use bits per second with an optional K, M or G suffix, e.g. 500M or 1G"
+        )),
+    }
 }
 
 fn lab_name(name: &str) -> Result<String, String> {
@@ -403,6 +414,10 @@ mod tests {
         };
         assert_eq!((suite, services), (BenchSuite::Services, 0));
         assert!(parse(&["bench", "--repeat", "0"]).is_err());
+        assert!(parse(&["bench", "--udp-rate", "2.5G"]).is_ok());
+        for bad in ["bogus", "1GG", "0", "-1G", ""] {
+            assert!(parse(&["bench", "--udp-rate", bad]).is_err(), "{bad}");
+        }
         assert!(parse(&["bench", "bogus"]).is_err());
     }
 
