@@ -131,9 +131,16 @@ pub(crate) fn df_ping(ns: &str, dst: Ipv4Addr, size: u16) -> Result<(bool, Strin
     Ok((out.status.success(), text))
 }
 
-/// The default topology: segments a and b, n1 n2 on a, n3 n4 on b, two pods each.
+/// The default topology: segments a and b, n1 n2 on a, n3 n4 on b, two pods each, and the
+/// Service `hello` in front of every pod.
 pub(crate) fn default_lab(tag: &str) -> Result<TestLab> {
     lab(tag, &Topology::default())
+}
+
+/// The default topology without its Service: no traffic but what a test makes (every
+/// node health-checks a Service's backends), for tests that count packets.
+pub(crate) fn quiet_lab(tag: &str) -> Result<TestLab> {
+    lab(tag, &Topology::parse(overlayd_lab::DEFAULT_NODES)?)
 }
 
 /// Pings `dst` from namespace `ns`; returns ping's output. `Err` iff any reply is missing.

@@ -424,21 +424,6 @@ async fn resolve_local(nl: &Netlink, cfg: &Config) -> Result<Local> {
                 )
             })?,
     };
-    for (what, addr) in [
-        ("underlay address", Some(underlay_addr)),
-        ("advertise address", node.advertise_address),
-    ] {
-        if let Some(addr) = addr
-            && cfg.cluster.service_cidr.contains(&addr)
-        {
-            bail!(
-                "cluster.service_cidr {} contains this node's {what} {addr}: every address of \
-                 the Service CIDR is local on every node, so the node would be cut off; choose a \
-                 Service CIDR apart from the underlay (the same on every node)",
-                cfg.cluster.service_cidr
-            );
-        }
-    }
     let pod_mtu = cfg.bridge.mtu.unwrap_or(underlay.mtu);
     let tunnel_mtu = cfg
         .tunnel
@@ -581,7 +566,6 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     let subnet = shared.subnet();
     let view = routing::LocalView {
         cluster_cidr: shared.cfg.cluster.cidr,
-        service_cidr: shared.cfg.cluster.service_cidr,
         pod_subnet: subnet.net,
         underlay: shared.local.underlay_addr,
     };
@@ -623,7 +607,8 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
         peers,
     ));
 
-    let desired = routing::plan(&local_routing(shared, subnet), &with_paths);
+    let vips = shared.services.table().borrow().vips();
+    let desired = routing::plan(&local_routing(shared, subnet), &with_paths, &vips);
     let current = shared.nl.owned_routes().await?;
     let ops = routing::reconcile(&desired, &current);
     let mut errors: Vec<(Ipv4Net, String)> = Vec::new();
@@ -696,7 +681,6 @@ fn local_routing(shared: &Shared, subnet: Subnet) -> LocalRouting {
         tunnel_src: subnet.gateway,
         tunnel_oif: shared.tun_index,
         underlay_oif: shared.local.underlay.index,
-        service_cidr: Some(shared.cfg.cluster.service_cidr),
         loopback_oif: shared.local.loopback_index,
     }
 }

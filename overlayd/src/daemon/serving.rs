@@ -48,6 +48,11 @@ pub(super) async fn serve(
             if let Some(dns) = &shared.dns {
                 dns.set_table(current.clone());
             }
+            // New or gone VIPs: their local routes follow at once.
+            let vips_changed = served.as_ref().is_none_or(|s| s.vips() != current.vips());
+            if vips_changed {
+                shared.reconcile_now.notify_one();
+            }
             served = Some(current.clone());
         }
         if let Err(e) = sync_lb(&shared, &current).await {
