@@ -45,6 +45,7 @@ mod lab;
 pub mod netns;
 mod partition;
 pub mod process;
+pub mod resolver;
 pub mod topology;
 
 pub use bench::{BenchReport, BenchRow, bench};

@@ -323,7 +323,9 @@ pub fn report_table(r: &api::ServicesReport) -> String {
         if let Some(ip) = s.external_ip {
             out.push_str(&format!(
                 " external {ip} held by {}",
-                sr.lb_holder.as_deref().unwrap_or("nobody")
+                sr.lb_holder
+                    .as_deref()
+                    .unwrap_or("a node of its own segment")
             ));
         }
         out.push('\n');
