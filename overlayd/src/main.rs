@@ -135,6 +135,13 @@ enum ServiceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add or replace every Service of a file at once: TOML with `[[service]]` tables (as
+    /// in the config), or JSON (an array of specs).
+    Apply {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a Service: NAME or NAMESPACE/NAME.
     Del {
         name: String,
@@ -297,6 +304,16 @@ async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
                     Request::ServiceAdd { spec },
                     json,
                     cli::service::info_text,
+                )
+                .await
+            }
+            ServiceCommand::Apply { file, json } => {
+                let specs = cli::service::read_specs(&file)?;
+                cli::show(
+                    socket,
+                    Request::ServiceApply { specs },
+                    json,
+                    cli::service::list_table,
                 )
                 .await
             }

@@ -140,6 +140,7 @@ impl ObjectStore for LocalStore {
 /// What the API asks of the Services.
 pub enum ServiceCommand {
     Put(ServiceSpec, oneshot::Sender<Result<ServiceInfo>>),
+    Apply(Vec<ServiceSpec>, oneshot::Sender<Result<Vec<ServiceInfo>>>),
     Delete(ServiceKey, oneshot::Sender<Result<ServiceInfo>>),
     Get(ServiceKey, oneshot::Sender<Result<ServiceInfo>>),
     List(oneshot::Sender<Vec<ServiceInfo>>),
@@ -160,6 +161,10 @@ impl ServicesHandle {
 
     pub async fn put(&self, spec: ServiceSpec) -> Result<ServiceInfo> {
         self.ask(|tx| ServiceCommand::Put(spec, tx)).await?
+    }
+
+    pub async fn apply(&self, specs: Vec<ServiceSpec>) -> Result<Vec<ServiceInfo>> {
+        self.ask(|tx| ServiceCommand::Apply(specs, tx)).await?
     }
 
     pub async fn delete(&self, key: ServiceKey) -> Result<ServiceInfo> {
@@ -388,6 +393,9 @@ impl ServiceState {
             ServiceCommand::Put(spec, reply) => {
                 let _ = reply.send(self.put(store, now, spec));
             }
+            ServiceCommand::Apply(specs, reply) => {
+                let _ = reply.send(self.apply_many(store, now, &specs));
+            }
             ServiceCommand::Delete(key, reply) => {
                 let _ = reply.send(self.delete(store, now, &key));
             }
@@ -427,6 +435,23 @@ impl ServiceState {
         tracing::info!(service = %key, "Service written");
         self.rebuild(store, now);
         self.info(&key)
+    }
+
+    /// Writes many Services, allocated together (`put_services`); nothing is written if
+    /// one of them is refused.
+    fn apply_many(
+        &mut self,
+        store: &mut impl ObjectStore,
+        now: Instant,
+        specs: &[ServiceSpec],
+    ) -> Result<Vec<ServiceInfo>> {
+        self.fresh(store, now);
+        let writes = put_services(specs, store.stamp(now), &self.catalog, &self.settings)
+            .map_err(|(i, e)| anyhow!("service[{i}] ({}): {e}", specs[i].key()))?;
+        apply(store, now, &writes)?;
+        tracing::info!(services = specs.len(), "Services written");
+        self.rebuild(store, now);
+        specs.iter().map(|s| self.info(&s.key())).collect()
     }
 
     fn delete(

@@ -129,6 +129,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         .context("installing the SIGHUP handler")?;
     // Before touching anything: a second daemon on the same state would fight the first.
     let _lock = lock_state_dir(&cfg.daemon.state_dir)?;
+    raise_open_files_limit();
     crate::netns::find_host_mount_ns();
     let nl = Netlink::connect()?;
     let local = resolve_local(&nl, &cfg).await?;
@@ -366,6 +367,21 @@ impl StopSignals {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
         }
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit: the proxy holds a socket per
+/// listener (one per Service port and VIP), two per relayed connection and one per UDP
+/// flow, and the usual soft limit of 1024 would refuse them long before the machine must.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => tracing::warn!("raising the open files limit from {soft}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!("reading the open files limit: {e}"),
     }
 }
 
