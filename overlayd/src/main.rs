@@ -142,19 +142,17 @@ enum ServiceCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a Service: NAME or NAMESPACE/NAME.
+    /// Delete a Service.
     Del {
-        name: String,
-        #[arg(long, short = 'n')]
-        namespace: Option<String>,
+        #[command(flatten)]
+        service: cli::service::NameArgs,
         #[arg(long)]
         json: bool,
     },
-    /// Show one Service: NAME or NAMESPACE/NAME.
+    /// Show one Service.
     Get {
-        name: String,
-        #[arg(long, short = 'n')]
-        namespace: Option<String>,
+        #[command(flatten)]
+        service: cli::service::NameArgs,
         #[arg(long)]
         json: bool,
     },
@@ -317,12 +315,8 @@ async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
                 )
                 .await
             }
-            ServiceCommand::Del {
-                name,
-                namespace,
-                json,
-            } => {
-                let (namespace, name) = cli::service::key_of(&name, namespace)?;
+            ServiceCommand::Del { service, json } => {
+                let (namespace, name) = service.key()?;
                 cli::show(
                     socket,
                     Request::ServiceDel { namespace, name },
@@ -331,12 +325,8 @@ async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
                 )
                 .await
             }
-            ServiceCommand::Get {
-                name,
-                namespace,
-                json,
-            } => {
-                let (namespace, name) = cli::service::key_of(&name, namespace)?;
+            ServiceCommand::Get { service, json } => {
+                let (namespace, name) = service.key()?;
                 cli::show(
                     socket,
                     Request::ServiceGet { namespace, name },

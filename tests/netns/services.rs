@@ -4,7 +4,7 @@
 //! 8080 answer with the pod's name, then echo.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use overlayd_lab::{Lab, Topology, in_netns, process};
 
-use crate::support::{Pattern, default_lab, lab, ns_run, wait_for};
+use crate::support::{Pattern, default_lab, expect_pattern, lab, ns_run, wait_for};
 
 /// The lab's pod server port (TCP and UDP).
 const HELLO: u16 = 8080;
@@ -301,22 +301,7 @@ pub(crate) fn fifty_mb_through_the_vip_intact_both_ways() -> Result<()> {
         greeting.trim_end() == backend.name,
         "greeted by {greeting:?}"
     );
-    let mut expect = Pattern::new(83);
-    let (mut buf, mut want) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
-    let mut got = 0;
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        expect.fill(&mut want[..n]);
-        ensure!(
-            buf[..n] == want[..n],
-            "byte mismatch within {got}..{}",
-            got + n
-        );
-        got += n;
-    }
+    let got = expect_pattern(&mut reader, 83)?;
     match sender.join() {
         Ok(r) => r?,
         Err(_) => bail!("sender panicked"),

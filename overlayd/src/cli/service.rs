@@ -220,6 +220,23 @@ pub fn parse_port(s: &str) -> Result<ServicePort> {
     })
 }
 
+/// Which Service `service get|del` mean.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct NameArgs {
+    /// NAME, or NAMESPACE/NAME.
+    pub name: String,
+    /// The namespace (default `default`), unless NAME gives it.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+}
+
+impl NameArgs {
+    /// `(namespace, name)`.
+    pub fn key(self) -> Result<(String, String)> {
+        key_of(&self.name, self.namespace)
+    }
+}
+
 /// `namespace/name` or `name` (namespace `default`) of `service get|del`.
 pub fn key_of(name: &str, namespace: Option<String>) -> Result<(String, String)> {
     match (name.split_once('/'), namespace) {
