@@ -152,7 +152,7 @@ pub(crate) fn garbage_datagrams_are_dropped_and_counted() -> Result<()> {
     for bad in [
         b"nonsense\n".to_vec(),
         b"{\"op\":\"pod_add\"}\n".to_vec(),
-        vec![b'x'; 100_000],
+        vec![b'x'; overlayd_proto::api::MAX_REQUEST + 1],
     ] {
         let reply = control_request(&socket, &bad)?;
         ensure!(
