@@ -72,14 +72,38 @@ pub enum LabCommand {
         #[arg(long, default_value = "lab", value_parser = lab_name)]
         name: String,
     },
-    /// TCP throughput (iperf3) and ping RTT pod-to-pod over host-gw and the UDP tunnel,
-    /// next to the kernel references (underlay; kernel vxlan) measured in the same run.
+    /// Benchmark overlayd against its references in a lab of the bench's own (`--name`,
+    /// brought up and torn down by the bench): `datapath` (default) measures host-gw and
+    /// the UDP tunnel next to kernel routes and a kernel vxlan device on the same nodes;
+    /// `services` measures a Service VIP (overlayd's proxy, HAProxy, nftables DNAT)
+    /// against direct pod-to-pod, Service propagation and the daemon's memory.
     Bench {
-        #[arg(long, default_value = "lab", value_parser = lab_name)]
+        #[arg(value_enum, default_value_t = BenchSuite::Datapath)]
+        suite: BenchSuite,
+        /// The bench's lab; it must not exist yet.
+        #[arg(long, default_value = "bench", value_parser = lab_name)]
         name: String,
-        /// Seconds of iperf3 per path.
-        #[arg(long, default_value_t = 5)]
+        /// Seconds per iperf3 or wrk run.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
         seconds: u32,
+        /// Runs of every path; figures are medians over them.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        repeat: u32,
+        /// datapath: offered load of the UDP run (iperf3 -b: 500M, 1G, …).
+        #[arg(long, default_value = "1G")]
+        udp_rate: String,
+        /// services: wrk connections (each request opens a new one).
+        #[arg(long, default_value_t = 16)]
+        connections: u32,
+        /// services: how many Services to load for the memory figure (0: skip it).
+        #[arg(long, default_value_t = 10_000)]
+        services: u32,
+        /// services: explicit endpoints per loaded Service.
+        #[arg(long, default_value_t = 10)]
+        endpoints: u32,
+        /// Leave the bench's lab up afterwards (`overlayd lab down --name NAME` removes it).
+        #[arg(long)]
+        keep: bool,
         #[arg(long)]
         json: bool,
     },
@@ -98,6 +122,15 @@ pub enum LabCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What `overlayd lab bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchSuite {
+    /// host-gw and the UDP tunnel against kernel routes and kernel vxlan.
+    Datapath,
+    /// Service VIPs (proxy, HAProxy, nftables) against direct; propagation; memory.
+    Services,
 }
 
 fn lab_name(name: &str) -> Result<String, String> {
@@ -184,18 +217,58 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
             Ok(exit_code(status))
         }
         LabCommand::Bench {
+            suite,
             name,
             seconds,
+            repeat,
+            udp_rate,
+            connections,
+            services,
+            endpoints,
+            keep,
             json,
         } => {
-            let report = crate::bench::bench(&Lab::open(&name)?, seconds)?;
+            let mut log = |line: &str| eprintln!("bench: {line}");
+            let (json_text, table) = match suite {
+                BenchSuite::Datapath => {
+                    let options = crate::bench::datapath::Options {
+                        seconds,
+                        repeat,
+                        udp_rate,
+                        ..Default::default()
+                    };
+                    let report = crate::bench::datapath::run(
+                        &name,
+                        &overlayd_bin,
+                        &options,
+                        keep,
+                        &mut log,
+                    )?;
+                    (serde_json::to_string_pretty(&report), report.table())
+                }
+                BenchSuite::Services => {
+                    let options = crate::bench::services::Options {
+                        seconds,
+                        repeat,
+                        connections,
+                        services,
+                        endpoints,
+                        ..Default::default()
+                    };
+                    let report = crate::bench::services::run(
+                        &name,
+                        &overlayd_bin,
+                        &options,
+                        keep,
+                        &mut log,
+                    )?;
+                    (serde_json::to_string_pretty(&report), report.table())
+                }
+            };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).context("serializing the report")?
-                );
+                println!("{}", json_text.context("serializing the report")?);
             } else {
-                print!("{}", report.table());
+                print!("{table}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -303,6 +376,42 @@ mod tests {
                 json: true
             }
         );
+    }
+
+    #[test]
+    fn bench_defaults_to_the_datapath_suite_in_a_lab_named_bench() {
+        let LabCommand::Bench {
+            suite,
+            name,
+            seconds,
+            repeat,
+            udp_rate,
+            keep,
+            ..
+        } = parse(&["bench"]).unwrap()
+        else {
+            panic!("not bench");
+        };
+        assert_eq!(
+            (
+                suite,
+                name.as_str(),
+                seconds,
+                repeat,
+                udp_rate.as_str(),
+                keep
+            ),
+            (BenchSuite::Datapath, "bench", 5, 3, "1G", false)
+        );
+        let LabCommand::Bench {
+            suite, services, ..
+        } = parse(&["bench", "services", "--services", "0", "--name", "b1"]).unwrap()
+        else {
+            panic!("not bench");
+        };
+        assert_eq!((suite, services), (BenchSuite::Services, 0));
+        assert!(parse(&["bench", "--repeat", "0"]).is_err());
+        assert!(parse(&["bench", "bogus"]).is_err());
     }
 
     #[test]

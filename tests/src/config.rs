@@ -47,8 +47,8 @@ pub fn gossip_key_path(run_dir: &Path) -> PathBuf {
 }
 
 /// The config of daemon node `node` in lab `lab`: its own identity and paths under
-/// [`run_dir`]`(lab)`, how it finds the others, and the topology's `[config]` table
-/// deep-merged on top.
+/// [`run_dir`]`(lab)`, how it finds the others, the topology's `[config]` table
+/// deep-merged on top, and then the node's own `config` table.
 ///
 /// With gossip: `[gossip]` with the key file [`gossip_key_path`], the seed's underlay
 /// address as the only seed (none for the seed itself), `cluster.name = "lab-LAB"`, and
@@ -105,7 +105,7 @@ pub fn node_config(topology: &Topology, node: &NodeSpec, lab: &str) -> Result<Co
         config.cluster.name = format!("lab-{lab}");
     }
     let file = paths.config.display().to_string();
-    merge_overrides(config, topology.config(), &file)
+    merge_overrides(config, &[topology.config(), &node.config], &file)
 }
 
 /// `[gossip]`: join through the seed (unless this is the seed) with the lab's key.
@@ -147,16 +147,18 @@ fn static_peers(topology: &Topology, me: &str) -> Vec<Peer> {
         .collect()
 }
 
-/// `config` with `overrides` deep-merged into it, checked as the daemon checks its file
+/// `config` with `overrides` deep-merged into it in order (later ones win), checked as the daemon checks its file
 /// (`file` names it in errors).
 fn merge_overrides(
     config: Config,
-    overrides: &toml::Table,
+    overrides: &[&toml::Table],
     file: &str,
 ) -> Result<Config, ConfigError> {
     let mut table =
         toml::Table::try_from(&config).expect("a Config always serializes to a TOML table");
-    deep_merge(&mut table, overrides);
+    for over in overrides {
+        deep_merge(&mut table, over);
+    }
     let text = toml::to_string(&table).expect("a TOML table always serializes");
     overlayd_config::parse(&text, file)
 }
@@ -341,5 +343,35 @@ mod tests {
             "merged next to the lab's keys"
         );
         assert_eq!(back, config);
+    }
+
+    #[test]
+    fn a_nodes_own_config_is_merged_after_the_topologys_and_only_into_it() {
+        let topo = Topology::parse(
+            r#"
+            [[segment]]
+            name = "a"
+            subnet = "10.100.1.0/24"
+            [[node]]
+            name = "n1"
+            segment = "a"
+            [[node]]
+            name = "n2"
+            segment = "a"
+            [node.config.tunnel]
+            host_gw = false
+            [config.tunnel]
+            port = 4789
+            host_gw = true
+            "#,
+        )
+        .unwrap();
+
+        let n1 = config_of(&topo, "n1");
+        let n2 = config_of(&topo, "n2");
+
+        assert!(n1.tunnel.host_gw);
+        assert!(!n2.tunnel.host_gw, "the node's table wins over [config]");
+        assert_eq!((n1.tunnel.port, n2.tunnel.port), (4789, 4789));
     }
 }

@@ -34,7 +34,7 @@
 //! # Ok(()) }   // dropping `lab` tears it down
 //! ```
 
-mod bench;
+pub mod bench;
 mod check;
 pub mod cli;
 pub mod client;
@@ -48,7 +48,6 @@ pub mod process;
 pub mod resolver;
 pub mod topology;
 
-pub use bench::{BenchReport, BenchRow, bench};
 pub use check::{CheckReport, PairResult};
 pub use cli::{LabCommand, run};
 pub use client::{Member, MemberState, PeerReport, Status};

@@ -128,7 +128,7 @@ impl Segment {
 }
 
 /// A node of the lab, with its resolved addresses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeSpec {
     pub name: String,
     pub segment: String,
@@ -148,6 +148,11 @@ pub struct NodeSpec {
     /// Default [`DEFAULT_POD_LABELS`].
     #[serde(default = "default_pod_labels")]
     pub pod_labels: BTreeMap<String, String>,
+    /// This node's own `[config]` table, deep-merged into its config after the topology's
+    /// `[config]` (the same keys are reserved), e.g. `[node.config.tunnel] host_gw = false`
+    /// for one node only.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub config: toml::Table,
 }
 
 /// Labels every lab pod gets unless its node's `pod_labels` says otherwise: the default
@@ -255,6 +260,8 @@ pub enum TopologyError {
         "node {node:?} has daemon = false, so it cannot have pods (pods = {pods}); set pods = 0"
     )]
     PodsWithoutDaemon { node: String, pods: u32 },
+    #[error("node {node:?} has daemon = false, so it has no config; remove its [node.config]")]
+    ConfigWithoutDaemon { node: String },
     #[error(
         "[config] may not set `{key}`: the lab writes it for every node; \
          remove it from the topology's [config] table"
@@ -300,6 +307,8 @@ struct NodeFile {
     daemon: bool,
     vtep_mac: Option<MacAddr>,
     pod_labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    config: toml::Table,
 }
 
 fn default_cluster_cidr() -> Ipv4Net {
@@ -436,6 +445,10 @@ fn resolve(mut file: TopologyFile) -> Result<Topology, TopologyError> {
             }
         };
         check_pod_room(&node.name, pods, pod_subnet, claim_prefix)?;
+        if !node.config.is_empty() && !node.daemon {
+            return Err(TopologyError::ConfigWithoutDaemon { node: node.name });
+        }
+        check_config_table(&node.config, file.gossip)?;
         nodes.push(NodeSpec {
             name: node.name,
             segment: segment.name.clone(),
@@ -445,6 +458,7 @@ fn resolve(mut file: TopologyFile) -> Result<Topology, TopologyError> {
             daemon: node.daemon,
             vtep_mac: node.vtep_mac,
             pod_labels: node.pod_labels.unwrap_or_else(default_pod_labels),
+            config: node.config,
         });
     }
     check_pod_subnets(&nodes)?;
@@ -932,6 +946,22 @@ mod tests {
             "{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\n[config.daemon]\ncontrol_socket = \"/x\"\n"
         ));
         assert!(err.contains("daemon.control_socket"), "{err}");
+    }
+
+    #[test]
+    fn a_nodes_config_is_checked_like_the_topologys() {
+        let node = format!("{TWO_SEGMENTS}\n[[node]]\nname = \"n1\"\nsegment = \"a\"\n");
+        let err = parse_err(&format!("{node}[node.config.daemon]\nstate_dir = \"/x\"\n"));
+        assert!(err.contains("daemon.state_dir"), "{err}");
+        let err = parse_err(&format!("{node}[node.config.tunnel]\nhostgw = false\n"));
+        assert!(err.contains("hostgw") && err.contains("n1"), "{err}");
+        let err = parse_err(&format!(
+            "{node}[[node]]\nname = \"k\"\nsegment = \"a\"\ndaemon = false\n[node.config.tunnel]\nhost_gw = false\n"
+        ));
+        assert!(err.contains("daemon = false"), "{err}");
+        let topo =
+            Topology::parse(&format!("{node}[node.config.tunnel]\nhost_gw = false\n")).unwrap();
+        assert!(!topo.nodes()[0].config.is_empty());
     }
 
     #[test]
