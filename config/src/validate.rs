@@ -480,29 +480,6 @@ fn check_service_ranges(config: &Config, doc: &Document<'_>) -> Check {
             message,
         });
     }
-    // Every address of the Service CIDR is local on every node (the proxy binds VIPs in
-    // it): a node address inside it would never be reached.
-    let node_addrs = [
-        ("underlay_address", config.node.underlay_address),
-        ("advertise_address", config.node.advertise_address),
-    ];
-    for (key, addr) in node_addrs {
-        if let Some(addr) = addr
-            && service_cidr.contains(&addr)
-        {
-            let addr_path = KeyPath::root().key("node").key(key);
-            let message = format!(
-                "{addr} is inside {service_path} {service_cidr} ({}); expected a node address \
-                 outside the Service CIDR (every address in it is local on every node), or \
-                 another Service CIDR",
-                doc.whereabouts(&service_path)
-            );
-            return Err(Invalid {
-                path: addr_path,
-                message,
-            });
-        }
-    }
     let pool_path = KeyPath::root().key("services").key("external_pool");
     let pool = &config.services.external_pool;
     for (i, net) in pool.iter().enumerate() {

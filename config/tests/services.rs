@@ -45,15 +45,6 @@ fn service_cidr_overlapping_the_pod_cidr() {
 }
 
 #[test]
-fn service_cidr_containing_the_nodes_address() {
-    let config = "[node]\nname = \"node-1\"\npod_subnet = \"10.244.1.0/24\"\nunderlay_address = \"10.100.1.11\"\n";
-    assert_eq!(
-        parse(config, "o.toml").unwrap_err().to_string(),
-        "o.toml:4:20: node.underlay_address: 10.100.1.11 is inside cluster.service_cidr 10.96.0.0/12 (the default); expected a node address outside the Service CIDR (every address in it is local on every node), or another Service CIDR"
-    );
-}
-
-#[test]
 fn domain_not_a_dns_name() {
     assert_eq!(
         error("[cluster]\ndomain = \"cluster..local\"\n"),

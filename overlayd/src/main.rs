@@ -135,19 +135,24 @@ enum ServiceCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a Service: NAME or NAMESPACE/NAME.
-    Del {
-        name: String,
-        #[arg(long, short = 'n')]
-        namespace: Option<String>,
+    /// Add or replace every Service of a file at once: TOML with `[[service]]` tables (as
+    /// in the config), or JSON (an array of specs).
+    Apply {
+        file: PathBuf,
         #[arg(long)]
         json: bool,
     },
-    /// Show one Service: NAME or NAMESPACE/NAME.
+    /// Delete a Service.
+    Del {
+        #[command(flatten)]
+        service: cli::service::NameArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one Service.
     Get {
-        name: String,
-        #[arg(long, short = 'n')]
-        namespace: Option<String>,
+        #[command(flatten)]
+        service: cli::service::NameArgs,
         #[arg(long)]
         json: bool,
     },
@@ -300,12 +305,18 @@ async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
                 )
                 .await
             }
-            ServiceCommand::Del {
-                name,
-                namespace,
-                json,
-            } => {
-                let (namespace, name) = cli::service::key_of(&name, namespace)?;
+            ServiceCommand::Apply { file, json } => {
+                let specs = cli::service::read_specs(&file)?;
+                cli::show(
+                    socket,
+                    Request::ServiceApply { specs },
+                    json,
+                    cli::service::list_table,
+                )
+                .await
+            }
+            ServiceCommand::Del { service, json } => {
+                let (namespace, name) = service.key()?;
                 cli::show(
                     socket,
                     Request::ServiceDel { namespace, name },
@@ -314,12 +325,8 @@ async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
                 )
                 .await
             }
-            ServiceCommand::Get {
-                name,
-                namespace,
-                json,
-            } => {
-                let (namespace, name) = cli::service::key_of(&name, namespace)?;
+            ServiceCommand::Get { service, json } => {
+                let (namespace, name) = service.key()?;
                 cli::show(
                     socket,
                     Request::ServiceGet { namespace, name },

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::TryStreamExt;
@@ -30,6 +31,9 @@ pub struct Netlink {
     /// to our protocol and table: on a host with a full BGP table, reading back our routes
     /// every few seconds must not mean reading them all. `None` inside pods.
     routes: Option<Handle>,
+    /// Held for each dump: the kernel refuses a dump (EBUSY) on a socket whose previous
+    /// dump is still running, and the daemon's tasks share one connection.
+    dumps: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Is this netlink failure the given errno?
@@ -77,7 +81,11 @@ impl Netlink {
                 None
             }
         };
-        Ok(Netlink { handle, routes })
+        Ok(Netlink {
+            handle,
+            routes,
+            dumps: Arc::default(),
+        })
     }
 
     /// Connects inside another network namespace: the socket is opened on a thread that
@@ -103,6 +111,7 @@ impl Netlink {
         Ok(Netlink {
             handle,
             routes: None,
+            dumps: Arc::default(),
         })
     }
 
@@ -134,6 +143,7 @@ impl Netlink {
     }
 
     pub async fn links(&self) -> Result<Vec<Link>> {
+        let _dump = self.dumps.lock().await;
         let msgs: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await?;
         Ok(msgs.iter().map(to_link).collect())
     }
@@ -266,6 +276,7 @@ impl Netlink {
 
     /// IPv4 addresses on a link, with their prefix lengths.
     pub async fn ipv4_addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
+        let _dump = self.dumps.lock().await;
         let mut req = self.handle.address().get();
         if let Some(index) = index {
             req = req.set_link_index_filter(index);
@@ -309,6 +320,7 @@ impl Netlink {
     /// The /32 addresses on a link tagged with [`ROUTE_PROTOCOL`] (LoadBalancer IPs this
     /// node holds).
     pub async fn owned_addrs(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
+        let _dump = self.dumps.lock().await;
         let msgs: Vec<_> = self
             .handle
             .address()
@@ -360,6 +372,7 @@ impl Netlink {
 
     /// Removes the link's IPv4 addresses that `doomed` picks, in one dump.
     async fn delete_addrs(&self, index: u32, doomed: impl Fn(Ipv4Addr) -> bool) -> Result<()> {
+        let _dump = self.dumps.lock().await;
         let mut req = self
             .handle
             .address()
@@ -425,7 +438,10 @@ impl Netlink {
 
     /// The interface of the IPv4 default route in the main table.
     pub async fn default_route_oif(&self) -> Result<Option<u32>> {
-        let msgs = self.dump_ipv4_routes().await?;
+        let msgs = {
+            let _dump = self.dumps.lock().await;
+            self.dump_ipv4_routes().await?
+        };
         Ok(msgs.iter().find_map(|m| {
             let is_default = m.header.destination_prefix_length == 0
                 && m.header.table == RouteHeader::RT_TABLE_MAIN;
@@ -443,6 +459,7 @@ impl Netlink {
         }))
     }
 
+    /// Every IPv4 route; the caller holds `dumps`.
     async fn dump_ipv4_routes(&self) -> Result<Vec<RouteMessage>> {
         let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
         self.handle
@@ -457,6 +474,7 @@ impl Netlink {
     /// The routes tagged with [`ROUTE_PROTOCOL`] in the main table, and in the local table
     /// (the Service CIDR's local route).
     pub async fn owned_routes(&self) -> Result<Vec<KernelRoute>> {
+        let _dump = self.dumps.lock().await;
         let tables = [RouteHeader::RT_TABLE_MAIN, RT_TABLE_LOCAL];
         let msgs = match &self.routes {
             Some(strict) => {
@@ -716,16 +734,16 @@ mod tests {
         });
     }
 
-    /// The Service CIDR's local route goes into the local table, is read back as ours, makes
-    /// any address of the prefix bindable, and is deleted again.
+    /// A VIP's local route goes into the local table, is read back as ours, makes the
+    /// address bindable and reachable, and is deleted again.
     #[test]
-    fn a_local_route_makes_the_service_cidr_bindable() {
+    fn a_local_route_makes_a_vip_bindable() {
         in_new_netns(|nl| {
             Box::pin(async move {
                 let lo = nl.link_by_name("lo").await.unwrap().unwrap();
                 nl.set_link(lo.index, None, None, true).await.unwrap();
                 let route = KernelRoute {
-                    dst: "10.96.0.0/12".parse().unwrap(),
+                    dst: "10.96.7.9/32".parse().unwrap(),
                     kind: RouteKind::Local,
                     gateway: None,
                     oif: Some(lo.index),

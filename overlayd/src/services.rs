@@ -31,7 +31,7 @@ const REBUILD_EVERY: Duration = Duration::from_millis(20);
 /// member that gossip forgets raises no event, and orphaned parts age.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
-/// How long a node with seeds waits to hear from the cluster before it applies its
+/// How long a node with seeds waits for the cluster's state before it applies its
 /// config's Services anyway (it may be the first node up).
 const CONFIG_WAIT: Duration = Duration::from_secs(10);
 
@@ -52,6 +52,8 @@ pub trait ObjectStore {
     fn live(&self) -> BTreeSet<String>;
     /// Every member known, in any state.
     fn members(&self) -> BTreeSet<String>;
+    /// Whether the store holds the cluster's state: a full-state pull has completed.
+    fn synced(&self) -> bool;
 }
 
 impl ObjectStore for Gossip {
@@ -81,6 +83,10 @@ impl ObjectStore for Gossip {
 
     fn members(&self) -> BTreeSet<String> {
         Gossip::members(self).map(|m| m.name.to_owned()).collect()
+    }
+
+    fn synced(&self) -> bool {
+        self.stats().streams_completed > 0
     }
 }
 
@@ -135,11 +141,16 @@ impl ObjectStore for LocalStore {
     fn members(&self) -> BTreeSet<String> {
         self.live()
     }
+
+    fn synced(&self) -> bool {
+        true
+    }
 }
 
 /// What the API asks of the Services.
 pub enum ServiceCommand {
     Put(ServiceSpec, oneshot::Sender<Result<ServiceInfo>>),
+    Apply(Vec<ServiceSpec>, oneshot::Sender<Result<Vec<ServiceInfo>>>),
     Delete(ServiceKey, oneshot::Sender<Result<ServiceInfo>>),
     Get(ServiceKey, oneshot::Sender<Result<ServiceInfo>>),
     List(oneshot::Sender<Vec<ServiceInfo>>),
@@ -160,6 +171,10 @@ impl ServicesHandle {
 
     pub async fn put(&self, spec: ServiceSpec) -> Result<ServiceInfo> {
         self.ask(|tx| ServiceCommand::Put(spec, tx)).await?
+    }
+
+    pub async fn apply(&self, specs: Vec<ServiceSpec>) -> Result<Vec<ServiceInfo>> {
+        self.ask(|tx| ServiceCommand::Apply(specs, tx)).await?
     }
 
     pub async fn delete(&self, key: ServiceKey) -> Result<ServiceInfo> {
@@ -203,9 +218,10 @@ pub struct ServiceState {
     table: watch::Sender<Arc<ServiceTable>>,
     /// The config's `[[service]]` list, until it is applied.
     config_specs: Option<Vec<ServiceSpec>>,
-    /// When the config's Services are applied even if no other member was heard of.
+    /// When the config's Services are applied even without the cluster's state (the node
+    /// may be the first up, its seeds not).
     config_deadline: Instant,
-    /// Whether the node joins through seeds (else it may be the first: apply at once).
+    /// Whether the node joins through seeds (else it is the first: apply at once).
     has_seeds: bool,
     /// Objects the last build left out (malformed, or refused under our settings).
     skipped: usize,
@@ -253,16 +269,19 @@ impl ServiceState {
     /// When [`ServiceState::tick`] has work to do: a rebuild (paced), or the config's
     /// Services to apply.
     pub fn deadline(&self) -> Option<Instant> {
-        let rebuild = match (self.dirty, self.last_build) {
-            (_, None) => Instant::now(),
-            (true, Some(t)) => t + REBUILD_EVERY,
-            (false, Some(t)) => t + RESYNC_EVERY,
-        };
-        let rebuild = Some(rebuild);
-        let config = self.config_specs.as_ref().map(|_| self.config_deadline);
-        match (rebuild, config) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let rebuild = self.rebuild_due();
+        Some(match &self.config_specs {
+            Some(_) => rebuild.min(self.config_deadline),
+            None => rebuild,
+        })
+    }
+
+    /// When the catalog is rebuilt next: soon after a change, else at the next resync.
+    fn rebuild_due(&self) -> Instant {
+        match self.last_build {
+            None => Instant::now(),
+            Some(t) if self.dirty => t + REBUILD_EVERY,
+            Some(t) => t + RESYNC_EVERY,
         }
     }
 
@@ -278,17 +297,14 @@ impl ServiceState {
     /// repairs, which may change it again), applies the config's Services once the node
     /// is part of the cluster (or waited long enough).
     pub fn tick(&mut self, store: &mut impl ObjectStore, now: Instant) {
-        let due = match self.last_build {
-            None => true,
-            Some(t) if self.dirty => now >= t + REBUILD_EVERY,
-            Some(t) => now >= t + RESYNC_EVERY,
-        };
-        if due {
+        if now >= self.rebuild_due() {
             self.rebuild(store, now);
         }
         if self.config_specs.is_some() {
-            let joined = !self.has_seeds || store.live().len() > 1;
-            if joined || now >= self.config_deadline {
+            // Against a catalog without the cluster's Services every one would be written
+            // anew, with a new creation stamp, and could lose conflicts it had won.
+            let has_state = !self.has_seeds || store.synced();
+            if has_state || now >= self.config_deadline {
                 self.apply_config(store, now);
             }
         }
@@ -388,6 +404,9 @@ impl ServiceState {
             ServiceCommand::Put(spec, reply) => {
                 let _ = reply.send(self.put(store, now, spec));
             }
+            ServiceCommand::Apply(specs, reply) => {
+                let _ = reply.send(self.apply_many(store, now, &specs));
+            }
             ServiceCommand::Delete(key, reply) => {
                 let _ = reply.send(self.delete(store, now, &key));
             }
@@ -427,6 +446,23 @@ impl ServiceState {
         tracing::info!(service = %key, "Service written");
         self.rebuild(store, now);
         self.info(&key)
+    }
+
+    /// Writes many Services, allocated together (`put_services`); nothing is written if
+    /// one of them is refused.
+    fn apply_many(
+        &mut self,
+        store: &mut impl ObjectStore,
+        now: Instant,
+        specs: &[ServiceSpec],
+    ) -> Result<Vec<ServiceInfo>> {
+        self.fresh(store, now);
+        let writes = put_services(specs, store.stamp(now), &self.catalog, &self.settings)
+            .map_err(|(i, e)| anyhow!("service[{i}] ({}): {e}", specs[i].key()))?;
+        apply(store, now, &writes)?;
+        tracing::info!(services = specs.len(), "Services written");
+        self.rebuild(store, now);
+        specs.iter().map(|s| self.info(&s.key())).collect()
     }
 
     fn delete(
@@ -482,5 +518,150 @@ pub async fn run_local(mut state: ServiceState, mut store: LocalStore, mut comma
                 None => return,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overlayd_proto::service::catalog::pod_writes;
+    use overlayd_proto::service::{Protocol, ServicePort};
+    use std::net::Ipv4Addr;
+
+    fn spec(name: &str, port: u16) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            namespace: "default".into(),
+            kind: Default::default(),
+            ports: vec![ServicePort {
+                name: String::new(),
+                protocol: Protocol::Tcp,
+                port,
+                target_port: Some(8080),
+                node_port: None,
+                proxy_protocol: false,
+            }],
+            selector: [("app".to_owned(), "web".to_owned())].into(),
+            backends: Vec::new(),
+            cluster_ip: None,
+            session_affinity: Default::default(),
+            affinity_timeout_s: 10_800,
+            algorithm: Default::default(),
+            health_check: Default::default(),
+            external_ip: None,
+            external_name: None,
+        }
+    }
+
+    fn pods(ips: &[(&str, [u8; 4])]) -> LocalPods {
+        Some(
+            ips.iter()
+                .map(|(name, ip)| {
+                    (
+                        name.to_string(),
+                        PodEndpoint {
+                            ip: Ipv4Addr::from(*ip),
+                            labels: [("app".to_owned(), "web".to_owned())].into(),
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn state(
+        config: Vec<ServiceSpec>,
+        local_pods: LocalPods,
+    ) -> (ServiceState, ServicesHandle, watch::Sender<LocalPods>) {
+        let (tx, rx) = watch::channel(local_pods);
+        let (state, handle, _commands) =
+            ServiceState::new("n1", ServiceSettings::default(), config, false, rx);
+        (state, handle, tx)
+    }
+
+    /// The config's Services are applied on a node without seeds at its first tick, its
+    /// pods published and selected; the table reaches the handle.
+    #[test]
+    fn config_services_and_pods_make_the_table() {
+        let mut store = LocalStore::new("n1");
+        let (mut state, handle, _pods) =
+            state(vec![spec("web", 80)], pods(&[("a", [10, 244, 1, 2])]));
+
+        state.tick(&mut store, Instant::now());
+
+        let table = handle.table().borrow().clone();
+        let web = table
+            .get(&ServiceKey::new("default", "web"))
+            .expect("the config's Service");
+        assert!(web.is_active());
+        assert!(web.cluster_ip.is_some());
+        assert_eq!(web.endpoints.len(), 1);
+        assert_eq!(web.endpoints[0].ip, Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(table.vips().len(), 1);
+    }
+
+    /// Put answers with the allocated VIP; get, list and delete see the same.
+    #[test]
+    fn put_get_list_delete() {
+        let mut store = LocalStore::new("n1");
+        let (mut state, _handle, _pods) = state(Vec::new(), pods(&[]));
+        let now = Instant::now();
+
+        let added = state.put(&mut store, now, spec("web", 80)).unwrap();
+        let vip = added.service.cluster_ip.expect("a VIP");
+
+        let key = ServiceKey::new("default", "web");
+        assert_eq!(state.info(&key).unwrap().service.cluster_ip, Some(vip));
+        let again = state.put(&mut store, now, spec("web", 81)).unwrap();
+        assert_eq!(
+            again.service.cluster_ip,
+            Some(vip),
+            "an update keeps the VIP"
+        );
+        assert_eq!(again.service.ports[0].port, 81);
+        let bad = state.put(&mut store, now, spec("Bad", 80));
+        assert!(bad.is_err(), "an invalid spec is refused");
+        state.delete(&mut store, now, &key).unwrap();
+        assert!(state.info(&key).is_err());
+        assert!(
+            state.delete(&mut store, now, &key).is_err(),
+            "nothing to delete"
+        );
+    }
+
+    /// Until the daemon has loaded its pods, the pods it published before a restart stay
+    /// published: they are not withdrawn from every Service for a moment.
+    #[test]
+    fn published_pods_stay_until_the_local_pods_are_known() {
+        let mut store = LocalStore::new("n1");
+        let published = pod_writes(
+            &Catalog::default(),
+            "n1",
+            &pods(&[("a", [10, 244, 1, 2])]).unwrap(),
+        );
+        for w in &published {
+            store
+                .set_object(Instant::now(), &w.key, w.value.clone())
+                .unwrap();
+        }
+        let (mut state, handle, pods_tx) = state(vec![spec("web", 80)], None);
+
+        state.tick(&mut store, Instant::now());
+        let endpoints = |h: &ServicesHandle| {
+            h.table()
+                .borrow()
+                .get(&ServiceKey::new("default", "web"))
+                .map_or(0, |s| s.endpoints.len())
+        };
+        assert_eq!(
+            endpoints(&handle),
+            1,
+            "withdrawn before the pods were known"
+        );
+
+        pods_tx.send_replace(pods(&[]));
+        state.mark_dirty();
+        state.tick(&mut store, Instant::now() + REBUILD_EVERY);
+        assert_eq!(endpoints(&handle), 0, "a pod that is gone stays published");
     }
 }

@@ -15,8 +15,9 @@ use crate::service::frontend::{FrontendAddr, FrontendKind};
 use crate::service::{Algorithm, Protocol, ResolvedService, ServiceKey, ServiceSpec};
 use std::net::SocketAddrV4;
 
-/// Largest request line the daemon reads; anything longer is refused.
-pub const MAX_REQUEST: usize = 64 * 1024;
+/// Largest request line the daemon reads; anything longer is refused. Large enough for
+/// `service apply` of ten thousand Services at once (the socket is root's only).
+pub const MAX_REQUEST: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -41,6 +42,10 @@ pub enum Request {
     /// Add or replace a Service; any node, the change reaches every node.
     ServiceAdd {
         spec: ServiceSpec,
+    },
+    /// Add or replace many Services at once (allocated together, one write each).
+    ServiceApply {
+        specs: Vec<ServiceSpec>,
     },
     ServiceDel {
         namespace: String,

@@ -6,13 +6,13 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result, ensure};
 use overlayd_lab::Lab;
 
-use crate::support::{default_lab, df_ping, link_packets, ns_run, ping, tcp_transfer};
+use crate::support::{default_lab, df_ping, link_packets, ns_run, ping, quiet_lab, tcp_transfer};
 
 /// 8a: pods on nodes of one segment talk over host-gw routes: the daemon's peer entry
 /// says host-gw, the kernel route goes via the peer's underlay address, and neither the
 /// TUN device nor the peer's tunnel counters see a packet.
 pub(crate) fn host_gw_within_a_segment_bypasses_the_daemon() -> Result<()> {
-    let lab = default_lab("hg")?;
+    let lab = quiet_lab("hg")?;
     let (src, dst) = (lab.pod("n1-p1")?, lab.pod("n2-p1")?);
     let n1 = lab.node("n1")?.netns();
     let n2 = lab.node("n2")?.netns();

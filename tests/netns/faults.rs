@@ -10,7 +10,7 @@ use overlayd_proto::wire::MacAddr;
 use overlayd_proto::wire::vxlan::EncapHeader;
 
 use crate::support::{
-    default_lab, lab, link_packets, ns_run, ping, tcp_transfer, two_segments, two_segments_with,
+    lab, link_packets, ns_run, ping, quiet_lab, tcp_transfer, two_segments, two_segments_with,
     wait_for,
 };
 
@@ -51,7 +51,7 @@ fn total(drops: &serde_json::Value) -> u64 {
 /// port are each dropped under their own counter, none reaches the TUN device, and the
 /// daemon keeps serving.
 pub(crate) fn garbage_datagrams_are_dropped_and_counted() -> Result<()> {
-    let lab = default_lab("gb")?;
+    let lab = quiet_lab("gb")?;
     let n1 = lab.node("n1")?;
     let target = SocketAddr::from((n1.underlay(), 8472));
     let n1_mac = MacAddr::vtep_for_node("n1");
@@ -152,7 +152,7 @@ pub(crate) fn garbage_datagrams_are_dropped_and_counted() -> Result<()> {
     for bad in [
         b"nonsense\n".to_vec(),
         b"{\"op\":\"pod_add\"}\n".to_vec(),
-        vec![b'x'; 100_000],
+        vec![b'x'; overlayd_proto::api::MAX_REQUEST + 1],
     ] {
         let reply = control_request(&socket, &bad)?;
         ensure!(
@@ -360,7 +360,7 @@ pub(crate) fn on_exit_keep_leaves_the_data_path() -> Result<()> {
 /// carry its node's underlay address, which peers trust as that node's VTEP. Other ports
 /// on the same nodes stay reachable.
 pub(crate) fn pods_cannot_reach_tunnel_or_gossip_ports() -> Result<()> {
-    let lab = default_lab("pt")?;
+    let lab = quiet_lab("pt")?;
     let pod = lab.pod("n1-p1")?.netns.clone();
     let n3 = lab.node("n3")?;
     let before = drops(&lab, "n3")?;

@@ -9,6 +9,7 @@ mod cluster;
 mod faults;
 mod gossip;
 mod interop;
+mod services;
 mod support;
 
 use libtest_mimic::{Arguments, Trial};
@@ -92,6 +93,46 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
     (
         "gossip_static_subnet_wins_and_the_claimer_moves_its_pods",
         gossip::static_subnet_wins_and_the_claimer_moves_its_pods,
+    ),
+    (
+        "service_clusterip_reaches_every_backend_from_every_node_evenly",
+        services::clusterip_reaches_every_backend_from_every_node_evenly,
+    ),
+    (
+        "service_least_conn_prefers_the_idle_backend",
+        services::least_conn_prefers_the_idle_backend,
+    ),
+    (
+        "service_a_killed_backend_costs_no_connection",
+        services::a_killed_backend_costs_no_connection,
+    ),
+    (
+        "service_fifty_mb_through_the_vip_intact_both_ways",
+        services::fifty_mb_through_the_vip_intact_both_ways,
+    ),
+    (
+        "service_udp_survives_an_endpoint_change",
+        services::udp_service_survives_an_endpoint_change,
+    ),
+    (
+        "service_node_port_from_a_client_on_the_underlay",
+        services::node_port_from_a_client_on_the_underlay,
+    ),
+    (
+        "service_load_balancer_ip_fails_over_when_its_holder_dies",
+        services::load_balancer_ip_fails_over_when_its_holder_dies,
+    ),
+    (
+        "service_dns_answers_from_inside_pods",
+        services::dns_answers_from_inside_pods,
+    ),
+    (
+        "service_added_on_one_node_is_served_by_the_farthest_within_1s",
+        services::a_service_added_on_one_node_is_served_by_the_farthest_within_1s,
+    ),
+    (
+        "service_bad_spec_is_refused_and_running_services_are_untouched",
+        services::a_bad_spec_is_refused_and_running_services_are_untouched,
     ),
 ];
 

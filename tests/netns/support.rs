@@ -131,9 +131,16 @@ pub(crate) fn df_ping(ns: &str, dst: Ipv4Addr, size: u16) -> Result<(bool, Strin
     Ok((out.status.success(), text))
 }
 
-/// The default topology: segments a and b, n1 n2 on a, n3 n4 on b, two pods each.
+/// The default topology: segments a and b, n1 n2 on a, n3 n4 on b, two pods each, and the
+/// Service `hello` in front of every pod.
 pub(crate) fn default_lab(tag: &str) -> Result<TestLab> {
     lab(tag, &Topology::default())
+}
+
+/// The default topology without its Service: no traffic but what a test makes (every
+/// node health-checks a Service's backends), for tests that count packets.
+pub(crate) fn quiet_lab(tag: &str) -> Result<TestLab> {
+    lab(tag, &Topology::parse(overlayd_lab::DEFAULT_NODES)?)
 }
 
 /// Pings `dst` from namespace `ns`; returns ping's output. `Err` iff any reply is missing.
@@ -213,6 +220,27 @@ impl Pattern {
     }
 }
 
+/// Reads `from` to its end and checks every byte against [`Pattern`] `seed`; returns how
+/// many bytes came.
+pub(crate) fn expect_pattern(from: &mut impl Read, seed: u64) -> Result<usize> {
+    let mut expect = Pattern::new(seed);
+    let (mut buf, mut want) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let mut got = 0usize;
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(got);
+        }
+        expect.fill(&mut want[..n]);
+        ensure!(
+            buf[..n] == want[..n],
+            "byte mismatch within {got}..{}",
+            got + n
+        );
+        got += n;
+    }
+}
+
 /// Accepts one connection, or fails after `timeout` (the sender could not connect).
 fn accept_within(listener: &TcpListener, timeout: Duration) -> Result<(TcpStream, SocketAddr)> {
     listener.set_nonblocking(true)?;
@@ -265,22 +293,7 @@ pub(crate) fn tcp_transfer(
     let receiver = std::thread::spawn(move || -> Result<SocketAddr> {
         let (mut conn, peer) = accept_within(&listener, Duration::from_secs(20))?;
         conn.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let mut expect = Pattern::new(seed);
-        let (mut buf, mut want) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
-        let mut got = 0usize;
-        loop {
-            let n = conn.read(&mut buf).context("receiving")?;
-            if n == 0 {
-                break;
-            }
-            expect.fill(&mut want[..n]);
-            ensure!(
-                buf[..n] == want[..n],
-                "byte mismatch within {got}..{}",
-                got + n
-            );
-            got += n;
-        }
+        let got = expect_pattern(&mut conn, seed).context("receiving")?;
         ensure!(got == len, "received {got} bytes, expected {len}");
         Ok(peer)
     });

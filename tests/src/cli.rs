@@ -111,6 +111,10 @@ pub enum LabCommand {
     /// `lab up` starts one in every pod.
     #[command(hide = true)]
     Serve { pod: String },
+    /// Run the lab's stand-in for outside DNS (every A question: 192.0.2.53) on UDP 53, in
+    /// the foreground; `lab up` starts one in the router.
+    #[command(hide = true)]
+    Resolve,
     /// Ping between every pair of pods and show which path each pair takes.
     Check {
         #[arg(long, default_value = "lab", value_parser = lab_name)]
@@ -150,6 +154,10 @@ fn lab_name(name: &str) -> Result<String, String> {
 /// The exit code is non-zero when `check` finds a failed pair, or is `exec`'s own.
 pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
     match cmd {
+        LabCommand::Resolve => {
+            crate::resolver::serve().context("serving the lab's outside DNS")?;
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Serve { pod } => {
             crate::hello::serve(&pod).with_context(|| format!("serving as pod {pod}"))?;
             Ok(ExitCode::SUCCESS)

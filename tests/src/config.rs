@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use overlayd_config::ConfigError;
-use overlayd_config::schema::{Config, Daemon, Gossip, Node, Peer};
+use overlayd_config::schema::{Config, Daemon, DnsUpstream, Gossip, Node, Peer};
 
 use crate::lab::run_dir;
 use crate::topology::{NodeSpec, Topology};
@@ -89,11 +89,18 @@ pub fn node_config(topology: &Topology, node: &NodeSpec, lab: &str) -> Result<Co
         service_specs: Vec::new(),
     };
     config.cluster.cidr = topology.cluster_cidr();
-    // Kubernetes' default 10.96.0.0/12 runs to 10.111.255.255 and would hold the lab's
-    // segments (10.100.x.0/24): every address in the Service CIDR is local on every node.
+    // Kubernetes' default 10.96.0.0/12 runs to 10.111.255.255 and holds the lab's segments
+    // (10.100.x.0/24): a VIP allocated on a node's address would take it on every node.
     config.cluster.service_cidr = LAB_SERVICE_CIDR
         .parse()
         .expect("the lab's Service CIDR is a CIDR");
+    // Names outside the cluster go to the lab's stand-in in the router, never to the
+    // host's own resolvers.
+    let segment = topology.segment(&node.segment);
+    config.dns.upstream = segment
+        .map(|s| DnsUpstream(SocketAddrV4::new(s.router_address(), 53)))
+        .into_iter()
+        .collect();
     if topology.gossip() {
         config.cluster.name = format!("lab-{lab}");
     }

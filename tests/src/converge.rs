@@ -25,6 +25,95 @@ struct Gap<'a> {
 }
 
 impl Lab {
+    /// Waits until every running daemon node serves the same Services, each Service that
+    /// selects pods by label with exactly the lab's pods that carry those labels as its
+    /// endpoints (pods of nodes whose daemon runs). Without gossip every node has Services
+    /// of its own with its own pods only. `Err` naming a node that lacks them if that does
+    /// not happen within `timeout`.
+    pub fn wait_services(&self, timeout: Duration) -> Result<(), LabError> {
+        let deadline = Instant::now() + timeout;
+        let running: Vec<Node<'_>> = self
+            .nodes()
+            .filter(|n| n.spec().daemon && n.pid().is_some())
+            .collect();
+        loop {
+            let mut gap = None;
+            let mut first = None;
+            for &node in &running {
+                let services = match self.service_list(node.name()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        gap = Some((node, e.to_string()));
+                        break;
+                    }
+                };
+                let pods_of = if self.topology().gossip() {
+                    running.clone()
+                } else {
+                    vec![node]
+                };
+                if let Some(why) = self.endpoint_gap(&pods_of, &services) {
+                    gap = Some((node, why));
+                    break;
+                }
+                if !self.topology().gossip() {
+                    continue;
+                }
+                match &first {
+                    None => first = Some(services),
+                    Some(f) if *f != services => {
+                        gap = Some((node, "its Services differ from the first node's".into()));
+                        break;
+                    }
+                    Some(_) => {}
+                }
+            }
+            let Some((node, why)) = gap else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                return Err(node.not_ready(format!(
+                    "the Services have not converged after {timeout:?}: {why}"
+                )));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Why `services` lack endpoints the lab's pods should give them, if they do.
+    fn endpoint_gap(
+        &self,
+        running: &[Node<'_>],
+        services: &[crate::client::ServiceInfo],
+    ) -> Option<String> {
+        for info in services {
+            let selector = &info.spec.selector;
+            if selector.is_empty() || !info.service.is_active() {
+                continue;
+            }
+            let mut want: Vec<std::net::Ipv4Addr> = running
+                .iter()
+                .filter(|n| {
+                    selector
+                        .iter()
+                        .all(|(k, v)| n.spec().pod_labels.get(k) == Some(v))
+                })
+                .flat_map(|n| n.pods().iter().map(|p| p.ip))
+                .collect();
+            want.sort();
+            let mut have: Vec<std::net::Ipv4Addr> =
+                info.service.endpoints.iter().map(|e| e.ip).collect();
+            have.sort();
+            if have != want {
+                return Some(format!(
+                    "Service {} has endpoints {have:?}, expected {want:?}",
+                    info.service.key
+                ));
+            }
+        }
+        None
+    }
+
     /// Waits until every daemon node that runs now lists, in `overlayd peers --json`,
     /// every other one with the pod subnet that node's `overlayd status` reports, and
     /// every `daemon = false` node. Pairs of nodes on segments cut apart by

@@ -659,7 +659,9 @@ impl Lab {
                 self.state.nodes[index].pods.push(pod);
             }
         }
-        self.save()
+        self.save()?;
+        // Pods reach the Services that select them through gossip: up means they have.
+        self.wait_services(READY_TIMEOUT)
     }
 
     /// Waits until the daemons of `nodes`, just started, are ready, records their pod
@@ -713,6 +715,11 @@ impl Lab {
         let router = self.router_netns();
         create_netns(&router)?;
         netns::run_in(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        // The daemons' DNS upstream (see `config::node_config`); ended by `lab down` with
+        // every other process in the lab's namespaces.
+        if self.topology().nodes().iter().any(|n| n.daemon) {
+            netns::spawn_in(&router, self.overlayd_bin(), &["lab", "resolve"])?;
+        }
         for segment in self.topology().segments() {
             let bridge = segment.bridge();
             let address = format!(

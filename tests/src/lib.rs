@@ -45,6 +45,7 @@ mod lab;
 pub mod netns;
 mod partition;
 pub mod process;
+pub mod resolver;
 pub mod topology;
 
 pub use check::{CheckReport, PairResult};
@@ -55,4 +56,6 @@ pub use lab::{
     lab_namespaces, netns_prefix, node_netns, pod_netns, router_netns, run_dir, validate_lab_name,
 };
 pub use netns::{Netns, NetnsError, in_netns, run_in, try_in_netns};
-pub use topology::{DEFAULT_TOPOLOGY, NodeSpec, Segment, TWO_SEGMENTS, Topology, TopologyError};
+pub use topology::{
+    DEFAULT_NODES, DEFAULT_TOPOLOGY, NodeSpec, Segment, TWO_SEGMENTS, Topology, TopologyError,
+};

@@ -12,10 +12,10 @@ use ipnet::Ipv4Net;
 use overlayd_proto::wire::MacAddr;
 use serde::{Deserialize, Serialize};
 
-/// The topology used when none is given: segments `a` and `b` joined by the router,
-/// nodes `n1`, `n2` on `a` and `n3`, `n4` on `b`, two pods each; the nodes gossip, join
-/// through `n1` and claim their pod subnets.
-pub const DEFAULT_TOPOLOGY: &str = r#"
+/// The text of [`DEFAULT_NODES`], as a macro so [`DEFAULT_TOPOLOGY`] can extend it.
+macro_rules! default_nodes {
+    () => {
+        r#"
 cluster_cidr = "10.244.0.0/16"
 # gossip = true (the default), seed = the first node with a daemon (n1)
 
@@ -42,7 +42,33 @@ segment = "b"
 [[node]]
 name = "n4"
 segment = "b"
-"#;
+
+"#
+    };
+}
+
+/// The default topology without its Service: segments `a` and `b` joined by the router,
+/// nodes `n1`, `n2` on `a` and `n3`, `n4` on `b`, two pods each; the nodes gossip, join
+/// through `n1` and claim their pod subnets. Nothing talks unless asked (no health checks
+/// of Service backends), for tests that count packets.
+pub const DEFAULT_NODES: &str = default_nodes!();
+
+/// The topology used when none is given: [`DEFAULT_NODES`] and a Service `hello` that
+/// selects every pod.
+pub const DEFAULT_TOPOLOGY: &str = concat!(
+    default_nodes!(),
+    r#"
+# A Service in front of every pod: lab pods carry app=hello and run the lab's server
+# (TCP and UDP 8080: their name, then an echo). Every node applies it at start.
+[[config.service]]
+name = "hello"
+selector = { app = "hello" }
+ports = [
+    { name = "tcp", port = 80, target_port = 8080 },
+    { name = "udp", protocol = "UDP", port = 80, target_port = 8080 },
+]
+"#
+);
 
 /// Segments a (10.100.1.0/24) and b (10.100.2.0/24), as the default topology has them:
 /// tests append their own `[[node]]` tables (top-level keys must come before it).

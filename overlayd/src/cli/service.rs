@@ -124,6 +124,34 @@ fn read_spec(path: &Path) -> Result<ServiceSpec> {
     Ok(spec)
 }
 
+/// Every Service of a file for `overlayd service apply`: TOML with `[[service]]` tables
+/// (as in the config file), or JSON, an array of specs or `{"service": [...]}`.
+pub fn read_specs(path: &Path) -> Result<Vec<ServiceSpec>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Specs {
+        service: Vec<ServiceSpec>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Json {
+        List(Vec<ServiceSpec>),
+        Table(Specs),
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let specs = if path.extension().is_some_and(|e| e == "json") {
+        match serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))? {
+            Json::List(specs) | Json::Table(Specs { service: specs }) => specs,
+        }
+    } else {
+        toml::from_str::<Specs>(&text)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?
+            .service
+    };
+    Ok(specs)
+}
+
 /// Parses a value by its serde spelling (the one config files use), so the CLI accepts
 /// exactly what the files do.
 fn by_serde<T: serde::de::DeserializeOwned>(s: &str, what: &str, expected: &str) -> Result<T> {
@@ -190,6 +218,23 @@ pub fn parse_port(s: &str) -> Result<ServicePort> {
         node_port,
         proxy_protocol: false,
     })
+}
+
+/// Which Service `service get|del` mean.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct NameArgs {
+    /// NAME, or NAMESPACE/NAME.
+    pub name: String,
+    /// The namespace (default `default`), unless NAME gives it.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+}
+
+impl NameArgs {
+    /// `(namespace, name)`.
+    pub fn key(self) -> Result<(String, String)> {
+        key_of(&self.name, self.namespace)
+    }
 }
 
 /// `namespace/name` or `name` (namespace `default`) of `service get|del`.
@@ -323,7 +368,9 @@ pub fn report_table(r: &api::ServicesReport) -> String {
         if let Some(ip) = s.external_ip {
             out.push_str(&format!(
                 " external {ip} held by {}",
-                sr.lb_holder.as_deref().unwrap_or("nobody")
+                sr.lb_holder
+                    .as_deref()
+                    .unwrap_or("a node of its own segment")
             ));
         }
         out.push('\n');
@@ -475,6 +522,34 @@ mod tests {
         .spec()
         .unwrap_err();
         assert!(err.to_string().contains("prots"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn apply_files_hold_many_services() {
+        let dir = std::env::temp_dir().join(format!("overlayd-apply-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml_file = dir.join("all.toml");
+        std::fs::write(
+            &toml_file,
+            "[[service]]\nname = \"a\"\nports = [{ port = 80 }]\n\
+             [[service]]\nname = \"b\"\nports = [{ port = 81 }]\n",
+        )
+        .unwrap();
+        let json_file = dir.join("all.json");
+        std::fs::write(
+            &json_file,
+            r#"[{"name":"a","ports":[{"port":80}]},{"name":"b","ports":[{"port":81}]}]"#,
+        )
+        .unwrap();
+
+        let from_toml = read_specs(&toml_file).unwrap();
+
+        assert_eq!(from_toml.len(), 2);
+        assert_eq!(from_toml, read_specs(&json_file).unwrap());
+        std::fs::write(&toml_file, "[[service]]\nname = \"a\"\nport = 80\n").unwrap();
+        let err = read_specs(&toml_file).unwrap_err().to_string();
+        assert!(err.contains("port"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -150,6 +150,9 @@ async fn dispatch(shared: &Shared, req: Request) -> Result<serde_json::Value> {
             pods: shared.pods.lock().await.list(),
         })?,
         Request::ServiceAdd { spec } => serde_json::to_value(shared.services.put(spec).await?)?,
+        Request::ServiceApply { specs } => serde_json::to_value(api::ServiceList {
+            services: shared.services.apply(specs).await?,
+        })?,
         Request::ServiceDel { namespace, name } => serde_json::to_value(
             shared
                 .services

@@ -129,6 +129,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         .context("installing the SIGHUP handler")?;
     // Before touching anything: a second daemon on the same state would fight the first.
     let _lock = lock_state_dir(&cfg.daemon.state_dir)?;
+    raise_open_files_limit();
     crate::netns::find_host_mount_ns();
     let nl = Netlink::connect()?;
     let local = resolve_local(&nl, &cfg).await?;
@@ -369,6 +370,21 @@ impl StopSignals {
     }
 }
 
+/// Raises the soft limit of open files to the hard limit: the proxy holds a socket per
+/// listener (one per Service port and VIP), two per relayed connection and one per UDP
+/// flow, and the usual soft limit of 1024 would refuse them long before the machine must.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => tracing::warn!("raising the open files limit from {soft}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!("reading the open files limit: {e}"),
+    }
+}
+
 /// Takes an exclusive lock on `state_dir/lock` for the daemon's lifetime.
 fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -424,21 +440,6 @@ async fn resolve_local(nl: &Netlink, cfg: &Config) -> Result<Local> {
                 )
             })?,
     };
-    for (what, addr) in [
-        ("underlay address", Some(underlay_addr)),
-        ("advertise address", node.advertise_address),
-    ] {
-        if let Some(addr) = addr
-            && cfg.cluster.service_cidr.contains(&addr)
-        {
-            bail!(
-                "cluster.service_cidr {} contains this node's {what} {addr}: every address of \
-                 the Service CIDR is local on every node, so the node would be cut off; choose a \
-                 Service CIDR apart from the underlay (the same on every node)",
-                cfg.cluster.service_cidr
-            );
-        }
-    }
     let pod_mtu = cfg.bridge.mtu.unwrap_or(underlay.mtu);
     let tunnel_mtu = cfg
         .tunnel
@@ -581,7 +582,6 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     let subnet = shared.subnet();
     let view = routing::LocalView {
         cluster_cidr: shared.cfg.cluster.cidr,
-        service_cidr: shared.cfg.cluster.service_cidr,
         pod_subnet: subnet.net,
         underlay: shared.local.underlay_addr,
     };
@@ -623,7 +623,8 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
         peers,
     ));
 
-    let desired = routing::plan(&local_routing(shared, subnet), &with_paths);
+    let vips = shared.services.table().borrow().vips();
+    let desired = routing::plan(&local_routing(shared, subnet), &with_paths, &vips);
     let current = shared.nl.owned_routes().await?;
     let ops = routing::reconcile(&desired, &current);
     let mut errors: Vec<(Ipv4Net, String)> = Vec::new();
@@ -696,7 +697,6 @@ fn local_routing(shared: &Shared, subnet: Subnet) -> LocalRouting {
         tunnel_src: subnet.gateway,
         tunnel_oif: shared.tun_index,
         underlay_oif: shared.local.underlay.index,
-        service_cidr: Some(shared.cfg.cluster.service_cidr),
         loopback_oif: shared.local.loopback_index,
     }
 }

@@ -48,6 +48,11 @@ pub(super) async fn serve(
             if let Some(dns) = &shared.dns {
                 dns.set_table(current.clone());
             }
+            // New or gone VIPs: their local routes follow at once.
+            let vips_changed = served.as_ref().is_none_or(|s| s.vips() != current.vips());
+            if vips_changed {
+                shared.reconcile_now.notify_one();
+            }
             served = Some(current.clone());
         }
         if let Err(e) = sync_lb(&shared, &current).await {
@@ -62,8 +67,8 @@ pub(super) async fn serve(
 }
 
 /// Holds exactly the LoadBalancer IPs this node is the holder of: for each active
-/// LoadBalancer Service's external IP on this node's segment (on-link through the
-/// underlay), the candidates are this node and the peers on the segment, and
+/// LoadBalancer Service's external IP on this node's segment (inside a subnet of the
+/// underlay interface), the candidates are this node and the peers on the segment, and
 /// `lb::holder` picks one — the same one on every node of the segment. A newly taken
 /// address is announced with gratuitous ARP.
 async fn sync_lb(shared: &Shared, table: &ServiceTable) -> Result<()> {
@@ -72,26 +77,41 @@ async fn sync_lb(shared: &Shared, table: &ServiceTable) -> Result<()> {
         .filter(|s| s.kind == ServiceType::LoadBalancer && s.is_active())
         .filter_map(|s| s.external_ip)
         .collect();
+    // Who may hold an IP: overlayd nodes that gossip says are up (a static peer may be a
+    // kernel vxlan node, which cannot hold one). Without gossip nobody can tell who is
+    // alive, so nobody holds one (two nodes would take the same IP).
+    let live: BTreeSet<String> = match &shared.gossip {
+        Some(handle) if !ips.is_empty() => handle
+            .members()
+            .await?
+            .into_iter()
+            .filter(|m| m.state.is_up())
+            .map(|m| m.name)
+            .collect(),
+        _ => BTreeSet::new(),
+    };
     let on_link_peers: Vec<String> = shared
         .peers
         .lock()
         .map_err(|_| anyhow::anyhow!("peer list lock poisoned"))?
         .admitted
         .iter()
-        .filter(|p| p.on_link)
+        .filter(|p| p.on_link && live.contains(&p.peer.name))
         .map(|p| p.peer.name.clone())
         .collect();
     let underlay = shared.local.underlay.index;
     let mut holders = BTreeMap::new();
     let mut wanted = BTreeSet::new();
+    let addresses: Vec<(Ipv4Addr, u8)> = shared
+        .nl
+        .ipv4_addrs(Some(underlay))
+        .await?
+        .into_iter()
+        .map(|(_, ip, prefix)| (ip, prefix))
+        .collect();
     for ip in ips {
-        let on_link = shared
-            .nl
-            .route_get(ip)
-            .await
-            .is_ok_and(|l| l.gateway.is_none() && l.oif == underlay);
-        if !on_link {
-            // Not this node's segment: its holder is decided there.
+        if !lb::on_segment(ip, &addresses) || shared.gossip.is_none() {
+            // Not this node's segment (its holder is decided there), or no gossip.
             holders.insert(ip, None);
             continue;
         }

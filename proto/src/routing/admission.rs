@@ -23,9 +23,6 @@ pub enum RejectReason {
     /// Its underlay address lies inside the cluster CIDR: tunnel packets to it would be
     /// routed into the tunnel again.
     UnderlayInCluster,
-    /// Its underlay address lies inside the Service CIDR, which is local on every node
-    /// (every address in it is a potential VIP): packets to it would never leave.
-    UnderlayInServices,
     /// Its underlay address is ours.
     UnderlayIsLocal,
     /// The named peer, first by name, has the same underlay address.
@@ -40,9 +37,6 @@ impl std::fmt::Display for RejectReason {
             RejectReason::OverlapsPeer(p) => write!(f, "pod subnet overlaps that of {p}"),
             RejectReason::UnderlayInCluster => {
                 write!(f, "underlay address inside the cluster CIDR")
-            }
-            RejectReason::UnderlayInServices => {
-                write!(f, "underlay address inside the Service CIDR")
             }
             RejectReason::UnderlayIsLocal => write!(f, "underlay address is ours"),
             RejectReason::DuplicateUnderlay(p) => write!(f, "same underlay address as {p}"),
@@ -61,16 +55,14 @@ pub struct Rejected {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalView {
     pub cluster_cidr: Ipv4Net,
-    /// Local on every node: no peer's underlay address may be in it.
-    pub service_cidr: Ipv4Net,
     pub pod_subnet: Ipv4Net,
     pub underlay: Ipv4Addr,
 }
 
 /// Splits `peers` into those the data path may use (sorted by name) and those it must not.
 /// A peer is admitted iff its pod subnet lies inside the cluster CIDR and overlaps neither
-/// ours nor an admitted peer's, and its underlay address is outside the cluster CIDR and
-/// the Service CIDR, not ours, and not an admitted peer's. Conflicts go to the peer first by name.
+/// ours nor an admitted peer's, and its underlay address is outside the cluster CIDR, not
+/// ours, and not an admitted peer's. Conflicts go to the peer first by name.
 pub fn admit(local: &LocalView, peers: &[PeerInfo]) -> (Vec<PeerInfo>, Vec<Rejected>) {
     let mut sorted: Vec<&PeerInfo> = peers.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
@@ -98,9 +90,6 @@ fn check(local: &LocalView, admitted: &[PeerInfo], peer: &PeerInfo) -> Result<()
     }
     if local.cluster_cidr.contains(&peer.underlay) {
         return Err(RejectReason::UnderlayInCluster);
-    }
-    if local.service_cidr.contains(&peer.underlay) {
-        return Err(RejectReason::UnderlayInServices);
     }
     if peer.underlay == local.underlay {
         return Err(RejectReason::UnderlayIsLocal);
@@ -132,7 +121,6 @@ mod tests {
     fn local() -> LocalView {
         LocalView {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-            service_cidr: "10.96.0.0/16".parse().unwrap(),
             pod_subnet: "10.244.1.0/24".parse().unwrap(),
             underlay: "10.100.1.11".parse().unwrap(),
         }
@@ -145,7 +133,6 @@ mod tests {
             peer("wide", "10.100.1.13", "128.0.0.0/1"),
             peer("mine", "10.100.1.14", "10.244.1.128/25"),
             peer("loop", "10.244.9.1", "10.244.9.0/24"),
-            peer("vip", "10.96.3.3", "10.244.8.0/24"),
             peer("me", "10.100.1.11", "10.244.3.0/24"),
             peer("over", "10.100.1.15", "10.244.2.0/23"),
             peer("twin", "10.100.1.12", "10.244.4.0/24"),
@@ -167,7 +154,6 @@ mod tests {
                 ("mine", RejectReason::OverlapsLocal),
                 ("over", RejectReason::OverlapsPeer("ok".into())),
                 ("twin", RejectReason::DuplicateUnderlay("ok".into())),
-                ("vip", RejectReason::UnderlayInServices),
                 ("wide", RejectReason::OutsideCluster),
             ]
         );

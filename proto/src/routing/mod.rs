@@ -2,7 +2,7 @@
 //! it has to the changes that make them so. The shell reads routes over netlink, calls
 //! [`plan`] and [`reconcile`], and carries out the returned [`RouteOp`]s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -60,9 +60,9 @@ pub enum RouteKind {
     /// Drops silently-unknown destinations inside the cluster CIDR instead of letting
     /// them follow the default route out of the node un-encapsulated.
     Blackhole,
-    /// Every address of the prefix is this node's own ("AnyIP": `local PREFIX dev lo` in
-    /// the local table): the Service CIDR, so the proxy can bind any VIP without an
-    /// address per VIP.
+    /// The destination is this node's own (`local VIP/32 dev lo` in the local table): a
+    /// Service VIP, which the proxy serves on every node. A route rather than an address,
+    /// so nothing else (ARP, source selection, `ip addr`) sees it.
     Local,
 }
 
@@ -86,14 +86,18 @@ pub struct LocalRouting {
     pub tunnel_src: Ipv4Addr,
     pub tunnel_oif: u32,
     pub underlay_oif: u32,
-    /// The Service CIDR, made local so the proxy can bind its VIPs (`None`: no Services).
-    pub service_cidr: Option<Ipv4Net>,
     /// The loopback interface, which local routes name.
     pub loopback_oif: u32,
 }
 
-/// The routes this node should have, sorted by destination.
-pub fn plan(local: &LocalRouting, peers: &[(PeerInfo, PeerPath)]) -> Vec<KernelRoute> {
+/// The routes this node should have, sorted by destination: the cluster CIDR's
+/// blackhole, a route to each peer's pod subnet, and a local route for each Service VIP
+/// (`vips`).
+pub fn plan(
+    local: &LocalRouting,
+    peers: &[(PeerInfo, PeerPath)],
+    vips: &BTreeSet<Ipv4Addr>,
+) -> Vec<KernelRoute> {
     let mut routes = vec![KernelRoute {
         dst: local.cluster_cidr,
         kind: RouteKind::Blackhole,
@@ -101,15 +105,13 @@ pub fn plan(local: &LocalRouting, peers: &[(PeerInfo, PeerPath)]) -> Vec<KernelR
         oif: None,
         pref_src: None,
     }];
-    if let Some(services) = local.service_cidr {
-        routes.push(KernelRoute {
-            dst: services,
-            kind: RouteKind::Local,
-            gateway: None,
-            oif: Some(local.loopback_oif),
-            pref_src: None,
-        });
-    }
+    routes.extend(vips.iter().map(|vip| KernelRoute {
+        dst: Ipv4Net::from(*vip),
+        kind: RouteKind::Local,
+        gateway: None,
+        oif: Some(local.loopback_oif),
+        pref_src: None,
+    }));
     routes.extend(peers.iter().map(|(peer, path)| match path {
         PeerPath::HostGw => KernelRoute {
             dst: peer.pod_subnet,
@@ -181,7 +183,6 @@ mod tests {
             tunnel_src: Ipv4Addr::new(10, 244, 1, 1),
             tunnel_oif: 7,
             underlay_oif: 2,
-            service_cidr: None,
             loopback_oif: 1,
         }
     }
@@ -221,6 +222,7 @@ mod tests {
                 (peer("n2", [10, 100, 1, 12], 2), PeerPath::HostGw),
                 (peer("n3", [10, 100, 2, 11], 3), PeerPath::Udp),
             ],
+            &BTreeSet::new(),
         );
         assert_eq!(routes.len(), 3);
         assert_eq!(routes[0].kind, RouteKind::Blackhole);
@@ -232,22 +234,25 @@ mod tests {
     }
 
     #[test]
-    fn the_service_cidr_is_made_local_on_loopback() {
-        let with_services = LocalRouting {
-            service_cidr: Some("10.96.0.0/12".parse().unwrap()),
-            ..local()
-        };
+    fn every_vip_is_made_local_on_loopback() {
+        let vips: BTreeSet<Ipv4Addr> =
+            ["10.96.0.10".parse().unwrap(), "10.96.7.1".parse().unwrap()]
+                .into_iter()
+                .collect();
 
-        let routes = plan(&with_services, &[]);
+        let routes = plan(&local(), &[], &vips);
 
-        let local_route = routes
+        let local_routes: Vec<String> = routes
             .iter()
-            .find(|r| r.kind == RouteKind::Local)
-            .expect("a local route");
-        assert_eq!(local_route.dst.to_string(), "10.96.0.0/12");
-        assert_eq!(local_route.oif, Some(1));
+            .filter(|r| r.kind == RouteKind::Local)
+            .map(|r| format!("{} {:?}", r.dst, r.oif))
+            .collect();
+        assert_eq!(
+            local_routes,
+            ["10.96.0.10/32 Some(1)", "10.96.7.1/32 Some(1)"]
+        );
         assert!(
-            !plan(&local(), &[])
+            !plan(&local(), &[], &BTreeSet::new())
                 .iter()
                 .any(|r| r.kind == RouteKind::Local)
         );
@@ -261,6 +266,7 @@ mod tests {
                 (peer("n2", [10, 100, 1, 12], 2), PeerPath::HostGw),
                 (peer("n3", [10, 100, 2, 11], 3), PeerPath::Udp),
             ],
+            &BTreeSet::new(),
         );
         // n2 moved behind a router; n3 died; n4 joined.
         let after = plan(
@@ -269,6 +275,7 @@ mod tests {
                 (peer("n2", [10, 100, 1, 12], 2), PeerPath::Udp),
                 (peer("n4", [10, 100, 2, 12], 4), PeerPath::Udp),
             ],
+            &BTreeSet::new(),
         );
         let ops = reconcile(&after, &before);
         assert_eq!(

@@ -53,7 +53,8 @@ pub struct Frontend {
     pub port: usize,
     /// Bind with `IP_FREEBIND`: the address need not be on this node. An external IP is
     /// on the underlay interface of its holder only; every node listens on it, so the
-    /// holder is ready the moment the address moves to it.
+    /// holder is ready the moment the address moves to it. A VIP becomes local through a
+    /// route the daemon adds when the Service appears, which may come just after.
     pub freebind: bool,
 }
 
@@ -81,7 +82,10 @@ pub fn frontends(table: &ServiceTable, local: &LocalNode) -> BTreeMap<FrontendAd
                     kind,
                     service: svc.key.clone(),
                     port: index,
-                    freebind: kind == FrontendKind::External,
+                    // A VIP is local through its route, which the control loop may add
+                    // a moment after the listener is bound; an external IP is on the
+                    // holder only. A node port is on the node's own address.
+                    freebind: kind != FrontendKind::NodePort,
                 });
             };
             if let Some(vip) = svc.cluster_ip {
@@ -208,13 +212,13 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (fa(Tcp, "10.96.0.1:80"), ClusterIp, "a", 0, false),
-                (fa(Tcp, "10.96.0.2:8080"), ClusterIp, "np", 0, false),
-                (fa(Tcp, "10.96.0.3:80"), ClusterIp, "lb", 0, false),
+                (fa(Tcp, "10.96.0.1:80"), ClusterIp, "a", 0, true),
+                (fa(Tcp, "10.96.0.2:8080"), ClusterIp, "np", 0, true),
+                (fa(Tcp, "10.96.0.3:80"), ClusterIp, "lb", 0, true),
                 (fa(Tcp, "192.168.1.10:30001"), NodePort, "np", 0, false),
                 (fa(Tcp, "192.168.1.10:30080"), NodePort, "lb", 0, false),
                 (fa(Tcp, "192.168.1.200:80"), External, "lb", 0, true),
-                (fa(Udp, "10.96.0.3:53"), ClusterIp, "lb", 1, false),
+                (fa(Udp, "10.96.0.3:53"), ClusterIp, "lb", 1, true),
                 (fa(Udp, "192.168.1.10:30053"), NodePort, "lb", 1, false),
                 (fa(Udp, "192.168.1.200:53"), External, "lb", 1, true),
             ]

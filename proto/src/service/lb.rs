@@ -36,6 +36,16 @@ pub fn holder<'a>(ip: Ipv4Addr, candidates: impl IntoIterator<Item = &'a str>) -
         .map(|(_, _, name)| name)
 }
 
+/// Whether `ip` is on the segment of an interface with these `addresses` (address and
+/// prefix length): inside the subnet of one of them. Host addresses (/32) say nothing
+/// about the segment — among them are the LoadBalancer IPs this node holds, which would
+/// otherwise make an IP look local, not on-link, the moment the node takes it.
+pub fn on_segment(ip: Ipv4Addr, addresses: &[(Ipv4Addr, u8)]) -> bool {
+    addresses.iter().any(|&(addr, prefix)| {
+        prefix < 32 && ipnet::Ipv4Net::new(addr, prefix).is_ok_and(|net| net.trunc().contains(&ip))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -92,5 +102,18 @@ mod tests {
         // Spread evenly (400 each expected).
         assert!(held.values().all(|&c| (320..=480).contains(&c)), "{held:?}");
         assert_eq!(moved, held["n3"]);
+    }
+
+    #[test]
+    fn an_ip_is_on_the_segment_of_a_subnet_address_not_of_a_host_address() {
+        let eth0 = [
+            (Ipv4Addr::new(10, 100, 1, 11), 24),
+            (Ipv4Addr::new(10, 100, 1, 254), 32),
+        ];
+        assert!(on_segment(Ipv4Addr::new(10, 100, 1, 254), &eth0));
+        assert!(on_segment(Ipv4Addr::new(10, 100, 1, 240), &eth0));
+        assert!(!on_segment(Ipv4Addr::new(10, 100, 2, 254), &eth0));
+        let held_only = [(Ipv4Addr::new(10, 100, 1, 254), 32)];
+        assert!(!on_segment(Ipv4Addr::new(10, 100, 1, 254), &held_only));
     }
 }

@@ -3,7 +3,7 @@
 //! the DNS responder and `overlayd services` read. Every node that holds the same
 //! objects and members computes the same table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -128,5 +128,14 @@ impl ServiceTable {
 
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
+    }
+
+    /// The VIPs every node serves: the cluster IPs of the Services the proxy serves
+    /// (active, not headless, not ExternalName).
+    pub fn vips(&self) -> BTreeSet<Ipv4Addr> {
+        self.iter()
+            .filter(|s| super::frontend::is_proxied(s))
+            .filter_map(|s| s.cluster_ip)
+            .collect()
     }
 }
