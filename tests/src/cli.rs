@@ -101,6 +101,10 @@ pub enum LabCommand {
         /// services: explicit endpoints per loaded Service.
         #[arg(long, default_value_t = 10)]
         endpoints: u32,
+        /// services: load with `service apply` requests of N Services (0: one `service
+        /// add` request per Service).
+        #[arg(long, default_value_t = 0)]
+        batch: u32,
         /// Leave the bench's lab up afterwards (`overlayd lab down --name NAME` removes it).
         #[arg(long)]
         keep: bool,
@@ -236,6 +240,7 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
             connections,
             services,
             endpoints,
+            batch,
             keep,
             json,
         } => {
@@ -264,6 +269,7 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
                         connections,
                         services,
                         endpoints,
+                        batch,
                         ..Default::default()
                     };
                     let report = crate::bench::services::run(

@@ -1,8 +1,9 @@
 //! `overlayd lab bench services`: what a Service VIP costs, against the direct path, with
 //! the same client pod, backend pod and links in one run.
 //!
-//! The bench brings up a lab of its own with the default topology (n1, n2 on segment a,
-//! n3, n4 on b). The client is pod n1-p1, the backend pod n2-p1 (host-gw between them);
+//! The bench brings up a lab of its own with the default topology's nodes (n1, n2 on
+//! segment a, n3, n4 on b; `DEFAULT_NODES`, without the Service `hello`, so nothing but
+//! the bench makes traffic or Services). The client is pod n1-p1, the backend pod n2-p1 (host-gw between them);
 //! iperf3's server and the pod's HTTP server (`overlayd lab serve`, port 8081) run in the
 //! backend. Four ways from the client to the backend:
 //!
@@ -32,7 +33,8 @@
 //!   node, and per node;
 //! - memory: every daemon's VmRSS idle (before the bench made any Service) and after
 //!   `--services` Services with `--endpoints` explicit endpoints each were added on n1
-//!   (4 clients in parallel; the time it took), once every node lists them all (or after
+//!   (one `ServiceAdd` request each, or with `--batch N` `ServiceApply` requests of N;
+//!   4 clients in parallel; the time it took and a mark every 1 %), once every node lists them all (or after
 //!   a timeout, which the report says); a node "has" them when its `overlayd status`
 //!   counts them (polled every 250 ms).
 //!
@@ -61,7 +63,7 @@ use super::measure::{self, ChildGuard, Iperf, median};
 use crate::hello::{HELLO_PORT, HTTP_PORT};
 use crate::lab::{Lab, LabError, Pod};
 use crate::netns;
-use crate::topology::Topology;
+use crate::topology::{DEFAULT_NODES, Topology};
 
 const CLIENT_NODE: &str = "n1";
 const CLIENT_POD: &str = "n1-p1";
@@ -96,6 +98,9 @@ pub struct Options {
     /// Services loaded for the memory figure (0: skip it), and endpoints each.
     pub services: u32,
     pub endpoints: u32,
+    /// 0: load with one `ServiceAdd` request per Service; N: with `ServiceApply`
+    /// requests of N Services each.
+    pub batch: u32,
 }
 
 impl Default for Options {
@@ -108,6 +113,7 @@ impl Default for Options {
             propagation_repeat: 10,
             services: 10_000,
             endpoints: 10,
+            batch: 0,
         }
     }
 }
@@ -197,6 +203,8 @@ pub struct NodePropagation {
 pub struct Memory {
     pub services: u32,
     pub endpoints: u32,
+    /// 0: one `ServiceAdd` request per Service; N: `ServiceApply` requests of N.
+    pub batch: u32,
     /// From the first add request to the last answer (parallel clients).
     pub load_seconds: f64,
     /// When every 1 % of the adds had been answered, from the first add: how the add
@@ -223,7 +231,8 @@ pub struct NodeMemory {
     pub services_listed: usize,
 }
 
-/// Brings up lab `name` with the default topology, runs the bench and tears the lab down
+/// Brings up lab `name` with the default topology's nodes (`DEFAULT_NODES`: without its
+/// Service `hello`, whose health checks would add traffic), runs the bench and tears the lab down
 /// (unless `keep`). `log` gets one line per step.
 pub fn run(
     name: &str,
@@ -233,9 +242,10 @@ pub fn run(
     log: &mut dyn FnMut(&str),
 ) -> Result<Report, LabError> {
     log(&format!(
-        "bringing up lab {name:?} (default topology: 4 nodes, 2 pods each)"
+        "bringing up lab {name:?} (the default nodes: 4 nodes, 2 pods each, no Service)"
     ));
-    let lab = Lab::up(name, &Topology::default(), overlayd_bin)?;
+    let topology = Topology::parse(DEFAULT_NODES).expect("the default nodes are a valid topology");
+    let lab = Lab::up(name, &topology, overlayd_bin)?;
     let result = measure_lab(&lab, options, log);
     finish(lab, keep, log);
     result
@@ -867,7 +877,9 @@ impl Spread {
 fn greets(vip: Ipv4Addr, greeting: &str) -> bool {
     use std::io::Read;
     let addr = std::net::SocketAddr::from((vip, 80));
-    let Ok(mut conn) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+    // Short: before the node serves the VIP it has no local route for it, and the SYN may
+    // be lost rather than refused (a lost SYN would wait out TCP's 1 s retransmit).
+    let Ok(mut conn) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(10))
     else {
         return false;
     };
@@ -927,15 +939,29 @@ fn memory(
             .map(|w| {
                 let (origin, done, marks) = (&origin, &done, &marks);
                 scope.spawn(move || {
-                    for i in (w as u32..o.services).step_by(LOAD_CLIENTS) {
-                        let request = Request::ServiceAdd {
-                            spec: load_spec(i, o.endpoints),
+                    let per_request = o.batch.max(1);
+                    let requests = o.services.div_ceil(per_request);
+                    for r in (w as u32..requests).step_by(LOAD_CLIENTS) {
+                        let first = r * per_request;
+                        let last = (first + per_request).min(o.services);
+                        let request = if o.batch == 0 {
+                            Request::ServiceAdd {
+                                spec: load_spec(first, o.endpoints),
+                            }
+                        } else {
+                            Request::ServiceApply {
+                                specs: (first..last).map(|i| load_spec(i, o.endpoints)).collect(),
+                            }
                         };
                         api::call(origin, &request).map_err(|e| {
-                            LabError::Bench(format!("adding Service load-{i} on n1: {e}"))
+                            LabError::Bench(format!(
+                                "adding Services load-{first}..load-{} on n1: {e}",
+                                last - 1
+                            ))
                         })?;
-                        let count = done.fetch_add(1, Ordering::Relaxed) + 1;
-                        if count % step == 0 || count == o.services {
+                        let before = done.fetch_add(last - first, Ordering::Relaxed);
+                        let count = before + last - first;
+                        if count / step > before / step || count == o.services {
                             let mut marks = marks.lock().expect("no loader panics");
                             marks.push(LoadMark {
                                 services: count,
@@ -1006,6 +1032,7 @@ fn memory(
     Ok(Memory {
         services: o.services,
         endpoints: o.endpoints,
+        batch: o.batch,
         load_seconds,
         load_marks,
         converge_seconds,
@@ -1014,19 +1041,30 @@ fn memory(
 }
 
 impl Memory {
-    /// Adds per second over the first and over the last tenth of the load, from the marks.
+    /// Adds per second over the first tenth of the load and over its last tenth (from the
+    /// last mark at or below 90 % to the end), from the marks.
     pub fn add_rates(&self) -> Option<(f64, f64)> {
-        let at = |fraction: u32| {
-            let count = self.services * fraction / 10;
-            self.load_marks
-                .iter()
-                .find(|m| m.services >= count.max(1))
-                .copied()
-        };
-        let (t1, t9, t10) = (at(1)?, at(9)?, at(10)?);
-        let first = f64::from(t1.services) / t1.seconds.max(1e-9);
-        let last = f64::from(t10.services - t9.services) / (t10.seconds - t9.seconds).max(1e-9);
-        Some((first, last))
+        let tenth = (self.services / 10).max(1);
+        let first = self.load_marks.iter().find(|m| m.services >= tenth)?;
+        let end = self.load_marks.last()?;
+        let before_end = self
+            .load_marks
+            .iter()
+            .rev()
+            .find(|m| m.services <= self.services - tenth)
+            .copied()
+            .unwrap_or(LoadMark {
+                services: 0,
+                seconds: 0.0,
+            });
+        let rate = |services: u32, seconds: f64| f64::from(services) / seconds.max(1e-9);
+        Some((
+            rate(first.services, first.seconds),
+            rate(
+                end.services - before_end.services,
+                end.seconds - before_end.seconds,
+            ),
+        ))
     }
 }
 
@@ -1101,9 +1139,14 @@ impl Report {
                 .map_or_else(|| "not within the timeout".into(), |s| format!("{s:.1} s"));
             let _ = writeln!(
                 out,
-                "memory: {} Services x {} endpoints loaded in {:.1} s ({:.0}/s), on every node after {converge}",
+                "memory: {} Services x {} endpoints loaded ({}) in {:.1} s ({:.0}/s), on every node after {converge}",
                 m.services,
                 m.endpoints,
+                if m.batch == 0 {
+                    "one service add each".to_string()
+                } else {
+                    format!("service apply, {} per request", m.batch)
+                },
                 m.load_seconds,
                 f64::from(m.services) / m.load_seconds.max(1e-9)
             );
@@ -1188,6 +1231,7 @@ mod tests {
         let memory = Memory {
             services: 1000,
             endpoints: 10,
+            batch: 0,
             load_seconds: 55.0,
             load_marks: marks,
             converge_seconds: None,
@@ -1196,5 +1240,14 @@ mod tests {
         let (first, last) = memory.add_rates().unwrap();
         assert!((first - 100.0).abs() < 1e-6, "{first}");
         assert!((last - 10.0).abs() < 1e-6, "{last}");
+        // Batches: a mark per 500 of 2000.
+        let batched = Memory {
+            services: 2000,
+            load_marks: [(500, 1.0), (1000, 2.0), (1500, 4.0), (2000, 9.0)]
+                .map(|(services, seconds)| LoadMark { services, seconds })
+                .to_vec(),
+            ..memory
+        };
+        assert_eq!(batched.add_rates(), Some((500.0, 100.0)));
     }
 }
