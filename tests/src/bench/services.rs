@@ -3,9 +3,9 @@
 //!
 //! The bench brings up a lab of its own with the default topology's nodes (n1, n2 on
 //! segment a, n3, n4 on b; `DEFAULT_NODES`, without the Service `hello`, so nothing but
-//! the bench makes traffic or Services). The client is pod n1-p1, the backend pod n2-p1 (host-gw between them);
-//! iperf3's server and the pod's HTTP server (`overlayd lab serve`, port 8081) run in the
-//! backend. Four ways from the client to the backend:
+//! the bench makes traffic or Services). The client is pod n1-p1, the backend pod n2-p1
+//! (host-gw between them); iperf3's server and the pod's HTTP server (`overlayd lab
+//! serve`, port 8081) run in the backend. Four ways from the client to the backend:
 //!
 //! | path | the client connects to | what forwards |
 //! |---|---|---|
@@ -19,8 +19,7 @@
 //! for new short connections per second and their p50/p99 latency. wrk times a request
 //! from its write to the response, so the latency leaves the TCP handshake out; the
 //! connection rate includes it. Figures are medians over the repeats; ratios are against
-//! `direct` (for latency, `direct`'s divided by the path's would read the other way, so
-//! the ratio given is the path's over `direct`'s: above 1 is slower).
+//! `direct` (for latency the ratio is the path's over `direct`'s: above 1 is slower).
 //!
 //! Then, through the daemons' control sockets (from Rust, one JSON request per line, so the
 //! CLI's start-up is not what is measured):
@@ -34,15 +33,15 @@
 //! - memory: every daemon's VmRSS idle (before the bench made any Service) and after
 //!   `--services` Services with `--endpoints` explicit endpoints each were added on n1
 //!   (one `ServiceAdd` request each, or with `--batch N` `ServiceApply` requests of N;
-//!   4 clients in parallel; the time it took and a mark every 1 %), once every node lists them all (or after
-//!   a timeout, which the report says); a node "has" them when its `overlayd status`
-//!   counts them (polled every 250 ms).
+//!   4 clients in parallel; the time it took, with a mark every 1 %), once every node has
+//!   them all (its `overlayd status` counts them; polled every 250 ms) or after a timeout,
+//!   which the report says.
 //!
 //! Connection-rate runs leave TIME_WAIT sockets and conntrack entries that slow the runs
 //! after them (see `tune_for_connection_rates`), so the client pod, the backend pod and
 //! n1 keep no TIME_WAIT sockets, and conntrack's TIME_WAIT is 10 s on every node. The
-//! plumbing (HAProxy, its address, the
-//! nftables table, the Service) is removed when the bench ends, also on failure.
+//! plumbing (HAProxy, its address, the nftables table, the Service) is removed when the
+//! bench ends, also on failure.
 
 use std::fmt::Write as _;
 use std::fs;
