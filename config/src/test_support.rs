@@ -11,7 +11,7 @@ use overlayd_proto::service::{
 
 use crate::schema::{
     Bridge, Cluster, Config, Daemon, Dataplane, Dns, DnsUpstream, Gossip, Nat, Node, OnExit, Peer,
-    PortRange, Profile, Services, TimingOverrides, Tunnel,
+    PortRange, Profile, Relay, Services, TimingOverrides, Tunnel,
 };
 
 /// A configuration with every optional key set and one peer, so that serializing it
@@ -65,6 +65,7 @@ pub(crate) fn full_config() -> Config {
                 hi: 32767,
             },
             external_pool: vec!["192.0.2.0/28".parse().unwrap()],
+            relay: Relay::Splice,
         },
         dns: Dns {
             enabled: true,

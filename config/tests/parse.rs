@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use overlayd_config::schema::Relay;
 use overlayd_config::{
     Bridge, Cluster, Config, Daemon, Dataplane, Dns, Gossip, Nat, Node, OnExit, Peer, PortRange,
     Profile, Seed, Services, TimingOverrides, Tunnel, load, parse,
@@ -60,6 +61,7 @@ fn minimal_config_takes_every_documented_default() {
                 hi: 32767,
             },
             external_pool: vec![],
+            relay: Relay::Copy,
         },
         dns: Dns {
             enabled: true,

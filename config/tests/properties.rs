@@ -202,6 +202,7 @@ fn services(ports: &[Option<u16>], cidr: Ipv4Net) -> Services {
             })
             .take(1)
             .collect(),
+        relay: Default::default(),
     }
 }
 

@@ -63,6 +63,14 @@ fn unknown_dataplane() {
 }
 
 #[test]
+fn unknown_relay() {
+    assert_eq!(
+        error("[services]\nrelay = \"sendfile\"\n"),
+        "o.toml:6:9: services.relay: expected \"copy\" or \"splice\", found \"sendfile\""
+    );
+}
+
+#[test]
 fn node_port_range_not_a_range() {
     assert_eq!(
         error("[services]\nnode_port_range = \"30000\"\n"),

@@ -221,7 +221,13 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     } else {
         None
     };
-    let proxy = Proxy::new(ProxyConfig::default());
+    let proxy = Proxy::new(ProxyConfig {
+        relay: match cfg.services.relay {
+            overlayd_config::schema::Relay::Copy => crate::proxy::RelayMode::Copy,
+            overlayd_config::schema::Relay::Splice => crate::proxy::RelayMode::Splice,
+        },
+        ..ProxyConfig::default()
+    });
 
     let (sock, udp_state) = datapath::bind_udp(cfg.tunnel.port)?;
     let (sock, udp_state) = (Arc::new(sock), Arc::new(udp_state));
