@@ -105,6 +105,10 @@ pub enum LabCommand {
         /// add` request per Service).
         #[arg(long, default_value_t = 0)]
         batch: u32,
+        /// services: the proxy's TCP relay on every node (`services.relay`); default: the
+        /// daemon's.
+        #[arg(long, value_parser = ["copy", "splice"])]
+        relay: Option<String>,
         /// Leave the bench's lab up afterwards (`overlayd lab down --name NAME` removes it).
         #[arg(long)]
         keep: bool,
@@ -241,6 +245,7 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
             services,
             endpoints,
             batch,
+            relay,
             keep,
             json,
         } => {
@@ -270,6 +275,7 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
                         services,
                         endpoints,
                         batch,
+                        relay,
                         ..Default::default()
                     };
                     let report = crate::bench::services::run(

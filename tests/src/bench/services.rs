@@ -100,6 +100,8 @@ pub struct Options {
     /// 0: load with one `ServiceAdd` request per Service; N: with `ServiceApply`
     /// requests of N Services each.
     pub batch: u32,
+    /// `services.relay` of every node (`copy` or `splice`); `None`: the daemon's default.
+    pub relay: Option<String>,
 }
 
 impl Default for Options {
@@ -113,6 +115,7 @@ impl Default for Options {
             services: 10_000,
             endpoints: 10,
             batch: 0,
+            relay: None,
         }
     }
 }
@@ -120,6 +123,8 @@ impl Default for Options {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub suite: &'static str,
+    /// The proxy's `services.relay`, as the bench set it (`default`: not set).
+    pub relay: String,
     pub seconds: u32,
     pub repeat: u32,
     pub connections: u32,
@@ -243,11 +248,20 @@ pub fn run(
     log(&format!(
         "bringing up lab {name:?} (the default nodes: 4 nodes, 2 pods each, no Service)"
     ));
-    let topology = Topology::parse(DEFAULT_NODES).expect("the default nodes are a valid topology");
+    let topology = Topology::parse(&topology_text(options.relay.as_deref()))
+        .map_err(|e| LabError::Bench(format!("the bench's topology: {e}")))?;
     let lab = Lab::up(name, &topology, overlayd_bin)?;
     let result = measure_lab(&lab, options, log);
     finish(lab, keep, log);
     result
+}
+
+/// `DEFAULT_NODES`, with `[config.services] relay` when one is asked for.
+fn topology_text(relay: Option<&str>) -> String {
+    match relay {
+        None => DEFAULT_NODES.to_string(),
+        Some(relay) => format!("{DEFAULT_NODES}\n[config.services]\nrelay = {relay:?}\n"),
+    }
 }
 
 /// One way from the client to the backend.
@@ -383,6 +397,7 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
     };
     Ok(Report {
         suite: "services",
+        relay: o.relay.clone().unwrap_or_else(|| "default".into()),
         seconds: o.seconds,
         repeat: o.repeat,
         connections: o.connections,
@@ -1110,8 +1125,8 @@ impl Report {
         let _ = writeln!(
             out,
             "(medians of {} repeats; iperf3 -t {}, 1 stream; wrk -t {} -c {} -d {}s with \
-             Connection: close; RATIO against direct)",
-            self.repeat, self.seconds, self.threads, self.connections, self.seconds
+             Connection: close; RATIO against direct; overlayd proxy relay: {})",
+            self.repeat, self.seconds, self.threads, self.connections, self.seconds, self.relay
         );
         if let Some(p) = &self.propagation {
             let _ = writeln!(
@@ -1176,6 +1191,18 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_goes_into_every_nodes_config() {
+        let topo = Topology::parse(&topology_text(Some("splice"))).unwrap();
+        let config = crate::config::node_config(&topo, topo.node("n3").unwrap(), "b").unwrap();
+        assert_eq!(
+            config.services.relay,
+            overlayd_config::schema::Relay::Splice
+        );
+        assert!(Topology::parse(&topology_text(Some("bogus"))).is_err());
+        assert_eq!(topology_text(None), DEFAULT_NODES);
+    }
 
     #[test]
     fn haproxy_config_has_a_tcp_frontend_and_one_server_per_port() {
