@@ -424,25 +424,29 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
 fn tune_for_connection_rates(lab: &Lab, client: &Pod, backend: &Pod) -> Result<(), LabError> {
     let node_ns = lab.node(CLIENT_NODE)?.netns();
     for ns in [&client.netns, &backend.netns, &node_ns] {
-        netns::run_in(ns, &["sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"])?;
+        set_sysctl(ns, "net/ipv4/tcp_max_tw_buckets", "0")?;
     }
     for ns in [&client.netns, &node_ns] {
-        netns::run_in(
-            ns,
-            &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"],
-        )?;
+        set_sysctl(ns, "net/ipv4/ip_local_port_range", "1024 65000")?;
     }
     for node in lab.nodes().filter(|n| n.pid().is_some()) {
-        netns::run_in(
+        set_sysctl(
             &node.netns(),
-            &[
-                "sysctl",
-                "-qw",
-                "net.netfilter.nf_conntrack_tcp_timeout_time_wait=10",
-            ],
+            "net/netfilter/nf_conntrack_tcp_timeout_time_wait",
+            "10",
         )?;
     }
     Ok(())
+}
+
+/// Writes `/proc/sys/KEY` from a thread inside `ns` (network sysctls are per namespace:
+/// the file is the opening thread's namespace's), so no `sysctl` binary is needed.
+fn set_sysctl(ns: &str, key: &str, value: &str) -> Result<(), LabError> {
+    let path = format!("/proc/sys/{key}");
+    netns::try_in_netns(ns, || fs::write(&path, value))?.map_err(|source| LabError::Io {
+        path: format!("{path} in {ns}"),
+        source,
+    })
 }
 
 fn measure_target(
