@@ -17,14 +17,17 @@ use anyhow::{Result, anyhow, bail};
 use overlayd_proto::api::ServiceInfo;
 use overlayd_proto::gossip::{Gossip, Hlc, ObjectError};
 use overlayd_proto::service::catalog::{
-    Catalog, Housekeeping, delete_service, put_service, put_services, repairs,
+    Catalog, Housekeeping, allocate_pending, delete_service, put_services, repairs,
 };
-use overlayd_proto::service::codec::{ObjectWrite, PodEndpoint};
+use overlayd_proto::service::codec::{ObjectWrite, PodEndpoint, ServiceObject, service_writes};
 use overlayd_proto::service::{ServiceKey, ServiceSettings, ServiceSpec, ServiceTable};
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// Rebuilds of the catalog are at least this far apart: a burst of gossip (a joiner's
-/// full state, a bulk import) costs one rebuild, not one per object.
+/// Rebuilds of the catalog are at least this far apart, and at least twice as far as the
+/// last one took: a burst of gossip (a joiner's full state, a bulk import) or of
+/// `service add`s costs a rebuild now and then, not one per object, and a catalog of
+/// 10 000 Services (tens of ms to build) never keeps the task busy more than a third of
+/// the time.
 const REBUILD_EVERY: Duration = Duration::from_millis(20);
 
 /// Even when nothing changed, the catalog is rebuilt (and repairs made) this often: a
@@ -214,6 +217,18 @@ pub struct ServiceState {
     /// The store changed since the last build.
     dirty: bool,
     last_build: Option<Instant>,
+    /// How long the last build took.
+    build_took: Duration,
+    /// Services this node wrote since the last build, oldest first: each new one is
+    /// allocated around them, and answered with its preview, without a rebuild per write
+    /// (which made a run of `service add`s quadratic).
+    pending: Vec<ServiceObject>,
+    /// Services written or deleted since the last build: a second write or a delete of
+    /// one of them rebuilds first, so it works on the catalog's view of its parts.
+    touched: BTreeSet<ServiceKey>,
+    /// A Service was deleted since the last build: a write rebuilds first, so it can
+    /// take the values the deleted one held.
+    deleted: bool,
     pods: watch::Receiver<LocalPods>,
     table: watch::Sender<Arc<ServiceTable>>,
     /// The config's `[[service]]` list, until it is applied.
@@ -247,6 +262,10 @@ impl ServiceState {
             catalog: Catalog::default(),
             dirty: true,
             last_build: None,
+            build_took: Duration::ZERO,
+            pending: Vec::new(),
+            touched: BTreeSet::new(),
+            deleted: false,
             pods,
             table: table_tx,
             config_specs: (!config_specs.is_empty()).then_some(config_specs),
@@ -280,7 +299,7 @@ impl ServiceState {
     fn rebuild_due(&self) -> Instant {
         match self.last_build {
             None => Instant::now(),
-            Some(t) if self.dirty => t + REBUILD_EVERY,
+            Some(t) if self.dirty => t + REBUILD_EVERY.max(2 * self.build_took),
             Some(t) => t + RESYNC_EVERY,
         }
     }
@@ -297,7 +316,7 @@ impl ServiceState {
     /// repairs, which may change it again), applies the config's Services once the node
     /// is part of the cluster (or waited long enough).
     pub fn tick(&mut self, store: &mut impl ObjectStore, now: Instant) {
-        if now >= self.rebuild_due() {
+        if self.last_build.is_none() || now >= self.rebuild_due() {
             self.rebuild(store, now);
         }
         if self.config_specs.is_some() {
@@ -345,8 +364,13 @@ impl ServiceState {
     }
 
     fn build(&mut self, store: &mut impl ObjectStore, now: Instant) {
+        let started = Instant::now();
         let live = store.live();
         let catalog = Catalog::build(store.objects(), &live, &self.settings, &self.catalog);
+        self.build_took = started.elapsed();
+        self.pending.clear();
+        self.touched.clear();
+        self.deleted = false;
         if catalog.skipped() != self.skipped {
             if catalog.skipped() > 0 {
                 tracing::warn!(
@@ -411,7 +435,7 @@ impl ServiceState {
                 let _ = reply.send(self.delete(store, now, &key));
             }
             ServiceCommand::Get(key, reply) => {
-                let _ = reply.send(self.fresh(store, now).info(&key));
+                let _ = reply.send(self.get(store, now, &key));
             }
             ServiceCommand::List(reply) => {
                 let state = self.fresh(store, now);
@@ -433,19 +457,34 @@ impl ServiceState {
         self
     }
 
+    /// Writes one Service. Unless it was written or deleted since the last build, no
+    /// rebuild: it is allocated around the catalog and the writes pending since
+    /// (`allocate_pending`) and answered with its preview; the next build (paced, see
+    /// [`REBUILD_EVERY`]) has the final word, as for a write from any other node.
     fn put(
         &mut self,
         store: &mut impl ObjectStore,
         now: Instant,
         spec: ServiceSpec,
     ) -> Result<ServiceInfo> {
-        self.fresh(store, now);
         let key = spec.key();
-        let writes = put_service(&spec, store.stamp(now), &self.catalog, &self.settings)?;
+        if self.last_build.is_none() || self.deleted || self.touched.contains(&key) {
+            self.rebuild(store, now);
+        }
+        let stamp = store.stamp(now);
+        let Some(object) =
+            allocate_pending(&spec, stamp, &self.catalog, &self.settings, &self.pending)?
+        else {
+            return self.info(&key);
+        };
+        let writes = service_writes(&object, stamp, &self.catalog.part_keys(&key))?;
         apply(store, now, &writes)?;
         tracing::info!(service = %key, "Service written");
-        self.rebuild(store, now);
-        self.info(&key)
+        let service = self.catalog.preview(&object);
+        self.pending.push(object);
+        self.touched.insert(key);
+        self.dirty = true;
+        Ok(ServiceInfo { spec, service })
     }
 
     /// Writes many Services, allocated together (`put_services`); nothing is written if
@@ -465,18 +504,34 @@ impl ServiceState {
         specs.iter().map(|s| self.info(&s.key())).collect()
     }
 
+    /// Deletes one Service; like [`ServiceState::put`], without a rebuild unless the
+    /// Service was written or deleted since the last one.
     fn delete(
         &mut self,
         store: &mut impl ObjectStore,
         now: Instant,
         key: &ServiceKey,
     ) -> Result<ServiceInfo> {
-        self.fresh(store, now);
+        if self.last_build.is_none() || self.touched.contains(key) {
+            self.rebuild(store, now);
+        }
         let info = self.info(key)?;
         apply(store, now, &delete_service(key, &self.catalog))?;
         tracing::info!(service = %key, "Service deleted");
-        self.rebuild(store, now);
+        self.touched.insert(key.clone());
+        self.deleted = true;
+        self.dirty = true;
         Ok(info)
+    }
+
+    /// A Service as the catalog holds it, with every write made so far.
+    fn get(
+        &mut self,
+        store: &mut impl ObjectStore,
+        now: Instant,
+        key: &ServiceKey,
+    ) -> Result<ServiceInfo> {
+        self.fresh(store, now).info(key)
     }
 
     fn info(&self, key: &ServiceKey) -> Result<ServiceInfo> {
@@ -611,7 +666,10 @@ mod tests {
         let vip = added.service.cluster_ip.expect("a VIP");
 
         let key = ServiceKey::new("default", "web");
-        assert_eq!(state.info(&key).unwrap().service.cluster_ip, Some(vip));
+        assert_eq!(
+            state.get(&mut store, now, &key).unwrap().service.cluster_ip,
+            Some(vip)
+        );
         let again = state.put(&mut store, now, spec("web", 81)).unwrap();
         assert_eq!(
             again.service.cluster_ip,
@@ -622,11 +680,62 @@ mod tests {
         let bad = state.put(&mut store, now, spec("Bad", 80));
         assert!(bad.is_err(), "an invalid spec is refused");
         state.delete(&mut store, now, &key).unwrap();
-        assert!(state.info(&key).is_err());
+        assert!(state.get(&mut store, now, &key).is_err());
         assert!(
             state.delete(&mut store, now, &key).is_err(),
             "nothing to delete"
         );
+    }
+
+    /// A run of `service add`s is answered without a rebuild per write (it was
+    /// quadratic): each gets a VIP of its own, and the table built afterwards holds every
+    /// one with the VIP it was answered with.
+    #[test]
+    fn a_run_of_puts_is_allocated_without_a_rebuild_per_write() {
+        let mut store = LocalStore::new("n1");
+        let (mut state, handle, _pods) = state(Vec::new(), pods(&[("a", [10, 244, 1, 2])]));
+        state.tick(&mut store, Instant::now());
+        let built = state.last_build;
+        assert!(built.is_some(), "the first tick builds");
+        let now = Instant::now();
+
+        let answered: Vec<(String, Ipv4Addr, usize)> = (0..50)
+            .map(|i| {
+                let name = format!("web{i}");
+                let info = state.put(&mut store, now, spec(&name, 80)).unwrap();
+                let vip = info.service.cluster_ip.expect("a VIP");
+                (name, vip, info.service.endpoints.len())
+            })
+            .collect();
+        assert_eq!(state.last_build, built, "no rebuild between the writes");
+        let vips: BTreeSet<Ipv4Addr> = answered.iter().map(|(_, vip, _)| *vip).collect();
+        assert_eq!(vips.len(), 50, "every Service has a VIP of its own");
+
+        state.tick(&mut store, now + REBUILD_EVERY);
+        let table = handle.table().borrow().clone();
+        for (name, vip, endpoints) in &answered {
+            let service = table.get(&ServiceKey::new("default", name)).expect("built");
+            assert_eq!(service.cluster_ip, Some(*vip), "{name}");
+            assert_eq!(service.endpoints.len(), *endpoints, "{name}");
+            assert_eq!(*endpoints, 1, "the local pod its selector picks");
+        }
+    }
+
+    /// A VIP freed by a delete can be given to a new Service at once.
+    #[test]
+    fn a_deleted_services_vip_is_free_for_the_next_write() {
+        let mut store = LocalStore::new("n1");
+        let (mut state, _handle, _pods) = state(Vec::new(), pods(&[]));
+        let now = Instant::now();
+        let old = state.put(&mut store, now, spec("old", 80)).unwrap();
+        state
+            .delete(&mut store, now, &ServiceKey::new("default", "old"))
+            .unwrap();
+        let mut new = spec("new", 80);
+        let vip = old.service.cluster_ip.unwrap();
+        new.cluster_ip = Some(overlayd_proto::service::ClusterIp::Ip(vip));
+        let added = state.put(&mut store, now, new).unwrap();
+        assert_eq!(added.service.cluster_ip, Some(vip));
     }
 
     /// Until the daemon has loaded its pods, the pods it published before a restart stay

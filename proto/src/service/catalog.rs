@@ -94,6 +94,8 @@ pub struct Catalog {
     settings: ServiceSettings,
     /// Who holds each claim (Services not in conflict).
     holders: HashMap<Claim, ServiceKey>,
+    /// The live members the table was resolved with.
+    live: BTreeSet<String>,
     skipped: usize,
 }
 
@@ -263,6 +265,7 @@ impl Catalog {
             .map(|(k, u)| (u.object.created, k))
             .collect();
         order.sort();
+        self.live = live.clone();
         let pods = PodIndex::new(&self.pods, live);
         let mut holders: HashMap<Claim, ServiceKey> = HashMap::new();
         let mut services = BTreeMap::new();
@@ -279,6 +282,23 @@ impl Catalog {
     /// The resolved Services.
     pub fn table(&self) -> &ServiceTable {
         &self.table
+    }
+
+    /// What `object` (written by this node after the catalog was built, see
+    /// [`allocate_pending`]) resolves to against this catalog: its status by the claims
+    /// the catalog's Services hold, its endpoints among the live members' pods. The next
+    /// build has the final word (a concurrent write elsewhere may still win); this is
+    /// what a node answers at once instead of rebuilding the whole table per write.
+    pub fn preview(&self, object: &ServiceObject) -> ResolvedService {
+        let key = object.key();
+        let mut holders = self.holders.clone();
+        let status = status_of(&key, object, &self.settings, &mut holders);
+        let endpoints = if object.spec.selector.is_empty() {
+            endpoints_of(&object.spec, &PodIndex::default())
+        } else {
+            endpoints_of(&object.spec, &PodIndex::new(&self.pods, &self.live))
+        };
+        resolved(&key, object, status, endpoints)
     }
 
     /// Objects left out of the last build: malformed, or Services that do not validate
@@ -446,6 +466,7 @@ fn status_of(
 // ---- endpoints ------------------------------------------------------------------------
 
 /// The pods of live nodes, indexed by label.
+#[derive(Default)]
 struct PodIndex<'a> {
     pods: Vec<(&'a str, &'a str, &'a PodEndpoint)>,
     by_label: HashMap<(&'a str, &'a str), Vec<u32>>,
@@ -859,6 +880,51 @@ pub fn allocate(
     // Refuse here what could not be written.
     object.encode()?;
     Ok(object)
+}
+
+/// [`allocate`] around `pending` too: objects this node wrote since `catalog` was built
+/// (oldest first). A node that answers writes without rebuilding its catalog each time
+/// allocates each new one around those before it, and an update of a pending Service
+/// keeps what the pending version has. `Ok(None)` iff the Service's current version
+/// (pending or in the catalog) already has this spec: nothing to write.
+pub fn allocate_pending(
+    spec: &ServiceSpec,
+    created: Hlc,
+    catalog: &Catalog,
+    settings: &ServiceSettings,
+    pending: &[ServiceObject],
+) -> Result<Option<ServiceObject>, AllocError> {
+    spec.validate(settings)?;
+    let key = spec.key();
+    let existing = pending
+        .iter()
+        .rev()
+        .find(|o| o.key() == key)
+        .or_else(|| catalog.object(&key));
+    if existing.is_some_and(|o| o.spec == *spec) {
+        return Ok(None);
+    }
+    let mut used = Used::of(catalog, Some(&key));
+    let mut others = catalog.holders.clone();
+    for o in pending.iter().filter(|o| o.key() != key) {
+        used.add(&o.alloc);
+        for (claim, _) in claims(o) {
+            others.entry(claim).or_insert_with(|| o.key());
+        }
+    }
+    // Given values a pending Service holds are taken as if the catalog had it.
+    let view = Catalog {
+        holders: others,
+        ..Catalog::default()
+    };
+    let alloc = allocation_for(spec, existing, &view, settings, &mut used)?;
+    let object = ServiceObject {
+        spec: spec.clone(),
+        alloc,
+        created: existing.map_or(created, |o| o.created),
+    };
+    object.encode()?;
+    Ok(Some(object))
 }
 
 /// The writes that add or update a Service: allocation (see [`allocate`]) with
