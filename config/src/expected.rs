@@ -120,7 +120,7 @@ pub(crate) fn for_schema_key(schema_key: &str) -> Option<&'static str> {
         }
         "cluster.domain" => "a DNS name like cluster.local",
         "services" => "a [services] table",
-        "services.dataplane" => "\"proxy\" (the only data plane so far)",
+        "services.dataplane" => "\"proxy\" or \"kernel\"",
         "services.relay" => "\"copy\" or \"splice\"",
         "services.node_port_range" => {
             "a port range like \"30000-32767\" (LO-HI: ports 1 to 65535, LO at most HI)"

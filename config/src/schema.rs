@@ -208,6 +208,10 @@ pub enum Dataplane {
     /// The daemon accepts and relays every connection and datagram itself.
     #[default]
     Proxy,
+    /// nftables DNAT that the daemon programs (`overlayd_proto::service::kernel`) for the
+    /// TCP Service ports the kernel can balance (round_robin, maglev); the proxy keeps
+    /// the rest (UDP, least_conn, ClientIP affinity, PROXY protocol).
+    Kernel,
 }
 
 /// A range of ports written `"LO-HI"`. Parsing only checks the form (two port numbers);

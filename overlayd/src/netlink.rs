@@ -240,6 +240,19 @@ impl Netlink {
             .with_context(|| format!("configuring interface #{index}"))
     }
 
+    /// Turns hairpin mode on for a bridge port: a pod's packet that the node DNATs back to
+    /// the pod itself (a Service on the kernel data path with the client among its
+    /// backends) may leave by the port it came in on, as kubelet's hairpin-veth mode.
+    pub async fn set_hairpin(&self, index: u32) -> Result<()> {
+        let msg = rtnetlink::LinkBridgePort::new(index).hairpin(true).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .with_context(|| format!("setting hairpin mode on bridge port #{index}"))
+    }
+
     pub async fn delete_link(&self, index: u32) -> Result<()> {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(()),

@@ -155,7 +155,8 @@ impl Pods {
             match nl.link_by_name(&pod.veth).await? {
                 Some(link) => {
                     nl.set_link(link.index, Some(self.mtu), Some(self.bridge), true)
-                        .await?
+                        .await?;
+                    nl.set_hairpin(link.index).await?
                 }
                 None => tracing::warn!(
                     pod = %pod.name,
@@ -287,6 +288,7 @@ impl Pods {
             .ok_or_else(|| anyhow!("veth {} vanished", pod.veth))?;
         nl.set_link(host.index, Some(self.mtu), Some(self.bridge), true)
             .await?;
+        nl.set_hairpin(host.index).await?;
 
         let lo = in_pod
             .link_by_name("lo")

@@ -134,6 +134,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         "service_bad_spec_is_refused_and_running_services_are_untouched",
         services::a_bad_spec_is_refused_and_running_services_are_untouched,
     ),
+    (
+        "service_kernel_dataplane_dnats_the_vip_without_the_proxy",
+        services::kernel_dataplane_dnats_the_vip_without_the_proxy,
+    ),
 ];
 
 /// Tests that need no privileges.

@@ -717,3 +717,97 @@ pub(crate) fn a_bad_spec_is_refused_and_running_services_are_untouched() -> Resu
     ensure!(who.contains("-p"), "hello answered {who:?}");
     Ok(())
 }
+
+/// `services.dataplane = "kernel"`: the VIP is DNATed by the node's kernel, not relayed
+/// by its proxy — connections from a pod reach a backend that is the client itself
+/// (hairpin), one on the same bridge and one across the router, in turn; the proxy
+/// counts none of them; NodePort from a client on the underlay works alike; a backend
+/// whose server dies leaves the kernel's map once health checks find it down, and no new
+/// connection goes to it.
+pub(crate) fn kernel_dataplane_dnats_the_vip_without_the_proxy() -> Result<()> {
+    let topology = Topology::parse(&format!(
+        "{}{CLIENT}\n[config.services]\ndataplane = \"kernel\"\n",
+        overlayd_lab::DEFAULT_NODES
+    ))?;
+    let lab = lab("kd", &topology)?;
+    let (me, neighbour, remote) = (
+        lab.pod("n1-p1")?.clone(),
+        lab.pod("n1-p2")?.clone(),
+        lab.pod("n3-p1")?.clone(),
+    );
+    let info = lab.service(
+        "n1",
+        &[
+            "add",
+            "kd",
+            "--type",
+            "NodePort",
+            "--port",
+            "84:8080",
+            "--backend",
+            &me.ip.to_string(),
+            "--backend",
+            &neighbour.ip.to_string(),
+            "--backend",
+            &remote.ip.to_string(),
+        ],
+    )?;
+    let vip = info.service.cluster_ip.context("no VIP")?;
+    let node_port = info.service.ports[0].node_port.context("no node port")?;
+    let addr = SocketAddr::from((vip, 84));
+    let n1 = lab.node("n1")?.netns();
+    wait_for(
+        "n1's kernel table to hold the VIP",
+        Duration::from_secs(5),
+        || {
+            let out = ns_run(&n1, &["nft", "list", "table", "ip", "overlayd-svc"])?;
+            Ok(out.contains(&format!("{vip} . tcp . 84")))
+        },
+    )?;
+
+    let seen = spread(&me.netns, addr, 30)?;
+    let names = [&me.name, &neighbour.name, &remote.name];
+    ensure!(
+        seen.len() == 3 && names.iter().all(|n| seen.contains_key(*n)),
+        "backends {seen:?}, expected {names:?}"
+    );
+    for (backend, n) in &seen {
+        ensure!((9..=11).contains(n), "{backend} got {n} of 30: {seen:?}");
+    }
+    let proxied: u64 = lab
+        .services("n1")?
+        .iter()
+        .filter(|s| s.service.key.name == "kd")
+        .flat_map(|s| &s.ports)
+        .flat_map(|p| &p.backends)
+        .map(|b| b.connections)
+        .sum();
+    ensure!(proxied == 0, "the proxy relayed {proxied} connections");
+
+    let client = lab.node("c1")?.netns();
+    let np = SocketAddr::from((lab.node("n1")?.underlay(), node_port));
+    let seen = spread(&client, np, 6)?;
+    ensure!(
+        seen.len() == 3,
+        "NodePort from the underlay reached {seen:?}"
+    );
+
+    for pid in pod_processes(&lab, &remote.name)? {
+        process::kill_now(pid);
+    }
+    wait_for(
+        "n1's kernel table to drop the dead backend",
+        Duration::from_secs(15),
+        || {
+            let out = ns_run(&n1, &["nft", "list", "table", "ip", "overlayd-svc"])?;
+            Ok(!out.contains(&remote.ip.to_string()))
+        },
+    )?;
+    let seen = spread(&me.netns, addr, 20)?;
+    ensure!(
+        !seen.contains_key(&remote.name) && seen.len() == 2,
+        "after {} died: {seen:?}",
+        remote.name
+    );
+    Ok(())
+}

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use overlayd_config::Dataplane;
 use overlayd_proto::api::{self, ServiceReport};
-use overlayd_proto::service::frontend::{self, LocalNode};
-use overlayd_proto::service::{ServiceTable, ServiceType, lb};
+use overlayd_proto::service::frontend::{self, Frontend, FrontendAddr, LocalNode};
+use overlayd_proto::service::{ServiceTable, ServiceType, kernel, lb};
 use tokio::sync::watch;
 
 use super::Shared;
@@ -30,17 +31,26 @@ pub(super) async fn serve(
 ) -> Result<()> {
     let mut retry = false;
     let mut served: Option<Arc<ServiceTable>> = None;
+    let mut kernel_path = KernelPath::default();
+    let mut frontends = BTreeMap::new();
+    if shared.cfg.services.dataplane != Dataplane::Kernel {
+        // A kernel data path a run before this one installed would take the proxy's
+        // connections: it goes.
+        if let Err(e) = crate::nft::install_services(&kernel::remove_script()) {
+            tracing::debug!("removing a kernel Services table: {e:#}");
+        }
+    }
     loop {
         let current = table.borrow_and_update().clone();
         let changed = served.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &current));
         if changed || retry {
-            let frontends = frontend::frontends(
+            frontends = frontend::frontends(
                 &current,
                 &LocalNode {
                     underlay: shared.local.underlay_addr,
                 },
             );
-            let outcome = shared.proxy.update(current.clone(), frontends);
+            let outcome = shared.proxy.update(current.clone(), frontends.clone());
             for (addr, error) in &outcome.failed {
                 tracing::warn!(frontend = %addr, "cannot listen (retrying): {error}");
             }
@@ -58,10 +68,60 @@ pub(super) async fn serve(
         if let Err(e) = sync_lb(&shared, &current).await {
             tracing::warn!("LoadBalancer addresses: {e:#}");
         }
+        if shared.cfg.services.dataplane == Dataplane::Kernel {
+            kernel_path.sync(&shared, &current, &frontends);
+        }
         tokio::select! {
             changed = table.changed() => if changed.is_err() { return Ok(()) },
             _ = shared.services_now.notified() => {}
+            _ = shared.proxy.health_changed() => {}
             _ = tokio::time::sleep(RESYNC_INTERVAL) => {}
+        }
+    }
+}
+
+/// The kernel data path as last installed.
+#[derive(Default)]
+struct KernelPath {
+    script: Option<String>,
+}
+
+impl KernelPath {
+    /// Installs the plan for the table, this node's frontends and the backends' health
+    /// now, if it differs from what is installed. On failure the proxy, which listens on
+    /// every Service address all along, serves everything; retried at the next pass.
+    fn sync(
+        &mut self,
+        shared: &Shared,
+        table: &ServiceTable,
+        frontends: &BTreeMap<FrontendAddr, Frontend>,
+    ) {
+        let net = kernel::Network {
+            local_pods: shared.subnet().net,
+            cluster: shared.cfg.cluster.cidr,
+        };
+        let plan = kernel::plan(table, frontends, &net, |k| shared.proxy.usable(k));
+        if self.script.as_deref() == Some(plan.script.as_str()) {
+            return;
+        }
+        match crate::nft::install_services(&plan.script) {
+            Ok(()) => {
+                tracing::info!(
+                    kernel = plan.served.len(),
+                    proxy = plan.proxied.len(),
+                    "Service ports on the kernel data path"
+                );
+                for ((key, port), why) in &plan.proxied {
+                    tracing::debug!(service = %key, port, why = why.as_str(), "left to the proxy");
+                }
+                self.script = Some(plan.script);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "installing the Services' nftables table (the proxy serves meanwhile): {e:#}"
+                );
+                self.script = None;
+            }
         }
     }
 }

@@ -203,6 +203,8 @@ struct Inner {
     checks: Mutex<BTreeMap<BackendKey, (HealthCheck, AbortHandle)>>,
     /// Serialises updates (each reads the snapshot it replaces).
     updating: Mutex<()>,
+    /// Told of every backend that goes up or down (the kernel data path follows health).
+    health_events: tokio::sync::Notify,
 }
 
 /// Locks a mutex; a panic elsewhere while it was held leaves the data as it was, which
@@ -244,6 +246,7 @@ impl Proxy {
                 listeners: Mutex::new(BTreeMap::new()),
                 checks: Mutex::new(BTreeMap::new()),
                 updating: Mutex::new(()),
+                health_events: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -482,6 +485,16 @@ impl Proxy {
         }
     }
 
+    /// Whether a backend is usable now by its health (unchecked backends are).
+    pub fn usable(&self, key: &BackendKey) -> bool {
+        lock(&self.inner.health).usable(key, Instant::now())
+    }
+
+    /// Resolves at the next backend that goes up or down.
+    pub async fn health_changed(&self) {
+        self.inner.health_events.notified().await;
+    }
+
     /// Stops listening and checking. Established connections run on until they end.
     pub fn shutdown(&self) {
         lock(&self.inner.listeners).clear();
@@ -501,6 +514,7 @@ impl Inner {
     }
 
     fn health_changed(&self, key: BackendKey, t: Transition, by: &str) {
+        self.health_events.notify_one();
         match t {
             Transition::Up => {
                 tracing::info!(backend = %key.addr, protocol = %key.protocol, "backend up ({by})")

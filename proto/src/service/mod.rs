@@ -16,6 +16,7 @@ pub mod flows;
 pub mod frontend;
 pub mod hash;
 pub mod health;
+pub mod kernel;
 pub mod lb;
 pub mod maglev;
 pub mod proxy_protocol;
