@@ -109,6 +109,10 @@ pub enum LabCommand {
         /// daemon's.
         #[arg(long, value_parser = ["copy", "splice"])]
         relay: Option<String>,
+        /// services: what serves the `vip` path on every node (`services.dataplane`):
+        /// the daemon's proxy or the kernel's nftables DNAT; default: the daemon's.
+        #[arg(long, value_parser = ["proxy", "kernel"])]
+        dataplane: Option<String>,
         /// Leave the bench's lab up afterwards (`overlayd lab down --name NAME` removes it).
         #[arg(long)]
         keep: bool,
@@ -246,6 +250,7 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
             endpoints,
             batch,
             relay,
+            dataplane,
             keep,
             json,
         } => {
@@ -276,6 +281,7 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
                         endpoints,
                         batch,
                         relay,
+                        dataplane,
                         ..Default::default()
                     };
                     let report = crate::bench::services::run(

@@ -102,6 +102,9 @@ pub struct Options {
     pub batch: u32,
     /// `services.relay` of every node (`copy` or `splice`); `None`: the daemon's default.
     pub relay: Option<String>,
+    /// `services.dataplane` of every node (`proxy` or `kernel`): what serves the `vip`
+    /// path; `None`: the daemon's default (the proxy).
+    pub dataplane: Option<String>,
 }
 
 impl Default for Options {
@@ -116,6 +119,7 @@ impl Default for Options {
             endpoints: 10,
             batch: 0,
             relay: None,
+            dataplane: None,
         }
     }
 }
@@ -125,6 +129,8 @@ pub struct Report {
     pub suite: &'static str,
     /// The proxy's `services.relay`, as the bench set it (`default`: not set).
     pub relay: String,
+    /// Every node's `services.dataplane`, as the bench set it (`default`: not set).
+    pub dataplane: String,
     pub seconds: u32,
     pub repeat: u32,
     pub connections: u32,
@@ -248,7 +254,10 @@ pub fn run(
     log(&format!(
         "bringing up lab {name:?} (the default nodes: 4 nodes, 2 pods each, no Service)"
     ));
-    let topology = Topology::parse(&topology_text(options.relay.as_deref()))
+    let topology = Topology::parse(&topology_text(
+        options.relay.as_deref(),
+        options.dataplane.as_deref(),
+    ))
         .map_err(|e| LabError::Bench(format!("the bench's topology: {e}")))?;
     let lab = Lab::up(name, &topology, overlayd_bin)?;
     let result = measure_lab(&lab, options, log);
@@ -256,11 +265,19 @@ pub fn run(
     result
 }
 
-/// `DEFAULT_NODES`, with `[config.services] relay` when one is asked for.
-fn topology_text(relay: Option<&str>) -> String {
-    match relay {
-        None => DEFAULT_NODES.to_string(),
-        Some(relay) => format!("{DEFAULT_NODES}\n[config.services]\nrelay = {relay:?}\n"),
+/// `DEFAULT_NODES`, with `[config.services] relay` and `dataplane` when asked for.
+fn topology_text(relay: Option<&str>, dataplane: Option<&str>) -> String {
+    let mut services = String::new();
+    if let Some(relay) = relay {
+        let _ = writeln!(services, "relay = {relay:?}");
+    }
+    if let Some(dataplane) = dataplane {
+        let _ = writeln!(services, "dataplane = {dataplane:?}");
+    }
+    if services.is_empty() {
+        DEFAULT_NODES.to_string()
+    } else {
+        format!("{DEFAULT_NODES}\n[config.services]\n{services}")
     }
 }
 
@@ -398,6 +415,7 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
     Ok(Report {
         suite: "services",
         relay: o.relay.clone().unwrap_or_else(|| "default".into()),
+        dataplane: o.dataplane.clone().unwrap_or_else(|| "default".into()),
         seconds: o.seconds,
         repeat: o.repeat,
         connections: o.connections,
@@ -1129,8 +1147,15 @@ impl Report {
         let _ = writeln!(
             out,
             "(medians of {} repeats; iperf3 -t {}, 1 stream; wrk -t {} -c {} -d {}s with \
-             Connection: close; RATIO against direct; overlayd proxy relay: {})",
-            self.repeat, self.seconds, self.threads, self.connections, self.seconds, self.relay
+             Connection: close; RATIO against direct; overlayd services.dataplane: {}, proxy \
+             relay: {})",
+            self.repeat,
+            self.seconds,
+            self.threads,
+            self.connections,
+            self.seconds,
+            self.dataplane,
+            self.relay
         );
         if let Some(p) = &self.propagation {
             let _ = writeln!(
@@ -1198,14 +1223,18 @@ mod tests {
 
     #[test]
     fn relay_goes_into_every_nodes_config() {
-        let topo = Topology::parse(&topology_text(Some("splice"))).unwrap();
+        let topo = Topology::parse(&topology_text(Some("splice"), Some("kernel"))).unwrap();
         let config = crate::config::node_config(&topo, topo.node("n3").unwrap(), "b").unwrap();
         assert_eq!(
             config.services.relay,
             overlayd_config::schema::Relay::Splice
         );
-        assert!(Topology::parse(&topology_text(Some("bogus"))).is_err());
-        assert_eq!(topology_text(None), DEFAULT_NODES);
+        assert_eq!(
+            config.services.dataplane,
+            overlayd_config::schema::Dataplane::Kernel
+        );
+        assert!(Topology::parse(&topology_text(Some("bogus"), None)).is_err());
+        assert_eq!(topology_text(None, None), DEFAULT_NODES);
     }
 
     #[test]
