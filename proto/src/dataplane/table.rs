@@ -5,6 +5,7 @@ use std::ops::Range;
 use ipnet::Ipv4Net;
 
 use crate::peer::PeerInfo;
+use crate::wire::probe::ProbeMessage;
 use crate::wire::vxlan::{self, EncapHeader, Frame, FrameError};
 use crate::wire::{Ipv4Packet, MacAddr};
 
@@ -44,10 +45,12 @@ pub enum DropReason {
     SpoofedSource,
     /// A TUN packet whose destination no peer's pod subnet covers.
     NoRoute,
+    /// A path-MTU probe or ack (I flag clear, probe marker) that does not parse.
+    MalformedProbe,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::UnknownSender,
         DropReason::Truncated,
         DropReason::NoVniFlag,
@@ -58,6 +61,7 @@ impl DropReason {
         DropReason::WrongInnerDst,
         DropReason::SpoofedSource,
         DropReason::NoRoute,
+        DropReason::MalformedProbe,
     ];
 
     /// Stable snake_case name, used in counters and the API.
@@ -73,6 +77,7 @@ impl DropReason {
             DropReason::WrongInnerDst => "wrong_inner_dst",
             DropReason::SpoofedSource => "spoofed_source",
             DropReason::NoRoute => "no_route",
+            DropReason::MalformedProbe => "malformed_probe",
         }
     }
 
@@ -184,6 +189,25 @@ impl ForwardingTable {
         })
     }
 
+    /// Reads a path-MTU probe or ack (a datagram for which `wire::probe::is_probe` holds)
+    /// received from `sender` on the tunnel port.
+    ///
+    /// Returns `Ok` iff the sender is a peer and the message parses; the `Err` names the
+    /// drop's counter (`UnknownSender`, `MalformedProbe`) and the sender where known.
+    pub fn probe(
+        &self,
+        sender: Ipv4Addr,
+        datagram: &[u8],
+    ) -> Result<(PeerIndex, ProbeMessage), (DropReason, Option<PeerIndex>)> {
+        let peer = *self
+            .by_underlay
+            .get(&sender)
+            .ok_or((DropReason::UnknownSender, None))?;
+        ProbeMessage::parse(datagram)
+            .map(|msg| (peer, msg))
+            .map_err(|_| (DropReason::MalformedProbe, Some(peer)))
+    }
+
     /// Decides whether a UDP datagram received from `sender` on the tunnel port carries a
     /// packet for the TUN device.
     ///
@@ -279,6 +303,31 @@ mod tests {
         .emit(&mut frame);
         frame.extend(test_packet(ip(src), ip(dst), 8));
         frame
+    }
+
+    #[test]
+    fn probes_are_read_only_from_peers_and_malformed_ones_are_counted() {
+        let table = table();
+        let mut probe = vec![0u8; 100 - crate::wire::probe::OUTER_HEADERS];
+        ProbeMessage::Probe { id: 3, size: 100 }.emit(&mut probe);
+
+        assert_eq!(
+            table.probe(ip("10.100.2.12"), &probe),
+            Ok((1, ProbeMessage::Probe { id: 3, size: 100 }))
+        );
+        assert_eq!(
+            table.probe(ip("10.9.9.9"), &probe),
+            Err((DropReason::UnknownSender, None))
+        );
+        assert_eq!(
+            table.probe(ip("10.100.2.12"), &probe[..50]),
+            Err((DropReason::MalformedProbe, Some(1)))
+        );
+        // A probe is never decapsulated: its I flag is clear.
+        assert_eq!(
+            table.decap(ip("10.100.2.12"), &probe),
+            Err((DropReason::NoVniFlag, Some(1)))
+        );
     }
 
     #[test]
