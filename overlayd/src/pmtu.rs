@@ -177,6 +177,9 @@ pub async fn run(
         .take()
         .context("the probe inbox was handed out twice")?;
     let mut buf = vec![0u8; 65_536];
+    // The error queue's control messages: the extended error with the offender, and
+    // whatever quinn-udp asked for on receipt (packet info, TOS, GRO), all copied.
+    let mut cmsg = vec![0u8; 1024];
     loop {
         let mut changed = false;
         let deadline = pm.machine().poll_timeout();
@@ -204,7 +207,7 @@ pub async fn run(
             _ = tokio::time::sleep(sleep_for) => {}
             _ = pm.wake.notified() => {}
         }
-        for (peer, mtu) in read_errors(&sock, port)? {
+        for (peer, mtu) in read_errors(&sock, port, &mut cmsg) {
             pm.counters.too_big.fetch_add(1, Relaxed);
             let lowered = pm.machine().handle_too_big(Instant::now(), peer, mtu);
             if lowered {
@@ -248,7 +251,7 @@ async fn send(
 
 /// Drains the socket's error queue: the (peer, MTU) of every "fragmentation needed" (and
 /// local EMSGSIZE) for a datagram we sent to a tunnel port. Other errors are dropped.
-fn read_errors(sock: &UdpSocket, port: u16) -> Result<Vec<(Ipv4Addr, u32)>> {
+fn read_errors(sock: &UdpSocket, port: u16, cmsg: &mut [u8]) -> Vec<(Ipv4Addr, u32)> {
     // Clear tokio's error readiness first, then read until empty: an error queued after
     // the clear wakes the task again, so none waits for the sweep.
     let _ = sock.try_io(Interest::ERROR, || {
@@ -256,26 +259,28 @@ fn read_errors(sock: &UdpSocket, port: u16) -> Result<Vec<(Ipv4Addr, u32)>> {
     });
     let mut found = Vec::new();
     loop {
-        match read_error(sock) {
+        match read_error(sock, cmsg) {
             Ok(Some((peer, dst_port, mtu))) if dst_port == port => found.push((peer, mtu)),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(found),
-            Err(e) => return Err(e).context("reading the tunnel socket's error queue"),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return found,
+            Err(e) => {
+                // The entry is gone either way; ICMP is only a hint, probes still run.
+                tracing::debug!("reading the tunnel socket's error queue: {e}");
+            }
         }
     }
 }
 
 /// One entry of the error queue: `Some((destination, its port, MTU))` for a too-big
 /// error, `None` for any other; `WouldBlock` when the queue is empty.
-fn read_error(sock: &UdpSocket) -> io::Result<Option<(Ipv4Addr, u16, u32)>> {
+fn read_error(sock: &UdpSocket, cmsg: &mut [u8]) -> io::Result<Option<(Ipv4Addr, u16, u32)>> {
     // The queued datagram itself is not needed: one byte, the rest is truncated.
     let mut data = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut data)];
-    let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
     let msg = recvmsg::<SockaddrIn>(
         sock.as_raw_fd(),
         &mut iov,
-        Some(&mut cmsg),
+        Some(cmsg),
         MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
     )
     .map_err(io::Error::from)?;

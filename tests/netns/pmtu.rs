@@ -113,7 +113,7 @@ pub(crate) fn icmp_dropped_path_mtu_is_found_by_probes() -> Result<()> {
     let mut lab = narrow_link_lab("pm2")?;
     let router = lab.router_netns();
     let rules = "table ip pmtest { chain out { type filter hook output priority 0; \
-                 icmp type destination-unreachable counter drop; } }";
+                 icmp type destination-unreachable counter drop; }; }";
     ns_run(&router, &["nft", rules])?;
     lab.stop_daemon("n1")?;
     lab.start_daemon("n1")?;
