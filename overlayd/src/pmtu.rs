@@ -260,7 +260,9 @@ fn read_errors(sock: &UdpSocket, port: u16, cmsg: &mut [u8]) -> Vec<(Ipv4Addr, u
     let mut found = Vec::new();
     loop {
         match read_error(sock, cmsg) {
-            Ok(Some((peer, dst_port, mtu))) if dst_port == port => found.push((peer, mtu)),
+            Ok(Some((peer, dst_port, mtu))) if dst_port.is_none_or(|p| p == port) => {
+                found.push((peer, mtu))
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return found,
             Err(e) => {
@@ -272,8 +274,12 @@ fn read_errors(sock: &UdpSocket, port: u16, cmsg: &mut [u8]) -> Vec<(Ipv4Addr, u
 }
 
 /// One entry of the error queue: `Some((destination, its port, MTU))` for a too-big
-/// error, `None` for any other; `WouldBlock` when the queue is empty.
-fn read_error(sock: &UdpSocket, cmsg: &mut [u8]) -> io::Result<Option<(Ipv4Addr, u16, u32)>> {
+/// error, `None` for any other; `WouldBlock` when the queue is empty. The port is known
+/// only for ICMP (quoted from our datagram); a local EMSGSIZE names the socket's
+/// connected port, which an unconnected socket has none of.
+type TooBig = (Ipv4Addr, Option<u16>, u32);
+
+fn read_error(sock: &UdpSocket, cmsg: &mut [u8]) -> io::Result<Option<TooBig>> {
     // The queued datagram itself is not needed: one byte, the rest is truncated.
     let mut data = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut data)];
@@ -289,13 +295,14 @@ fn read_error(sock: &UdpSocket, cmsg: &mut [u8]) -> io::Result<Option<(Ipv4Addr,
     };
     for c in msg.cmsgs().map_err(io::Error::from)? {
         if let ControlMessageOwned::Ipv4RecvErr(ee, _offender) = c {
-            let too_big = match ee.ee_origin {
-                libc::SO_EE_ORIGIN_ICMP => ee.ee_type == 3 && ee.ee_code == 4,
-                libc::SO_EE_ORIGIN_LOCAL => ee.ee_errno == libc::EMSGSIZE as u32,
-                _ => false,
-            };
-            if too_big {
-                return Ok(Some((dst.ip(), dst.port(), ee.ee_info)));
+            match ee.ee_origin {
+                libc::SO_EE_ORIGIN_ICMP if ee.ee_type == 3 && ee.ee_code == 4 => {
+                    return Ok(Some((dst.ip(), Some(dst.port()), ee.ee_info)));
+                }
+                libc::SO_EE_ORIGIN_LOCAL if ee.ee_errno == libc::EMSGSIZE as u32 => {
+                    return Ok(Some((dst.ip(), None, ee.ee_info)));
+                }
+                _ => {}
             }
         }
     }

@@ -103,6 +103,9 @@ pub(crate) fn a_1400_byte_link_is_learned_and_bulk_tcp_completes() -> Result<()>
          {took1:?} / {took2:?} after: n1 sees n2 via {:?}, n2 sees n1 via {:?}",
         n1.path_mtu_source, n2.path_mtu_source
     );
+    for node in ["n1", "n2"] {
+        eprintln!("{node} tunnel I/O: {:?}", lab.status(node)?.io);
+    }
     Ok(())
 }
 
