@@ -367,7 +367,7 @@ pub async fn udp_to_tun(
             for datagram in data.chunks(stride).chain(empty.iter().copied()) {
                 if probe::is_probe(datagram) {
                     match snap.table.probe(sender, datagram) {
-                        Ok((_, msg)) => dp.probes.deliver(sender, msg),
+                        Ok(msg) => dp.probes.deliver(sender, msg),
                         Err((reason, peer)) => dp.drop_packet(&snap, reason, peer),
                     }
                     continue;

@@ -192,20 +192,22 @@ impl ForwardingTable {
     /// Reads a path-MTU probe or ack (a datagram for which `wire::probe::is_probe` holds)
     /// received from `sender` on the tunnel port.
     ///
-    /// Returns `Ok` iff the sender is a peer and the message parses; the `Err` names the
-    /// drop's counter (`UnknownSender`, `MalformedProbe`) and the sender where known.
+    /// Returns `Ok` iff the message parses and is a probe, or an ack from a peer. A probe
+    /// is answered whoever sent it: its only effect is a smaller ack to its source (like
+    /// an ICMP echo; no amplification), and a node that has just learned of us probes
+    /// before we have learned of it. The `Err` names the drop's counter
+    /// (`MalformedProbe`, `UnknownSender`) and the sender where it is a peer.
     pub fn probe(
         &self,
         sender: Ipv4Addr,
         datagram: &[u8],
-    ) -> Result<(PeerIndex, ProbeMessage), (DropReason, Option<PeerIndex>)> {
-        let peer = *self
-            .by_underlay
-            .get(&sender)
-            .ok_or((DropReason::UnknownSender, None))?;
-        ProbeMessage::parse(datagram)
-            .map(|msg| (peer, msg))
-            .map_err(|_| (DropReason::MalformedProbe, Some(peer)))
+    ) -> Result<ProbeMessage, (DropReason, Option<PeerIndex>)> {
+        let peer = self.by_underlay.get(&sender).copied();
+        let msg = ProbeMessage::parse(datagram).map_err(|_| (DropReason::MalformedProbe, peer))?;
+        match (msg, peer) {
+            (ProbeMessage::Ack { .. }, None) => Err((DropReason::UnknownSender, None)),
+            _ => Ok(msg),
+        }
     }
 
     /// Decides whether a UDP datagram received from `sender` on the tunnel port carries a
@@ -306,22 +308,39 @@ mod tests {
     }
 
     #[test]
-    fn probes_are_read_only_from_peers_and_malformed_ones_are_counted() {
+    fn probes_are_answered_acks_taken_only_from_peers_and_malformed_ones_counted() {
         let table = table();
         let mut probe = vec![0u8; 100 - crate::wire::probe::OUTER_HEADERS];
         ProbeMessage::Probe { id: 3, size: 100 }.emit(&mut probe);
 
+        let mut ack = [0u8; crate::wire::probe::HEADER_LEN];
+        ProbeMessage::Ack { id: 3, size: 100 }.emit(&mut ack);
+
         assert_eq!(
             table.probe(ip("10.100.2.12"), &probe),
-            Ok((1, ProbeMessage::Probe { id: 3, size: 100 }))
+            Ok(ProbeMessage::Probe { id: 3, size: 100 })
         );
         assert_eq!(
             table.probe(ip("10.9.9.9"), &probe),
-            Err((DropReason::UnknownSender, None))
+            Ok(ProbeMessage::Probe { id: 3, size: 100 }),
+            "a node that does not know us yet is answered"
+        );
+        assert_eq!(
+            table.probe(ip("10.100.2.12"), &ack),
+            Ok(ProbeMessage::Ack { id: 3, size: 100 })
+        );
+        assert_eq!(
+            table.probe(ip("10.9.9.9"), &ack),
+            Err((DropReason::UnknownSender, None)),
+            "acks count only from peers"
         );
         assert_eq!(
             table.probe(ip("10.100.2.12"), &probe[..50]),
             Err((DropReason::MalformedProbe, Some(1)))
+        );
+        assert_eq!(
+            table.probe(ip("10.9.9.9"), &probe[..50]),
+            Err((DropReason::MalformedProbe, None))
         );
         // A probe is never decapsulated: its I flag is clear.
         assert_eq!(
