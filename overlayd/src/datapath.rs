@@ -260,14 +260,20 @@ impl UdpSend for QuinnUdp<'_> {
 
     async fn send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         // Only WouldBlock waits; any other error is the caller's to count.
-        self.sock
-            .async_io(Interest::WRITABLE, || {
+        let send = || {
+            self.sock.async_io(Interest::WRITABLE, || {
                 match self.state.try_send(self.sock.into(), transmit) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
                     other => Ok(other),
                 }
             })
-            .await?
+        };
+        match send().await? {
+            // With IP_RECVERR (`pmtu`) an ICMP error for an earlier datagram fails the
+            // next call, which sends nothing: once more.
+            Err(e) if crate::pmtu::is_icmp_error(&e) => send().await?,
+            sent => sent,
+        }
     }
 }
 

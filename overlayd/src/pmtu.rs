@@ -239,11 +239,14 @@ async fn send(
     msg: ProbeMessage,
 ) {
     let len = msg.emit(buf);
-    if let Err(e) = sock
-        .send_to(&buf[..len], SocketAddr::from((dst, port)))
-        .await
-    {
-        // A probe larger than our device, or an ICMP error reported on this send.
+    let to = SocketAddr::from((dst, port));
+    let sent = match sock.send_to(&buf[..len], to).await {
+        // An ICMP error for an earlier datagram failed this call, which sent nothing.
+        Err(e) if is_icmp_error(&e) => sock.send_to(&buf[..len], to).await,
+        sent => sent,
+    };
+    if let Err(e) = sent {
+        // A probe larger than our device, or an ICMP error reported on both sends.
         tracing::debug!(%dst, "sending {msg:?}: {e}");
         pm.counters.send_errors.fetch_add(1, Relaxed);
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use overlayd_lab::{Lab, PeerReport};
 
-use crate::support::{TestLab, lab, ns_run, tcp_transfer, two_segments_with, wait_for};
+use crate::support::{TestLab, df_ping, lab, ns_run, tcp_transfer, two_segments_with, wait_for};
 
 /// n1 on segment a, n2 on segment b: every n1–n2 packet crosses the router.
 const ACROSS: &str = r#"
@@ -19,7 +19,7 @@ pods = 1
 [[node]]
 name = "n2"
 segment = "b"
-pods = 1
+pods = 2
 "#;
 
 /// The MTU of segment b's link, as a cloud VPC or a tunnel underneath might have it.
@@ -83,8 +83,9 @@ fn wait_for_path_mtu(lab: &Lab, on: &str, name: &str) -> Result<(PeerReport, Dur
 }
 
 /// Issue 7's black hole, with ICMP working: the router answers n1's oversized outer
-/// packets with "fragmentation needed"; 50 MB pod to pod completes both ways, and both
-/// nodes show path MTU 1400 (1350 inner) for each other.
+/// packets with "fragmentation needed"; 50 MB pod to pod completes both ways, both nodes
+/// show path MTU 1400 (1350 inner) for each other, and a pod's oversized DF ping to a
+/// pod it never talked to gets "fragmentation needed" naming 1350 instead of silence.
 pub(crate) fn a_1400_byte_link_is_learned_and_bulk_tcp_completes() -> Result<()> {
     let lab = narrow_link_lab("pm1")?;
     let (a, b) = (lab.pod("n1-p1")?, lab.pod("n2-p1")?);
@@ -102,6 +103,19 @@ pub(crate) fn a_1400_byte_link_is_learned_and_bulk_tcp_completes() -> Result<()>
         "50 MB over the 1400-byte link: {forth:?} there, {back:?} back; path MTU shown \
          {took1:?} / {took2:?} after: n1 sees n2 via {:?}, n2 sees n1 via {:?}",
         n1.path_mtu_source, n2.path_mtu_source
+    );
+    // A fresh destination, so the pod has no PMTU cached for it yet.
+    let fresh = lab.pod("n2-p2")?.ip;
+    let inner = LINK_MTU - OVERHEAD;
+    let (_, text) = df_ping(&a.netns, fresh, (inner + 1 - 28) as u16)?;
+    ensure!(
+        text.contains("Frag needed") && text.contains(&format!("mtu = {inner}")),
+        "a DF ping one byte over the path should get fragmentation needed (mtu {inner}):\n{text}"
+    );
+    let (crossed, text) = df_ping(&a.netns, fresh, (inner - 28) as u16)?;
+    ensure!(
+        crossed,
+        "a DF ping of the path's size did not cross:\n{text}"
     );
     for node in ["n1", "n2"] {
         eprintln!("{node} tunnel I/O: {:?}", lab.status(node)?.io);

@@ -174,8 +174,9 @@ impl PathMtus {
         }
     }
 
-    /// Our underlay device's MTU changed: every path is clamped to it at once; a higher
-    /// ceiling starts a round for every peer, so paths can grow into it.
+    /// Our underlay device's MTU changed: every path is clamped to it at once, and so is
+    /// any round in flight (acks for larger probes sent before the change no longer
+    /// count); a higher ceiling starts a round for every peer, so paths can grow into it.
     pub fn set_ceiling(&mut self, now: Instant, ceiling: u16) {
         if ceiling == self.ceiling {
             return;
@@ -190,6 +191,10 @@ impl PathMtus {
             if peer.mtu > ceiling {
                 peer.mtu = ceiling;
                 peer.source = PmtuSource::Device;
+            }
+            if let Some(round) = &mut peer.round {
+                round.pending.retain(|size, _| *size <= ceiling);
+                round.best = round.best.filter(|best| *best <= ceiling);
             }
             if raised && peer.round.is_none() {
                 self.start_round(now, addr);
@@ -228,7 +233,7 @@ impl PathMtus {
         let Some(round) = self.peers.get_mut(&peer).and_then(|p| p.round.as_mut()) else {
             return false;
         };
-        if round.pending.get(&size) != Some(&id) {
+        if size > self.ceiling || round.pending.get(&size) != Some(&id) {
             return false; // late, duplicate or forged
         }
         round.pending.remove(&size);
@@ -576,6 +581,16 @@ mod tests {
         assert_eq!(sizes(&probes)[0], 9000);
         ack_up_to(&mut m, t0, &probes, 9000);
         assert_eq!(mtu(&m).0, 9000);
+    }
+
+    #[test]
+    fn a_round_in_flight_when_the_ceiling_drops_never_ends_above_it() {
+        let (mut m, t0, probes) = one_peer(1500);
+        // Probes went out at 1500; the device shrinks before their acks arrive.
+        m.set_ceiling(t0, 1400);
+        ack_up_to(&mut m, t0, &probes, 1500);
+        assert_eq!(mtu(&m), (1400, PmtuSource::Probe));
+        assert!(!m.path_mtu(PEER).unwrap().probing);
     }
 
     #[test]
