@@ -20,6 +20,10 @@
 //! - A round with no ack at all (a peer that does not speak probes, such as a kernel
 //!   vxlan node, or one that is down) changes nothing and is retried after
 //!   `unanswered_retry`, doubling up to `raise_interval`.
+//! - Every `confirm_interval` a peer that answers probes gets one probe at its current
+//!   path MTU (RFC 8899's confirmation). If that is lost (`probe_tries` sends), the path
+//!   shrank behind routers whose ICMP is dropped: a full round starts at once. A black
+//!   hole that opens later is so found within `confirm_interval` + 2 rounds' timeouts.
 //! - Every `raise_interval` a new round re-probes the whole range, so a path that grew
 //!   (or an ICMP value a forger sent) is raised again, and one that shrank is found.
 
@@ -51,6 +55,8 @@ pub struct PmtuConfig {
     pub probe_tries: u8,
     /// How often every peer's path is probed again (upward and downward).
     pub raise_interval: Duration,
+    /// How often a peer that answers probes is sent one at its current path MTU.
+    pub confirm_interval: Duration,
     /// After a round with no ack at all, the first retry; doubles up to `raise_interval`.
     pub unanswered_retry: Duration,
 }
@@ -61,6 +67,7 @@ impl Default for PmtuConfig {
             probe_timeout: Duration::from_secs(1),
             probe_tries: 2,
             raise_interval: Duration::from_secs(600),
+            confirm_interval: Duration::from_secs(15),
             unanswered_retry: Duration::from_secs(5),
         }
     }
@@ -108,6 +115,8 @@ pub struct ProbeTransmit {
 
 #[derive(Debug, Clone)]
 struct Round {
+    /// One probe at the current path MTU, not a search.
+    confirm: bool,
     deadline: Instant,
     tries_left: u8,
     /// Candidate size → id of its probe, until acked or given up.
@@ -122,6 +131,8 @@ struct Peer {
     round: Option<Round>,
     /// When the next round starts, while none runs.
     next_round: Instant,
+    /// When the current path MTU is next confirmed (peers that answered a round).
+    next_confirm: Option<Instant>,
     /// Rounds in a row without any ack.
     unanswered: u32,
 }
@@ -166,6 +177,7 @@ impl PathMtus {
                         source: PmtuSource::Device,
                         round: None,
                         next_round: now,
+                        next_confirm: None,
                         unanswered: 0,
                     },
                 );
@@ -274,6 +286,9 @@ impl PathMtus {
                     }
                 }
                 None if peer.next_round <= now => self.start_round(now, addr),
+                None if peer.next_confirm.is_some_and(|at| at <= now) => {
+                    self.start_confirm(now, addr)
+                }
                 _ => {}
             }
         }
@@ -286,7 +301,7 @@ impl PathMtus {
             .values()
             .map(|p| match &p.round {
                 Some(round) => round.deadline,
-                None => p.next_round,
+                None => p.next_confirm.map_or(p.next_round, |c| c.min(p.next_round)),
             })
             .min()
     }
@@ -342,6 +357,7 @@ impl PathMtus {
             });
         }
         peer.round = Some(Round {
+            confirm: false,
             deadline: now + self.config.probe_timeout,
             tries_left: self.config.probe_tries.saturating_sub(1),
             pending,
@@ -349,8 +365,30 @@ impl PathMtus {
         });
     }
 
+    /// One probe at `addr`'s current path MTU.
+    fn start_confirm(&mut self, now: Instant, addr: Ipv4Addr) {
+        let Some(peer) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        let (id, size) = (self.next_id, peer.mtu);
+        self.next_id = self.next_id.wrapping_add(1);
+        self.transmits.push_back(ProbeTransmit {
+            dst: addr,
+            probe: ProbeMessage::Probe { id, size },
+        });
+        peer.next_confirm = None;
+        peer.round = Some(Round {
+            confirm: true,
+            deadline: now + self.config.probe_timeout,
+            tries_left: self.config.probe_tries.saturating_sub(1),
+            pending: BTreeMap::from([(size, id)]),
+            best: None,
+        });
+    }
+
     /// Ends `addr`'s round: the best ack becomes its path MTU; with none, nothing changes
-    /// and the next round comes sooner. Returns whether the path MTU changed.
+    /// and the next round comes sooner, unless it was a confirmation, whose loss starts
+    /// a search at once. Returns whether the path MTU changed.
     fn conclude(&mut self, now: Instant, addr: Ipv4Addr) -> bool {
         let config = self.config;
         let Some(peer) = self.peers.get_mut(&addr) else {
@@ -365,10 +403,19 @@ impl PathMtus {
                 peer.mtu = best;
                 peer.source = PmtuSource::Probe;
                 peer.unanswered = 0;
-                peer.next_round = now + config.raise_interval;
+                if !round.confirm {
+                    peer.next_round = now + config.raise_interval;
+                }
+                peer.next_confirm = Some(now + config.confirm_interval);
                 changed
             }
+            None if round.confirm => {
+                // The peer answers probes, but not at this size any more: a black hole.
+                self.start_round(now, addr);
+                false
+            }
             None => {
+                peer.next_confirm = None;
                 peer.unanswered += 1;
                 let backoff = config
                     .unanswered_retry
@@ -397,8 +444,12 @@ mod tests {
 
     /// A machine with one peer added at `t0`, its first round's probes drained.
     fn one_peer(ceiling: u16) -> (PathMtus, Instant, Vec<ProbeMessage>) {
+        one_peer_with(PmtuConfig::default(), ceiling)
+    }
+
+    fn one_peer_with(config: PmtuConfig, ceiling: u16) -> (PathMtus, Instant, Vec<ProbeMessage>) {
         let t0 = Instant::now();
-        let mut m = PathMtus::new(PmtuConfig::default(), ceiling);
+        let mut m = PathMtus::new(config, ceiling);
         m.set_peers(t0, &[PEER]);
         let probes = drain(&mut m);
         (m, t0, probes)
@@ -492,7 +543,65 @@ mod tests {
         assert!(!m.handle_ack(t0, PEER, id, size), "same value: no change");
         assert_eq!(mtu(&m), (1500, PmtuSource::Probe));
         assert!(!m.path_mtu(PEER).unwrap().probing);
-        assert_eq!(m.poll_timeout(), Some(t0 + secs(600)), "next: the raise");
+        assert_eq!(
+            m.poll_timeout(),
+            Some(t0 + secs(15)),
+            "next: a confirmation"
+        );
+    }
+
+    #[test]
+    fn a_confirmation_is_one_probe_at_the_current_size() {
+        let (mut m, t0, probes) = one_peer(1500);
+        ack_up_to(&mut m, t0, &probes, 1400);
+        m.handle_timeout(t0 + secs(1));
+        drain(&mut m);
+        m.handle_timeout(t0 + secs(2));
+        assert_eq!(mtu(&m), (1400, PmtuSource::Probe));
+
+        let at = t0 + secs(17);
+        assert_eq!(m.poll_timeout(), Some(at));
+        m.handle_timeout(at);
+        let probes = drain(&mut m);
+        assert_eq!(sizes(&probes), [1400]);
+        ack_up_to(&mut m, at, &probes, 1400);
+        assert_eq!(mtu(&m), (1400, PmtuSource::Probe));
+        assert_eq!(m.poll_timeout(), Some(at + secs(15)));
+    }
+
+    #[test]
+    fn a_black_hole_that_opens_later_is_found_by_a_lost_confirmation() {
+        let (mut m, t0, probes) = one_peer(1500);
+        ack_up_to(&mut m, t0, &probes, 1500);
+        assert_eq!(mtu(&m), (1500, PmtuSource::Probe));
+
+        // The path shrinks to 1400; its routers' ICMP is dropped.
+        let at = t0 + secs(15);
+        m.handle_timeout(at);
+        assert_eq!(sizes(&drain(&mut m)), [1500]);
+        m.handle_timeout(at + secs(1));
+        assert_eq!(sizes(&drain(&mut m)), [1500], "sent once more");
+        m.handle_timeout(at + secs(2));
+        let search = drain(&mut m);
+        assert_eq!(sizes(&search)[0], 1500, "lost twice: a full round at once");
+        ack_up_to(&mut m, at + secs(2), &search, 1400);
+        m.handle_timeout(at + secs(3));
+        drain(&mut m);
+        assert_eq!(m.handle_timeout(at + secs(4)), vec![PEER]);
+        assert_eq!(mtu(&m), (1400, PmtuSource::Probe));
+    }
+
+    #[test]
+    fn a_peer_that_never_answered_is_not_confirmed() {
+        let (mut m, t0, _) = one_peer(1500);
+        m.handle_timeout(t0 + secs(1));
+        m.handle_timeout(t0 + secs(2));
+        drain(&mut m);
+        assert_eq!(
+            m.poll_timeout(),
+            Some(t0 + secs(7)),
+            "the retry, no confirmation"
+        );
     }
 
     #[test]
@@ -540,7 +649,11 @@ mod tests {
 
     #[test]
     fn the_periodic_round_raises_a_path_that_grew() {
-        let (mut m, t0, probes) = one_peer(1500);
+        let config = PmtuConfig {
+            confirm_interval: secs(3600),
+            ..PmtuConfig::default()
+        };
+        let (mut m, t0, probes) = one_peer_with(config, 1500);
         m.handle_too_big(t0, PEER, 1400);
         ack_up_to(&mut m, t0, &probes, 1400);
         assert_eq!(mtu(&m).0, 1400);
