@@ -27,7 +27,7 @@
 //! - Every `raise_interval` a new round re-probes the whole range, so a path that grew
 //!   (or an ICMP value a forger sent) is raised again, and one that shrank is found.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -166,9 +166,10 @@ impl PathMtus {
     /// The tunnel peers (underlay addresses) now. New ones start at the ceiling and are
     /// probed at once; gone ones are forgotten.
     pub fn set_peers(&mut self, now: Instant, peers: &[Ipv4Addr]) {
-        self.peers.retain(|addr, _| peers.contains(addr));
-        self.transmits.retain(|t| peers.contains(&t.dst));
-        for addr in peers {
+        let current: BTreeSet<Ipv4Addr> = peers.iter().copied().collect();
+        self.peers.retain(|addr, _| current.contains(addr));
+        self.transmits.retain(|t| current.contains(&t.dst));
+        for addr in &current {
             if !self.peers.contains_key(addr) {
                 self.peers.insert(
                     *addr,
