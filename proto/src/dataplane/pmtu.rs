@@ -196,6 +196,10 @@ impl PathMtus {
         }
         let raised = ceiling > self.ceiling;
         self.ceiling = ceiling;
+        self.transmits.retain(|t| match t.probe {
+            ProbeMessage::Probe { size, .. } => size <= ceiling,
+            ProbeMessage::Ack { .. } => true,
+        });
         let addrs: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
         for addr in addrs {
             let Some(peer) = self.peers.get_mut(&addr) else {
@@ -730,5 +734,70 @@ mod tests {
         m.set_peers(t0, &[PEER]);
         assert!(m.path_mtu(OTHER).is_none());
         assert!(std::iter::from_fn(|| m.poll_transmit()).all(|t| t.dst == PEER));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Event {
+        TooBig(u32),
+        /// The path carries this many bytes: every queued probe up to it is acked.
+        Path(u16),
+        Ceiling(u16),
+        Wait(u64),
+    }
+
+    fn event() -> impl proptest::strategy::Strategy<Value = Event> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u32..70_000).prop_map(Event::TooBig),
+            (500u16..9100).prop_map(Event::Path),
+            prop::sample::select(vec![1280u16, 1400, 1500, 9000]).prop_map(Event::Ceiling),
+            (0u64..700).prop_map(Event::Wait),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever ICMP, acks, device changes and time do: the path MTU stays within
+        /// the floor and our device, probes never exceed the device, and a route's mtu
+        /// is always the path less 50.
+        #[test]
+        fn the_path_mtu_stays_between_the_floor_and_the_device(
+            events in proptest::collection::vec(event(), 1..60)
+        ) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut m = PathMtus::new(PmtuConfig::default(), 1500);
+            m.set_peers(now, &[PEER]);
+            for e in events {
+                let probes: Vec<ProbeTransmit> = std::iter::from_fn(|| m.poll_transmit()).collect();
+                for t in &probes {
+                    if let ProbeMessage::Probe { size, .. } = t.probe {
+                        proptest::prop_assert!(size <= m.ceiling());
+                    }
+                }
+                match e {
+                    Event::TooBig(mtu) => { m.handle_too_big(now, PEER, mtu); }
+                    Event::Path(path) => {
+                        for t in &probes {
+                            if let ProbeMessage::Probe { id, size } = t.probe && size <= path {
+                                m.handle_ack(now, PEER, id, size);
+                            }
+                        }
+                    }
+                    Event::Ceiling(c) => m.set_ceiling(now, c),
+                    Event::Wait(s) => {
+                        now += Duration::from_secs(s);
+                        m.handle_timeout(now);
+                    }
+                }
+                let p = m.path_mtu(PEER).unwrap();
+                proptest::prop_assert!(p.outer <= m.ceiling(), "{p:?} above {}", m.ceiling());
+                proptest::prop_assert!(p.outer >= FLOOR.min(m.ceiling()), "{p:?} below the floor");
+                proptest::prop_assert_eq!(p.inner + 50, p.outer);
+                if let Some(route) = m.route_mtus(u32::MAX).get(&PEER) {
+                    proptest::prop_assert_eq!(*route, u32::from(p.inner));
+                }
+                proptest::prop_assert!(m.poll_timeout().is_some(), "a peer always has a next step");
+            }
+        }
     }
 }
