@@ -97,6 +97,10 @@ pub fn peers_table(p: &api::Peers) -> String {
             r.path.clone(),
             r.underlay.to_string(),
             r.pod_subnet.to_string(),
+            match (r.path_mtu, r.inner_mtu, &r.path_mtu_source) {
+                (Some(outer), Some(inner), Some(source)) => format!("{outer}/{inner} {source}"),
+                _ => "-".to_owned(),
+            },
             r.tx_packets.to_string(),
             r.tx_bytes.to_string(),
             r.rx_packets.to_string(),
@@ -110,6 +114,7 @@ pub fn peers_table(p: &api::Peers) -> String {
             "PATH",
             "UNDERLAY",
             "POD SUBNET",
+            "PATH MTU/INNER",
             "TX PKTS",
             "TX BYTES",
             "RX PKTS",

@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use overlayd_proto::dataplane::{DropReason, ForwardingTable, gso_runs};
+use overlayd_proto::wire::probe;
 use overlayd_proto::wire::vxlan::ENCAP_LEN;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
@@ -66,6 +67,8 @@ pub struct IoCounters {
     pub tun_write_errors: AtomicU64,
     pub udp_send_batches: AtomicU64,
     pub udp_send_errors: AtomicU64,
+    /// ICMP errors the kernel reported on a receive (`IP_RECVERR`; read by `pmtu`).
+    pub udp_recv_icmp_errors: AtomicU64,
 }
 
 impl IoCounters {
@@ -75,6 +78,7 @@ impl IoCounters {
             ("tun_write_errors", &self.tun_write_errors),
             ("udp_send_batches", &self.udp_send_batches),
             ("udp_send_errors", &self.udp_send_errors),
+            ("udp_recv_icmp_errors", &self.udp_recv_icmp_errors),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.load(Relaxed)))
@@ -94,6 +98,8 @@ pub struct Datapath {
     by_name: DashMap<String, Arc<PeerCounters>>,
     pub drops: DropCounters,
     pub io: IoCounters,
+    /// Path-MTU probes and acks for the `pmtu` task.
+    pub probes: crate::pmtu::ProbeInbox,
 }
 
 impl Datapath {
@@ -106,6 +112,7 @@ impl Datapath {
             by_name: DashMap::new(),
             drops: DropCounters::default(),
             io: IoCounters::default(),
+            probes: crate::pmtu::ProbeInbox::default(),
         };
         dp.install(table);
         dp
@@ -253,14 +260,20 @@ impl UdpSend for QuinnUdp<'_> {
 
     async fn send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         // Only WouldBlock waits; any other error is the caller's to count.
-        self.sock
-            .async_io(Interest::WRITABLE, || {
+        let send = || {
+            self.sock.async_io(Interest::WRITABLE, || {
                 match self.state.try_send(self.sock.into(), transmit) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
                     other => Ok(other),
                 }
             })
-            .await?
+        };
+        match send().await? {
+            // With IP_RECVERR (`pmtu`) an ICMP error for an earlier datagram fails the
+            // next call, which sends nothing: once more.
+            Err(e) if crate::pmtu::is_icmp_error(&e) => send().await?,
+            sent => sent,
+        }
     }
 }
 
@@ -330,14 +343,21 @@ pub async fn udp_to_tun(
     let mut storage = vec![0u8; RECV_SLOT * batch];
     let mut metas = vec![RecvMeta::default(); batch];
     loop {
-        let n = {
+        let received = {
             let mut iovs: Vec<IoSliceMut<'_>> =
                 storage.chunks_mut(RECV_SLOT).map(IoSliceMut::new).collect();
             sock.async_io(Interest::READABLE, || {
                 state.recv((&*sock).into(), &mut iovs, &mut metas)
             })
             .await
-            .context("receiving from the tunnel's UDP socket")?
+        };
+        let n = match received {
+            Ok(n) => n,
+            Err(e) if crate::pmtu::is_icmp_error(&e) => {
+                dp.io.udp_recv_icmp_errors.fetch_add(1, Relaxed);
+                continue;
+            }
+            Err(e) => return Err(e).context("receiving from the tunnel's UDP socket"),
         };
         let snap = dp.snapshot.load();
         for (meta, slot) in metas[..n].iter().zip(storage.chunks(RECV_SLOT)) {
@@ -351,6 +371,13 @@ pub async fn udp_to_tun(
             let data = &slot[..meta.len];
             let empty: &[&[u8]] = if data.is_empty() { &[&[]] } else { &[] };
             for datagram in data.chunks(stride).chain(empty.iter().copied()) {
+                if probe::is_probe(datagram) {
+                    match snap.table.probe(sender, datagram) {
+                        Ok(msg) => dp.probes.deliver(sender, msg),
+                        Err((reason, peer)) => dp.drop_packet(&snap, reason, peer),
+                    }
+                    continue;
+                }
                 match snap.table.decap(sender, datagram) {
                     Ok(decap) => {
                         let inner = &datagram[decap.inner];

@@ -14,7 +14,8 @@ use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
+    RouteScope, RouteType,
 };
 use overlayd_proto::routing::{KernelRoute, RouteKind, RouteOp, UnderlayLookup};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -575,6 +576,7 @@ fn to_kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
         gateway: None,
         oif: None,
         pref_src: None,
+        mtu: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -582,6 +584,12 @@ fn to_kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
             RouteAttribute::Gateway(RouteAddress::Inet(a)) => route.gateway = Some(*a),
             RouteAttribute::PrefSource(RouteAddress::Inet(a)) => route.pref_src = Some(*a),
             RouteAttribute::Oif(o) => route.oif = Some(*o),
+            RouteAttribute::Metrics(metrics) => {
+                route.mtu = metrics.iter().find_map(|m| match m {
+                    RouteMetric::Mtu(mtu) => Some(*mtu),
+                    _ => None,
+                })
+            }
             _ => {}
         }
     }
@@ -623,7 +631,12 @@ fn to_message(route: &KernelRoute) -> RouteMessage {
             }
         }
     }
-    b.build()
+    let mut msg = b.build();
+    if let Some(mtu) = route.mtu {
+        msg.attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+    }
+    msg
 }
 
 /// Fails unless this process may do the kernel work: CAP_NET_ADMIN for links, routes
@@ -761,6 +774,7 @@ mod tests {
                     gateway: None,
                     oif: Some(lo.index),
                     pref_src: None,
+                    mtu: None,
                 };
                 let vip = "10.96.7.9:80";
                 assert!(std::net::TcpListener::bind(vip).is_err(), "bindable before");
@@ -773,6 +787,32 @@ mod tests {
                 drop((listener, client));
                 nl.apply(&RouteOp::Delete(route)).await.unwrap();
                 assert_eq!(nl.owned_routes().await.unwrap(), []);
+            })
+        });
+    }
+
+    /// A tunnel route's `mtu` is set, read back, and removed again by a replace without
+    /// it; the kernel then answers an oversized DF packet on that route with the MTU.
+    #[test]
+    fn a_route_mtu_is_applied_read_back_and_cleared() {
+        in_new_netns(|nl| {
+            Box::pin(async move {
+                let lo = nl.link_by_name("lo").await.unwrap().unwrap();
+                nl.set_link(lo.index, None, None, true).await.unwrap();
+                let mut route = KernelRoute {
+                    dst: "10.244.3.0/24".parse().unwrap(),
+                    kind: RouteKind::Unicast,
+                    gateway: None,
+                    oif: Some(lo.index),
+                    pref_src: None,
+                    mtu: Some(1350),
+                };
+                nl.apply(&RouteOp::Add(route)).await.unwrap();
+                assert_eq!(nl.owned_routes().await.unwrap(), [route]);
+
+                route.mtu = None;
+                nl.apply(&RouteOp::Replace(route)).await.unwrap();
+                assert_eq!(nl.owned_routes().await.unwrap(), [route]);
             })
         });
     }

@@ -143,6 +143,18 @@ pub struct PeerReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_error: Option<String>,
     pub vtep_mac: String,
+    /// Tunnel peers: the largest outer IPv4 packet the underlay path to the peer carries
+    /// (bytes); `None` on host-gw, where the kernel discovers path MTU itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_mtu: Option<u32>,
+    /// `path_mtu` − 50 (VXLAN over IPv4): the largest pod packet the tunnel carries to
+    /// the peer. Below the tunnel device's MTU it is the `mtu` on the peer's route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner_mtu: Option<u32>,
+    /// What `path_mtu` rests on: `device` (our underlay device; not yet confirmed),
+    /// `icmp` (fragmentation needed) or `probe` (the largest probe the peer acked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_mtu_source: Option<String>,
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,

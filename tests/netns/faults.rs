@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use overlayd_lab::{Lab, in_netns};
 use overlayd_proto::wire::MacAddr;
+use overlayd_proto::wire::probe::ProbeMessage;
 use overlayd_proto::wire::vxlan::EncapHeader;
 
 use crate::support::{
@@ -47,7 +48,7 @@ fn total(drops: &serde_json::Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// 8e: garbage, truncated, wrong-VNI, forged and unknown-sender datagrams to the tunnel
+/// 8e: garbage, truncated, wrong-VNI, forged, malformed-probe and unknown-sender datagrams to the tunnel
 /// port are each dropped under their own counter, none reaches the TUN device, and the
 /// daemon keeps serving.
 pub(crate) fn garbage_datagrams_are_dropped_and_counted() -> Result<()> {
@@ -67,6 +68,10 @@ pub(crate) fn garbage_datagrams_are_dropped_and_counted() -> Result<()> {
     arp[20..22].copy_from_slice(&0x0806u16.to_be_bytes());
     let mut long = frame(1, "n3", n1_mac, n3_pod, ours);
     long[24..26].copy_from_slice(&1400u16.to_be_bytes());
+    // A path-MTU probe cut short on the way: shorter than the size it claims.
+    let mut probe = vec![0u8; 1400 - 28];
+    ProbeMessage::Probe { id: 1, size: 1400 }.emit(&mut probe);
+    probe.truncate(100);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated", vec![0x08, 0, 0, 0, 0, 0, 1]),
         ("no_vni_flag", no_flag),
@@ -77,6 +82,7 @@ pub(crate) fn garbage_datagrams_are_dropped_and_counted() -> Result<()> {
         ),
         ("not_ipv4", arp),
         ("malformed_inner", long),
+        ("malformed_probe", probe),
         (
             "wrong_inner_dst",
             frame(1, "n3", n1_mac, n3_pod, lab.pod("n2-p1")?.ip),

@@ -9,6 +9,7 @@ mod cluster;
 mod faults;
 mod gossip;
 mod interop;
+mod pmtu;
 mod services;
 mod support;
 
@@ -41,6 +42,14 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
     (
         "lab_check_reports_paths_and_ps_json",
         cluster::lab_check_reports_paths_and_ps_json,
+    ),
+    (
+        "pmtu_a_1400_byte_link_is_learned_and_bulk_tcp_completes",
+        pmtu::a_1400_byte_link_is_learned_and_bulk_tcp_completes,
+    ),
+    (
+        "pmtu_icmp_dropped_path_mtu_is_found_by_probes",
+        pmtu::icmp_dropped_path_mtu_is_found_by_probes,
     ),
     (
         "kernel_vxlan_node_interoperates_both_ways",

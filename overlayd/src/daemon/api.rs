@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, anyhow, bail};
-use overlayd_proto::routing::{KernelRoute, RouteKind};
+use overlayd_proto::routing::{KernelRoute, PeerPath, RouteKind};
 use overlayd_proto::service::ServiceKey;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -208,7 +208,15 @@ async fn status(shared: &Shared) -> api::Status {
         None => None,
     };
     api::Status {
-        io: shared.dp.io.to_map(),
+        io: {
+            let mut io = shared.dp.io.to_map();
+            io.extend(shared.pmtu.to_map());
+            io.insert(
+                "pmtu_inbox_dropped".to_owned(),
+                shared.dp.probes.dropped.load(Ordering::Relaxed),
+            );
+            io
+        },
         gossip,
         node: l.name.clone(),
         ready: shared.ready.load(Ordering::Relaxed),
@@ -256,6 +264,9 @@ fn peers(shared: &Shared) -> Result<api::Peers> {
         .map(|a| {
             let p = &a.peer;
             let c = shared.dp.counters_of(&p.name);
+            let mtu = (a.path == PeerPath::Udp)
+                .then(|| shared.pmtu.path_mtu(p.underlay))
+                .flatten();
             PeerReport {
                 name: p.name.clone(),
                 underlay: p.underlay,
@@ -263,6 +274,9 @@ fn peers(shared: &Shared) -> Result<api::Peers> {
                 path: a.path.as_str().to_owned(),
                 route_error: a.route_error.clone(),
                 vtep_mac: p.vtep_mac.to_string(),
+                path_mtu: mtu.map(|m| u32::from(m.outer)),
+                inner_mtu: mtu.map(|m| u32::from(m.inner)),
+                path_mtu_source: mtu.map(|m| m.source.as_str().to_owned()),
                 tx_packets: c.tx_packets.load(Relaxed),
                 tx_bytes: c.tx_bytes.load(Relaxed),
                 rx_packets: c.rx_packets.load(Relaxed),

@@ -30,6 +30,7 @@ use crate::dns::{DnsServer, DnsSettings};
 use crate::gossip::GossipHandle;
 use crate::netlink::{self, Link, Netlink};
 use crate::nft;
+use crate::pmtu::{self, PathMtuHandle};
 use crate::pods::{PodDns, Pods};
 use crate::proxy::{Proxy, ProxyConfig};
 use crate::services::{LocalPods, LocalStore, ServiceState, ServicesHandle};
@@ -75,6 +76,8 @@ struct Shared {
     subnet: RwLock<Subnet>,
     nl: Netlink,
     dp: Arc<Datapath>,
+    /// Each tunnel peer's path MTU, and the `mtu` its route carries.
+    pmtu: Arc<PathMtuHandle>,
     pods: Mutex<Pods>,
     peers: std::sync::Mutex<PeerState>,
     gossip: Option<GossipHandle>,
@@ -230,6 +233,8 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     });
 
     let (sock, udp_state) = datapath::bind_udp(cfg.tunnel.port)?;
+    pmtu::enable_icmp_errors(&sock)?;
+    let path_mtus = Arc::new(PathMtuHandle::new(local.underlay.mtu));
     let (sock, udp_state) = (Arc::new(sock), Arc::new(udp_state));
     let dp = Arc::new(Datapath::new(ForwardingTable::new(
         local_vtep(&cfg, &local, subnet),
@@ -244,6 +249,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         subnet: RwLock::new(subnet),
         nl: nl.clone(),
         dp: dp.clone(),
+        pmtu: path_mtus.clone(),
         pods: Mutex::new(pods),
         peers: std::sync::Mutex::new(PeerState::default()),
         gossip: gossip.clone(),
@@ -281,6 +287,12 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         tun.clone(),
         sock.clone(),
         udp_state.clone(),
+    ));
+    tasks.spawn(pmtu::run(
+        path_mtus,
+        dp.clone(),
+        sock.clone(),
+        cfg.tunnel.port,
     ));
     tasks.spawn(api::serve(shared.clone(), listener));
     {
@@ -548,6 +560,7 @@ async fn control_loop(
         tokio::select! {
             changed = peers.changed() => if changed.is_err() { return Ok(()) },
             _ = shared.reconcile_now.notified() => {}
+            _ = shared.pmtu.routes_changed.notified() => {}
             _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
         }
     }
@@ -628,9 +641,15 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
         local_vtep(&shared.cfg, &shared.local, subnet),
         peers,
     ));
+    let route_mtus = path_mtus(shared, &with_paths).await;
 
     let vips = shared.services.table().borrow().vips();
-    let desired = routing::plan(&local_routing(shared, subnet), &with_paths, &vips);
+    let desired = routing::plan(
+        &local_routing(shared, subnet),
+        &with_paths,
+        &vips,
+        &route_mtus,
+    );
     let current = shared.nl.owned_routes().await?;
     let ops = routing::reconcile(&desired, &current);
     let mut errors: Vec<(Ipv4Net, String)> = Vec::new();
@@ -687,6 +706,27 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
             errors.len()
         )),
     }
+}
+
+/// Tells the path-MTU machine which peers the tunnel carries and what our underlay
+/// device's MTU is now (it may have changed since start), and returns the `mtu` each of
+/// their routes must carry.
+async fn path_mtus(
+    shared: &Shared,
+    with_paths: &[(PeerInfo, PeerPath)],
+) -> BTreeMap<Ipv4Addr, u32> {
+    let tunnel_peers: Vec<Ipv4Addr> = with_paths
+        .iter()
+        .filter(|(_, path)| *path == PeerPath::Udp)
+        .map(|(peer, _)| peer.underlay)
+        .collect();
+    let ceiling = match shared.nl.link_by_index(shared.local.underlay.index).await {
+        Ok(Some(link)) => link.mtu,
+        _ => shared.local.underlay.mtu,
+    };
+    shared
+        .pmtu
+        .update(&tunnel_peers, ceiling, shared.local.tunnel_mtu)
 }
 
 fn on_link_names(peers: &[AdmittedPeer]) -> Vec<String> {

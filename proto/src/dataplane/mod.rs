@@ -4,6 +4,7 @@
 //! says what to do, or which counter a dropped packet belongs to.
 
 mod gso;
+pub mod pmtu;
 mod table;
 
 pub use gso::{GsoRun, gso_runs};

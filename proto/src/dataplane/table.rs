@@ -5,6 +5,7 @@ use std::ops::Range;
 use ipnet::Ipv4Net;
 
 use crate::peer::PeerInfo;
+use crate::wire::probe::ProbeMessage;
 use crate::wire::vxlan::{self, EncapHeader, Frame, FrameError};
 use crate::wire::{Ipv4Packet, MacAddr};
 
@@ -44,10 +45,12 @@ pub enum DropReason {
     SpoofedSource,
     /// A TUN packet whose destination no peer's pod subnet covers.
     NoRoute,
+    /// A path-MTU probe or ack (I flag clear, probe marker) that does not parse.
+    MalformedProbe,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::UnknownSender,
         DropReason::Truncated,
         DropReason::NoVniFlag,
@@ -58,6 +61,7 @@ impl DropReason {
         DropReason::WrongInnerDst,
         DropReason::SpoofedSource,
         DropReason::NoRoute,
+        DropReason::MalformedProbe,
     ];
 
     /// Stable snake_case name, used in counters and the API.
@@ -73,6 +77,7 @@ impl DropReason {
             DropReason::WrongInnerDst => "wrong_inner_dst",
             DropReason::SpoofedSource => "spoofed_source",
             DropReason::NoRoute => "no_route",
+            DropReason::MalformedProbe => "malformed_probe",
         }
     }
 
@@ -184,6 +189,27 @@ impl ForwardingTable {
         })
     }
 
+    /// Reads a path-MTU probe or ack (a datagram for which `wire::probe::is_probe` holds)
+    /// received from `sender` on the tunnel port.
+    ///
+    /// Returns `Ok` iff the message parses and is a probe, or an ack from a peer. A probe
+    /// is answered whoever sent it: its only effect is a smaller ack to its source (like
+    /// an ICMP echo; no amplification), and a node that has just learned of us probes
+    /// before we have learned of it. The `Err` names the drop's counter
+    /// (`MalformedProbe`, `UnknownSender`) and the sender where it is a peer.
+    pub fn probe(
+        &self,
+        sender: Ipv4Addr,
+        datagram: &[u8],
+    ) -> Result<ProbeMessage, (DropReason, Option<PeerIndex>)> {
+        let peer = self.by_underlay.get(&sender).copied();
+        let msg = ProbeMessage::parse(datagram).map_err(|_| (DropReason::MalformedProbe, peer))?;
+        match (msg, peer) {
+            (ProbeMessage::Ack { .. }, None) => Err((DropReason::UnknownSender, None)),
+            _ => Ok(msg),
+        }
+    }
+
     /// Decides whether a UDP datagram received from `sender` on the tunnel port carries a
     /// packet for the TUN device.
     ///
@@ -279,6 +305,48 @@ mod tests {
         .emit(&mut frame);
         frame.extend(test_packet(ip(src), ip(dst), 8));
         frame
+    }
+
+    #[test]
+    fn probes_are_answered_acks_taken_only_from_peers_and_malformed_ones_counted() {
+        let table = table();
+        let mut probe = vec![0u8; 100 - crate::wire::probe::OUTER_HEADERS];
+        ProbeMessage::Probe { id: 3, size: 100 }.emit(&mut probe);
+
+        let mut ack = [0u8; crate::wire::probe::HEADER_LEN];
+        ProbeMessage::Ack { id: 3, size: 100 }.emit(&mut ack);
+
+        assert_eq!(
+            table.probe(ip("10.100.2.12"), &probe),
+            Ok(ProbeMessage::Probe { id: 3, size: 100 })
+        );
+        assert_eq!(
+            table.probe(ip("10.9.9.9"), &probe),
+            Ok(ProbeMessage::Probe { id: 3, size: 100 }),
+            "a node that does not know us yet is answered"
+        );
+        assert_eq!(
+            table.probe(ip("10.100.2.12"), &ack),
+            Ok(ProbeMessage::Ack { id: 3, size: 100 })
+        );
+        assert_eq!(
+            table.probe(ip("10.9.9.9"), &ack),
+            Err((DropReason::UnknownSender, None)),
+            "acks count only from peers"
+        );
+        assert_eq!(
+            table.probe(ip("10.100.2.12"), &probe[..50]),
+            Err((DropReason::MalformedProbe, Some(1)))
+        );
+        assert_eq!(
+            table.probe(ip("10.9.9.9"), &probe[..50]),
+            Err((DropReason::MalformedProbe, None))
+        );
+        // A probe is never decapsulated: its I flag is clear.
+        assert_eq!(
+            table.decap(ip("10.100.2.12"), &probe),
+            Err((DropReason::NoVniFlag, Some(1)))
+        );
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct KernelRoute {
     pub gateway: Option<Ipv4Addr>,
     pub oif: Option<u32>,
     pub pref_src: Option<Ipv4Addr>,
+    /// The route's `mtu` metric: set on a tunnel route whose path is narrower than the
+    /// tunnel device, so the node answers oversized DF packets with ICMP "fragmentation
+    /// needed" naming the path's MTU and fragments the others before the tunnel.
+    pub mtu: Option<u32>,
 }
 
 /// Everything [`plan`] needs about this node.
@@ -92,11 +96,14 @@ pub struct LocalRouting {
 
 /// The routes this node should have, sorted by destination: the cluster CIDR's
 /// blackhole, a route to each peer's pod subnet, and a local route for each Service VIP
-/// (`vips`).
+/// (`vips`). A tunnel route carries the `mtu` that `path_mtus` gives for the peer's
+/// underlay address (the inner path MTU where it is below the tunnel device's); a host-gw
+/// route never does (the kernel runs path MTU discovery on it itself).
 pub fn plan(
     local: &LocalRouting,
     peers: &[(PeerInfo, PeerPath)],
     vips: &BTreeSet<Ipv4Addr>,
+    path_mtus: &BTreeMap<Ipv4Addr, u32>,
 ) -> Vec<KernelRoute> {
     let mut routes = vec![KernelRoute {
         dst: local.cluster_cidr,
@@ -104,6 +111,7 @@ pub fn plan(
         gateway: None,
         oif: None,
         pref_src: None,
+        mtu: None,
     }];
     routes.extend(vips.iter().map(|vip| KernelRoute {
         dst: Ipv4Net::from(*vip),
@@ -111,6 +119,7 @@ pub fn plan(
         gateway: None,
         oif: Some(local.loopback_oif),
         pref_src: None,
+        mtu: None,
     }));
     routes.extend(peers.iter().map(|(peer, path)| match path {
         PeerPath::HostGw => KernelRoute {
@@ -119,6 +128,7 @@ pub fn plan(
             gateway: Some(peer.underlay),
             oif: Some(local.underlay_oif),
             pref_src: None,
+            mtu: None,
         },
         PeerPath::Udp => KernelRoute {
             dst: peer.pod_subnet,
@@ -126,6 +136,7 @@ pub fn plan(
             gateway: None,
             oif: Some(local.tunnel_oif),
             pref_src: Some(local.tunnel_src),
+            mtu: path_mtus.get(&peer.underlay).copied(),
         },
     }));
     routes.sort();
@@ -223,6 +234,7 @@ mod tests {
                 (peer("n3", [10, 100, 2, 11], 3), PeerPath::Udp),
             ],
             &BTreeSet::new(),
+            &BTreeMap::new(),
         );
         assert_eq!(routes.len(), 3);
         assert_eq!(routes[0].kind, RouteKind::Blackhole);
@@ -234,13 +246,43 @@ mod tests {
     }
 
     #[test]
+    fn a_narrow_path_puts_its_mtu_on_the_tunnel_route_only() {
+        let peers = [
+            (peer("n2", [10, 100, 1, 12], 2), PeerPath::HostGw),
+            (peer("n3", [10, 100, 2, 11], 3), PeerPath::Udp),
+            (peer("n4", [10, 100, 2, 12], 4), PeerPath::Udp),
+        ];
+        let mtus = BTreeMap::from([
+            (Ipv4Addr::new(10, 100, 1, 12), 1350),
+            (Ipv4Addr::new(10, 100, 2, 11), 1350),
+        ]);
+
+        let routes = plan(&local(), &peers, &BTreeSet::new(), &mtus);
+
+        let mtu_of = |third: u8| {
+            routes
+                .iter()
+                .find(|r| r.dst.network() == Ipv4Addr::new(10, 244, third, 0))
+                .map(|r| r.mtu)
+        };
+        assert_eq!(mtu_of(2), Some(None), "host-gw: the kernel's own PMTU");
+        assert_eq!(mtu_of(3), Some(Some(1350)));
+        assert_eq!(mtu_of(4), Some(None), "a full-size path needs none");
+        // A path MTU that changes is one replace of that route.
+        let before = plan(&local(), &peers, &BTreeSet::new(), &BTreeMap::new());
+        let ops = reconcile(&routes, &before);
+        assert_eq!(ops.len(), 1);
+        assert!(matches!(ops[0], RouteOp::Replace(r) if r.mtu == Some(1350)));
+    }
+
+    #[test]
     fn every_vip_is_made_local_on_loopback() {
         let vips: BTreeSet<Ipv4Addr> =
             ["10.96.0.10".parse().unwrap(), "10.96.7.1".parse().unwrap()]
                 .into_iter()
                 .collect();
 
-        let routes = plan(&local(), &[], &vips);
+        let routes = plan(&local(), &[], &vips, &BTreeMap::new());
 
         let local_routes: Vec<String> = routes
             .iter()
@@ -252,7 +294,7 @@ mod tests {
             ["10.96.0.10/32 Some(1)", "10.96.7.1/32 Some(1)"]
         );
         assert!(
-            !plan(&local(), &[], &BTreeSet::new())
+            !plan(&local(), &[], &BTreeSet::new(), &BTreeMap::new())
                 .iter()
                 .any(|r| r.kind == RouteKind::Local)
         );
@@ -267,6 +309,7 @@ mod tests {
                 (peer("n3", [10, 100, 2, 11], 3), PeerPath::Udp),
             ],
             &BTreeSet::new(),
+            &BTreeMap::new(),
         );
         // n2 moved behind a router; n3 died; n4 joined.
         let after = plan(
@@ -276,6 +319,7 @@ mod tests {
                 (peer("n4", [10, 100, 2, 12], 4), PeerPath::Udp),
             ],
             &BTreeSet::new(),
+            &BTreeMap::new(),
         );
         let ops = reconcile(&after, &before);
         assert_eq!(
@@ -302,6 +346,7 @@ mod tests {
                 gateway: (!udp).then(|| Ipv4Addr::new(10, 100, 1, gw)),
                 oif: Some(if udp { 7 } else { 2 }),
                 pref_src: None,
+                mtu: (udp && gw == 3).then_some(1350),
             };
             let desired: Vec<_> = want.iter().map(|(k, v)| route(*k, *v)).collect();
             let current: Vec<_> = have.iter().map(|(k, v)| route(*k, *v)).collect();

@@ -4,6 +4,7 @@
 pub mod arp;
 pub(crate) mod ipv4;
 mod mac;
+pub mod probe;
 pub mod vxlan;
 
 pub use ipv4::{Ipv4Error, Ipv4Packet};
