@@ -258,7 +258,7 @@ pub fn run(
         options.relay.as_deref(),
         options.dataplane.as_deref(),
     ))
-        .map_err(|e| LabError::Bench(format!("the bench's topology: {e}")))?;
+    .map_err(|e| LabError::Bench(format!("the bench's topology: {e}")))?;
     let lab = Lab::up(name, &topology, overlayd_bin)?;
     let result = measure_lab(&lab, options, log);
     finish(lab, keep, log);
@@ -309,7 +309,13 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
             targets.push(Target {
                 name: "vip",
                 ip: vip,
-                describe: format!("{vip} (Service default/{BENCH_SERVICE}, overlayd proxy)"),
+                describe: format!(
+                    "{vip} (Service default/{BENCH_SERVICE}, overlayd {})",
+                    match o.dataplane.as_deref() {
+                        Some("kernel") => "kernel DNAT",
+                        _ => "proxy",
+                    }
+                ),
             });
             Some(vip)
         }
