@@ -57,8 +57,21 @@ fn domain_not_a_dns_name() {
 #[test]
 fn unknown_dataplane() {
     assert_eq!(
-        error("[services]\ndataplane = \"kernel\"\n"),
-        "o.toml:6:13: services.dataplane: expected \"proxy\" (the only data plane so far), found \"kernel\""
+        error("[services]\ndataplane = \"ebpf\"\n"),
+        "o.toml:6:13: services.dataplane: expected \"proxy\" or \"kernel\", found \"ebpf\""
+    );
+}
+
+#[test]
+fn kernel_dataplane() {
+    let config = parse(
+        &format!("{NODE}[services]\ndataplane = \"kernel\"\n"),
+        "o.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        config.services.dataplane,
+        overlayd_config::schema::Dataplane::Kernel
     );
 }
 
