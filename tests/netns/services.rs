@@ -571,8 +571,11 @@ pub(crate) fn dns_answers_from_inside_pods() -> Result<()> {
             &format!("{node} to know the new Services"),
             Duration::from_secs(5),
             || {
-                let m = dns(ns, gateway, "db.default.svc.cluster.local.", RecordType::A)?;
-                Ok(m.metadata.response_code == ResponseCode::NoError)
+                // Both: each Service travels in its own gossip message.
+                let db = dns(ns, gateway, "db.default.svc.cluster.local.", RecordType::A)?;
+                let ext = dns(ns, gateway, "ext.default.svc.cluster.local.", RecordType::A)?;
+                Ok(db.metadata.response_code == ResponseCode::NoError
+                    && ext.metadata.response_code != ResponseCode::NXDomain)
             },
         )?;
         let m = dns(ns, gateway, "db.default.svc.cluster.local.", RecordType::A)?;
