@@ -17,9 +17,9 @@ use anyhow::{Result, anyhow, bail};
 use overlayd_proto::api::ServiceInfo;
 use overlayd_proto::gossip::{Gossip, Hlc, ObjectError};
 use overlayd_proto::service::catalog::{
-    Catalog, Housekeeping, allocate_pending, delete_service, put_services, repairs,
+    Catalog, Housekeeping, PendingWrites, delete_service, put_services, repairs,
 };
-use overlayd_proto::service::codec::{ObjectWrite, PodEndpoint, ServiceObject, service_writes};
+use overlayd_proto::service::codec::{ObjectWrite, PodEndpoint, service_writes};
 use overlayd_proto::service::{ServiceKey, ServiceSettings, ServiceSpec, ServiceTable};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -222,7 +222,7 @@ pub struct ServiceState {
     /// Services this node wrote since the last build, oldest first: each new one is
     /// allocated around them, and answered with its preview, without a rebuild per write
     /// (which made a run of `service add`s quadratic).
-    pending: Vec<ServiceObject>,
+    pending: PendingWrites,
     /// Services written or deleted since the last build: a second write or a delete of
     /// one of them rebuilds first, so it works on the catalog's view of its parts.
     touched: BTreeSet<ServiceKey>,
@@ -263,7 +263,7 @@ impl ServiceState {
             dirty: true,
             last_build: None,
             build_took: Duration::ZERO,
-            pending: Vec::new(),
+            pending: PendingWrites::default(),
             touched: BTreeSet::new(),
             deleted: false,
             pods,
@@ -472,8 +472,9 @@ impl ServiceState {
             self.rebuild(store, now);
         }
         let stamp = store.stamp(now);
-        let Some(object) =
-            allocate_pending(&spec, stamp, &self.catalog, &self.settings, &self.pending)?
+        let Some(object) = self
+            .pending
+            .allocate(&spec, stamp, &self.catalog, &self.settings)?
         else {
             return self.info(&key);
         };
@@ -481,7 +482,6 @@ impl ServiceState {
         apply(store, now, &writes)?;
         tracing::info!(service = %key, "Service written");
         let service = self.catalog.preview(&object);
-        self.pending.push(object);
         self.touched.insert(key);
         self.dirty = true;
         Ok(ServiceInfo { spec, service })

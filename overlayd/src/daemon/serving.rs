@@ -20,6 +20,9 @@ use super::Shared;
 /// re-checked, when nothing changed.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The longest a changed table waits for the previous pass's pacing.
+const MAX_PACE: Duration = Duration::from_secs(2);
+
 /// Gratuitous ARP announcements sent when this node takes a LoadBalancer IP.
 const GARP_COUNT: usize = 3;
 
@@ -40,9 +43,14 @@ pub(super) async fn serve(
             tracing::debug!("removing a kernel Services table: {e:#}");
         }
     }
+    // How long the last pass over a changed table took: the next waits twice that, so a
+    // stream of changes (a bulk load of 10 000 Services) is served in coalesced passes
+    // rather than one O(Services) pass per change, which starved every other task.
+    let mut took = Duration::ZERO;
     loop {
         let current = table.borrow_and_update().clone();
         let changed = served.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &current));
+        let started = std::time::Instant::now();
         if changed || retry {
             frontends = frontend::frontends(
                 &current,
@@ -64,6 +72,7 @@ pub(super) async fn serve(
                 shared.reconcile_now.notify_one();
             }
             served = Some(current.clone());
+            took = started.elapsed();
         }
         if let Err(e) = sync_lb(&shared, &current).await {
             tracing::warn!("LoadBalancer addresses: {e:#}");
@@ -72,7 +81,12 @@ pub(super) async fn serve(
             kernel_path.sync(&shared, &current, &frontends);
         }
         tokio::select! {
-            changed = table.changed() => if changed.is_err() { return Ok(()) },
+            changed = table.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                tokio::time::sleep((2 * took).min(MAX_PACE)).await;
+            }
             _ = shared.services_now.notified() => {}
             _ = shared.proxy.health_changed() => {}
             _ = tokio::time::sleep(RESYNC_INTERVAL) => {}

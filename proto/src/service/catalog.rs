@@ -291,7 +291,11 @@ impl Catalog {
     /// what a node answers at once instead of rebuilding the whole table per write.
     pub fn preview(&self, object: &ServiceObject) -> ResolvedService {
         let key = object.key();
-        let mut holders = self.holders.clone();
+        // The holders of its own claims are all its status depends on.
+        let mut holders: HashMap<Claim, ServiceKey> = claims(object)
+            .into_iter()
+            .filter_map(|(claim, _)| Some((claim, self.holders.get(&claim)?.clone())))
+            .collect();
         let status = status_of(&key, object, &self.settings, &mut holders);
         let endpoints = if object.spec.selector.is_empty() {
             endpoints_of(&object.spec, &PodIndex::default())
@@ -729,8 +733,26 @@ fn allocation_for(
     settings: &ServiceSettings,
     used: &mut Used,
 ) -> Result<Allocation, AllocError> {
+    allocation_around(spec, existing, catalog, &HashMap::new(), settings, used)
+}
+
+/// [`allocation_for`], with the claims of `pending` (Services written since `catalog` was
+/// built) taken as if the catalog held them.
+fn allocation_around(
+    spec: &ServiceSpec,
+    existing: Option<&ServiceObject>,
+    catalog: &Catalog,
+    pending: &HashMap<Claim, ServiceKey>,
+    settings: &ServiceSettings,
+    used: &mut Used,
+) -> Result<Allocation, AllocError> {
     let key = spec.key();
-    let taken_by = |claim: Claim| catalog.held_by_other(claim, &key).cloned();
+    let taken_by = |claim: Claim| {
+        catalog
+            .held_by_other(claim, &key)
+            .or_else(|| pending.get(&claim).filter(|h| **h != key))
+            .cloned()
+    };
     let free = |claims: Vec<Claim>| claims.into_iter().all(|c| taken_by(c).is_none());
     // Cluster IP.
     let cluster_ip = if !spec.has_cluster_ip() {
@@ -882,49 +904,86 @@ pub fn allocate(
     Ok(object)
 }
 
-/// [`allocate`] around `pending` too: objects this node wrote since `catalog` was built
-/// (oldest first). A node that answers writes without rebuilding its catalog each time
-/// allocates each new one around those before it, and an update of a pending Service
-/// keeps what the pending version has. `Ok(None)` iff the Service's current version
-/// (pending or in the catalog) already has this spec: nothing to write.
-pub fn allocate_pending(
-    spec: &ServiceSpec,
-    created: Hlc,
-    catalog: &Catalog,
-    settings: &ServiceSettings,
-    pending: &[ServiceObject],
-) -> Result<Option<ServiceObject>, AllocError> {
-    spec.validate(settings)?;
-    let key = spec.key();
-    let existing = pending
-        .iter()
-        .rev()
-        .find(|o| o.key() == key)
-        .or_else(|| catalog.object(&key));
-    if existing.is_some_and(|o| o.spec == *spec) {
-        return Ok(None);
+/// The Services this node wrote since its catalog was built, oldest first, and what they
+/// hold: a node that answers writes without rebuilding its catalog each time allocates
+/// each new one around the catalog and these ([`PendingWrites::allocate`]), in time that
+/// does not grow with the catalog (the values in use are gathered once per build). Clear
+/// it when the catalog is rebuilt from a store that has the writes.
+#[derive(Debug, Default)]
+pub struct PendingWrites {
+    objects: Vec<ServiceObject>,
+    /// The values of the catalog's Services and the pending ones; gathered at the first
+    /// write after a build.
+    used: Option<Used>,
+    /// The pending Services' claims.
+    holders: HashMap<Claim, ServiceKey>,
+}
+
+impl PendingWrites {
+    /// Forgets the pending writes (the catalog was rebuilt with them).
+    pub fn clear(&mut self) {
+        *self = PendingWrites::default();
     }
-    let mut used = Used::of(catalog, Some(&key));
-    let mut others = catalog.holders.clone();
-    for o in pending.iter().filter(|o| o.key() != key) {
-        used.add(&o.alloc);
-        for (claim, _) in claims(o) {
-            others.entry(claim).or_insert_with(|| o.key());
+
+    pub fn objects(&self) -> &[ServiceObject] {
+        &self.objects
+    }
+
+    /// [`allocate`] around the pending writes too, and records the result as pending (the
+    /// caller writes it; a write that fails leaves its values taken until the next
+    /// build, which is only cautious). An update of a pending Service keeps what the
+    /// pending version has. `Ok(None)` iff the Service's current version (pending or in
+    /// the catalog) already has this spec: nothing to write.
+    pub fn allocate(
+        &mut self,
+        spec: &ServiceSpec,
+        created: Hlc,
+        catalog: &Catalog,
+        settings: &ServiceSettings,
+    ) -> Result<Option<ServiceObject>, AllocError> {
+        spec.validate(settings)?;
+        let key = spec.key();
+        let existing = self
+            .objects
+            .iter()
+            .rev()
+            .find(|o| o.key() == key)
+            .or_else(|| catalog.object(&key))
+            .cloned();
+        if existing.as_ref().is_some_and(|o| o.spec == *spec) {
+            return Ok(None);
         }
+        let objects = &self.objects;
+        let used = self.used.get_or_insert_with(|| {
+            let mut used = Used::of(catalog, None);
+            for o in objects {
+                used.add(&o.alloc);
+            }
+            used
+        });
+        // Its own values (if it has any) are in `used`; allocation keeps those that are
+        // still its own and picks new ones around everything else.
+        let alloc = allocation_around(
+            spec,
+            existing.as_ref(),
+            catalog,
+            &self.holders,
+            settings,
+            used,
+        )?;
+        let object = ServiceObject {
+            spec: spec.clone(),
+            alloc,
+            created: existing.map_or(created, |o| o.created),
+        };
+        object.encode()?;
+        used.add(&object.alloc);
+        for (claim, _) in claims(&object) {
+            self.holders.entry(claim).or_insert_with(|| key.clone());
+        }
+        self.objects.push(object.clone());
+        Ok(Some(object))
     }
-    // Given values a pending Service holds are taken as if the catalog had it.
-    let view = Catalog {
-        holders: others,
-        ..Catalog::default()
-    };
-    let alloc = allocation_for(spec, existing, &view, settings, &mut used)?;
-    let object = ServiceObject {
-        spec: spec.clone(),
-        alloc,
-        created: existing.map_or(created, |o| o.created),
-    };
-    object.encode()?;
-    Ok(Some(object))
 }
 
 /// The writes that add or update a Service: allocation (see [`allocate`]) with

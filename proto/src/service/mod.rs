@@ -24,7 +24,7 @@ pub mod spec;
 pub mod table;
 
 pub use catalog::{
-    AllocError, Catalog, Housekeeping, allocate, allocate_pending, delete_service, housekeeper,
+    AllocError, Catalog, Housekeeping, PendingWrites, allocate, delete_service, housekeeper,
     pod_writes, put_service, put_services, repairs,
 };
 pub use codec::{Allocation, ObjectWrite, PodEndpoint, ServiceObject};

@@ -974,51 +974,48 @@ fn pending_writes_are_allocated_around_each_other_and_previewed_as_built() {
     let mut w = World::new(small());
     w.pods("n1", &[("web-a", pod([10, 244, 1, 7], &[("app", "s0")]))]);
     let (catalog, settings) = (w.catalog.clone(), w.settings.clone());
-    let mut pending: Vec<ServiceObject> = Vec::new();
+    let mut pending = PendingWrites::default();
     // The /28 has 14 cluster IPs: every one is handed out once, then none is left.
     for i in 0..14 {
         let stamp = w.stamp();
-        let object = allocate_pending(
-            &spec(&format!("s{i}")),
-            stamp,
-            &catalog,
-            &settings,
-            &pending,
-        )
-        .unwrap()
-        .expect("a new Service is written");
+        let object = pending
+            .allocate(&spec(&format!("s{i}")), stamp, &catalog, &settings)
+            .unwrap()
+            .expect("a new Service is written");
         let preview = catalog.preview(&object);
         assert!(preview.is_active(), "{preview:?}");
         if i == 0 {
             assert_eq!(preview.endpoints.len(), 1, "the pod its selector picks");
         }
-        pending.push(object);
     }
-    let vips: BTreeSet<Ipv4Addr> = pending.iter().filter_map(|o| o.alloc.cluster_ip).collect();
+    let written: Vec<ServiceObject> = pending.objects().to_vec();
+    let vips: BTreeSet<Ipv4Addr> = written.iter().filter_map(|o| o.alloc.cluster_ip).collect();
     assert_eq!(vips.len(), 14, "every pending Service has a VIP of its own");
     let stamp = w.stamp();
     assert!(matches!(
-        allocate_pending(&spec("s14"), stamp, &catalog, &settings, &pending),
+        pending.allocate(&spec("s14"), stamp, &catalog, &settings),
         Err(AllocError::ClusterIpsExhausted(_))
     ));
     // The same spec again: nothing to write. An update keeps the pending VIP.
     assert!(
-        allocate_pending(&spec("s3"), stamp, &catalog, &settings, &pending)
+        pending
+            .allocate(&spec("s3"), stamp, &catalog, &settings)
             .unwrap()
             .is_none()
     );
     let mut changed = spec("s3");
     changed.ports[0].port = 81;
-    let update = allocate_pending(&changed, stamp, &catalog, &settings, &pending)
+    let update = pending
+        .allocate(&changed, stamp, &catalog, &settings)
         .unwrap()
         .unwrap();
-    assert_eq!(update.alloc.cluster_ip, pending[3].alloc.cluster_ip);
+    assert_eq!(update.alloc.cluster_ip, written[3].alloc.cluster_ip);
 
     // Built from what was written, every Service resolves as previewed.
-    for object in &pending {
+    for object in &written {
         w.write(object);
     }
-    for object in &pending {
+    for object in &written {
         assert_eq!(
             *w.service(&object.spec.name),
             catalog.preview(object),
@@ -1034,20 +1031,14 @@ fn a_given_value_of_a_pending_service_is_taken() {
     let w = World::new(small());
     let mut first = spec("first");
     first.cluster_ip = Some(ClusterIp::Ip("10.96.0.5".parse().unwrap()));
-    let pending = vec![
-        allocate_pending(&first, Hlc::new(WALL, 1), &w.catalog, &w.settings, &[])
-            .unwrap()
-            .unwrap(),
-    ];
+    let mut pending = PendingWrites::default();
+    pending
+        .allocate(&first, Hlc::new(WALL, 1), &w.catalog, &w.settings)
+        .unwrap()
+        .unwrap();
     let mut second = spec("second");
     second.cluster_ip = first.cluster_ip;
-    let refused = allocate_pending(
-        &second,
-        Hlc::new(WALL, 2),
-        &w.catalog,
-        &w.settings,
-        &pending,
-    );
+    let refused = pending.allocate(&second, Hlc::new(WALL, 2), &w.catalog, &w.settings);
     assert!(
         matches!(&refused, Err(AllocError::Taken { holder, .. }) if holder.name == "first"),
         "{refused:?}"
