@@ -36,8 +36,13 @@ pub fn remove() -> Result<()> {
 }
 
 fn nft(script: &str) -> Result<()> {
+    run_nft(&["-f", "-"], script)
+}
+
+/// Runs `nft ARGS` with `script` on its stdin.
+fn run_nft(args: &[&str], script: &str) -> Result<()> {
     let mut child = match Command::new("nft")
-        .args(["-f", "-"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -73,27 +78,7 @@ mod tests {
 
     /// Runs `nft -c -f -` (check only) on `script`; `Err` with nft's complaint.
     fn nft_check(script: &str) -> std::result::Result<(), String> {
-        let mut child = Command::new("nft")
-            .args(["-c", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nft is installed (CI installs nftables)");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "nft -c refused:\n{script}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        run_nft(&["-c", "-f", "-"], script).map_err(|e| format!("{e:#}\n{script}"))
     }
 
     /// The Services' kernel data path plan (round robin and Maglev, VIP and node port,
@@ -180,25 +165,7 @@ mod tests {
                 gossip_port: Some(7946),
                 nodes: ["10.100.1.12".parse().unwrap()].into_iter().collect(),
             };
-            let mut child = Command::new("nft")
-                .args(["-c", "-f", "-"])
-                .stdin(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("nft is installed (CI installs nftables)");
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(ruleset.script().as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "nft -c refused:\n{}\n{}",
-                ruleset.script(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            nft_check(&ruleset.script()).unwrap();
         }
     }
 }
