@@ -21,6 +21,7 @@ pub mod pmtu;
 pub mod pods;
 pub mod proxy;
 pub mod services;
+pub mod sysctl;
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new contents, never
 /// a mix: a temporary file next to it, fsync, rename, fsync of the directory.

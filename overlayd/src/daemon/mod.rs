@@ -140,7 +140,14 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         node = %local.name, underlay = %local.underlay_addr, dev = %local.underlay.name,
         vtep_mac = %local.vtep_mac, "starting"
     );
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+    let sysctls = crate::sysctl::Sysctls::kernel();
+    sysctls
+        .ensure(
+            &["net", "ipv4", "ip_forward"],
+            "1",
+            crate::sysctl::IP_FORWARD_HOW,
+        )
+        .context("enabling IPv4 forwarding")?;
 
     let (pods_published, pods_rx) = watch::channel::<LocalPods>(None);
     let (service_state, services, service_commands) = ServiceState::new(
@@ -187,11 +194,8 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     set_bridge_gateway(&nl, bridge_index, &subnet).await?;
     // Pods may send only from addresses routed back through the bridge (their own): a pod
     // cannot put a node's underlay address on a packet to a peer's tunnel port, say.
-    std::fs::write(
-        format!("/proc/sys/net/ipv4/conf/{}/rp_filter", cfg.bridge.name),
-        "1",
-    )
-    .context("enabling reverse-path filtering on the bridge")?;
+    crate::sysctl::ensure_rp_filter(&sysctls, &cfg.bridge.name)
+        .context("enabling reverse-path filtering on the bridge")?;
 
     let tun = Arc::new(create_tun(&cfg.tunnel.device, local.tunnel_mtu)?);
     let tun_link = nl
@@ -201,9 +205,11 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     // IPv6 is not carried yet: keep the kernel from sending router solicitations and MLD
     // reports into the tunnel, where they would only be counted as drops. Before the
     // device goes up, or the first ones slip through.
-    let _ = std::fs::write(
-        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", cfg.tunnel.device),
+    // Best effort: a kernel without IPv6 has no such key.
+    let _ = sysctls.ensure(
+        &["net", "ipv6", "conf", &cfg.tunnel.device, "disable_ipv6"],
         "1",
+        "",
     );
     nl.set_link(tun_link.index, Some(local.tunnel_mtu), None, true)
         .await?;
