@@ -88,22 +88,37 @@ pub const RP_FILTER_HOW: &str = "run the container with `--sysctl \
      net.ipv4.conf.all.rp_filter=1` (docker-compose: `sysctls: \
      [net.ipv4.conf.all.rp_filter=1]`): the bridge is then filtered whatever its own value";
 
-/// Makes reverse-path filtering apply to `dev`: the kernel uses the larger of
-/// `conf.all.rp_filter` and the device's own, so nothing is written when `all` already
-/// filters (strict, 1, or loose, 2: both keep a pod's packets with another node's address
-/// out, since no route back through the bridge exists for it).
+/// Makes strict reverse-path filtering apply to `dev`. The kernel uses the larger of
+/// `conf.all.rp_filter` and the device's own (0 off, 1 strict, 2 loose), so nothing is
+/// written when the two already give 1 (`all` at 1 covers the bridge, which is what a
+/// container can be started with). Loose is not enough: a pod's packet with a node's
+/// underlay address as its source passes a loose check (the address is reachable, through
+/// the underlay); but `all` at 2 is many distributions' default (systemd's sysctl.d), which
+/// the device cannot override: the daemon then says so and runs (the nftables guard on the
+/// tunnel and gossip ports still holds), rather than refusing to start on a stock host.
 pub fn ensure_rp_filter(sysctls: &Sysctls, dev: &str) -> Result<Ensured> {
-    let filters = |key: &[&str]| {
+    let value = |key: &[&str]| {
         sysctls
             .get(key)
             .ok()
             .and_then(|v| v.parse::<u8>().ok())
-            .is_some_and(|v| v >= 1)
+            .unwrap_or(0)
     };
-    if filters(&["net", "ipv4", "conf", "all", "rp_filter"])
-        || filters(&["net", "ipv4", "conf", dev, "rp_filter"])
-    {
+    let all = value(&["net", "ipv4", "conf", "all", "rp_filter"]);
+    let own = value(&["net", "ipv4", "conf", dev, "rp_filter"]);
+    if all.max(own) == 1 {
         return Ok(Ensured::Already);
+    }
+    if all == 2 {
+        tracing::warn!(
+            bridge = dev,
+            "net.ipv4.conf.all.rp_filter is 2 (loose), which makes every device's reverse-path \
+             filter loose: pods can send with source addresses routed elsewhere; set it to 1 \
+             (or 0, and the daemon makes the bridge's own strict)"
+        );
+        if own == 1 {
+            return Ok(Ensured::Already);
+        }
     }
     sysctls.ensure(
         &["net", "ipv4", "conf", dev, "rp_filter"],
@@ -182,9 +197,9 @@ mod tests {
     }
 
     #[test]
-    fn rp_filter_on_all_covers_the_bridge_without_a_write() {
+    fn strict_rp_filter_on_all_covers_the_bridge_without_a_write() {
         let (_dir, s) = tree(&[
-            ("net.ipv4.conf.all.rp_filter", "2"),
+            ("net.ipv4.conf.all.rp_filter", "1"),
             ("net.ipv4.conf.ovl0.rp_filter", "0"),
         ]);
         assert_eq!(ensure_rp_filter(&s, "ovl0").unwrap(), Ensured::Already);
@@ -192,6 +207,22 @@ mod tests {
 
         let (_dir, s) = tree(&[
             ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.ovl0.rp_filter", "0"),
+        ]);
+        assert_eq!(ensure_rp_filter(&s, "ovl0").unwrap(), Ensured::Written);
+        assert_eq!(
+            s.get(&["net", "ipv4", "conf", "ovl0", "rp_filter"])
+                .unwrap(),
+            "1"
+        );
+    }
+
+    /// Loose filtering on `all` (many distributions' default) cannot be made strict from
+    /// the device: the daemon runs on (with a warning), the device's own value set.
+    #[test]
+    fn loose_rp_filter_on_all_is_not_fatal() {
+        let (_dir, s) = tree(&[
+            ("net.ipv4.conf.all.rp_filter", "2"),
             ("net.ipv4.conf.ovl0.rp_filter", "0"),
         ]);
         assert_eq!(ensure_rp_filter(&s, "ovl0").unwrap(), Ensured::Written);
