@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use overlayd_proto::dataplane::{DropReason, ForwardingTable, gso_runs};
+use overlayd_proto::dataplane::{
+    DropReason, ForwardingTable, InnerChecksum, complete_partial, gso_runs,
+};
 use overlayd_proto::wire::vxlan::ENCAP_LEN;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
@@ -66,6 +68,8 @@ pub struct IoCounters {
     pub tun_write_errors: AtomicU64,
     pub udp_send_batches: AtomicU64,
     pub udp_send_errors: AtomicU64,
+    /// Inner TCP/UDP checksums a peer left partial (a kernel vxlan peer with offloads).
+    pub inner_checksums_completed: AtomicU64,
 }
 
 impl IoCounters {
@@ -75,6 +79,7 @@ impl IoCounters {
             ("tun_write_errors", &self.tun_write_errors),
             ("udp_send_batches", &self.udp_send_batches),
             ("udp_send_errors", &self.udp_send_errors),
+            ("inner_checksums_completed", &self.inner_checksums_completed),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.load(Relaxed)))
@@ -340,7 +345,7 @@ pub async fn udp_to_tun(
             .context("receiving from the tunnel's UDP socket")?
         };
         let snap = dp.snapshot.load();
-        for (meta, slot) in metas[..n].iter().zip(storage.chunks(RECV_SLOT)) {
+        for (meta, slot) in metas[..n].iter().zip(storage.chunks_mut(RECV_SLOT)) {
             let sender = match meta.addr.ip() {
                 IpAddr::V4(ip) => ip,
                 IpAddr::V6(ip) => ip.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
@@ -348,12 +353,25 @@ pub async fn udp_to_tun(
             // GRO may have coalesced several datagrams of one sender into the slot, each
             // `stride` long but the last. An empty datagram is still a datagram to count.
             let stride = meta.stride.max(1);
-            let data = &slot[..meta.len];
-            let empty: &[&[u8]] = if data.is_empty() { &[&[]] } else { &[] };
-            for datagram in data.chunks(stride).chain(empty.iter().copied()) {
+            let data = &mut slot[..meta.len];
+            let mut empty = [0u8; 0];
+            let empty: &mut [&mut [u8]] = if data.is_empty() {
+                &mut [&mut empty[..]]
+            } else {
+                &mut []
+            };
+            for datagram in data
+                .chunks_mut(stride)
+                .chain(empty.iter_mut().map(|e| &mut **e))
+            {
                 match snap.table.decap(sender, datagram) {
                     Ok(decap) => {
-                        let inner = &datagram[decap.inner];
+                        let inner = &mut datagram[decap.inner];
+                        // A kernel peer's offloaded checksums arrive unfinished.
+                        if complete_partial(inner) == InnerChecksum::Completed {
+                            dp.io.inner_checksums_completed.fetch_add(1, Relaxed);
+                        }
+                        let inner = &*inner;
                         let c = &snap.counters[decap.peer];
                         c.rx_packets.fetch_add(1, Relaxed);
                         c.rx_bytes.fetch_add(inner.len() as u64, Relaxed);

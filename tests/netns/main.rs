@@ -47,6 +47,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         interop::kernel_vxlan_node_interoperates_both_ways,
     ),
     (
+        "kernel_vxlan_node_on_the_same_link_with_offloads",
+        interop::kernel_vxlan_node_on_the_same_link_with_offloads,
+    ),
+    (
         "garbage_datagrams_are_dropped_and_counted",
         faults::garbage_datagrams_are_dropped_and_counted,
     ),

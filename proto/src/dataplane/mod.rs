@@ -4,7 +4,9 @@
 //! says what to do, or which counter a dropped packet belongs to.
 
 mod gso;
+mod partial;
 mod table;
 
 pub use gso::{GsoRun, gso_runs};
+pub use partial::{InnerChecksum, L4Checksum, PROTO_TCP, PROTO_UDP, complete_partial};
 pub use table::{Decap, DropReason, Encap, ForwardingTable, LocalVtep, PeerIndex};

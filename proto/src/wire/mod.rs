@@ -2,6 +2,7 @@
 //! once `parse` has succeeded.
 
 pub mod arp;
+pub mod checksum;
 pub(crate) mod ipv4;
 mod mac;
 pub mod vxlan;
