@@ -51,6 +51,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         interop::kernel_vxlan_node_on_the_same_link_with_offloads,
     ),
     (
+        "kernel_vxlan_node_on_the_same_link_without_our_offloads",
+        interop::kernel_vxlan_node_on_the_same_link_without_our_offloads,
+    ),
+    (
         "garbage_datagrams_are_dropped_and_counted",
         faults::garbage_datagrams_are_dropped_and_counted,
     ),

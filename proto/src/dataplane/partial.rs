@@ -116,7 +116,9 @@ impl L4Checksum {
     /// already in the field, complemented (what the kernel's `skb_checksum_help` does).
     fn complete(&self, packet: &mut [u8], total: usize) {
         let at = self.start + self.offset;
-        let mut c = Sum::default().add_bytes(&packet[self.start..total]).checksum();
+        let mut c = Sum::default()
+            .add_bytes(&packet[self.start..total])
+            .checksum();
         if self.offset == 6 && c == 0 {
             c = 0xffff;
         }

@@ -5,6 +5,7 @@ pub mod arp;
 pub mod checksum;
 pub(crate) mod ipv4;
 mod mac;
+pub mod vnet;
 pub mod vxlan;
 
 pub use ipv4::{Ipv4Error, Ipv4Packet};
