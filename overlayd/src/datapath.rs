@@ -955,4 +955,43 @@ mod tests {
 
         assert_eq!(tun.writes.into_inner().unwrap(), packets.to_vec());
     }
+
+    /// What a kernel vxlan peer on a veth sends: one datagram holding a whole TSO packet
+    /// with its checksum partial.
+    fn unsegmented_from_n2(payload_len: usize) -> (Vec<u8>, usize) {
+        let mut p = tcp(2, 1, 1, &vec![7; payload_len]);
+        let l4 = L4Checksum::of(&p).unwrap();
+        p[36..38].copy_from_slice(&l4.pseudo.fold().to_be_bytes());
+        datagrams_from_n2(&[p])
+    }
+
+    #[tokio::test]
+    async fn a_peers_unsegmented_tso_packet_is_segmented_by_the_kernel_or_here() {
+        // With offload: one write, a TSO packet for the kernel to segment at the TUN MTU.
+        let dp = Datapath::new(table(1));
+        let tun = FakeTun::default();
+        let (mut data, stride) = unsegmented_from_n2(4000);
+        let mut rx = RxState::new(true, 1450);
+        deliver(&dp, &tun, &mut rx, N2_UNDERLAY, &mut data, stride).await;
+        let writes = tun.writes.into_inner().unwrap();
+        assert_eq!(writes.len(), 1);
+        let hdr = VnetHdr::parse(&writes[0]).unwrap();
+        assert_eq!((hdr.gso_type, hdr.gso_size), (GSO_TCPV4, 1410));
+
+        // Without: split here into packets that fit, each with its checksum finished.
+        let tun = FakeTun::default();
+        let (mut data, stride) = unsegmented_from_n2(4000);
+        let mut rx = RxState::new(false, 1450);
+        deliver(&dp, &tun, &mut rx, N2_UNDERLAY, &mut data, stride).await;
+        let writes = tun.writes.into_inner().unwrap();
+        assert_eq!(writes.len(), 3);
+        let mut payload = 0;
+        for w in &writes {
+            assert!(w.len() <= 1450);
+            assert!(L4Checksum::of(w).unwrap().verifies(w, w.len()));
+            payload += w.len() - 40;
+        }
+        assert_eq!(payload, 4000);
+        assert_eq!(dp.io.rx_super_packets.load(Relaxed), 2);
+    }
 }
