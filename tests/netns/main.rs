@@ -27,6 +27,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         cluster::udp_across_segments_ping_and_50mb_transfer,
     ),
     (
+        "mixed_offloads_on_one_link_carry_tcp_both_ways",
+        cluster::mixed_offloads_on_one_link_carry_tcp_both_ways,
+    ),
+    (
         "mtu_1500_pods_bulk_transfer_and_frag_needed",
         cluster::mtu_1500_pods_bulk_transfer_and_frag_needed,
     ),

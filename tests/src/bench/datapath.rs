@@ -529,6 +529,7 @@ mod tests {
             udp_rate: "1G".into(),
             udp_len: 1400,
             pings: 50,
+            tunnel: Vec::new(),
             paths: vec![path("kernel-vxlan", None), path("udp", Some(3.25))],
         };
         let table = report.table();
