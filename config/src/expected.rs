@@ -111,7 +111,8 @@ pub(crate) fn for_schema_key(schema_key: &str) -> Option<&'static str> {
         "bridge.mtu" | "tunnel.mtu" => "an MTU between 576 and 65535",
         "tunnel.port" => "a UDP port between 1 and 65535",
         "tunnel.vni" => "a VXLAN network identifier between 0 and 16777215",
-        "tunnel.host_gw" | "nat.masquerade" => "true or false",
+        "tunnel.host_gw" | "tunnel.offload" | "tunnel.udp_gso" | "tunnel.udp_gro"
+        | "nat.masquerade" => "true or false",
         "daemon.state_dir" => "an absolute path like /var/lib/overlayd",
         "daemon.control_socket" => "an absolute path like /run/overlayd/overlayd.sock",
         "daemon.on_exit" => "\"remove\" or \"keep\"",

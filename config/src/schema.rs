@@ -335,6 +335,14 @@ pub struct Tunnel {
     /// TUN MTU. Default: underlay MTU minus 50 (VXLAN over IPv4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// TUN offload: read TSO super-packets and write GRO'd ones (IFF_VNET_HDR with
+    /// checksum and TSO offload). Falls back to plain packets where the kernel refuses it.
+    /// Default true.
+    pub offload: bool,
+    /// Send runs of datagrams to one peer as one UDP GSO send. Default true.
+    pub udp_gso: bool,
+    /// Let the kernel coalesce received tunnel datagrams (UDP GRO). Default true.
+    pub udp_gro: bool,
 }
 
 impl Default for Tunnel {
@@ -345,6 +353,9 @@ impl Default for Tunnel {
             vni: 1,
             host_gw: true,
             mtu: None,
+            offload: true,
+            udp_gso: true,
+            udp_gro: true,
         }
     }
 }

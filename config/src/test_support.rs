@@ -44,6 +44,9 @@ pub(crate) fn full_config() -> Config {
             vni: 1,
             host_gw: true,
             mtu: Some(1450),
+            offload: true,
+            udp_gso: true,
+            udp_gro: true,
         },
         nat: Nat { masquerade: true },
         daemon: Daemon {

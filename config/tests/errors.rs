@@ -166,7 +166,7 @@ fn unknown_key() {
     assert_eq!(
         error_after_node("[tunnel]\nprot = 8472\n"),
         "o.toml:6:1: tunnel.prot: unknown key `prot`; expected one of: device, port, vni, \
-         host_gw, mtu"
+         host_gw, mtu, offload, udp_gso, udp_gro"
     );
 }
 

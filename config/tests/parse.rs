@@ -45,6 +45,9 @@ fn minimal_config_takes_every_documented_default() {
             vni: 1,
             host_gw: true,
             mtu: None,
+            offload: true,
+            udp_gso: true,
+            udp_gro: true,
         },
         nat: Nat { masquerade: true },
         daemon: Daemon {

@@ -249,14 +249,20 @@ fn tunnel() -> impl Strategy<Value = Tunnel> {
         0u32..=16_777_215,
         any::<bool>(),
         option::of(mtu()),
+        any::<[bool; 3]>(),
     )
-        .prop_map(|(device, port, vni, host_gw, mtu)| Tunnel {
-            device,
-            port,
-            vni,
-            host_gw,
-            mtu,
-        })
+        .prop_map(
+            |(device, port, vni, host_gw, mtu, [offload, udp_gso, udp_gro])| Tunnel {
+                device,
+                port,
+                vni,
+                host_gw,
+                mtu,
+                offload,
+                udp_gso,
+                udp_gro,
+            },
+        )
 }
 
 fn daemon() -> impl Strategy<Value = Daemon> {

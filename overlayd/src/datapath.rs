@@ -12,8 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use overlayd_proto::dataplane::{DropReason, ForwardingTable, gso_runs};
+use overlayd_proto::dataplane::{
+    DropReason, ForwardingTable, Frame, GRO_BUF_LEN, Gro, GsoRun, InnerChecksum, Push, Segments,
+    complete_partial, gso_runs, oversize_tcp, split,
+};
 use overlayd_proto::wire::probe;
+use overlayd_proto::wire::vnet::{F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr};
 use overlayd_proto::wire::vxlan::ENCAP_LEN;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
@@ -26,6 +30,11 @@ const TUN_BATCH: usize = 64;
 const MAX_GSO_BYTES: usize = 65_000;
 /// Receive buffer per recvmmsg slot: room for a full GRO batch.
 const RECV_SLOT: usize = 65_536;
+/// With TUN offload: the send arena, and the room one read needs in it (a 64 KiB
+/// super-packet with its virtio-net header, plus the headers of its segments at an MSS
+/// down to about 500 bytes; a smaller MSS is dropped as `tun_offload_errors`).
+const TX_ARENA_VNET: usize = 512 << 10;
+const VNET_READ_ROOM: usize = 96 << 10;
 
 /// Per-peer traffic counters. They outlive forwarding-table snapshots, so a peer's
 /// counters carry on when the peer set changes.
@@ -69,6 +78,16 @@ pub struct IoCounters {
     pub udp_send_errors: AtomicU64,
     /// ICMP errors the kernel reported on a receive (`IP_RECVERR`; read by `pmtu`).
     pub udp_recv_icmp_errors: AtomicU64,
+    /// Inner TCP/UDP checksums a peer left partial (a kernel vxlan peer with offloads).
+    pub inner_checksums_completed: AtomicU64,
+    /// TSO super-packets read from the TUN device (with offload).
+    pub tun_gso_reads: AtomicU64,
+    /// Coalesced packets written to the TUN device (with offload).
+    pub tun_gro_writes: AtomicU64,
+    /// Super-packets that could not be split (malformed, IPv6, too small an MSS).
+    pub tun_offload_errors: AtomicU64,
+    /// Inner TCP super-packets a peer sent unsegmented (a kernel vxlan peer on a veth).
+    pub rx_super_packets: AtomicU64,
 }
 
 impl IoCounters {
@@ -79,6 +98,11 @@ impl IoCounters {
             ("udp_send_batches", &self.udp_send_batches),
             ("udp_send_errors", &self.udp_send_errors),
             ("udp_recv_icmp_errors", &self.udp_recv_icmp_errors),
+            ("inner_checksums_completed", &self.inner_checksums_completed),
+            ("tun_gso_reads", &self.tun_gso_reads),
+            ("tun_gro_writes", &self.tun_gro_writes),
+            ("tun_offload_errors", &self.tun_offload_errors),
+            ("rx_super_packets", &self.rx_super_packets),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.load(Relaxed)))
@@ -147,8 +171,9 @@ impl Datapath {
     }
 }
 
-/// Opens the tunnel's UDP socket on `0.0.0.0:port` with large buffers.
-pub fn bind_udp(port: u16) -> Result<(UdpSocket, UdpSocketState)> {
+/// Opens the tunnel's UDP socket on `0.0.0.0:port` with large buffers; `gro` false turns
+/// off the UDP GRO quinn-udp asks for (`tunnel.udp_gro`).
+pub fn bind_udp(port: u16, gro: bool) -> Result<(UdpSocket, UdpSocketState)> {
     let sock = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::DGRAM,
@@ -171,8 +196,42 @@ pub fn bind_udp(port: u16) -> Result<(UdpSocket, UdpSocketState)> {
             tracing::warn!("could not raise the tunnel socket's {what} buffer: {e}");
         }
     }
+    if !gro {
+        set_udp_gro(&sock, false).context("turning UDP GRO off on the tunnel socket")?;
+    }
     let sock = UdpSocket::from_std(std::net::UdpSocket::from(sock))?;
     Ok((sock, state))
+}
+
+/// `setsockopt(UDP_GRO)`.
+fn set_udp_gro(sock: &socket2::Socket, on: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value: libc::c_int = on.into();
+    // SAFETY: a live socket, a c_int option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Which offloads the data path uses; each can be switched off in config (`[tunnel]`) and
+/// is checked at run time (a refused one falls back to plain packets or single sends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offloads {
+    /// The TUN device has a virtio-net header: TSO super-packets in, GRO'd packets out.
+    pub tun: bool,
+    /// Runs of datagrams to one peer go out as one UDP GSO send.
+    pub udp_gso: bool,
 }
 
 /// TUN → encapsulate → UDP, until an I/O error.
@@ -183,61 +242,170 @@ pub async fn tun_to_udp(
     state: Arc<UdpSocketState>,
     tun_mtu: usize,
     port: u16,
+    offloads: Offloads,
 ) -> Result<()> {
-    let stride = ENCAP_LEN + tun_mtu;
-    let mut arena = vec![0u8; stride * TUN_BATCH];
-    // (destination, length of slot contents) of every slot that is to be sent.
-    let mut slots: Vec<Option<(Ipv4Addr, usize)>> = Vec::with_capacity(TUN_BATCH);
+    let udp = QuinnUdp {
+        sock: &sock,
+        state: &state,
+        gso: offloads.udp_gso,
+    };
+    let mut tx = TxArena::new(tun_mtu, offloads.tun);
     loop {
-        slots.clear();
-        let n = read_tun_batch(&tun, &mut arena, stride)
+        tx_batch(&dp, &*tun, &udp, &mut tx, port)
             .await
             .context("reading the TUN device")?;
-        dp.io.tun_read_packets.fetch_add(n.len() as u64, Relaxed);
-        let snap = dp.snapshot.load();
-        for (i, len) in n.iter().enumerate() {
-            let frame = &mut arena[i * stride..i * stride + ENCAP_LEN + len];
-            match snap.table.encap(frame) {
-                Ok(encap) => {
-                    let c = &snap.counters[encap.peer];
-                    c.tx_packets.fetch_add(1, Relaxed);
-                    c.tx_bytes.fetch_add(*len as u64, Relaxed);
-                    slots.push(Some((encap.dst, ENCAP_LEN + len)));
-                }
-                Err(reason) => {
-                    dp.drop_packet(&snap, reason, None);
-                    slots.push(None);
-                }
-            }
-        }
-        drop(snap);
-        let udp = QuinnUdp {
-            sock: &sock,
-            state: &state,
-        };
-        send_runs(&dp, &udp, &arena, stride, &slots, port).await;
     }
 }
 
-/// Waits for one TUN packet, then takes whatever else is ready, up to a batch. Packet `i`
-/// lands at `arena[i * stride + ENCAP_LEN..]`, leaving room for the VXLAN headers.
-async fn read_tun_batch(
-    tun: &AsyncDevice,
-    arena: &mut [u8],
-    stride: usize,
-) -> io::Result<Vec<usize>> {
-    let mut lens = Vec::with_capacity(TUN_BATCH);
-    let first = tun.recv(&mut arena[ENCAP_LEN..stride]).await?;
-    lens.push(first);
-    while lens.len() < TUN_BATCH {
-        let at = lens.len() * stride;
-        match tun.try_recv(&mut arena[at + ENCAP_LEN..at + stride]) {
-            Ok(len) => lens.push(len),
+/// The TUN device as the data path uses it (a fake in tests).
+trait TunDevice {
+    /// Waits for one packet.
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// One packet if one is ready, else `WouldBlock`.
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes one packet, waiting while the device is full.
+    async fn send(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+impl TunDevice for AsyncDevice {
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        AsyncDevice::recv(self, buf).await
+    }
+
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        AsyncDevice::try_recv(self, buf)
+    }
+
+    async fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        AsyncDevice::send(self, buf).await
+    }
+}
+
+/// The send side's buffers, allocated once: the arena the frames of a batch lie in back
+/// to back (each with the VXLAN headers in front of its packet), the frame list and the
+/// GSO runs.
+struct TxArena {
+    buf: Vec<u8>,
+    cursor: usize,
+    frames: Vec<Option<Frame>>,
+    runs: Vec<GsoRun>,
+    /// Room one more read needs (a super-packet and its segments' headers, or one packet).
+    read_room: usize,
+    vnet: bool,
+}
+
+impl TxArena {
+    fn new(tun_mtu: usize, vnet: bool) -> Self {
+        let (len, read_room) = if vnet {
+            (TX_ARENA_VNET, ENCAP_LEN + VNET_READ_ROOM)
+        } else {
+            ((ENCAP_LEN + tun_mtu) * TUN_BATCH, ENCAP_LEN + tun_mtu)
+        };
+        TxArena {
+            buf: vec![0u8; len],
+            cursor: 0,
+            frames: Vec::with_capacity(TUN_BATCH * 4),
+            runs: Vec::with_capacity(TUN_BATCH),
+            read_room,
+            vnet,
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.buf.len() - self.cursor >= self.read_room
+    }
+
+    /// Where the next read goes: its packet lands after the VXLAN headroom (the
+    /// virtio-net header, if any, in the headroom's end).
+    fn read_slot(&mut self) -> &mut [u8] {
+        let hdr = if self.vnet { VNET_HDR_LEN } else { 0 };
+        let end = (self.cursor + self.read_room).min(self.buf.len());
+        &mut self.buf[self.cursor + ENCAP_LEN - hdr..end]
+    }
+
+    /// Takes a read of `n` bytes at the cursor: splits a super-packet, encapsulates every
+    /// packet and records its frame.
+    fn take(&mut self, dp: &Datapath, n: usize) {
+        let snap = dp.snapshot.load();
+        let at = self.cursor;
+        let segments = if self.vnet {
+            let hdr =
+                VnetHdr::parse(&self.buf[at + ENCAP_LEN - VNET_HDR_LEN..]).unwrap_or_default();
+            let len = n.saturating_sub(VNET_HDR_LEN);
+            match split(&mut self.buf[at..], ENCAP_LEN, len, &hdr) {
+                Ok(s) => {
+                    if s.count > 1 {
+                        dp.io.tun_gso_reads.fetch_add(1, Relaxed);
+                    }
+                    s
+                }
+                Err(_) => {
+                    dp.io.tun_offload_errors.fetch_add(1, Relaxed);
+                    return;
+                }
+            }
+        } else {
+            let len = ENCAP_LEN + n;
+            Segments {
+                count: 1,
+                stride: len,
+                last_len: len,
+            }
+        };
+        for k in 0..segments.count {
+            let start = at + k * segments.stride;
+            let len = if k + 1 == segments.count {
+                segments.last_len
+            } else {
+                segments.stride
+            };
+            let frame = match snap.table.encap(&mut self.buf[start..start + len]) {
+                Ok(encap) => {
+                    let c = &snap.counters[encap.peer];
+                    c.tx_packets.fetch_add(1, Relaxed);
+                    c.tx_bytes.fetch_add((len - ENCAP_LEN) as u64, Relaxed);
+                    Some(Frame {
+                        dst: encap.dst,
+                        start,
+                        len,
+                    })
+                }
+                Err(reason) => {
+                    dp.drop_packet(&snap, reason, None);
+                    None
+                }
+            };
+            self.frames.push(frame);
+        }
+        dp.io.tun_read_packets.fetch_add(1, Relaxed);
+        self.cursor += segments.bytes();
+    }
+}
+
+/// One pass of the send loop: waits for one TUN read, takes whatever else is ready (up to
+/// a batch, while the arena has room), and sends the frames grouped into GSO runs.
+async fn tx_batch(
+    dp: &Datapath,
+    tun: &impl TunDevice,
+    udp: &impl UdpSend,
+    tx: &mut TxArena,
+    port: u16,
+) -> io::Result<()> {
+    tx.cursor = 0;
+    tx.frames.clear();
+    let n = tun.recv(tx.read_slot()).await?;
+    tx.take(dp, n);
+    let mut reads = 1;
+    while reads < TUN_BATCH && tx.has_room() {
+        match tun.try_recv(tx.read_slot()) {
+            Ok(n) => tx.take(dp, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => return Err(e),
         }
+        reads += 1;
     }
-    Ok(lens)
+    send_runs(dp, udp, &tx.buf, &tx.frames, &mut tx.runs, port).await;
+    Ok(())
 }
 
 /// The tunnel's UDP socket as the send loop uses it (a fake in tests).
@@ -251,11 +419,17 @@ trait UdpSend {
 struct QuinnUdp<'a> {
     sock: &'a UdpSocket,
     state: &'a UdpSocketState,
+    /// `tunnel.udp_gso`: false sends every datagram on its own.
+    gso: bool,
 }
 
 impl UdpSend for QuinnUdp<'_> {
     fn max_gso_segments(&self) -> usize {
-        self.state.max_gso_segments()
+        if self.gso {
+            self.state.max_gso_segments()
+        } else {
+            1
+        }
     }
 
     async fn send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
@@ -284,29 +458,29 @@ fn gso_refused(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
 }
 
-/// Sends the encapsulated slots, grouped into GSO sends by `gso_runs`. Any error but
+/// Sends the encapsulated frames, grouped into GSO sends by `gso_runs`. Any error but
 /// WouldBlock (no route to the peer, say) is counted and the batch moves on: UDP is lossy
 /// and the inner protocol retransmits.
 async fn send_runs(
     dp: &Datapath,
     udp: &impl UdpSend,
     arena: &[u8],
-    stride: usize,
-    slots: &[Option<(Ipv4Addr, usize)>],
+    frames: &[Option<Frame>],
+    runs: &mut Vec<GsoRun>,
     port: u16,
 ) {
-    let max_segments = udp.max_gso_segments().min(MAX_GSO_BYTES / stride);
     let count = |sent: &io::Result<()>| match sent {
         Ok(()) => dp.io.udp_send_batches.fetch_add(1, Relaxed),
         Err(_) => dp.io.udp_send_errors.fetch_add(1, Relaxed),
     };
-    for run in gso_runs(slots, stride, max_segments) {
+    gso_runs(frames, udp.max_gso_segments(), MAX_GSO_BYTES, runs);
+    for run in runs.iter() {
         let destination = SocketAddr::V4(SocketAddrV4::new(run.dst, port));
         let transmit = Transmit {
             destination,
             ecn: None,
-            contents: &arena[run.bytes(stride)],
-            segment_size: run.segment_size(stride),
+            contents: &arena[run.bytes.clone()],
+            segment_size: run.segment_size,
             src_ip: None,
         };
         match udp.send(&transmit).await {
@@ -314,11 +488,11 @@ async fn send_runs(
                 // The whole run would be lost with the GSO send: send it datagram by
                 // datagram instead (later batches no longer use GSO).
                 tracing::debug!(dst = %run.dst, "GSO send refused ({e}); sending the run singly");
-                for segment in run.segments(stride) {
+                for f in frames[run.frames.clone()].iter().flatten() {
                     let single = Transmit {
                         destination,
                         ecn: None,
-                        contents: &arena[segment],
+                        contents: &arena[f.start..f.start + f.len],
                         segment_size: None,
                         src_ip: None,
                     };
@@ -338,10 +512,13 @@ pub async fn udp_to_tun(
     tun: Arc<AsyncDevice>,
     sock: Arc<UdpSocket>,
     state: Arc<UdpSocketState>,
+    tun_mtu: usize,
+    offloads: Offloads,
 ) -> Result<()> {
     let batch = quinn_udp::BATCH_SIZE;
     let mut storage = vec![0u8; RECV_SLOT * batch];
     let mut metas = vec![RecvMeta::default(); batch];
+    let mut rx = RxState::new(offloads.tun, tun_mtu);
     loop {
         let received = {
             let mut iovs: Vec<IoSliceMut<'_>> =
@@ -359,36 +536,198 @@ pub async fn udp_to_tun(
             }
             Err(e) => return Err(e).context("receiving from the tunnel's UDP socket"),
         };
-        let snap = dp.snapshot.load();
-        for (meta, slot) in metas[..n].iter().zip(storage.chunks(RECV_SLOT)) {
+        for (meta, slot) in metas[..n].iter().zip(storage.chunks_mut(RECV_SLOT)) {
             let sender = match meta.addr.ip() {
                 IpAddr::V4(ip) => ip,
                 IpAddr::V6(ip) => ip.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
             };
-            // GRO may have coalesced several datagrams of one sender into the slot, each
-            // `stride` long but the last. An empty datagram is still a datagram to count.
-            let stride = meta.stride.max(1);
-            let data = &slot[..meta.len];
-            let empty: &[&[u8]] = if data.is_empty() { &[&[]] } else { &[] };
-            for datagram in data.chunks(stride).chain(empty.iter().copied()) {
-                if probe::is_probe(datagram) {
-                    match snap.table.probe(sender, datagram) {
-                        Ok(msg) => dp.probes.deliver(sender, msg),
-                        Err((reason, peer)) => dp.drop_packet(&snap, reason, peer),
+            deliver(
+                &dp,
+                &*tun,
+                &mut rx,
+                sender,
+                &mut slot[..meta.len],
+                meta.stride,
+            )
+            .await;
+        }
+        rx.flush(&dp, &*tun).await;
+    }
+}
+
+/// The receive side's state: with TUN offload, the coalescer and its buffer; without,
+/// a buffer to split a peer's unsegmented super-packets in.
+struct RxState {
+    gro: Option<Coalescing>,
+    tun_mtu: usize,
+    split_buf: Vec<u8>,
+}
+
+struct Coalescing {
+    gro: Gro,
+    out: Vec<u8>,
+}
+
+impl RxState {
+    fn new(vnet: bool, tun_mtu: usize) -> Self {
+        RxState {
+            gro: vnet.then(|| Coalescing {
+                gro: Gro::new(),
+                out: vec![0u8; GRO_BUF_LEN],
+            }),
+            tun_mtu,
+            split_buf: if vnet {
+                Vec::new()
+            } else {
+                vec![0u8; VNET_READ_ROOM]
+            },
+        }
+    }
+
+    /// Writes an inner TCP super-packet (`datagram[inner]`, see [`oversize_tcp`]): with
+    /// offload for the kernel to segment, else split here.
+    async fn write_oversize(
+        &mut self,
+        dp: &Datapath,
+        tun: &impl TunDevice,
+        datagram: &mut [u8],
+        inner: std::ops::Range<usize>,
+        hdr: VnetHdr,
+    ) {
+        dp.io.rx_super_packets.fetch_add(1, Relaxed);
+        if let Some(c) = self.gro.as_mut() {
+            c.flush(dp, tun).await;
+            let with_hdr = inner.start - VNET_HDR_LEN..inner.end;
+            hdr.emit(&mut datagram[with_hdr.clone()]);
+            if tun.send(&datagram[with_hdr]).await.is_err() {
+                dp.io.tun_write_errors.fetch_add(1, Relaxed);
+            }
+            return;
+        }
+        let len = inner.len();
+        let buf = &mut self.split_buf;
+        if len > buf.len() {
+            dp.io.tun_offload_errors.fetch_add(1, Relaxed);
+            return;
+        }
+        buf[..len].copy_from_slice(&datagram[inner]);
+        let Ok(s) = split(buf, 0, len, &hdr) else {
+            dp.io.tun_offload_errors.fetch_add(1, Relaxed);
+            return;
+        };
+        for k in 0..s.count {
+            let seg_len = if k + 1 == s.count {
+                s.last_len
+            } else {
+                s.stride
+            };
+            let at = k * s.stride;
+            if tun.send(&buf[at..at + seg_len]).await.is_err() {
+                dp.io.tun_write_errors.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Writes the super-packet being built, if any.
+    async fn flush(&mut self, dp: &Datapath, tun: &impl TunDevice) {
+        if let Some(c) = self.gro.as_mut() {
+            c.flush(dp, tun).await;
+        }
+    }
+}
+
+impl Coalescing {
+    async fn flush(&mut self, dp: &Datapath, tun: &impl TunDevice) {
+        dp.io
+            .inner_checksums_completed
+            .fetch_add(self.gro.take_partials(), Relaxed);
+        let segments = self.gro.held_segments();
+        if let Some(packet) = self.gro.flush(&mut self.out) {
+            if segments > 1 {
+                dp.io.tun_gro_writes.fetch_add(1, Relaxed);
+            }
+            if tun.send(packet).await.is_err() {
+                dp.io.tun_write_errors.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// Decapsulates the datagrams of one receive slot (several of one sender when UDP GRO
+/// coalesced them, each `stride` long but the last) and writes what is accepted to the
+/// TUN device: with offload through the coalescer, else one by one with partial
+/// checksums completed.
+async fn deliver(
+    dp: &Datapath,
+    tun: &impl TunDevice,
+    rx: &mut RxState,
+    sender: Ipv4Addr,
+    data: &mut [u8],
+    stride: usize,
+) {
+    let snap = dp.snapshot.load();
+    // An empty datagram is still a datagram to count.
+    let mut empty = [0u8; 0];
+    let stride = stride.max(1);
+    let empty: &mut [&mut [u8]] = if data.is_empty() {
+        &mut [&mut empty[..]]
+    } else {
+        &mut []
+    };
+    for datagram in data
+        .chunks_mut(stride)
+        .chain(empty.iter_mut().map(|e| &mut **e))
+    {
+        if probe::is_probe(datagram) {
+            match snap.table.probe(sender, datagram) {
+                Ok(msg) => dp.probes.deliver(sender, msg),
+                Err((reason, peer)) => dp.drop_packet(&snap, reason, peer),
+            }
+            continue;
+        }
+        let decap = match snap.table.decap(sender, datagram) {
+            Ok(decap) => decap,
+            Err((reason, peer)) => {
+                dp.drop_packet(&snap, reason, peer);
+                continue;
+            }
+        };
+        let c = &snap.counters[decap.peer];
+        c.rx_packets.fetch_add(1, Relaxed);
+        c.rx_bytes.fetch_add(decap.inner.len() as u64, Relaxed);
+        if decap.inner.len() > rx.tun_mtu
+            && let Some(hdr) = oversize_tcp(&datagram[decap.inner.clone()], rx.tun_mtu)
+        {
+            rx.write_oversize(dp, tun, datagram, decap.inner, hdr).await;
+            continue;
+        }
+        let Some(c) = rx.gro.as_mut() else {
+            let inner = &mut datagram[decap.inner];
+            // A kernel peer's offloaded checksums arrive unfinished.
+            if complete_partial(inner) == InnerChecksum::Completed {
+                dp.io.inner_checksums_completed.fetch_add(1, Relaxed);
+            }
+            if tun.send(inner).await.is_err() {
+                dp.io.tun_write_errors.fetch_add(1, Relaxed);
+            }
+            continue;
+        };
+        loop {
+            match c.gro.push(&mut c.out, &datagram[decap.inner.clone()]) {
+                Push::Held => break,
+                Push::FlushFirst => c.flush(dp, tun).await,
+                Push::Alone(hdr) => {
+                    c.flush(dp, tun).await;
+                    if hdr.flags & F_NEEDS_CSUM != 0 {
+                        dp.io.inner_checksums_completed.fetch_add(1, Relaxed);
                     }
-                    continue;
-                }
-                match snap.table.decap(sender, datagram) {
-                    Ok(decap) => {
-                        let inner = &datagram[decap.inner];
-                        let c = &snap.counters[decap.peer];
-                        c.rx_packets.fetch_add(1, Relaxed);
-                        c.rx_bytes.fetch_add(inner.len() as u64, Relaxed);
-                        if tun.send(inner).await.is_err() {
-                            dp.io.tun_write_errors.fetch_add(1, Relaxed);
-                        }
+                    // The virtio-net header goes where the VXLAN headers were.
+                    let with_hdr = decap.inner.start - VNET_HDR_LEN..decap.inner.end;
+                    hdr.emit(&mut datagram[with_hdr.clone()]);
+                    if tun.send(&datagram[with_hdr]).await.is_err() {
+                        dp.io.tun_write_errors.fetch_add(1, Relaxed);
                     }
-                    Err((reason, peer)) => dp.drop_packet(&snap, reason, peer),
+                    break;
                 }
             }
         }
@@ -398,64 +737,288 @@ pub async fn udp_to_tun(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use overlayd_proto::dataplane::LocalVtep;
+    use overlayd_proto::PeerInfo;
+    use overlayd_proto::dataplane::{L4Checksum, LocalVtep};
     use overlayd_proto::wire::MacAddr;
+    use overlayd_proto::wire::checksum::fill_ipv4_header_checksum;
+    use overlayd_proto::wire::vnet::{GSO_TCPV4, VnetHdr};
+    use std::collections::VecDeque;
     use std::sync::Mutex;
 
-    /// A socket whose kernel refuses GSO: every multi-segment send fails with EIO.
-    struct NoGso {
-        sent: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
+    const N1_UNDERLAY: Ipv4Addr = Ipv4Addr::new(10, 100, 1, 11);
+    const N2_UNDERLAY: Ipv4Addr = Ipv4Addr::new(10, 100, 1, 12);
+
+    /// Node `me`'s table (subnet 10.244.me.0/24) with the other of n1, n2 as its peer.
+    fn table(me: u8) -> ForwardingTable {
+        let other = 3 - me;
+        let underlay = [N1_UNDERLAY, N2_UNDERLAY];
+        ForwardingTable::new(
+            LocalVtep {
+                vni: 1,
+                mac: MacAddr::vtep_for_node(&format!("n{me}")),
+                pod_subnet: format!("10.244.{me}.0/24").parse().unwrap(),
+            },
+            vec![PeerInfo {
+                name: format!("n{other}"),
+                underlay: underlay[usize::from(other) - 1],
+                pod_subnet: format!("10.244.{other}.0/24").parse().unwrap(),
+                vtep_mac: MacAddr::vtep_for_node(&format!("n{other}")),
+            }],
+        )
     }
 
-    impl UdpSend for NoGso {
+    /// An IPv4 TCP packet (ACK) from pod 10.244.`from`.2 to 10.244.`to`.2 with right checksums.
+    fn tcp(from: u8, to: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let total = 40 + payload.len();
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[6] = 0x40;
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 244, from, 2]);
+        p[16..20].copy_from_slice(&[10, 244, to, 2]);
+        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&5201u16.to_be_bytes());
+        p[24..28].copy_from_slice(&seq.to_be_bytes());
+        p[32] = 5 << 4;
+        p[33] = 0x10;
+        p[34..36].copy_from_slice(&512u16.to_be_bytes());
+        p[40..].copy_from_slice(payload);
+        fill_ipv4_header_checksum(&mut p[..20]);
+        L4Checksum::of(&p).unwrap().fill(&mut p, total);
+        p
+    }
+
+    /// A TUN device: reads come from a queue (then WouldBlock), writes are recorded.
+    #[derive(Default)]
+    struct FakeTun {
+        reads: Mutex<VecDeque<Vec<u8>>>,
+        writes: Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl TunDevice for FakeTun {
+        async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+            self.try_recv(buf)
+        }
+
+        fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+            let p = self.reads.lock().unwrap().pop_front();
+            let p = p.ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))?;
+            buf[..p.len()].copy_from_slice(&p);
+            Ok(p.len())
+        }
+
+        async fn send(&self, buf: &[u8]) -> io::Result<usize> {
+            self.writes.lock().unwrap().push(buf.to_vec());
+            Ok(buf.len())
+        }
+    }
+
+    /// A recorded transmit: destination, contents, GSO segment size.
+    type Sent = (SocketAddr, Vec<u8>, Option<usize>);
+
+    /// A socket that records every transmit; with `gso_refused` every multi-segment send
+    /// fails with EIO, as where the kernel refuses GSO.
+    #[derive(Default)]
+    struct FakeUdp {
+        gso_refused: bool,
+        sent: Mutex<Vec<Sent>>,
+    }
+
+    impl UdpSend for FakeUdp {
         fn max_gso_segments(&self) -> usize {
             64
         }
 
         async fn send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-            if transmit.segment_size.is_some() {
+            if self.gso_refused && transmit.segment_size.is_some() {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             let mut sent = self.sent.lock().unwrap();
-            sent.push((transmit.destination, transmit.contents.to_vec()));
+            sent.push((
+                transmit.destination,
+                transmit.contents.to_vec(),
+                transmit.segment_size,
+            ));
             Ok(())
         }
     }
 
     #[tokio::test]
     async fn a_gso_send_the_kernel_refuses_goes_out_datagram_by_datagram() {
-        let dp = Datapath::new(ForwardingTable::new(
-            LocalVtep {
-                vni: 1,
-                mac: MacAddr::vtep_for_node("n1"),
-                pod_subnet: "10.244.1.0/24".parse().unwrap(),
-            },
-            Vec::new(),
-        ));
-        let stride = 100;
+        let dp = Datapath::new(table(1));
         let peer = Ipv4Addr::new(10, 100, 2, 11);
-        // Three frames to one peer, the first two filling their slots: one GSO run.
-        let mut arena = vec![0u8; stride * 3];
+        // Three frames to one peer, the first two of one length: one GSO run.
+        let mut arena = vec![0u8; 260];
         for (i, byte) in arena.iter_mut().enumerate() {
-            *byte = (i / stride) as u8 + 1;
+            *byte = (i / 100) as u8 + 1;
         }
-        let slots = [Some((peer, stride)), Some((peer, stride)), Some((peer, 60))];
-        let udp = NoGso {
-            sent: Mutex::new(Vec::new()),
+        let frame = |start, len| {
+            Some(Frame {
+                dst: peer,
+                start,
+                len,
+            })
         };
-        send_runs(&dp, &udp, &arena, stride, &slots, 8472).await;
+        let frames = [frame(0, 100), frame(100, 100), frame(200, 60)];
+        let udp = FakeUdp {
+            gso_refused: true,
+            ..FakeUdp::default()
+        };
+        send_runs(&dp, &udp, &arena, &frames, &mut Vec::new(), 8472).await;
 
         let sent = udp.sent.into_inner().unwrap();
         let to = SocketAddr::from((peer, 8472));
         assert_eq!(
             sent,
             vec![
-                (to, vec![1; stride]),
-                (to, vec![2; stride]),
-                (to, vec![3; 60]),
+                (to, vec![1; 100], None),
+                (to, vec![2; 100], None),
+                (to, vec![3; 60], None),
             ],
             "every frame of the refused run is sent on its own"
         );
         assert_eq!(dp.io.udp_send_batches.load(Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_tso_super_packet_goes_out_as_one_gso_send_of_vxlan_segments() {
+        let dp = Datapath::new(table(1));
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let mut read = vec![0u8; VNET_HDR_LEN];
+        VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 40,
+            gso_size: 1400,
+            csum_start: 20,
+            csum_offset: 16,
+        }
+        .emit(&mut read);
+        read.extend(tcp(1, 2, 77, &payload));
+        let tun = FakeTun::default();
+        tun.reads.lock().unwrap().push_back(read);
+        let udp = FakeUdp::default();
+        let mut tx = TxArena::new(1450, true);
+
+        tx_batch(&dp, &tun, &udp, &mut tx, 8472).await.unwrap();
+
+        let sent = udp.sent.into_inner().unwrap();
+        assert_eq!(sent.len(), 1, "one GSO send");
+        let (to, contents, segment) = &sent[0];
+        assert_eq!(*to, SocketAddr::from((N2_UNDERLAY, 8472)));
+        let segment = segment.expect("a GSO send");
+        assert_eq!(segment, ENCAP_LEN + 40 + 1400);
+        // The peer decapsulates three packets, each with the right checksums.
+        let n2 = table(2);
+        let mut got = Vec::new();
+        for (k, datagram) in contents.chunks(segment).enumerate() {
+            let decap = n2.decap(N1_UNDERLAY, datagram).expect("n2 accepts it");
+            let inner = &datagram[decap.inner];
+            let l4 = L4Checksum::of(inner).unwrap();
+            assert!(l4.verifies(inner, inner.len()), "segment {k}");
+            got.extend_from_slice(&inner[40..]);
+        }
+        assert_eq!(got, payload);
+        assert_eq!(dp.io.tun_gso_reads.load(Relaxed), 1);
+    }
+
+    /// Encapsulates `packets` at n2 for n1, back to back as UDP GRO hands them over.
+    fn datagrams_from_n2(packets: &[Vec<u8>]) -> (Vec<u8>, usize) {
+        let n2 = table(2);
+        let mut data = Vec::new();
+        let stride = ENCAP_LEN + packets[0].len();
+        for p in packets {
+            let mut frame = vec![0u8; ENCAP_LEN];
+            frame.extend(p);
+            n2.encap(&mut frame).unwrap();
+            data.extend(frame);
+        }
+        (data, stride)
+    }
+
+    #[tokio::test]
+    async fn received_segments_are_coalesced_and_a_bad_checksum_goes_alone() {
+        let dp = Datapath::new(table(1));
+        let mut bad = tcp(2, 1, 3000, &[3; 1000]);
+        bad[100] ^= 1;
+        let packets = [
+            tcp(2, 1, 1000, &[1; 1000]),
+            tcp(2, 1, 2000, &[2; 1000]),
+            bad,
+        ];
+        let (mut data, stride) = datagrams_from_n2(&packets);
+        let tun = FakeTun::default();
+        let mut rx = RxState::new(true, 1450);
+
+        deliver(&dp, &tun, &mut rx, N2_UNDERLAY, &mut data, stride).await;
+        rx.flush(&dp, &tun).await;
+
+        let writes = tun.writes.into_inner().unwrap();
+        assert_eq!(writes.len(), 2);
+        let hdr = VnetHdr::parse(&writes[0]).unwrap();
+        assert_eq!((hdr.gso_type, hdr.gso_size), (GSO_TCPV4, 1000));
+        assert_eq!(writes[0].len(), VNET_HDR_LEN + 40 + 2000);
+        // The corrupted one goes alone, with no checksum flag: the stack checks and drops it.
+        assert_eq!(VnetHdr::parse(&writes[1]).unwrap(), VnetHdr::default());
+        assert_eq!(&writes[1][VNET_HDR_LEN..], packets[2].as_slice());
+        assert_eq!(dp.io.tun_gro_writes.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn without_offload_or_udp_gro_every_packet_is_written_as_it_came() {
+        let dp = Datapath::new(table(1));
+        let packets = [tcp(2, 1, 1000, &[1; 1000]), tcp(2, 1, 2000, &[2; 1000])];
+        let tun = FakeTun::default();
+        let mut rx = RxState::new(false, 1450);
+
+        // Without UDP GRO every datagram comes in its own receive slot.
+        for p in &packets {
+            let (mut data, stride) = datagrams_from_n2(std::slice::from_ref(p));
+            deliver(&dp, &tun, &mut rx, N2_UNDERLAY, &mut data, stride).await;
+        }
+        rx.flush(&dp, &tun).await;
+
+        assert_eq!(tun.writes.into_inner().unwrap(), packets.to_vec());
+    }
+
+    /// What a kernel vxlan peer on a veth sends: one datagram holding a whole TSO packet
+    /// with its checksum partial.
+    fn unsegmented_from_n2(payload_len: usize) -> (Vec<u8>, usize) {
+        let mut p = tcp(2, 1, 1, &vec![7; payload_len]);
+        let l4 = L4Checksum::of(&p).unwrap();
+        p[36..38].copy_from_slice(&l4.pseudo.fold().to_be_bytes());
+        datagrams_from_n2(&[p])
+    }
+
+    #[tokio::test]
+    async fn a_peers_unsegmented_tso_packet_is_segmented_by_the_kernel_or_here() {
+        // With offload: one write, a TSO packet for the kernel to segment at the TUN MTU.
+        let dp = Datapath::new(table(1));
+        let tun = FakeTun::default();
+        let (mut data, stride) = unsegmented_from_n2(4000);
+        let mut rx = RxState::new(true, 1450);
+        deliver(&dp, &tun, &mut rx, N2_UNDERLAY, &mut data, stride).await;
+        let writes = tun.writes.into_inner().unwrap();
+        assert_eq!(writes.len(), 1);
+        let hdr = VnetHdr::parse(&writes[0]).unwrap();
+        assert_eq!((hdr.gso_type, hdr.gso_size), (GSO_TCPV4, 1410));
+
+        // Without: split here into packets that fit, each with its checksum finished.
+        let tun = FakeTun::default();
+        let (mut data, stride) = unsegmented_from_n2(4000);
+        let mut rx = RxState::new(false, 1450);
+        deliver(&dp, &tun, &mut rx, N2_UNDERLAY, &mut data, stride).await;
+        let writes = tun.writes.into_inner().unwrap();
+        assert_eq!(writes.len(), 3);
+        let mut payload = 0;
+        for w in &writes {
+            assert!(w.len() <= 1450);
+            assert!(L4Checksum::of(w).unwrap().verifies(w, w.len()));
+            payload += w.len() - 40;
+        }
+        assert_eq!(payload, 4000);
+        assert_eq!(dp.io.rx_super_packets.load(Relaxed), 2);
     }
 }

@@ -1,9 +1,11 @@
 //! 8d: a node whose tunnel is a plain Linux kernel vxlan device, set up as Flannel's
-//! vxlan backend does, exchanges pod traffic with an overlayd node in both directions.
+//! vxlan backend does, exchanges pod traffic with an overlayd node in both directions:
+//! across the router, and on one veth link (where the kernel's offloaded inner checksums
+//! arrive unfinished, issue 7 item 6).
 
 use anyhow::{Context, Result, ensure};
 
-use crate::support::{lab, ns_run, ping, tcp_transfer, two_segments};
+use crate::support::{TestLab, lab, ns_run, ping, tcp_transfer, two_segments};
 
 const NODES: &str = r#"
 [[node]]
@@ -19,8 +21,70 @@ pod_subnet = "10.244.9.0/24"
 vtep_mac = "0e:00:00:00:09:01"
 "#;
 
+/// The kernel node on n1's own segment, and n1 tunnelling to it (no host-gw): the VXLAN
+/// datagrams cross one veth pair and a bridge, no router, with offloads left on.
+const SAME_LINK_NODES: &str = r#"
+[[node]]
+name = "n1"
+segment = "a"
+pods = 1
+[node.config.tunnel]
+host_gw = false
+[[node]]
+name = "k1"
+segment = "a"
+pods = 0
+daemon = false
+pod_subnet = "10.244.9.0/24"
+vtep_mac = "0e:00:00:00:09:01"
+"#;
+
 pub(crate) fn kernel_vxlan_node_interoperates_both_ways() -> Result<()> {
     let lab = lab("kv", &two_segments(NODES)?)?;
+    interoperate(&lab)
+}
+
+/// Issue 7 item 6: on one link the kernel's inner TCP/UDP checksums arrive partial
+/// (CHECKSUM_PARTIAL survives the veth); overlayd completes them, so TCP works both ways.
+pub(crate) fn kernel_vxlan_node_on_the_same_link_with_offloads() -> Result<()> {
+    same_link("pfk", "")
+}
+
+/// The same with overlayd's own offloads off (no TUN offload, no UDP GRO or GSO): partial
+/// checksums are completed and the kernel's unsegmented super-packets split in userspace,
+/// and traffic still flows without UDP GRO.
+pub(crate) fn kernel_vxlan_node_on_the_same_link_without_our_offloads() -> Result<()> {
+    same_link("pfn", "offload = false\nudp_gro = false\nudp_gso = false\n")
+}
+
+/// [`SAME_LINK_NODES`] with `tunnel` (TOML lines) added to n1's `[tunnel]`.
+fn same_link(tag: &str, tunnel: &str) -> Result<()> {
+    let nodes = SAME_LINK_NODES.replace("host_gw = false\n", &format!("host_gw = false\n{tunnel}"));
+    let lab = lab(tag, &two_segments(&nodes)?)?;
+    // Offloads stay on: check that the kernel side's underlay really checksums late.
+    let k1 = lab.node("k1")?.netns();
+    let features = ns_run(&k1, &["ethtool", "-k", "eth0"]).unwrap_or_default();
+    ensure!(
+        !features.contains("tx-checksumming: off"),
+        "k1's eth0 has tx checksumming off; the test needs it on:\n{features}"
+    );
+    interoperate(&lab)?;
+    let status: serde_json::Value =
+        serde_json::from_slice(&lab.overlayd("n1", &["status", "--json"])?.stdout)?;
+    let completed = status
+        .pointer("/io/inner_checksums_completed")
+        .and_then(serde_json::Value::as_u64);
+    ensure!(
+        completed.is_some_and(|c| c > 0),
+        "no partial inner checksum was completed (or handed to the kernel) on this link: \
+         {completed:?} in {status}"
+    );
+    Ok(())
+}
+
+/// Makes `k1` a Flannel-style kernel vxlan node with one pod, then checks ping and a
+/// byte-verified 5 MB TCP transfer each way between that pod and n1-p1.
+fn interoperate(lab: &TestLab) -> Result<()> {
     let n1 = lab.node("n1")?;
     let k1 = lab.node("k1")?.netns();
     let status: serde_json::Value =

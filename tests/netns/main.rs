@@ -28,6 +28,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         cluster::udp_across_segments_ping_and_50mb_transfer,
     ),
     (
+        "mixed_offloads_on_one_link_carry_tcp_both_ways",
+        cluster::mixed_offloads_on_one_link_carry_tcp_both_ways,
+    ),
+    (
         "mtu_1500_pods_bulk_transfer_and_frag_needed",
         cluster::mtu_1500_pods_bulk_transfer_and_frag_needed,
     ),
@@ -54,6 +58,14 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
     (
         "kernel_vxlan_node_interoperates_both_ways",
         interop::kernel_vxlan_node_interoperates_both_ways,
+    ),
+    (
+        "kernel_vxlan_node_on_the_same_link_with_offloads",
+        interop::kernel_vxlan_node_on_the_same_link_with_offloads,
+    ),
+    (
+        "kernel_vxlan_node_on_the_same_link_without_our_offloads",
+        interop::kernel_vxlan_node_on_the_same_link_without_our_offloads,
     ),
     (
         "garbage_datagrams_are_dropped_and_counted",

@@ -113,6 +113,10 @@ pub enum LabCommand {
         /// the daemon's proxy or the kernel's nftables DNAT; default: the daemon's.
         #[arg(long, value_parser = ["proxy", "kernel"])]
         dataplane: Option<String>,
+        /// datapath: a `[tunnel]` switch on every node, `offload|udp_gso|udp_gro=true|false`
+        /// (repeatable), for A/B runs of each technique.
+        #[arg(long = "tunnel", value_parser = tunnel_switch)]
+        tunnel: Vec<(String, bool)>,
         /// Leave the bench's lab up afterwards (`overlayd lab down --name NAME` removes it).
         #[arg(long)]
         keep: bool,
@@ -146,6 +150,22 @@ pub enum BenchSuite {
 }
 
 /// An iperf3 `-b` rate: a number with an optional K, M or G suffix.
+/// `KEY=true|false` for a `[tunnel]` switch of the datapath bench.
+fn tunnel_switch(s: &str) -> Result<(String, bool), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=true|false, found {s:?}"))?;
+    if !["offload", "udp_gso", "udp_gro"].contains(&key) {
+        return Err(format!(
+            "unknown switch {key:?}: offload, udp_gso or udp_gro"
+        ));
+    }
+    let value = value
+        .parse()
+        .map_err(|_| format!("{key}: expected true or false, found {value:?}"))?;
+    Ok((key.to_owned(), value))
+}
+
 fn udp_rate(rate: &str) -> Result<String, String> {
     let digits = rate.trim_end_matches(['K', 'M', 'G', 'k', 'm', 'g']);
     match digits.parse::<f64>() {
@@ -251,6 +271,7 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
             batch,
             relay,
             dataplane,
+            tunnel,
             keep,
             json,
         } => {
@@ -261,6 +282,7 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
                         seconds,
                         repeat,
                         udp_rate,
+                        tunnel,
                         ..Default::default()
                     };
                     let report = crate::bench::datapath::run(
@@ -440,6 +462,19 @@ mod tests {
         };
         assert_eq!((suite, services), (BenchSuite::Services, 0));
         assert!(parse(&["bench", "--repeat", "0"]).is_err());
+        assert!(
+            parse(&[
+                "bench",
+                "--tunnel",
+                "offload=false",
+                "--tunnel",
+                "udp_gro=true"
+            ])
+            .is_ok()
+        );
+        for bad in ["offload", "offload=maybe", "host_gw=false"] {
+            assert!(parse(&["bench", "--tunnel", bad]).is_err(), "{bad}");
+        }
         assert!(parse(&["bench", "--udp-rate", "2.5G"]).is_ok());
         for bad in ["bogus", "1GG", "0", "-1G", ""] {
             assert!(parse(&["bench", "--udp-rate", bad]).is_err(), "{bad}");

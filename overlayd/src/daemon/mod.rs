@@ -197,7 +197,8 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     crate::sysctl::ensure_rp_filter(&sysctls, &cfg.bridge.name)
         .context("enabling reverse-path filtering on the bridge")?;
 
-    let tun = Arc::new(create_tun(&cfg.tunnel.device, local.tunnel_mtu)?);
+    let (tun, tun_offload) = create_tun(&cfg.tunnel.device, local.tunnel_mtu, cfg.tunnel.offload)?;
+    let tun = Arc::new(tun);
     let tun_link = nl
         .link_by_name(&cfg.tunnel.device)
         .await?
@@ -238,9 +239,13 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         ..ProxyConfig::default()
     });
 
-    let (sock, udp_state) = datapath::bind_udp(cfg.tunnel.port)?;
+    let (sock, udp_state) = datapath::bind_udp(cfg.tunnel.port, cfg.tunnel.udp_gro)?;
     pmtu::enable_icmp_errors(&sock)?;
     let path_mtus = Arc::new(PathMtuHandle::new(local.underlay.mtu));
+    let offloads = datapath::Offloads {
+        tun: tun_offload,
+        udp_gso: cfg.tunnel.udp_gso,
+    };
     let (sock, udp_state) = (Arc::new(sock), Arc::new(udp_state));
     let dp = Arc::new(Datapath::new(ForwardingTable::new(
         local_vtep(&cfg, &local, subnet),
@@ -287,12 +292,15 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         udp_state.clone(),
         mtu,
         cfg.tunnel.port,
+        offloads,
     ));
     tasks.spawn(datapath::udp_to_tun(
         dp.clone(),
         tun.clone(),
         sock.clone(),
         udp_state.clone(),
+        mtu,
+        offloads,
     ));
     tasks.spawn(pmtu::run(
         path_mtus,
@@ -528,14 +536,43 @@ fn sync_nft(shared: &Shared, want: nft::Ruleset) -> Result<()> {
     Ok(())
 }
 
-fn create_tun(name: &str, mtu: u32) -> Result<tun_rs::AsyncDevice> {
+/// Creates the TUN device; with `offload`, with a virtio-net header and checksum and TSO
+/// offload (and USO where the kernel has it). Returns whether offload is on: a kernel that
+/// refuses it gets a plain device, with a warning.
+fn create_tun(name: &str, mtu: u32, offload: bool) -> Result<(tun_rs::AsyncDevice, bool)> {
     let mtu = u16::try_from(mtu).map_err(|_| anyhow!("tunnel MTU {mtu} exceeds 65535"))?;
-    tun_rs::DeviceBuilder::new()
-        .name(name)
-        .mtu(mtu)
-        .enable(false)
-        .build_async()
-        .with_context(|| format!("creating TUN device {name}"))
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(name)
+            .mtu(mtu)
+            .offload(offload)
+            .enable(false)
+            .build_async()
+    };
+    if offload {
+        match build(true) {
+            // tun-rs sets IFF_VNET_HDR and TUNSETOFFLOAD(CSUM|TSO4|TSO6) or fails; `tcp_gso`
+            // says the virtio-net header is on, which is what the data path relies on.
+            Ok(dev) if dev.tcp_gso() => {
+                tracing::info!(
+                    device = name,
+                    uso = dev.udp_gso(),
+                    "TUN offload on (virtio-net header, checksum, TSO)"
+                );
+                return Ok((dev, true));
+            }
+            Ok(_) => tracing::warn!(
+                device = name,
+                "TUN offload did not take; using plain packets (tunnel.offload = false silences this)"
+            ),
+            Err(e) => tracing::warn!(
+                device = name,
+                "TUN offload refused ({e}); using plain packets (tunnel.offload = false silences this)"
+            ),
+        }
+    }
+    let dev = build(false).with_context(|| format!("creating TUN device {name}"))?;
+    Ok((dev, false))
 }
 
 /// Keeps routes and the forwarding table in step with the peers, on every change and

@@ -2,9 +2,11 @@
 //! once `parse` has succeeded.
 
 pub mod arp;
+pub mod checksum;
 pub(crate) mod ipv4;
 mod mac;
 pub mod probe;
+pub mod vnet;
 pub mod vxlan;
 
 pub use ipv4::{Ipv4Error, Ipv4Packet};

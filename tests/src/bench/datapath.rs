@@ -102,6 +102,9 @@ pub struct Options {
     pub udp_len: u32,
     /// Pings per path and repeat.
     pub pings: u32,
+    /// `[tunnel]` switches set on every node (`offload`, `udp_gso`, `udp_gro`), for A/B
+    /// runs of each technique; empty: the daemon's defaults.
+    pub tunnel: Vec<(String, bool)>,
 }
 
 impl Default for Options {
@@ -112,6 +115,7 @@ impl Default for Options {
             udp_rate: "1G".into(),
             udp_len: 1400,
             pings: 50,
+            tunnel: Vec::new(),
         }
     }
 }
@@ -169,6 +173,8 @@ pub struct Report {
     pub udp_rate: String,
     pub udp_len: u32,
     pub pings: u32,
+    /// The `[tunnel]` switches of the run (`KEY=true|false`), if any.
+    pub tunnel: Vec<String>,
     pub paths: Vec<PathReport>,
 }
 
@@ -181,7 +187,15 @@ pub fn run(
     keep: bool,
     log: &mut dyn FnMut(&str),
 ) -> Result<Report, LabError> {
-    let topology = Topology::parse(BENCH_TOPOLOGY).expect("the bench topology is valid");
+    let mut text = BENCH_TOPOLOGY.to_owned();
+    if !options.tunnel.is_empty() {
+        text.push_str("\n[config.tunnel]\n");
+        for (key, value) in &options.tunnel {
+            text.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    let topology = Topology::parse(&text)
+        .map_err(|e| LabError::Bench(format!("the bench topology with --tunnel switches: {e}")))?;
     log(&format!("bringing up lab {name:?} (5 nodes, one pod each)"));
     let lab = Lab::up(name, &topology, overlayd_bin)?;
     let result = measure_lab(&lab, options, log);
@@ -330,6 +344,7 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
         udp_rate: o.udp_rate.clone(),
         udp_len: o.udp_len,
         pings: o.pings,
+        tunnel: o.tunnel.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         paths: reports,
     })
 }
@@ -514,6 +529,7 @@ mod tests {
             udp_rate: "1G".into(),
             udp_len: 1400,
             pings: 50,
+            tunnel: Vec::new(),
             paths: vec![path("kernel-vxlan", None), path("udp", Some(3.25))],
         };
         let table = report.table();
