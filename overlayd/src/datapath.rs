@@ -515,14 +515,17 @@ pub async fn udp_to_tun(
     tun_mtu: usize,
     offloads: Offloads,
 ) -> Result<()> {
-    let batch = quinn_udp::BATCH_SIZE;
-    let mut storage = vec![0u8; RECV_SLOT * batch];
-    let mut metas = vec![RecvMeta::default(); batch];
+    const BATCH: usize = quinn_udp::BATCH_SIZE;
+    let mut storage = vec![0u8; RECV_SLOT * BATCH];
+    let mut metas = [RecvMeta::default(); BATCH];
     let mut rx = RxState::new(offloads.tun, tun_mtu);
     loop {
         let received = {
-            let mut iovs: Vec<IoSliceMut<'_>> =
-                storage.chunks_mut(RECV_SLOT).map(IoSliceMut::new).collect();
+            // On the stack: no allocation per receive call.
+            let mut slots = storage.chunks_mut(RECV_SLOT);
+            let mut iovs: [IoSliceMut<'_>; BATCH] = std::array::from_fn(|_| {
+                IoSliceMut::new(slots.next().expect("BATCH slots of storage"))
+            });
             sock.async_io(Interest::READABLE, || {
                 state.recv((&*sock).into(), &mut iovs, &mut metas)
             })
