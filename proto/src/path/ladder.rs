@@ -15,19 +15,28 @@
 //!   `probe_timeout` (500 ms) is lost.
 //! - A lost probe on a rung that is not down makes it **suspect**: probes go out at
 //!   once and then every `suspect_interval` (50 ms) until one is acked. `down_after`
-//!   (8) losses in a row mark it **down**; so does a loss of `max_loss_percent` (50 %)
-//!   or more over the last `window` (50) probes, once `min_window` (20) are in. A rung
-//!   that just broke is thus down within `probe_interval + 2 × probe_timeout +
-//!   (down_after − 2) × suspect_interval` = 2.3 s, and 20 % random loss needs 8 losses
-//!   in a row (p = 0.2⁸ ≈ 2.6·10⁻⁶) to fake a break.
+//!   (8) losses in a row mark it down as **cut**. A rung that just broke is thus down
+//!   within `probe_interval + 2 × probe_timeout + (down_after − 2) × suspect_interval`
+//!   = 2.3 s, and 20 % random loss needs 8 losses in a row (p = 0.2⁸ ≈ 2.6·10⁻⁶ per run
+//!   of losses) to fake a break.
+//! - A loss of `max_loss_percent` (50 %) or more over the last `window` (50) probes,
+//!   once `min_window` (20) are in, marks a rung down as **lossy**.
 //! - A rung that is not up and has an ack in hand is probed every `suspect_interval`
 //!   too; `up_after` (3) acks in a row mark it **up**, and its loss window starts afresh.
+//! - A rung is **good** (settled) when it has been up for its hysteresis (10 s), has at
+//!   least `min_window` outcomes since, and lost under `return_loss_percent` (25 %) of
+//!   them. A rung better than the chosen one is probed every `verify_interval` (250 ms)
+//!   while it serves its hysteresis, so those 10 s hold ~40 probes.
 //! - **Choice**: at first, the first usable candidate, on the policy's word, before any
-//!   probe answered. A chosen rung that goes down is left at once for the first rung in
-//!   ladder order that is up (so the fallback lands ≤ 3 s after the break); with none up
-//!   the ladder stays (nothing known is better). A rung better than the chosen one is
-//!   returned to only once it has been up for `hysteresis` (10 s) without going down.
-//!   A peer that answers no probe at all (an older node) stays on its first candidate.
+//!   probe answered. A chosen rung that is cut is left at once for the first good rung
+//!   in ladder order, else the first that is up (so the fallback lands ≤ 3 s after the
+//!   break); with none up the ladder stays (nothing known is better). A chosen rung
+//!   that is lossy still carries most packets: it is left only for a good rung. A
+//!   rung better than the chosen one is returned to once it is good.
+//! - **Damping**: a rung that goes down within `flap_window` (5 min) of the ladder
+//!   returning to it flapped, and its hysteresis doubles, up to `max_hysteresis`
+//!   (320 s); one that was up for `flap_window` before going down is back to 10 s.
+//! - A peer that answers no probe at all (an older node) stays on its first candidate.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -44,6 +53,9 @@ pub struct LadderConfig {
     /// How often a suspect rung (a loss not yet answered by an ack) or a promising one
     /// (an ack on a rung not yet up) is probed.
     pub suspect_interval: Duration,
+    /// How often a rung better than the chosen one is probed while it serves its
+    /// hysteresis, so the return rests on many probes.
+    pub verify_interval: Duration,
     /// How long a probe may go unanswered before it counts as lost.
     pub probe_timeout: Duration,
     /// Losses in a row that mark a rung down.
@@ -58,6 +70,15 @@ pub struct LadderConfig {
     pub max_loss_percent: u32,
     /// How long a better rung must stay up before the ladder returns to it.
     pub hysteresis: Duration,
+    /// A better rung is returned to only while its loss since it came up is below this
+    /// (percent): "up" says it is not broken, this says it is good.
+    pub return_loss_percent: u32,
+    /// A rung that goes down within this long of the ladder returning to it flapped:
+    /// its hysteresis doubles. One that was up this long before going down starts again
+    /// from `hysteresis`.
+    pub flap_window: Duration,
+    /// The most a rung's hysteresis grows to by flapping.
+    pub max_hysteresis: Duration,
 }
 
 impl Default for LadderConfig {
@@ -65,6 +86,7 @@ impl Default for LadderConfig {
         LadderConfig {
             probe_interval: Duration::from_secs(1),
             suspect_interval: Duration::from_millis(50),
+            verify_interval: Duration::from_millis(250),
             probe_timeout: Duration::from_millis(500),
             down_after: 8,
             up_after: 3,
@@ -72,6 +94,9 @@ impl Default for LadderConfig {
             min_window: 20,
             max_loss_percent: 50,
             hysteresis: Duration::from_secs(10),
+            return_loss_percent: 25,
+            flap_window: Duration::from_secs(300),
+            max_hysteresis: Duration::from_secs(320),
         }
     }
 }
@@ -136,6 +161,8 @@ pub struct RungStatus {
     pub rtt: Option<Duration>,
     /// Lost probes over the window, 0.0..=1.0.
     pub loss: f64,
+    /// How long it must stay up before the ladder returns to it (grows when it flaps).
+    pub hysteresis: Duration,
 }
 
 /// A peer's ladder as `overlayd peers` shows it.
@@ -157,6 +184,14 @@ struct Rung {
     health: Health,
     /// When it last came up; the hysteresis runs from here.
     up_since: Option<Instant>,
+    /// Its hysteresis now: `config.hysteresis`, doubled for every flap.
+    hold: Duration,
+    /// When the ladder last returned to it from a worse rung, while it stays up.
+    returned_at: Option<Instant>,
+    /// Down by its loss rate, not by losses in a row: lossy rather than cut.
+    lossy: bool,
+    /// Up, better than the chosen rung, and serving its hysteresis.
+    verifying: bool,
     /// Latest outcomes, oldest first, `true` for acked; cleared when it comes up.
     outcomes: VecDeque<bool>,
     lost_in_row: u32,
@@ -212,7 +247,9 @@ impl Ladder {
         self.rungs.retain(|kind, _| list.contains(kind));
         self.probes.retain(|p| list.contains(&p.path));
         for kind in &list {
-            self.rungs.entry(*kind).or_insert_with(|| Rung::new(now));
+            self.rungs
+                .entry(*kind)
+                .or_insert_with(|| Rung::new(&self.config, now));
         }
         self.candidates = list;
         self.handle_timeout(now);
@@ -226,7 +263,7 @@ impl Ladder {
         }
         self.relay = relay.map(str::to_owned);
         if let Some(rung) = self.rungs.get_mut(&PathKind::Relay) {
-            *rung = Rung::new(now);
+            *rung = Rung::new(&self.config, now);
         }
         self.probes.retain(|p| p.path != PathKind::Relay);
         self.handle_timeout(now);
@@ -295,8 +332,10 @@ impl Ladder {
         let hysteresis = self.chosen.into_iter().flat_map(|chosen| {
             self.usable_candidates()
                 .take_while(move |k| *k < chosen)
-                .filter_map(|k| self.rungs.get(&k)?.up_since)
-                .map(|since| since + self.config.hysteresis)
+                .filter_map(|k| {
+                    let r = self.rungs.get(&k)?;
+                    Some(r.up_since? + r.hold)
+                })
                 .filter(|at| self.now.is_none_or(|now| *at > now))
         });
         self.usable_candidates()
@@ -366,6 +405,7 @@ impl Ladder {
                         health: r.health,
                         rtt: r.srtt,
                         loss: r.loss(),
+                        hysteresis: r.hold,
                     })
                 })
                 .collect(),
@@ -382,39 +422,55 @@ impl Ladder {
     }
 
     fn decide(&mut self, now: Instant) {
+        let config = self.config;
         let health = |k: PathKind| self.rungs.get(&k).map_or(Health::Unknown, |r| r.health);
+        let settled = |k: &PathKind| self.rungs.get(k).is_some_and(|r| r.settled(&config, now));
         let current_ok = self
             .chosen
             .is_some_and(|c| self.usable(c) && health(c) != Health::Down);
-        let up = self.usable_candidates().find(|k| health(*k) == Health::Up);
+        // Where to go when the chosen rung fails: a rung that earned a return beats one
+        // that is merely up, so a flapping rung is not taken back through the fallback.
+        let good = self.usable_candidates().find(settled);
+        let fallback = good.or_else(|| self.usable_candidates().find(|k| health(*k) == Health::Up));
+        // A chosen rung down by its loss rate still carries most packets: leave it only
+        // for a good one, not for another that is merely up (and likely as lossy).
+        let lossy = |k: PathKind| self.rungs.get(&k).is_some_and(|r| r.lossy);
         let target = match self.chosen {
             Some(current) if current_ok => {
-                let hysteresis = self.config.hysteresis;
                 let better = self
                     .usable_candidates()
                     .take_while(|k| *k < current)
-                    .find(|k| {
-                        self.rungs.get(k).is_some_and(|r| {
-                            r.health == Health::Up
-                                && r.up_since.is_some_and(|since| since + hysteresis <= now)
-                        })
-                    });
+                    .find(settled);
                 Some(better.unwrap_or(current))
             }
-            // Down: the first rung that is up, else stay (nothing known is better).
-            Some(current) if self.usable(current) => Some(up.unwrap_or(current)),
+            // Down: stay when nothing known is better.
+            Some(current) if self.usable(current) && lossy(current) => {
+                Some(good.unwrap_or(current))
+            }
+            Some(current) if self.usable(current) => Some(fallback.unwrap_or(current)),
             // First choice, or the chosen rung is no longer allowed.
-            _ => up
+            _ => fallback
                 .or_else(|| {
                     self.usable_candidates()
                         .find(|k| health(*k) != Health::Down)
                 })
                 .or_else(|| self.usable_candidates().next()),
         };
+        for (kind, rung) in self.rungs.iter_mut() {
+            rung.verifying = target.is_some_and(|t| *kind < t)
+                && rung.health == Health::Up
+                && !rung.settled(&config, now);
+        }
         if target == self.chosen {
             return;
         }
         let from = self.chosen;
+        if let (Some(f), Some(t)) = (from, target)
+            && t < f
+            && let Some(r) = self.rungs.get_mut(&t)
+        {
+            r.returned_at = Some(now);
+        }
         self.chosen = target;
         self.chosen_since = Some(now);
         if from.is_some() && target.is_some() {
@@ -430,10 +486,14 @@ impl Ladder {
 }
 
 impl Rung {
-    fn new(now: Instant) -> Self {
+    fn new(config: &LadderConfig, now: Instant) -> Self {
         Rung {
             health: Health::Unknown,
             up_since: None,
+            hold: config.hysteresis,
+            returned_at: None,
+            lossy: false,
+            verifying: false,
             outcomes: VecDeque::new(),
             lost_in_row: 0,
             acked_in_row: 0,
@@ -444,12 +504,14 @@ impl Rung {
         }
     }
 
-    /// Fast while in doubt: a loss on a rung not down yet, or an ack on one not up yet.
+    /// Fast while in doubt: a loss on a rung not cut yet, or an ack on one not up yet.
     fn interval(&self, config: &LadderConfig) -> Duration {
-        let suspect = self.lost_in_row > 0 && self.health != Health::Down;
+        let suspect = self.lost_in_row > 0 && (self.health != Health::Down || self.lossy);
         let promising = self.acked_in_row > 0 && self.health != Health::Up;
         if suspect || promising {
             config.suspect_interval
+        } else if self.verifying {
+            config.verify_interval
         } else {
             config.probe_interval
         }
@@ -461,6 +523,7 @@ impl Rung {
         self.acked_in_row += 1;
         if self.health != Health::Up && self.acked_in_row >= config.up_after {
             self.health = Health::Up;
+            self.lossy = false;
             self.up_since = Some(now);
             self.outcomes.clear();
         }
@@ -473,18 +536,51 @@ impl Rung {
         self.acked_in_row = 0;
         self.lost_in_row += 1;
         self.push_outcome(config, false);
-        if self.health == Health::Down {
-            return;
-        }
-        if self.lost_in_row >= config.down_after || self.window_bad(config) {
-            self.health = Health::Down;
-            self.up_since = None;
-            self.next_probe = self
-                .last_sent
-                .map_or(now, |sent| sent + config.probe_interval);
-        } else {
+        let cut = self.lost_in_row >= config.down_after;
+        match self.health {
+            Health::Down if self.lossy && cut => {
+                // Lossy, and now cut as well: any rung that is up is better.
+                self.lossy = false;
+                self.next_probe = self
+                    .last_sent
+                    .map_or(now, |sent| sent + config.probe_interval);
+            }
+            Health::Down if self.lossy => self.next_probe = self.next_probe.min(now),
+            Health::Down => {}
+            _ if cut || self.window_bad(config) => {
+                self.damp(config, now);
+                self.lossy = !cut;
+                self.health = Health::Down;
+                self.up_since = None;
+                self.returned_at = None;
+                self.next_probe = if self.lossy {
+                    self.next_probe.min(now)
+                } else {
+                    self.last_sent
+                        .map_or(now, |sent| sent + config.probe_interval)
+                };
+            }
             // Suspect: look again at once rather than a whole interval later.
-            self.next_probe = self.next_probe.min(now);
+            _ => self.next_probe = self.next_probe.min(now),
+        }
+    }
+
+    /// Up long enough, and good enough, for the ladder to return to it.
+    fn settled(&self, config: &LadderConfig, now: Instant) -> bool {
+        self.health == Health::Up
+            && self.up_since.is_some_and(|since| since + self.hold <= now)
+            && self.outcomes.len() >= config.min_window
+            && !self.loss_at_least(config.return_loss_percent)
+    }
+
+    /// Going down: a rung that fails soon after the ladder returned to it flapped and must
+    /// prove itself longer next time; one that was up a good while earns the base back.
+    fn damp(&mut self, config: &LadderConfig, now: Instant) {
+        let recent = |at: Option<Instant>| at.is_some_and(|at| now < at + config.flap_window);
+        if recent(self.returned_at) {
+            self.hold = (self.hold * 2).min(config.max_hysteresis);
+        } else if !recent(self.up_since) {
+            self.hold = config.hysteresis;
         }
     }
 
@@ -496,9 +592,13 @@ impl Rung {
     }
 
     fn window_bad(&self, config: &LadderConfig) -> bool {
-        let n = self.outcomes.len();
+        self.outcomes.len() >= config.min_window && self.loss_at_least(config.max_loss_percent)
+    }
+
+    /// Whether `percent` % or more of the window's probes were lost.
+    fn loss_at_least(&self, percent: u32) -> bool {
         let lost = self.outcomes.iter().filter(|a| !**a).count();
-        n >= config.min_window && lost * 100 >= config.max_loss_percent as usize * n
+        lost * 100 >= percent as usize * self.outcomes.len()
     }
 
     fn loss(&self) -> f64 {
