@@ -44,6 +44,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::PathKind;
+use crate::wire::probe::{MIN_SIZE, ProbeMessage};
+
+// A ladder probe's ack must never be taken for a path-MTU one (see [`Probe::message`]).
+const _: () = assert!(MIN_SIZE < crate::dataplane::pmtu::FLOOR);
 
 /// Timing and thresholds of the ladder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,16 +105,31 @@ impl Default for LadderConfig {
     }
 }
 
-/// Identifies a probe within one ladder; the shell carries it in the probe datagram and
-/// the peer echoes it in the ack.
+/// Identifies a probe within one ladder; the peer echoes it in the ack. 32 bits, as the
+/// tunnel port's probe format carries (wrapping: at 4 probes a second, 34 years).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ProbeId(pub u64);
+pub struct ProbeId(pub u32);
 
 /// A probe the shell must send now, on `path` (through [`Ladder::relay`] for a relay).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
     pub path: PathKind,
     pub id: ProbeId,
+}
+
+impl Probe {
+    /// The probe as the tunnel port's probe message: the smallest probe there is, so it
+    /// tests reachability, not size. Peers that answer path-MTU probes answer it as they
+    /// are; its acks are told apart from path-MTU ones by their size ([`MIN_SIZE`],
+    /// which path-MTU probes never use: they start at
+    /// [`FLOOR`](crate::dataplane::pmtu::FLOOR)). On QUIC and relay rungs the same
+    /// bytes travel inside the rung's own framing.
+    pub fn message(self) -> ProbeMessage {
+        ProbeMessage::Probe {
+            id: self.id.0,
+            size: MIN_SIZE,
+        }
+    }
 }
 
 /// What a rung's probes say.
@@ -214,7 +233,7 @@ pub struct Ladder {
     chosen: Option<PathKind>,
     chosen_since: Option<Instant>,
     switches: u64,
-    next_id: u64,
+    next_id: u32,
     /// The latest time fed in.
     now: Option<Instant>,
     probes: VecDeque<Probe>,
@@ -316,7 +335,7 @@ impl Ladder {
             }
             if rung.next_probe <= now {
                 let id = ProbeId(*next_id);
-                *next_id += 1;
+                *next_id = next_id.wrapping_add(1);
                 rung.in_flight.insert(id, now);
                 rung.last_sent = Some(now);
                 rung.next_probe = now + rung.interval(config);

@@ -454,6 +454,48 @@ fn the_relay_is_probed_only_with_a_member_to_relay_through() {
     assert_eq!(sim.chosen(), Some(Udp));
 }
 
+/// The three-segment lab in small: a and b lose each other (direct rungs cut on
+/// both ends) while c and d still reach both; both ends pick the same relay on their
+/// own, move onto it within 3 s, and return after the heal and the hysteresis.
+#[test]
+fn a_cut_pair_moves_both_ends_onto_the_same_relay_and_back() {
+    let members = ["a", "b", "c", "d"];
+    let relay = crate::path::choose_relay("a", "b", &members);
+    assert_eq!(crate::path::choose_relay("b", "a", &members), relay);
+    let mut ends = [
+        Sim::new(&[Udp, Quic, Relay], 1),
+        Sim::new(&[Udp, Quic, Relay], 2),
+    ];
+    for sim in &mut ends {
+        let now = sim.now;
+        sim.ladder.set_relay(now, relay);
+        sim.drain();
+        sim.run_for(secs(30));
+        assert_eq!(sim.chosen(), Some(Udp));
+    }
+
+    let cut: Vec<Instant> = ends.iter().map(|s| s.now).collect();
+    for sim in &mut ends {
+        sim.link(Udp).up = false;
+        sim.link(Quic).up = false;
+        sim.run_for(secs(3));
+    }
+    for (sim, cut) in ends.iter().zip(&cut) {
+        let at = sim.switched_to(Relay, *cut).expect("onto the relay");
+        assert!(at - *cut <= secs(3), "{:?}", at - *cut);
+        assert_eq!(sim.ladder.relay(), relay);
+    }
+
+    for sim in &mut ends {
+        sim.link(Udp).up = true;
+        sim.link(Quic).up = true;
+        sim.run_for(secs(10));
+        assert_eq!(sim.chosen(), Some(Relay), "not before the hysteresis");
+        sim.run_for(secs(2));
+        assert_eq!(sim.chosen(), Some(Udp));
+    }
+}
+
 #[test]
 fn a_new_relay_is_a_new_path_probed_afresh() {
     let mut sim = Sim::new(&[Relay], 3);
@@ -520,6 +562,22 @@ fn late_duplicate_and_foreign_acks_are_ignored() {
     assert!(
         !ladder.handle_ack(t0 + ms(600), Quic, quic.id),
         "late: already lost"
+    );
+}
+
+#[test]
+fn a_probe_is_the_smallest_tunnel_port_probe() {
+    use crate::wire::probe::{MIN_SIZE, ProbeMessage};
+    let t0 = Instant::now();
+    let mut ladder = Ladder::new(LadderConfig::default());
+    ladder.set_candidates(t0, &[Udp]);
+    let p = ladder.poll_probe().expect("probe");
+    assert_eq!(
+        p.message(),
+        ProbeMessage::Probe {
+            id: p.id.0,
+            size: MIN_SIZE
+        }
     );
 }
 
