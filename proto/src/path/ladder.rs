@@ -17,8 +17,8 @@
 //!   once and then every `suspect_interval` (50 ms) until one is acked. `down_after`
 //!   (8) losses in a row mark it down as **cut**. A rung that just broke is thus down
 //!   within `probe_interval + 2 × probe_timeout + (down_after − 2) × suspect_interval`
-//!   = 2.3 s, and 20 % random loss needs 8 losses in a row (p = 0.2⁸ ≈ 2.6·10⁻⁶ per run
-//!   of losses) to fake a break.
+//!   = 2.3 s; at 20 % random loss a run of losses that starts reaches 8 with
+//!   p = 0.2⁷ ≈ 1.3·10⁻⁵, one false cut per rung in ~6 days.
 //! - A loss of `max_loss_percent` (50 %) or more over the last `window` (50) probes,
 //!   once `min_window` (20) are in, marks a rung down as **lossy**.
 //! - A rung that is not up and has an ack in hand is probed every `suspect_interval`
