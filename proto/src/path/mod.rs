@@ -4,16 +4,19 @@
 //!
 //! The ladder, best rung first: host-gw → udp → quic → relay. The daemon resolves each
 //! peer's candidates from the policy, feeds them with probe acks and timers into the
-//! peer's [`Ladder`], and carries the peer's traffic on [`Ladder::chosen`].
+//! peer's [`Ladder`] (every peer's in one [`PathLadders`]), and carries the peer's
+//! traffic on [`Ladder::chosen`].
 
 pub mod dial;
 pub mod ladder;
+mod ladders;
 pub mod policy;
 
 pub use dial::{ConnectionInfo, Keep, Side, dialer, keep};
 pub use ladder::{
     Health, Ladder, LadderConfig, LadderStatus, PathReason, Probe, ProbeId, RungStatus, Switch,
 };
+pub use ladders::PathLadders;
 pub use policy::{
     PairView, PathKind, PathPolicy, PathRule, PeerRule, PolicyError, Resolved, RuleSource,
     ZonePairRule,
