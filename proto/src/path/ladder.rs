@@ -307,6 +307,15 @@ impl Ladder {
         true
     }
 
+    /// The rung probe `id` was sent on, while its ack is awaited. Host-gw and udp probes
+    /// both travel on the tunnel port, so their acks name their rung only by id.
+    pub fn awaited(&self, id: ProbeId) -> Option<PathKind> {
+        self.rungs
+            .iter()
+            .find(|(_, r)| r.in_flight.contains_key(&id))
+            .map(|(k, _)| *k)
+    }
+
     /// Counts timed-out probes as lost, sends due probes and switches when the evidence
     /// says so.
     pub fn handle_timeout(&mut self, now: Instant) {

@@ -554,10 +554,13 @@ fn late_duplicate_and_foreign_acks_are_ignored() {
     let quic = ladder.poll_probe().expect("quic probe");
     assert_eq!((udp.path, quic.path), (Udp, Quic));
 
+    assert_eq!(ladder.awaited(udp.id), Some(Udp));
+    assert_eq!(ladder.awaited(quic.id), Some(Quic));
     assert!(!ladder.handle_ack(t0, Quic, udp.id), "ack on another rung");
     assert!(!ladder.handle_ack(t0, Udp, ProbeId(999)), "unknown id");
     assert!(ladder.handle_ack(t0 + ms(2), Udp, udp.id));
     assert!(!ladder.handle_ack(t0 + ms(3), Udp, udp.id), "duplicate");
+    assert_eq!(ladder.awaited(udp.id), None);
     ladder.handle_timeout(t0 + ms(500));
     assert!(
         !ladder.handle_ack(t0 + ms(600), Quic, quic.id),
