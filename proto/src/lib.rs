@@ -13,6 +13,7 @@ pub mod dataplane;
 pub mod gossip;
 pub mod ipam;
 pub mod nft;
+pub mod path;
 pub mod pod;
 pub mod routing;
 pub mod service;
