@@ -254,6 +254,27 @@ impl Netlink {
             .with_context(|| format!("setting hairpin mode on bridge port #{index}"))
     }
 
+    /// Forgets the neighbour (ARP) entry of `ip` on link `index`, if there is one: a pod
+    /// made again, or a new pod given a freed address, has a new MAC, and a cached entry
+    /// (even `REACHABLE`, confirmed by the old flow) would send its traffic nowhere until it
+    /// times out.
+    pub async fn forget_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        use netlink_packet_route::AddressFamily;
+        use netlink_packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+        };
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("forgetting the neighbour {ip}")),
+        }
+    }
+
     pub async fn delete_link(&self, index: u32) -> Result<()> {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(()),

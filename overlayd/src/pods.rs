@@ -151,6 +151,7 @@ impl Pods {
         }
         // Pods still waiting for an address stay recorded: the daemon runs on, so that they
         // can be deleted (which makes room for the others).
+        let mut gone = Vec::new();
         for pod in self.pods.values() {
             match nl.link_by_name(&pod.veth).await? {
                 Some(link) => {
@@ -158,16 +159,62 @@ impl Pods {
                         .await?;
                     nl.set_hairpin(link.index).await?
                 }
-                None => tracing::warn!(
-                    pod = %pod.name,
-                    ip = %pod.ip,
-                    "the pod's veth {} is gone; its address stays reserved until `overlayd pod del {}`",
-                    pod.veth,
-                    pod.name
-                ),
+                None => gone.push(pod.name.clone()),
+            }
+        }
+        for name in gone {
+            if let Err(e) = self.replumb(nl, &name).await {
+                tracing::warn!(
+                    pod = %name,
+                    "the pod's veth is gone and it could not be made again ({e:#}); its address \
+                     stays reserved until `overlayd pod del {name}`"
+                );
             }
         }
         Ok(())
+    }
+
+    /// Makes a pod whose veth is gone again, with its address: in its namespace if that
+    /// is still the one it was added with; in a new one if the daemon made the namespace
+    /// and it is gone (a reboot, or a restarted container: the bind mount went with the
+    /// mount namespace, a stale file may remain). A namespace the daemon did not make and
+    /// that is gone is not guessed at.
+    async fn replumb(&mut self, nl: &Netlink, name: &str) -> Result<()> {
+        let Some(pod) = self.pods.get(name).cloned() else {
+            return Ok(());
+        };
+        let live = netns::inode_of(&pod.netns)
+            .ok()
+            .filter(|ino| pod.netns_inode.is_none_or(|want| *ino == want));
+        let pod = match live {
+            Some(_) => pod,
+            None if pod.netns_owned => {
+                let file = pod
+                    .netns
+                    .file_name()
+                    .and_then(|f| f.to_str())
+                    .with_context(|| format!("{} names no namespace", pod.netns.display()))?
+                    .to_owned();
+                netns::delete(&pod.netns)?;
+                let path = netns::create(&file)?;
+                let inode = netns::inode_of(&path)?;
+                PodRecord {
+                    netns: path,
+                    netns_inode: Some(inode),
+                    ..pod
+                }
+            }
+            None => bail!(
+                "its namespace {} is gone, and the daemon did not make it",
+                pod.netns.display()
+            ),
+        };
+        self.plumb(nl, &pod).await?;
+        let resolv_conf = self.write_resolv_conf(&pod);
+        let pod = PodRecord { resolv_conf, ..pod };
+        tracing::info!(pod = %pod.name, ip = %pod.ip, netns = %pod.netns.display(), "pod made again (its veth was gone)");
+        self.pods.insert(pod.name.clone(), pod);
+        self.save()
     }
 
     /// Creates a pod. On any failure everything done so far is undone.
@@ -289,6 +336,7 @@ impl Pods {
         nl.set_link(host.index, Some(self.mtu), Some(self.bridge), true)
             .await?;
         nl.set_hairpin(host.index).await?;
+        nl.forget_neighbour(self.bridge, pod.ip).await?;
 
         let lo = in_pod
             .link_by_name("lo")

@@ -11,8 +11,8 @@ use overlayd_proto::wire::probe::ProbeMessage;
 use overlayd_proto::wire::vxlan::EncapHeader;
 
 use crate::support::{
-    lab, link_packets, ns_run, ping, quiet_lab, tcp_transfer, two_segments, two_segments_with,
-    wait_for,
+    lab, link_packets, ns_run, ping, pod_processes, quiet_lab, tcp_transfer, two_segments,
+    two_segments_with, wait_for,
 };
 
 /// A VXLAN datagram as `from` would send it to `to`, carrying an IPv4/UDP packet.
@@ -511,4 +511,60 @@ pub(crate) fn sigterm_during_start_up_stops_cleanly() -> Result<()> {
         "a bridge was left behind"
     );
     Ok(())
+}
+
+/// A pod whose namespace went while the daemon was down (a reboot, or a restarted
+/// container, takes the namespace's bind mount with it) is made again when the daemon
+/// starts: the same address in a new namespace of the same name, reachable from a pod on
+/// another segment.
+pub(crate) fn a_pod_whose_namespace_went_is_made_again_at_start() -> Result<()> {
+    let mut lab = quiet_lab("pn")?;
+    // A pod whose namespace the daemon makes (`pod add` without --netns; the lab's own
+    // pods come with namespaces the lab made). Unique on the host: /run/netns is shared.
+    let name = format!("own{}", std::process::id());
+    lab.overlayd("n1", &["pod", "add", &name])?;
+    let netns = format!("/run/netns/{name}");
+    let _cleanup = DeleteNetns(netns.clone());
+    let ip = ns_run(&name, &["ip", "-4", "-br", "addr", "show", "eth0"])?;
+    let ip: Ipv4Addr = ip
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.split('/').next())
+        .context("no address on the pod's eth0")?
+        .parse()?;
+    let far = lab.pod("n3-p1")?.clone();
+    wait_for("the new pod to answer", Duration::from_secs(10), || {
+        Ok(ping(&far.netns, ip, 1).is_ok())
+    })?;
+    lab.kill_daemon("n1")?;
+    // Its name is removed and nothing runs in it: the namespace, and the veth, are gone.
+    let deleted = Command::new("ip").args(["netns", "del", &name]).status()?;
+    ensure!(deleted.success(), "ip netns del {name} failed");
+    ensure!(
+        ping(&far.netns, ip, 1).is_err(),
+        "{ip} still answers with its namespace deleted"
+    );
+    lab.start_daemon("n1")?;
+    wait_for(
+        "the pod to be made again and answer",
+        Duration::from_secs(10),
+        || Ok(ping(&far.netns, ip, 1).is_ok()),
+    )?;
+    let addr = ns_run(&name, &["ip", "-4", "-br", "addr", "show", "eth0"])?;
+    ensure!(
+        addr.contains(&ip.to_string()),
+        "the new namespace has {addr:?}, not {ip}"
+    );
+    Ok(())
+}
+
+/// Deletes a network namespace by path when dropped (the lab tears down its own pods'
+/// namespaces, not one the daemon made).
+struct DeleteNetns(String);
+
+impl Drop for DeleteNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

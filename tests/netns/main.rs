@@ -116,6 +116,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         gossip::static_subnet_wins_and_the_claimer_moves_its_pods,
     ),
     (
+        "pod_whose_namespace_went_is_made_again_at_start",
+        faults::a_pod_whose_namespace_went_is_made_again_at_start,
+    ),
+    (
         "service_clusterip_reaches_every_backend_from_every_node_evenly",
         services::clusterip_reaches_every_backend_from_every_node_evenly,
     ),

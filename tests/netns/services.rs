@@ -13,7 +13,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use overlayd_lab::{Lab, Topology, in_netns, process};
 
-use crate::support::{Pattern, default_lab, expect_pattern, lab, ns_run, wait_for};
+use crate::support::{Pattern, default_lab, expect_pattern, lab, ns_run, pod_processes, wait_for};
 
 /// The lab's pod server port (TCP and UDP).
 const HELLO: u16 = 8080;
@@ -164,13 +164,6 @@ pub(crate) fn least_conn_prefers_the_idle_backend() -> Result<()> {
     );
     drop(held);
     Ok(())
-}
-
-/// The PIDs of the processes in a pod's namespace (its server).
-fn pod_processes(lab: &Lab, pod: &str) -> Result<Vec<u32>> {
-    let ns = &lab.pod(pod)?.netns;
-    let inode = overlayd_lab::netns::inode(ns)?;
-    Ok(process::pids_in_namespaces(&[inode].into_iter().collect()))
 }
 
 /// A backend pod's server killed mid-test: no new connection fails (a refused connect

@@ -392,3 +392,12 @@ pub(crate) fn check_reports_config_errors() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// The PIDs of the processes in a pod's namespace (its server).
+pub(crate) fn pod_processes(lab: &overlayd_lab::Lab, pod: &str) -> Result<Vec<u32>> {
+    let ns = &lab.pod(pod)?.netns;
+    let inode = overlayd_lab::netns::inode(ns)?;
+    Ok(overlayd_lab::process::pids_in_namespaces(
+        &[inode].into_iter().collect(),
+    ))
+}
