@@ -11,8 +11,8 @@ use overlayd_proto::wire::probe::ProbeMessage;
 use overlayd_proto::wire::vxlan::EncapHeader;
 
 use crate::support::{
-    lab, link_packets, ns_run, ping, pod_processes, quiet_lab, tcp_transfer, two_segments,
-    two_segments_with, wait_for,
+    lab, link_packets, ns_run, ping, quiet_lab, tcp_transfer, two_segments, two_segments_with,
+    wait_for,
 };
 
 /// A VXLAN datagram as `from` would send it to `to`, carrying an IPv4/UDP packet.
