@@ -49,6 +49,9 @@ printf 'root:x:0:\n' >"$root/etc/group"
 printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
 
 cp docker/Dockerfile "$ctx/Dockerfile"
-docker build -q -t "$tag" "$ctx" >/dev/null
+if ! docker build -q -t "$tag" "$ctx" >/dev/null 2>"$ctx/build.log"; then
+    cat "$ctx/build.log" >&2
+    exit 1
+fi
 size=$(docker image inspect -f '{{.Size}}' "$tag")
 echo "built $tag: $((size / 1000 / 1000)) MB ($size bytes)"
