@@ -20,8 +20,7 @@ use rcgen::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{
-    CertificateDer, PrivateKeyDer, ServerName, SignatureVerificationAlgorithm, TrustAnchor,
-    UnixTime,
+    CertificateDer, PrivateKeyDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime,
 };
 
 pub use overlayd_proto::pki::{Fingerprint, PeerCertError, RevocationList};
@@ -113,6 +112,7 @@ pub fn init_ca(dir: &Path, validity: Validity, force: bool) -> Result<Written> {
 /// Issues a certificate for the node `node` (its gossip member name, as SAN DNS name and
 /// common name; good for TLS server and client auth) signed by the CA in `ca_dir`, and
 /// writes `out/NODE.pem` and `out/NODE.key` (0600), replacing an older pair (renewal).
+/// The certificate ends with the CA at the latest, whatever `validity` asks for.
 pub fn issue_cert(node: &str, ca_dir: &Path, out: &Path, validity: Validity) -> Result<Written> {
     if let Some(problem) = member_name_problem(node) {
         bail!("{problem}");
@@ -128,6 +128,21 @@ pub fn issue_cert(node: &str, ca_dir: &Path, out: &Path, validity: Validity) -> 
         .with_context(|| format!("{} is not PEM text", ca_cert_path.display()))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
         .with_context(|| format!("{} is not a CA certificate", ca_cert_path.display()))?;
+    // Peers check a trust anchor's signature, not its dates: a node certificate that
+    // outlived its CA would stay valid, so none may.
+    let ca = Ca::load(&ca_cert_path)?;
+    let ca_not_after = not_after(ca.cert_der())
+        .with_context(|| format!("{} has no readable expiry", ca_cert_path.display()))?;
+    let validity = Validity {
+        not_after: validity.not_after.min(ca_not_after),
+        ..validity
+    };
+    if validity.not_after <= validity.not_before {
+        bail!(
+            "the CA {} has expired; make a new one with `overlayd ca init --force`",
+            ca_cert_path.display()
+        );
+    }
 
     let key = KeyPair::generate().context("generating the node key")?;
     let cert = node_params(node, validity)?
@@ -136,7 +151,6 @@ pub fn issue_cert(node: &str, ca_dir: &Path, out: &Path, validity: Validity) -> 
 
     // A check of what was just made: a ca.key that does not belong to ca.pem would
     // otherwise surface only as refused tunnels.
-    let ca = Ca::load(&ca_cert_path)?;
     verify_peer(
         &ca,
         &RevocationList::new(),
@@ -144,12 +158,16 @@ pub fn issue_cert(node: &str, ca_dir: &Path, out: &Path, validity: Validity) -> 
         node,
         validity.not_before,
     )
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "the new certificate does not verify against {} ({e}); does {} belong to it?",
+    .map_err(|e| match e {
+        PeerCertError::ForeignCa => anyhow::anyhow!(
+            "the new certificate does not verify against {}: {} does not belong to it",
             ca_cert_path.display(),
             ca_key_path.display()
-        )
+        ),
+        e => anyhow::anyhow!(
+            "the new certificate would be refused by peers: {e} (CA {})",
+            ca_cert_path.display()
+        ),
     })?;
 
     create_dir_private(out)?;
@@ -251,6 +269,14 @@ pub fn fingerprint(cert_der: &[u8]) -> Fingerprint {
     Fingerprint(out)
 }
 
+/// When a certificate (DER) expires; `None` iff it cannot be parsed. For showing
+/// expiry (`overlayd peers`, reload warnings); [`verify_peer`] does the checking.
+pub fn not_after(cert_der: &[u8]) -> Option<SystemTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let secs = cert.validity().not_after.timestamp();
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
 /// Checks the certificate a peer presented (DER): `Ok` iff it is a node certificate
 /// signed by `ca`, valid at `now`, usable for TLS client and server auth (either side of
 /// a pair may dial), not on `revoked`, and naming `expected_name` — the gossip member
@@ -279,9 +305,10 @@ pub fn verify_peer(
     if revoked.is_revoked(&fingerprint(cert_der)) {
         return Err(PeerCertError::Revoked);
     }
-    let name = ServerName::try_from(expected_name).map_err(|_| PeerCertError::NameMismatch)?;
-    cert.verify_is_valid_for_subject_name(&name)
-        .map_err(refusal)
+    if !names_member(cert_der, expected_name)? {
+        return Err(PeerCertError::NameMismatch);
+    }
+    Ok(())
 }
 
 /// Reads a private key file: a regular file, at most 64 KiB, whose mode gives the group
@@ -303,6 +330,25 @@ pub fn read_private_key(path: &Path) -> Result<Vec<u8>> {
         );
     }
     read_bounded(file, path)
+}
+
+/// Whether the certificate's subject alternative names hold `name` as a DNS name,
+/// compared whole (ASCII case-insensitively, as DNS does; no wildcards). webpki's own
+/// name check cannot serve: it refuses reference names whose last label is all digits
+/// or looks like a hex number (IPv4 look-alikes), and "123" is a valid node name.
+fn names_member(cert_der: &[u8], name: &str) -> Result<bool, PeerCertError> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert_der).map_err(|_| PeerCertError::Malformed)?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| PeerCertError::Malformed)?;
+    Ok(san.is_some_and(|san| {
+        san.value
+            .general_names
+            .iter()
+            .any(|g| matches!(g, GeneralName::DNSName(n) if n.eq_ignore_ascii_case(name)))
+    }))
 }
 
 /// Maps webpki's reasons onto the ones counted.

@@ -211,3 +211,42 @@ fn a_node_name_that_is_not_a_member_name_is_refused() {
         );
     }
 }
+
+#[test]
+fn every_member_name_form_round_trips_through_a_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let (ca_dir, ca) = ca(tmp.path(), "ca", now);
+    let longest = "a".repeat(63);
+
+    for name in ["0", "123", "0x1f", "n-1", "1n", longest.as_str()] {
+        let w = issue_cert(name, &ca_dir, tmp.path(), Validity::days_from(now, 1)).unwrap();
+        let der = cert_der(&w);
+        assert_eq!(
+            verify_peer(&ca, &RevocationList::new(), &der, name, now),
+            Ok(()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_node_certificate_never_outlives_its_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let (ca_dir, ca) = ca(tmp.path(), "ca", now);
+
+    let w = issue_cert("n1", &ca_dir, tmp.path(), Validity::days_from(now, 365)).unwrap();
+
+    let ca_end = now + 30 * DAY;
+    let slack = Duration::from_secs(2);
+    assert!(w.validity.not_after <= ca_end + slack && w.validity.not_after + slack >= ca_end);
+    let der = cert_der(&w);
+    assert_eq!(not_after(&der), not_after(ca.cert_der()));
+    let none = RevocationList::new();
+    assert_eq!(verify_peer(&ca, &none, &der, "n1", now + 29 * DAY), Ok(()));
+    assert_eq!(
+        verify_peer(&ca, &none, &der, "n1", now + 31 * DAY),
+        Err(PeerCertError::Expired)
+    );
+}
