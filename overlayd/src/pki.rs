@@ -332,23 +332,44 @@ pub fn read_private_key(path: &Path) -> Result<Vec<u8>> {
     read_bounded(file, path)
 }
 
+/// The member a certificate names: its one DNS subject alternative name, when that is a
+/// valid node name. For the accepting side of a connection, which learns who dials only
+/// from the certificate: take this name, then [`verify_peer`] with it, then check that
+/// the member is live (and, once gossip carries it, that its record's fingerprint is
+/// this certificate's).
+pub fn member_name(cert_der: &[u8]) -> Result<String, PeerCertError> {
+    match dns_names(cert_der)?.as_slice() {
+        [name] if member_name_problem(name).is_none() => Ok(name.clone()),
+        _ => Err(PeerCertError::NameMismatch),
+    }
+}
+
 /// Whether the certificate's subject alternative names hold `name` as a DNS name,
 /// compared whole (ASCII case-insensitively, as DNS does; no wildcards). webpki's own
 /// name check cannot serve: it refuses reference names whose last label is all digits
 /// or looks like a hex number (IPv4 look-alikes), and "123" is a valid node name.
 fn names_member(cert_der: &[u8], name: &str) -> Result<bool, PeerCertError> {
+    Ok(dns_names(cert_der)?
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(name)))
+}
+
+/// The DNS names among the certificate's subject alternative names.
+fn dns_names(cert_der: &[u8]) -> Result<Vec<String>, PeerCertError> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) =
         x509_parser::parse_x509_certificate(cert_der).map_err(|_| PeerCertError::Malformed)?;
     let san = cert
         .subject_alternative_name()
         .map_err(|_| PeerCertError::Malformed)?;
-    Ok(san.is_some_and(|san| {
-        san.value
-            .general_names
-            .iter()
-            .any(|g| matches!(g, GeneralName::DNSName(n) if n.eq_ignore_ascii_case(name)))
-    }))
+    Ok(san
+        .into_iter()
+        .flat_map(|san| san.value.general_names.iter())
+        .filter_map(|g| match g {
+            GeneralName::DNSName(n) => Some((*n).to_owned()),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Maps webpki's reasons onto the ones counted.

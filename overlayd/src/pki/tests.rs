@@ -227,7 +227,13 @@ fn every_member_name_form_round_trips_through_a_certificate() {
             Ok(()),
             "{name}"
         );
+        assert_eq!(member_name(&der).as_deref(), Ok(name));
     }
+    assert_eq!(
+        member_name(ca.cert_der()),
+        Err(PeerCertError::NameMismatch),
+        "the CA certificate names no member"
+    );
 }
 
 #[test]
