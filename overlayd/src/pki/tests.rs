@@ -256,3 +256,18 @@ fn a_node_certificate_never_outlives_its_ca() {
         Err(PeerCertError::Expired)
     );
 }
+
+#[test]
+fn a_ca_key_that_does_not_belong_to_the_ca_certificate_is_caught_at_issue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let (ours, _) = ca(tmp.path(), "ours", now);
+    let (theirs, _) = ca(tmp.path(), "theirs", now);
+    std::fs::copy(theirs.join(CA_KEY_FILE), ours.join(CA_KEY_FILE)).unwrap();
+
+    let err = issue_cert("n1", &ours, tmp.path(), Validity::days_from(now, 1)).unwrap_err();
+
+    let text = crate::error_text(&err);
+    assert!(text.contains("does not belong to it"), "{text}");
+    assert!(!tmp.path().join("n1.pem").exists());
+}
