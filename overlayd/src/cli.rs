@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod pki;
 pub mod service;
 
 use crate::api::{self, Request};

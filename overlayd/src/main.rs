@@ -83,6 +83,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The cluster CA that signs node certificates for the QUIC tunnels' mutual TLS.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Node certificates signed by the cluster CA.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// A whole cluster in network namespaces on this host: up, check, ps, exec, down.
     Lab {
         #[command(subcommand)]
@@ -98,6 +108,42 @@ enum KeyCommand {
     Install,
     Use,
     Remove,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Make a cluster CA (ECDSA P-256): DIR/ca.pem (the certificate every node needs) and
+    /// DIR/ca.key (mode 0600; keep it off the nodes, it signs certificates only).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// How long the CA is valid.
+        #[arg(long, default_value_t = overlayd::pki::DEFAULT_CA_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
+        /// Replace an existing CA; every certificate it signed stops being trusted.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Issue a certificate for the node NODE (its gossip member name, `node.name` in its
+    /// config), good for TLS client and server: OUT/NODE.pem and OUT/NODE.key (0600).
+    /// An existing pair of that name is replaced (renewal).
+    Issue {
+        node: String,
+        /// The directory of `overlayd ca init`.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the certificate is valid.
+        #[arg(long, default_value_t = overlayd::pki::DEFAULT_CERT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -206,6 +252,28 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             ..
         } => {
             println!("{}", overlayd::keys::generate()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca {
+            command: CaCommand::Init { dir, days, force },
+        } => {
+            let validity = overlayd::pki::Validity::days_from(std::time::SystemTime::now(), days);
+            let w = overlayd::pki::init_ca(&dir, validity, force)?;
+            print!("{}", cli::pki::written_text("CA", &w));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cert {
+            command:
+                CertCommand::Issue {
+                    node,
+                    ca_dir,
+                    out,
+                    days,
+                },
+        } => {
+            let validity = overlayd::pki::Validity::days_from(std::time::SystemTime::now(), days);
+            let w = overlayd::pki::issue_cert(&node, &ca_dir, &out, validity)?;
+            print!("{}", cli::pki::written_text(&format!("node {node}"), &w));
             Ok(ExitCode::SUCCESS)
         }
         Command::Lab { command } => {
@@ -342,7 +410,11 @@ async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
         Command::Services { json } => {
             cli::show(socket, Request::Services, json, cli::service::report_table).await
         }
-        Command::Run { .. } | Command::Check { .. } | Command::Lab { .. } => {
+        Command::Run { .. }
+        | Command::Check { .. }
+        | Command::Ca { .. }
+        | Command::Cert { .. }
+        | Command::Lab { .. } => {
             unreachable!("handled before connecting")
         }
     }

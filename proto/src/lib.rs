@@ -14,6 +14,7 @@ pub mod gossip;
 pub mod ipam;
 pub mod nft;
 pub mod path;
+pub mod pki;
 pub mod pod;
 pub mod routing;
 pub mod service;

@@ -9,6 +9,7 @@ mod cluster;
 mod faults;
 mod gossip;
 mod interop;
+mod pki;
 mod pmtu;
 mod services;
 mod support;
@@ -166,10 +167,16 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
 ];
 
 /// Tests that need no privileges.
-const USER_TESTS: &[(&str, TestFn)] = &[(
-    "check_reports_config_errors",
-    support::check_reports_config_errors,
-)];
+const USER_TESTS: &[(&str, TestFn)] = &[
+    (
+        "check_reports_config_errors",
+        support::check_reports_config_errors,
+    ),
+    (
+        "pki_ca_init_and_cert_issue_write_private_keys_and_refuse_mistakes",
+        pki::ca_init_and_cert_issue_write_private_keys_and_refuse_mistakes,
+    ),
+];
 
 fn main() {
     let args = Arguments::from_args();
