@@ -484,6 +484,12 @@ impl ServiceState {
         let service = self.catalog.preview(&object);
         self.touched.insert(key);
         self.dirty = true;
+        // A lone write is built (and the table published) before the answer, so the node
+        // serves the Service when `service add` returns; in a run of writes the paced
+        // rebuild takes the rest.
+        if now >= self.rebuild_due() {
+            self.rebuild(store, now);
+        }
         Ok(ServiceInfo { spec, service })
     }
 
@@ -521,6 +527,9 @@ impl ServiceState {
         self.touched.insert(key.clone());
         self.deleted = true;
         self.dirty = true;
+        if now >= self.rebuild_due() {
+            self.rebuild(store, now);
+        }
         Ok(info)
     }
 

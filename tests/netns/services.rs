@@ -38,13 +38,30 @@ fn greet_within(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<String>
     Ok(line.trim_end().to_string())
 }
 
-/// `overlayd service add ARGS… --json` on `node`: the Service's VIP.
+/// `overlayd service add ARGS… --json` on `node`: the Service's VIP, once every node with
+/// a daemon routes it locally (the Service travels by gossip; `add` answers when it is
+/// written, and a connection made before a node has the VIP's route finds the network
+/// unreachable).
 fn add(lab: &Lab, node: &str, args: &[&str]) -> Result<Ipv4Addr> {
     let mut all = vec!["add"];
     all.extend_from_slice(args);
     let info = lab.service(node, &all)?;
     ensure!(info.service.is_active(), "not active: {:?}", info.service);
-    info.service.cluster_ip.context("no cluster IP")
+    let vip = info.service.cluster_ip.context("no cluster IP")?;
+    for n in lab.nodes().filter(|n| n.pid().is_some()) {
+        let ns = n.netns();
+        wait_for(
+            &format!("{} to route the VIP {vip}", n.name()),
+            Duration::from_secs(5),
+            || {
+                let route = ns_run(&ns, &["ip", "-4", "route", "show", "table", "local"])?;
+                Ok(route
+                    .lines()
+                    .any(|l| l.starts_with(&format!("local {vip} "))))
+            },
+        )?;
+    }
+    Ok(vip)
 }
 
 /// Waits until `node` serves `name` with `endpoints` endpoints.
