@@ -28,14 +28,38 @@ pub mod sysctl;
 /// a mix: a temporary file next to it, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     use anyhow::Context;
-    use std::io::Write;
     let dir = path
         .parent()
         .with_context(|| format!("{} has no directory", path.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    write_atomic_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] into an existing directory, the file created with `mode` (less the
+/// umask) from the start: a key file is never readable by others, not even briefly.
+pub fn write_atomic_mode(path: &std::path::Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no directory", path.display()))?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp_name);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing the stale {}", tmp.display()));
+        }
+        _ => {}
+    }
+    // create_new (O_EXCL) also refuses to follow a symlink planted at the temporary name.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;

@@ -8,7 +8,7 @@
 //! names, fingerprints, the revocation list, refusal reasons) live in
 //! [`overlayd_proto::pki`].
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -453,33 +453,7 @@ fn create_dir_private(dir: &Path) -> Result<()> {
 /// readable by anyone else, not even before a chmod), fsync, rename, fsync of the
 /// directory.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no directory", path.display()))?;
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("removing the stale {}", tmp.display()));
-        }
-        _ => {}
-    }
-    // create_new (O_EXCL) also refuses to follow a symlink planted at the temporary name.
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(())
+    crate::write_atomic_mode(path, bytes, 0o600)
 }
 
 fn read_pem_file(path: &Path) -> Result<Vec<u8>> {
