@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::peer::PeerInfo;
 
 mod admission;
+pub mod liveness;
 
 pub use admission::{LocalView, RejectReason, Rejected, admit};
 
