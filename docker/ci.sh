@@ -20,16 +20,21 @@ cleanup
 step "up"
 compose up -d
 wait_until() { # SECONDS DESCRIPTION COMMAND...
-    local deadline=$((SECONDS + $1)) what=$2
+    local limit=$1 what=$2
+    local deadline=$((SECONDS + limit))
     shift 2
     until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || { echo "timed out after $1 s: $what" >&2; return 1; }
+        ((SECONDS < deadline)) || { echo "timed out after $limit s: $what" >&2; return 1; }
         sleep 0.5
     done
 }
-endpoints() { compose exec -T n1 overlayd service get hello | awk '/endpoints:/ { print $2 }'; }
-wait_until 60 "every node up with 8 endpoints of hello" sh -c \
-    "[ \"\$(docker-compose -f compose.yml exec -T n1 overlayd service get hello | awk '/endpoints:/ { print \$2 }')\" = 8 ]"
+endpoints_are() { # COUNT: n1 sees COUNT endpoints of the Service hello
+    [[ $(compose exec -T n1 overlayd service get hello | awk '/endpoints:/ { print $2 }') == "$1" ]]
+}
+member_gone() { # NAME: n1 sees member NAME in any state but alive
+    compose exec -T n1 overlayd members | awk -v m="$1" '$1 == m { print $4 }' | grep -qv alive
+}
+wait_until 60 "every node up with 8 endpoints of hello" endpoints_are 8
 ./check.sh compose.yml
 
 step "stop n2: the others see it gone, its pods leave the Service"
@@ -37,14 +42,13 @@ before=$(compose exec -T n2 overlayd pod list | awk 'NR > 1 { print $1, $2 }')
 subnet=$(compose exec -T n1 overlayd members | awk '$1 == "n2" { print $3 }')
 compose stop n2
 start=$SECONDS
-wait_until 10 "n1 to see n2 gone" sh -c \
-    "docker-compose -f compose.yml exec -T n1 overlayd members | awk '\$1 == \"n2\" { print \$4 }' | grep -qv alive"
+wait_until 10 "n1 to see n2 gone" member_gone n2
 echo "n2 seen gone by n1 after $((SECONDS - start)) s"
-wait_until 10 "hello to lose n2's endpoints" sh -c "[ \"\$(docker-compose -f compose.yml exec -T n1 overlayd service get hello | awk '/endpoints:/ { print \$2 }')\" = 6 ]"
+wait_until 10 "hello to lose n2's endpoints" endpoints_are 6
 
 step "start n2: same subnet and pod addresses"
 compose start n2
-wait_until 60 "n2's endpoints back" sh -c "[ \"\$(docker-compose -f compose.yml exec -T n1 overlayd service get hello | awk '/endpoints:/ { print \$2 }')\" = 8 ]"
+wait_until 60 "n2's endpoints back" endpoints_are 8
 after=$(compose exec -T n2 overlayd pod list | awk 'NR > 1 { print $1, $2 }')
 [[ $before == "$after" ]] || { echo "n2's pods changed: $before -> $after" >&2; exit 1; }
 now=$(compose exec -T n1 overlayd members | awk '$1 == "n2" { print $3 }')
@@ -61,7 +65,7 @@ wait "$pinger" || true
 tail -2 ping.out
 grep -q " 0% packet loss" ping.out || { echo "n1 -> n4 lost packets while n2 restarted" >&2; exit 1; }
 rm -f ping.out
-wait_until 60 "n2's endpoints back" sh -c "[ \"\$(docker-compose -f compose.yml exec -T n1 overlayd service get hello | awk '/endpoints:/ { print \$2 }')\" = 8 ]"
+wait_until 60 "n2's endpoints back" endpoints_are 8
 ./check.sh compose.yml
 
 step "down -v leaves nothing"

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use overlayd_lab::{Lab, in_netns};
+use overlayd_lab::{Lab, Netns, in_netns};
 use overlayd_proto::wire::MacAddr;
 use overlayd_proto::wire::probe::ProbeMessage;
 use overlayd_proto::wire::vxlan::EncapHeader;
@@ -523,8 +523,7 @@ pub(crate) fn a_pod_whose_namespace_went_is_made_again_at_start() -> Result<()> 
     // pods come with namespaces the lab made). Unique on the host: /run/netns is shared.
     let name = format!("own{}", std::process::id());
     lab.overlayd("n1", &["pod", "add", &name])?;
-    let netns = format!("/run/netns/{name}");
-    let _cleanup = DeleteNetns(netns.clone());
+    let _cleanup = Netns::adopt(&name)?;
     let ip = ns_run(&name, &["ip", "-4", "-br", "addr", "show", "eth0"])?;
     let ip: Ipv4Addr = ip
         .split_whitespace()
@@ -556,15 +555,4 @@ pub(crate) fn a_pod_whose_namespace_went_is_made_again_at_start() -> Result<()> 
         "the new namespace has {addr:?}, not {ip}"
     );
     Ok(())
-}
-
-/// Deletes a network namespace by path when dropped (the lab tears down its own pods'
-/// namespaces, not one the daemon made).
-struct DeleteNetns(String);
-
-impl Drop for DeleteNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

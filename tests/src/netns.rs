@@ -71,6 +71,14 @@ impl Netns {
         })
     }
 
+    /// Takes over an existing namespace that someone else made (a daemon's `pod add`):
+    /// deleted on drop, as if [`Netns::create`] had made it.
+    pub fn adopt(name: &str) -> Result<Netns, NetnsError> {
+        let mut ns = Netns::open(name)?;
+        ns.owned = true;
+        Ok(ns)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
