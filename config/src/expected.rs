@@ -29,6 +29,15 @@ fn for_element(schema_key: &str) -> Option<&'static str> {
         }
         "services.external_pool" => "an IPv4 subnet like 192.0.2.0/28",
         "dns.upstream" => "an IPv4 address or IP:PORT, like 192.0.2.53 or 198.51.100.1:5353",
+        "path.zone_pairs" => "a [[path.zone_pairs]] table with `zones = [\"a\", \"b\"]`",
+        "path.peers" => "a [[path.peers]] table with `peer = \"NAME\"`",
+        "path.zone_pairs.zones" => {
+            "a zone name like dc-a (1 to 63 characters of a-z, 0-9 and '-', not starting or \
+             ending with '-')"
+        }
+        "path.zone_pairs.allow" | "path.peers.allow" => {
+            "one of \"host-gw\", \"udp\", \"quic\" and \"relay\""
+        }
         _ => return None,
     };
     Some(expected)
@@ -54,6 +63,20 @@ pub(crate) fn for_schema_key(schema_key: &str) -> Option<&'static str> {
         "gossip" => "a [gossip] table with at least `key_files`",
         "gossip.timing" => "a [gossip.timing] table",
         "peer" => "[[peer]] tables, each with `name`, `underlay_address` and `pod_subnet`",
+        "quic" => "a [quic] table with `ca`, `cert` and `key`",
+        "quic.port" => "a UDP port between 1 and 65535",
+        "quic.ca" => "an absolute path like /etc/overlayd/pki/ca.pem",
+        "quic.cert" => "an absolute path like /etc/overlayd/pki/node-1.pem",
+        "quic.key" => "an absolute path like /etc/overlayd/pki/node-1.key",
+        "path" => "a [path] table",
+        "path.zone_pairs" => "[[path.zone_pairs]] tables, each with `zones = [\"a\", \"b\"]`",
+        "path.zone_pairs.zones" => "two zone names like [\"dc-a\", \"dc-b\"]",
+        "path.peers" => "[[path.peers]] tables, each with `peer = \"NAME\"`",
+        "path.peers.peer" => "a node name like node-2",
+        "path.zone_pairs.allow" | "path.peers.allow" => {
+            "a list of paths among \"host-gw\", \"udp\", \"quic\" and \"relay\""
+        }
+        "path.zone_pairs.require_encryption" | "path.peers.require_encryption" => "true or false",
         "node.zone" => {
             "a DNS label like rack-1 (1 to 63 characters of a-z, 0-9 and '-', not starting \
              or ending with '-')"

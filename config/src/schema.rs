@@ -12,6 +12,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use overlayd_proto::gossip::Timing;
 use overlayd_proto::gossip::subnet::SubnetPool;
+pub use overlayd_proto::path::PathPolicy;
 use overlayd_proto::service::{ServiceSettings, ServiceSpec};
 use overlayd_proto::wire::MacAddr;
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,13 @@ pub struct Config {
     /// `[[service]]`: Services this node adds to the cluster (by gossip) at start.
     #[serde(default, rename = "service")]
     pub service_specs: Vec<ServiceSpec>,
+    /// `[quic]`: encrypted, mutually authenticated tunnels. `None`: no QUIC endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<Quic>,
+    /// `[path]`: which paths each pair of zones, or each peer, may use, and whether it
+    /// must be encrypted.
+    #[serde(default)]
+    pub path: PathPolicy,
 }
 
 impl Config {
@@ -357,6 +365,33 @@ impl Default for Tunnel {
             udp_gso: true,
             udp_gro: true,
         }
+    }
+}
+
+/// `[quic]`: this node's QUIC endpoint — pod packets as RFC 9221 datagrams on one
+/// mutually authenticated connection per peer, for the peers the path policy sends over
+/// QUIC (by default those in another zone).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quic {
+    /// UDP port of the endpoint, for dialing and accepting. Default 8473.
+    #[serde(default = "Quic::default_port")]
+    pub port: u16,
+    /// The cluster CA's certificate (`overlayd ca init` writes `ca.pem`): every peer's
+    /// certificate must chain to it.
+    pub ca: PathBuf,
+    /// This node's certificate (`overlayd cert issue NODE` writes `NODE.pem`), naming
+    /// `node.name`.
+    pub cert: PathBuf,
+    /// This node's private key (`NODE.key`), readable by its owner only.
+    pub key: PathBuf,
+}
+
+impl Quic {
+    pub const DEFAULT_PORT: u16 = 8473;
+
+    fn default_port() -> u16 {
+        Quic::DEFAULT_PORT
     }
 }
 

@@ -9,9 +9,11 @@ use overlayd_proto::service::{
     SessionAffinity,
 };
 
+use overlayd_proto::path::{PathKind, PathRule, PeerRule, ZonePairRule};
+
 use crate::schema::{
-    Bridge, Cluster, Config, Daemon, Dataplane, Dns, DnsUpstream, Gossip, Nat, Node, OnExit, Peer,
-    PortRange, Profile, Relay, Services, TimingOverrides, Tunnel,
+    Bridge, Cluster, Config, Daemon, Dataplane, Dns, DnsUpstream, Gossip, Nat, Node, OnExit,
+    PathPolicy, Peer, PortRange, Profile, Quic, Relay, Services, TimingOverrides, Tunnel,
 };
 
 /// A configuration with every optional key set and one peer, so that serializing it
@@ -75,6 +77,28 @@ pub(crate) fn full_config() -> Config {
             upstream: vec![DnsUpstream("192.0.2.53:53".parse().unwrap())],
         },
         service_specs: vec![full_service()],
+        quic: Some(Quic {
+            port: 8473,
+            ca: "/etc/overlayd/pki/ca.pem".into(),
+            cert: "/etc/overlayd/pki/node-1.pem".into(),
+            key: "/etc/overlayd/pki/node-1.key".into(),
+        }),
+        path: PathPolicy {
+            zone_pairs: vec![ZonePairRule {
+                zones: ["rack-1".into(), "dc-2".into()],
+                rule: PathRule {
+                    allow: Some(vec![PathKind::Quic, PathKind::Relay]),
+                    require_encryption: Some(true),
+                },
+            }],
+            peers: vec![PeerRule {
+                peer: "node-2".into(),
+                rule: PathRule {
+                    allow: Some(vec![PathKind::Udp, PathKind::Quic]),
+                    require_encryption: Some(false),
+                },
+            }],
+        },
     }
 }
 

@@ -13,7 +13,9 @@ use crate::document::Document;
 use crate::error::ConfigError;
 use crate::expected::expected;
 use crate::key_path::KeyPath;
-use crate::schema::{Bridge, Cluster, Config, Daemon, Dns, Gossip, Node, Peer, Services, Tunnel};
+use crate::schema::{
+    Bridge, Cluster, Config, Daemon, Dns, Gossip, Node, PathPolicy, Peer, Quic, Services, Tunnel,
+};
 use crate::seed::Seed;
 use overlayd_proto::service::spec::dns_name_problem;
 use overlayd_proto::service::{FieldSegment, Protocol, ServiceSpec};
@@ -60,6 +62,8 @@ fn check(config: &Config, doc: &Document<'_>) -> Check {
     check_service_ranges(config, doc)?;
     check_upstreams_unique(&config.dns, doc)?;
     check_service_specs(config, doc)?;
+    check_udp_ports_distinct(config, doc)?;
+    check_path_policy(config)?;
     if let Some(gossip) = &config.gossip {
         check_claims_fit_cluster(&config.cluster, doc)?;
         check_seeds_unique(gossip, doc)?;
@@ -93,6 +97,9 @@ fn check_keys(config: &Config) -> Check {
     }
     check_services(&config.services)?;
     check_dns(&config.dns)?;
+    if let Some(quic) = &config.quic {
+        check_quic(quic)?;
+    }
     for (i, peer) in config.peers.iter().enumerate() {
         check_peer(&KeyPath::root().key("peer").index(i), peer)?;
     }
@@ -517,6 +524,10 @@ fn check_service_ranges(config: &Config, doc: &Document<'_>) -> Check {
             KeyPath::root().key("gossip").key("bind"),
             config.gossip.as_ref().map(|g| g.bind.port()),
         ),
+        (
+            KeyPath::root().key("quic").key("port"),
+            config.quic.as_ref().map(|q| q.port),
+        ),
     ];
     for (path, port) in own_ports {
         if let Some(port) = port
@@ -536,6 +547,89 @@ fn check_service_ranges(config: &Config, doc: &Document<'_>) -> Check {
         }
     }
     Ok(())
+}
+
+/// The tunnel, gossip and QUIC sockets are all UDP: each needs a port of its own.
+fn check_udp_ports_distinct(config: &Config, doc: &Document<'_>) -> Check {
+    let Some(quic) = &config.quic else {
+        return Ok(());
+    };
+    let others = [
+        (
+            KeyPath::root().key("tunnel").key("port"),
+            Some(config.tunnel.port),
+        ),
+        (
+            KeyPath::root().key("gossip").key("bind"),
+            config.gossip.as_ref().map(|g| g.bind.port()),
+        ),
+    ];
+    for (path, port) in others {
+        if port == Some(quic.port) {
+            return Err(Invalid {
+                path: KeyPath::root().key("quic").key("port"),
+                message: format!(
+                    "{} is taken by {path} ({}); expected a UDP port of its own, like 8473",
+                    quic.port,
+                    doc.whereabouts(&path)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Path rules that are wrong for every peer (`PathPolicy::validate`), and zone names
+/// that no node could have.
+fn check_path_policy(config: &Config) -> Check {
+    let path = KeyPath::root().key("path");
+    for (i, rule) in config.path.zone_pairs.iter().enumerate() {
+        let zones = path.key("zone_pairs").index(i).key("zones");
+        for (j, zone) in rule.zones.iter().enumerate() {
+            dns_label(&zones.index(j), zone)?;
+        }
+    }
+    for (i, rule) in config.path.peers.iter().enumerate() {
+        dns_label(&path.key("peers").index(i).key("peer"), &rule.peer)?;
+    }
+    // Each rule on its own first, so an error points at the rule, then duplicates (at the
+    // second of the two).
+    let policy = &config.path;
+    let single = |zone_pairs, peers| PathPolicy { zone_pairs, peers }.validate();
+    let located = (0..policy.zone_pairs.len())
+        .map(|i| {
+            let prefix = PathPolicy {
+                zone_pairs: policy.zone_pairs[..=i].to_vec(),
+                peers: Vec::new(),
+            };
+            let own = single(vec![policy.zone_pairs[i].clone()], Vec::new());
+            (path.key("zone_pairs").index(i), own.and(prefix.validate()))
+        })
+        .chain((0..policy.peers.len()).map(|i| {
+            let prefix = PathPolicy {
+                zone_pairs: Vec::new(),
+                peers: policy.peers[..=i].to_vec(),
+            };
+            let own = single(Vec::new(), vec![policy.peers[i].clone()]);
+            (path.key("peers").index(i), own.and(prefix.validate()))
+        }));
+    for (at, result) in located {
+        if let Err(e) = result {
+            return Err(Invalid {
+                path: at,
+                message: e.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_quic(quic: &Quic) -> Check {
+    let path = KeyPath::root().key("quic");
+    within(&path.key("port"), u32::from(quic.port), PORTS)?;
+    absolute_path(&path.key("ca"), &quic.ca)?;
+    absolute_path(&path.key("cert"), &quic.cert)?;
+    absolute_path(&path.key("key"), &quic.key)
 }
 
 /// No DNS upstream is listed twice.

@@ -175,7 +175,62 @@ fn unknown_top_level_key() {
     assert_eq!(
         error(&format!("log_level = \"debug\"\n{NODE}")),
         "o.toml:1:1: log_level: unknown key `log_level`; expected one of: node, cluster, \
-         bridge, tunnel, nat, daemon, gossip, peer, services, dns, service"
+         bridge, tunnel, nat, daemon, gossip, peer, services, dns, service, quic, path"
+    );
+}
+
+const QUIC: &str =
+    "[quic]\nca = \"/pki/ca.pem\"\ncert = \"/pki/node-1.pem\"\nkey = \"/pki/node-1.key\"\n";
+
+#[test]
+fn quic_needs_absolute_files_and_a_udp_port_of_its_own() {
+    assert_eq!(
+        error_after_node("[quic]\nca = \"/pki/ca.pem\"\ncert = \"/pki/node-1.pem\"\n"),
+        "o.toml:5:1: quic.key: missing required key `key`; expected an absolute path like \
+         /etc/overlayd/pki/node-1.key"
+    );
+    assert_eq!(
+        error_after_node("[quic]\nca = \"pki/ca.pem\"\ncert = \"/c\"\nkey = \"/k\"\n"),
+        "o.toml:6:6: quic.ca: \"pki/ca.pem\" is a relative path; expected an absolute path like \
+         /etc/overlayd/pki/ca.pem"
+    );
+    assert_eq!(
+        error_after_node(&format!("{QUIC}port = 8472\n")),
+        "o.toml:9:8: quic.port: 8472 is taken by tunnel.port (the default); expected a UDP port \
+         of its own, like 8473"
+    );
+    assert_eq!(
+        error_in_gossip(&format!("bind = \"0.0.0.0:8473\"\n{QUIC}")),
+        "o.toml:8:1: quic.port: 8473 is taken by gossip.bind (line 7); expected a UDP port of \
+         its own, like 8473"
+    );
+}
+
+#[test]
+fn path_rules_wrong_for_every_peer_are_refused() {
+    assert_eq!(
+        error_after_node(
+            "[[path.zone_pairs]]\nzones = [\"a\", \"b\"]\nallow = [\"udp\"]\nrequire_encryption = true\n"
+        ),
+        "o.toml:5:1: path.zone_pairs[0]: zone pair [a, b] requires encryption but allows only cleartext paths \
+         (host-gw, udp); allow quic or relay too"
+    );
+    assert_eq!(
+        error_after_node("[[path.peers]]\npeer = \"node-2\"\nallow = [\"tcp\"]\n"),
+        "o.toml:7:10: path.peers[0].allow[0]: expected one of \"host-gw\", \"udp\", \"quic\" and \
+         \"relay\", found \"tcp\""
+    );
+    assert_eq!(
+        error_after_node(
+            "[[path.peers]]\npeer = \"n2\"\n[[path.peers]]\npeer = \"n2\"\nallow = [\"udp\"]\n"
+        ),
+        "o.toml:7:1: path.peers[1]: peer \"n2\" has two rules; merge them into one \
+         `[[path.peers]]` entry"
+    );
+    assert_eq!(
+        error_after_node("[[path.zone_pairs]]\nzones = [\"a\", \"B\"]\n"),
+        "o.toml:6:15: path.zone_pairs[0].zones[1]: \"B\" contains 'B'; expected a zone name like \
+         dc-a (1 to 63 characters of a-z, 0-9 and '-', not starting or ending with '-')"
     );
 }
 

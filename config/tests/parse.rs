@@ -71,6 +71,8 @@ fn minimal_config_takes_every_documented_default() {
             upstream: vec![],
         },
         service_specs: vec![],
+        quic: None,
+        path: Default::default(),
     };
     assert_eq!(config, expected);
     assert_eq!(

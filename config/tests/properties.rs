@@ -145,6 +145,8 @@ fn config() -> impl Strategy<Value = Config> {
                         .into_iter()
                         .map(|name| service(&name, service_port))
                         .collect(),
+                    quic: None,
+                    path: Default::default(),
                     cluster: Cluster {
                         cidr,
                         service_cidr: service_cidr(cidr),

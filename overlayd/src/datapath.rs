@@ -766,6 +766,8 @@ mod tests {
                 underlay: underlay[usize::from(other) - 1],
                 pod_subnet: format!("10.244.{other}.0/24").parse().unwrap(),
                 vtep_mac: MacAddr::vtep_for_node(&format!("n{other}")),
+                zone: String::new(),
+                quic_port: None,
             }],
         )
     }

@@ -38,6 +38,8 @@ pub fn peer_infos(peers: &[Peer]) -> Vec<PeerInfo> {
             vtep_mac: p
                 .vtep_mac
                 .unwrap_or_else(|| MacAddr::vtep_for_node(&p.name)),
+            zone: String::new(),
+            quic_port: None,
         })
         .collect()
 }

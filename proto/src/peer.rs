@@ -16,4 +16,12 @@ pub struct PeerInfo {
     pub underlay: Ipv4Addr,
     pub pod_subnet: Ipv4Net,
     pub vtep_mac: MacAddr,
+    /// Its zone (`node.zone`), which the path policy reads; empty when unknown (a static
+    /// `[[peer]]`), which counts as this node's own zone.
+    #[serde(default)]
+    pub zone: String,
+    /// The UDP port of its QUIC endpoint; `None` when it has none (it announces one as the
+    /// capability `quic=PORT`).
+    #[serde(default)]
+    pub quic_port: Option<u16>,
 }

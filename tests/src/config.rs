@@ -87,6 +87,8 @@ pub fn node_config(topology: &Topology, node: &NodeSpec, lab: &str) -> Result<Co
         services: Default::default(),
         dns: Default::default(),
         service_specs: Vec::new(),
+        quic: None,
+        path: Default::default(),
     };
     config.cluster.cidr = topology.cluster_cidr();
     // Kubernetes' default 10.96.0.0/12 runs to 10.111.255.255 and holds the lab's segments

@@ -283,6 +283,8 @@ mod tests {
             underlay: ip(underlay),
             pod_subnet: net(subnet),
             vtep_mac: MacAddr::vtep_for_node(name),
+            zone: String::new(),
+            quic_port: None,
         };
         ForwardingTable::new(
             local,
@@ -486,6 +488,8 @@ mod tests {
                     underlay: ip("10.100.1.11"),
                     pod_subnet: net("10.244.1.0/24"),
                     vtep_mac: MacAddr::vtep_for_node("n1"),
+                    zone: String::new(),
+                    quic_port: None,
                 }],
             );
             let inner = test_packet(Ipv4Addr::new(10, 244, 1, src_host), Ipv4Addr::new(10, 244, 2, dst_host), len);

@@ -11,6 +11,8 @@ use crate::wire::MacAddr;
 
 /// Longest node name, zone or capability, in bytes.
 pub const MAX_NAME_LEN: usize = 63;
+/// The capability that announces a QUIC endpoint: `quic=PORT`.
+pub const QUIC_CAPABILITY: &str = "quic=";
 /// Most capabilities a node may advertise.
 pub const MAX_CAPABILITIES: usize = 8;
 
@@ -121,7 +123,18 @@ impl NodeRecord {
             underlay: self.underlay,
             pod_subnet: self.pod_subnet?,
             vtep_mac: self.vtep_mac,
+            zone: self.zone.clone(),
+            quic_port: self.quic_port(),
         })
+    }
+
+    /// The port of its QUIC endpoint, from the capability `quic=PORT` (a capability
+    /// rather than a field, so nodes of earlier versions still decode the record).
+    pub fn quic_port(&self) -> Option<u16> {
+        self.capabilities
+            .iter()
+            .find_map(|c| c.strip_prefix(QUIC_CAPABILITY)?.parse().ok())
+            .filter(|port| *port != 0)
     }
 
     pub(crate) fn encoded_len(&self) -> usize {
@@ -266,5 +279,25 @@ pub(crate) mod tests {
         r.zone.clear();
         r.name = String::new();
         assert_eq!(r.validate(), Err(RecordError::BadName));
+    }
+
+    #[test]
+    fn quic_port_comes_from_the_capability_and_reaches_the_data_path() {
+        let mut r = NodeRecord::new(
+            "a",
+            "10.0.0.1:7946".parse().unwrap(),
+            Ipv4Addr::new(10, 0, 0, 1),
+            Some("10.244.1.0/24".parse().unwrap()),
+        );
+        r.zone = "dc-b".into();
+        assert_eq!(r.quic_port(), None);
+        for bad in ["quic=", "quic=0", "quic=70000", "quic=x", "quic 8473"] {
+            r.capabilities = vec!["vxlan".into(), bad.into()];
+            assert_eq!(r.quic_port(), None, "{bad}");
+        }
+        r.capabilities = vec!["vxlan".into(), format!("{QUIC_CAPABILITY}8473")];
+        assert_eq!(r.quic_port(), Some(8473));
+        let peer = r.peer_info().unwrap();
+        assert_eq!((peer.zone.as_str(), peer.quic_port), ("dc-b", Some(8473)));
     }
 }

@@ -85,21 +85,86 @@ pub struct PathRule {
 }
 
 /// A rule for traffic between two zones (unordered; `[a, a]` is within zone `a`).
+/// Written flat in the config (`zones`, `allow`, `require_encryption` side by side).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "FlatZonePairRule", into = "FlatZonePairRule")]
 pub struct ZonePairRule {
     pub zones: [String; 2],
-    #[serde(flatten)]
     pub rule: PathRule,
 }
 
-/// A rule for one peer, by its member name.
+/// A rule for one peer, by its member name. Written flat in the config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "FlatPeerRule", into = "FlatPeerRule")]
 pub struct PeerRule {
     pub peer: String,
-    #[serde(flatten)]
     pub rule: PathRule,
+}
+
+// The rules' config shape. Not `#[serde(flatten)]`: a flattened field hides where in
+// it a bad value is, and the config's errors name the exact key.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlatZonePairRule {
+    zones: [String; 2],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    allow: Option<Vec<PathKind>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    require_encryption: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlatPeerRule {
+    peer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    allow: Option<Vec<PathKind>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    require_encryption: Option<bool>,
+}
+
+impl From<FlatZonePairRule> for ZonePairRule {
+    fn from(f: FlatZonePairRule) -> Self {
+        ZonePairRule {
+            zones: f.zones,
+            rule: PathRule {
+                allow: f.allow,
+                require_encryption: f.require_encryption,
+            },
+        }
+    }
+}
+
+impl From<ZonePairRule> for FlatZonePairRule {
+    fn from(r: ZonePairRule) -> Self {
+        FlatZonePairRule {
+            zones: r.zones,
+            allow: r.rule.allow,
+            require_encryption: r.rule.require_encryption,
+        }
+    }
+}
+
+impl From<FlatPeerRule> for PeerRule {
+    fn from(f: FlatPeerRule) -> Self {
+        PeerRule {
+            peer: f.peer,
+            rule: PathRule {
+                allow: f.allow,
+                require_encryption: f.require_encryption,
+            },
+        }
+    }
+}
+
+impl From<PeerRule> for FlatPeerRule {
+    fn from(r: PeerRule) -> Self {
+        FlatPeerRule {
+            peer: r.peer,
+            allow: r.rule.allow,
+            require_encryption: r.rule.require_encryption,
+        }
+    }
 }
 
 /// The two ends of a pair as resolution needs them.
@@ -111,6 +176,8 @@ pub struct PairView<'a> {
     /// The kernel reaches the peer's underlay address without a gateway, through the
     /// underlay interface, and host-gw is enabled ([`crate::routing::choose_path`]).
     pub on_link: bool,
+    /// Both ends run a QUIC endpoint (`[quic]` here, the `quic=PORT` capability there).
+    pub quic: bool,
 }
 
 /// Where a resolved field came from, most specific first.
@@ -179,6 +246,7 @@ impl PathPolicy {
             .into_iter()
             .filter(|p| allow.contains(p))
             .filter(|p| *p != PathKind::HostGw || pair.on_link)
+            .filter(|p| *p != PathKind::Quic || pair.quic)
             .filter(|p| !(require_encryption && p.is_cleartext()))
             .collect();
         Resolved {
@@ -216,10 +284,13 @@ fn same_pair(zones: &[String; 2], a: &str, b: &str) -> bool {
 }
 
 /// Host-gw when on-link, UDP within a zone, QUIC across zones; QUIC and the relay are
-/// the fallbacks everywhere. Cleartext rungs stay within a zone: a zone is where the
-/// operator said the underlay is one network.
+/// the fallbacks everywhere. Cleartext rungs stay within a zone — a zone is where the
+/// operator said the underlay is one network — once both ends can speak QUIC. A pair
+/// where either end has no QUIC endpoint keeps what it had before QUIC existed (UDP
+/// across zones), so upgrading a cluster that set zones cuts no traffic; an operator who
+/// needs encryption says so (`require_encryption`), and then no cleartext rung is allowed.
 fn default_allow(pair: PairView<'_>) -> Vec<PathKind> {
-    if pair.local_zone == pair.peer_zone {
+    if pair.local_zone == pair.peer_zone || !pair.quic {
         PathKind::LADDER.to_vec()
     } else {
         vec![PathKind::Quic, PathKind::Relay]
@@ -250,6 +321,7 @@ mod tests {
             peer_zone,
             peer_name: "n2",
             on_link,
+            quic: true,
         }
     }
 
@@ -292,6 +364,27 @@ mod tests {
     fn default_across_zones_is_quic_even_when_on_link() {
         let r = PathPolicy::default().resolve(pair("a", "b", true));
         assert_eq!(r.candidates, [Quic, Relay]);
+    }
+
+    #[test]
+    fn without_quic_at_both_ends_there_is_no_quic_rung_and_zones_keep_udp() {
+        let no_quic = |local, peer_zone| PairView {
+            quic: false,
+            ..pair(local, peer_zone, false)
+        };
+        let r = PathPolicy::default().resolve(no_quic("a", "b"));
+        assert_eq!(r.candidates, [Udp, Relay]);
+        assert_eq!(r.allow_source, RuleSource::Default);
+        let required = PathPolicy {
+            zone_pairs: vec![zone_pair("a", "b", rule(None, Some(true)))],
+            ..PathPolicy::default()
+        };
+        assert_eq!(required.resolve(no_quic("a", "b")).candidates, [Relay]);
+        let quic_only = PathPolicy {
+            zone_pairs: vec![zone_pair("a", "a", rule(Some(&[Quic]), None))],
+            ..PathPolicy::default()
+        };
+        assert!(quic_only.resolve(no_quic("a", "a")).candidates.is_empty());
     }
 
     #[test]
@@ -441,14 +534,16 @@ mod tests {
             peer_enc in proptest::option::of(proptest::bool::ANY),
             same_zone in proptest::bool::ANY,
             on_link in proptest::bool::ANY,
+            quic in proptest::bool::ANY,
         ) {
             let policy = PathPolicy {
                 zone_pairs: vec![zone_pair("a", "b", PathRule { allow: zone_allow, require_encryption: zone_enc })],
                 peers: vec![peer_rule("n2", PathRule { allow: peer_allow, require_encryption: peer_enc })],
             };
-            let r = policy.resolve(pair("a", if same_zone { "a" } else { "b" }, on_link));
+            let r = policy.resolve(PairView { quic, ..pair("a", if same_zone { "a" } else { "b" }, on_link) });
             proptest::prop_assert!(r.candidates.windows(2).all(|w| w[0] < w[1]));
             proptest::prop_assert!(on_link || !r.candidates.contains(&HostGw));
+            proptest::prop_assert!(quic || !r.candidates.contains(&Quic));
             if r.require_encryption {
                 proptest::prop_assert!(r.candidates.iter().all(|p| !p.is_cleartext()));
             }

@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::path::PathKind;
 use crate::peer::PeerInfo;
 
 mod admission;
@@ -23,6 +24,8 @@ pub enum PeerPath {
     HostGw,
     /// A kernel route into the TUN device; the daemon sends VXLAN over UDP.
     Udp,
+    /// A kernel route into the TUN device; the daemon sends the packets as QUIC datagrams.
+    Quic,
 }
 
 impl PeerPath {
@@ -30,7 +33,27 @@ impl PeerPath {
         match self {
             PeerPath::HostGw => "host-gw",
             PeerPath::Udp => "udp",
+            PeerPath::Quic => "quic",
         }
+    }
+
+    /// Whether the daemon carries the packets (through the TUN device), not the kernel.
+    pub fn is_tunnel(self) -> bool {
+        self != PeerPath::HostGw
+    }
+
+    /// A peer's path while the path ladder does not steer yet: the first of the policy's
+    /// candidates ([`crate::path::Resolved::candidates`], ladder order) that the shell
+    /// carries — host-gw, udp, quic; not yet the relay. `None` when none is: the peer gets
+    /// no route and the cluster CIDR's blackhole drops its traffic, so a pair that
+    /// requires encryption is never sent in clear while QUIC is missing.
+    pub fn first_carried(candidates: &[PathKind]) -> Option<PeerPath> {
+        candidates.iter().find_map(|p| match p {
+            PathKind::HostGw => Some(PeerPath::HostGw),
+            PathKind::Udp => Some(PeerPath::Udp),
+            PathKind::Quic => Some(PeerPath::Quic),
+            PathKind::Relay => None,
+        })
     }
 }
 
@@ -131,7 +154,7 @@ pub fn plan(
             pref_src: None,
             mtu: None,
         },
-        PeerPath::Udp => KernelRoute {
+        PeerPath::Udp | PeerPath::Quic => KernelRoute {
             dst: peer.pod_subnet,
             kind: RouteKind::Unicast,
             gateway: None,
@@ -186,6 +209,8 @@ mod tests {
             underlay: Ipv4Addr::from(underlay),
             pod_subnet: Ipv4Net::new(Ipv4Addr::new(10, 244, third, 0), 24).unwrap(),
             vtep_mac: MacAddr::vtep_for_node(name),
+            zone: String::new(),
+            quic_port: None,
         }
     }
 
@@ -224,6 +249,24 @@ mod tests {
             ),
             PeerPath::Udp
         );
+    }
+
+    #[test]
+    fn the_first_carried_candidate_is_the_path_and_the_relay_is_not_carried_yet() {
+        use PathKind::*;
+        assert_eq!(
+            PeerPath::first_carried(&[HostGw, Udp, Quic]),
+            Some(PeerPath::HostGw)
+        );
+        assert_eq!(
+            PeerPath::first_carried(&[Quic, Relay]),
+            Some(PeerPath::Quic)
+        );
+        assert_eq!(PeerPath::first_carried(&[Relay, Udp]), Some(PeerPath::Udp));
+        // An encryption-required peer without QUIC: no path, never a cleartext one.
+        assert_eq!(PeerPath::first_carried(&[Relay]), None);
+        assert_eq!(PeerPath::first_carried(&[]), None);
+        assert!(PeerPath::Quic.is_tunnel() && !PeerPath::HostGw.is_tunnel());
     }
 
     #[test]

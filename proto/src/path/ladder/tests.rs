@@ -682,6 +682,7 @@ fn resolve(allow: Vec<PathKind>, encrypt: bool, on_link: bool) -> crate::path::R
         peer_zone: "a",
         peer_name: "n2",
         on_link,
+        quic: true,
     })
 }
 
