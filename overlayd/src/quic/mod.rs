@@ -356,6 +356,20 @@ impl QuicTransport {
         Ok((QuicTransport { inner, accept_task }, rx))
     }
 
+    /// Moves the endpoint to a new UDP socket bound to `addr` (this node's underlay
+    /// address changed). The connections this node dialed migrate with it (quinn
+    /// validates the new path with the peer); those it accepted die at their idle
+    /// timeout, since QUIC does not move a server, and their dialers redial the address
+    /// gossip then announces.
+    pub fn rebind(&self, addr: SocketAddr) -> Result<()> {
+        let socket = std::net::UdpSocket::bind(addr)
+            .with_context(|| format!("binding the QUIC port {addr}"))?;
+        self.inner
+            .endpoint
+            .rebind(socket)
+            .context("moving the QUIC endpoint")
+    }
+
     /// The bound UDP address.
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.inner.endpoint.local_addr()?)
@@ -377,7 +391,8 @@ impl QuicTransport {
                 task.abort();
             }
             if let Some((_, live)) = inner.live.remove(name) {
-                live.conn.close(VarInt::from_u32(close_code::GONE), b"peer removed");
+                live.conn
+                    .close(VarInt::from_u32(close_code::GONE), b"peer removed");
             }
             false
         });
@@ -516,9 +531,7 @@ impl QuicTransport {
                     rtt: live.as_ref().map(|l| l.conn.rtt()),
                     max_datagram_size: live.as_ref().and_then(|l| l.conn.max_datagram_size()),
                     cert_not_after: live.as_ref().and_then(|l| pki::not_after(&l.cert)),
-                    cert_fingerprint: live
-                        .as_ref()
-                        .map(|l| pki::fingerprint(&l.cert).to_string()),
+                    cert_fingerprint: live.as_ref().map(|l| pki::fingerprint(&l.cert).to_string()),
                     reconnects: p.reconnects,
                     last_error: p.last_error.clone(),
                 }
@@ -579,11 +592,14 @@ impl QuicTransport {
     async fn dial_once(&self, peer: &str, addr: SocketAddr) -> Result<Connection> {
         let attempt = tls::next_attempt(&self.inner.last_attempt);
         let conn = self.inner.dial(peer, addr, attempt).await?;
-        self.inner
-            .register(peer, conn.clone(), ConnectionInfo {
+        self.inner.register(
+            peer,
+            conn.clone(),
+            ConnectionInfo {
                 opened_by: Side::Local,
                 attempt,
-            });
+            },
+        );
         Ok(conn)
     }
 }
@@ -620,10 +636,9 @@ impl Inner {
     /// One dial: the handshake, with the verifier for `member`.
     async fn dial(&self, member: &str, addr: SocketAddr, attempt: u64) -> Result<Connection> {
         self.counters.dials.fetch_add(1, Relaxed);
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
-            self.tls.client_config(member)?,
-        )
-        .context("QUIC client TLS configuration")?;
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(self.tls.client_config(member)?)
+                .context("QUIC client TLS configuration")?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(self.transport.clone());
         let connecting = self
@@ -856,7 +871,19 @@ async fn dial_loop(inner: Arc<Inner>, member: String, mut addr_rx: watch::Receiv
         dialed = true;
         inner.set_state(&member, ConnState::Connecting, None);
         let attempt = tls::next_attempt(&inner.last_attempt);
-        match inner.dial(&member, addr, attempt).await {
+        // A new address ends a handshake with the old one (which could take the idle
+        // timeout to fail): the new one is dialed at once.
+        let result = tokio::select! {
+            r = inner.dial(&member, addr, attempt) => r,
+            changed = addr_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                backoff = min;
+                continue;
+            }
+        };
+        match result {
             Ok(conn) => {
                 let info = ConnectionInfo {
                     opened_by: Side::Local,

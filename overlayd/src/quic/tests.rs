@@ -78,8 +78,8 @@ fn config(bind: SocketAddr, ca: Ca, identity: NodeIdentity) -> QuicConfig {
 }
 
 fn node(pki: &Pki, name: &str) -> (QuicTransport, mpsc::Receiver<Received>, SocketAddr) {
-    let (t, rx) = QuicTransport::bind(config(loopback(), pki.ca("ca"), pki.identity("ca", name)))
-        .unwrap();
+    let (t, rx) =
+        QuicTransport::bind(config(loopback(), pki.ca("ca"), pki.identity("ca", name))).unwrap();
     let addr = t.local_addr().unwrap();
     (t, rx, addr)
 }
@@ -163,7 +163,10 @@ fn sizes_follow_the_underlay_mtu() {
     assert_eq!(max_datagram_payload(1566, false), 1500);
     assert_eq!(1500 - IPV4_OVERHEAD, 1434);
     // Below QUIC's minimum the UDP payload stays at 1200.
-    assert_eq!(max_datagram_payload(576, false), 1200 - QUIC_DATAGRAM_OVERHEAD);
+    assert_eq!(
+        max_datagram_payload(576, false),
+        1200 - QUIC_DATAGRAM_OVERHEAD
+    );
 }
 
 #[test]
@@ -172,14 +175,23 @@ fn the_attempt_travels_in_the_sni_and_grows() {
         assert_eq!(tls::attempt_from_sni(&tls::sni(attempt)), Some(attempt));
         rustls_pki_types::ServerName::try_from(tls::sni(attempt)).unwrap();
     }
-    for bad in ["overlayd", "a.overlayd", "b1.overlayd", "a1.other", "a1x.overlayd"] {
+    for bad in [
+        "overlayd",
+        "a.overlayd",
+        "b1.overlayd",
+        "a1.other",
+        "a1x.overlayd",
+    ] {
         assert_eq!(tls::attempt_from_sni(bad), None, "{bad}");
     }
     let last = AtomicU64::new(u64::MAX - 5);
     let first = tls::next_attempt(&last);
     assert!(tls::next_attempt(&last) > first);
     let fresh = AtomicU64::new(0);
-    assert!(tls::next_attempt(&fresh) > 1_700_000_000_000_000, "microseconds since 1970");
+    assert!(
+        tls::next_attempt(&fresh) > 1_700_000_000_000_000,
+        "microseconds since 1970"
+    );
 }
 
 #[tokio::test]
@@ -221,7 +233,10 @@ async fn a_1500_byte_underlay_carries_1434_and_says_so_for_more() {
     let (b, mut b_rx, b_addr) = node(&pki, &b_name);
     a.set_peers(&peers(&[(&b_name, b_addr)]));
     b.set_peers(&peers(&[(&a_name, a_addr)]));
-    until("connected", || connected(&a, &b_name) && connected(&b, &a_name)).await;
+    until("connected", || {
+        connected(&a, &b_name) && connected(&b, &a_name)
+    })
+    .await;
 
     assert_eq!(a.max_datagram_size(&b_name), Some(1434));
     assert_eq!(b.max_datagram_size(&a_name), Some(1434));
@@ -248,7 +263,10 @@ async fn a_1500_byte_pod_packet_fits_over_a_1566_byte_underlay() {
     let (b, mut b_rx) = mk(&b_name);
     a.set_peers(&peers(&[(&b_name, b.local_addr().unwrap())]));
     b.set_peers(&peers(&[(&a_name, a.local_addr().unwrap())]));
-    until("connected", || connected(&a, &b_name) && connected(&b, &a_name)).await;
+    until("connected", || {
+        connected(&a, &b_name) && connected(&b, &a_name)
+    })
+    .await;
     assert_eq!(a.max_datagram_size(&b_name), Some(1500));
     deliver(&a, &b_name, &mut b_rx, &a_name, &payload(1500, 5)).await;
 }
@@ -292,7 +310,10 @@ async fn duplicate_connections_converge_on_the_one_the_rule_keeps() {
     let (w, mut w_rx, w_addr) = node(&pki, &w_name);
     d.set_peers(&peers(&[(&w_name, w_addr)]));
     w.set_peers(&peers(&[(&d_name, d_addr)]));
-    until("connected", || connected(&d, &w_name) && connected(&w, &d_name)).await;
+    until("connected", || {
+        connected(&d, &w_name) && connected(&w, &d_name)
+    })
+    .await;
     let (_, first) = d.live_ids(&w_name).unwrap();
 
     // The accepting side dials out of turn: the dialer refuses it, both keep the first.
@@ -310,7 +331,8 @@ async fn duplicate_connections_converge_on_the_one_the_rule_keeps() {
     assert_eq!(id, second.stable_id());
     assert!(info.attempt > first.attempt);
     until("the acceptor on the newer connection", || {
-        w.live_ids(&d_name).is_some_and(|(_, i)| i.attempt == info.attempt)
+        w.live_ids(&d_name)
+            .is_some_and(|(_, i)| i.attempt == info.attempt)
     })
     .await;
     assert_eq!(counter(&d, "duplicates_closed"), 1);
@@ -342,8 +364,7 @@ async fn refused_both_ways(
         let mut cfg = config(loopback(), pki.ca("ca"), pki.identity("ca", &g_name));
         cfg.revoked = revoked;
         let (g, _g_rx) = QuicTransport::bind(cfg).unwrap();
-        let (r, _r_rx) =
-            QuicTransport::bind(config(loopback(), pki.ca("ca"), rogue_id)).unwrap();
+        let (r, _r_rx) = QuicTransport::bind(config(loopback(), pki.ca("ca"), rogue_id)).unwrap();
         g.set_peers(&peers(&[(&r_name, r.local_addr().unwrap())]));
         r.set_peers(&peers(&[(&g_name, g.local_addr().unwrap())]));
 
@@ -379,8 +400,13 @@ async fn an_expired_certificate_cannot_bring_up_a_tunnel() {
         not_before: now - Duration::from_secs(10 * 86_400),
         not_after: now - Duration::from_secs(86_400),
     };
-    refused_both_ways(&pki, |n| pki.identity_with("ca", n, n, past), false, "cert_expired")
-        .await;
+    refused_both_ways(
+        &pki,
+        |n| pki.identity_with("ca", n, n, past),
+        false,
+        "cert_expired",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -397,11 +423,14 @@ async fn a_certificate_naming_another_node_cannot_bring_up_a_tunnel() {
     // Dialed, the rogue's certificate does not name the member dialed.
     let (g_name, r_name) = names("g", "r", true);
     {
-        let (g, _g_rx) =
-            QuicTransport::bind(config(loopback(), pki.ca("ca"), pki.identity("ca", &g_name)))
-                .unwrap();
-        let (r, _r_rx) = QuicTransport::bind(config(loopback(), pki.ca("ca"), other(&r_name)))
-            .unwrap();
+        let (g, _g_rx) = QuicTransport::bind(config(
+            loopback(),
+            pki.ca("ca"),
+            pki.identity("ca", &g_name),
+        ))
+        .unwrap();
+        let (r, _r_rx) =
+            QuicTransport::bind(config(loopback(), pki.ca("ca"), other(&r_name))).unwrap();
         g.set_peers(&peers(&[(&r_name, r.local_addr().unwrap())]));
         r.set_peers(&peers(&[(&g_name, g.local_addr().unwrap())]));
         until("name_mismatch counted", || {
@@ -414,11 +443,13 @@ async fn a_certificate_naming_another_node_cannot_bring_up_a_tunnel() {
     // Dialing, the rogue is taken for the member its certificate names, which is no
     // wanted peer.
     let (g_name, r_name) = names("g", "r", false);
-    let (g, _g_rx) =
-        QuicTransport::bind(config(loopback(), pki.ca("ca"), pki.identity("ca", &g_name)))
-            .unwrap();
-    let (r, _r_rx) =
-        QuicTransport::bind(config(loopback(), pki.ca("ca"), other(&r_name))).unwrap();
+    let (g, _g_rx) = QuicTransport::bind(config(
+        loopback(),
+        pki.ca("ca"),
+        pki.identity("ca", &g_name),
+    ))
+    .unwrap();
+    let (r, _r_rx) = QuicTransport::bind(config(loopback(), pki.ca("ca"), other(&r_name))).unwrap();
     g.set_peers(&peers(&[(&r_name, r.local_addr().unwrap())]));
     r.set_peers(&peers(&[(&g_name, g.local_addr().unwrap())]));
     until("refused_unknown_peer counted", || {
@@ -438,8 +469,12 @@ async fn the_dialer_reconnects_after_the_peer_is_dropped_and_bound_again() {
     let (w, _w_rx, w_addr) = node(&pki, &w_name);
     d.set_peers(&peers(&[(&w_name, w_addr)]));
     w.set_peers(&peers(&[(&d_name, d_addr)]));
-    until("connected", || connected(&d, &w_name) && connected(&w, &d_name)).await;
-    let (old_id, _) = d.live_ids(&w_name).unwrap();
+    until("connected", || {
+        connected(&d, &w_name) && connected(&w, &d_name)
+    })
+    .await;
+    // Not the stable id: quinn reuses a freed connection's.
+    let (_, old) = d.live_ids(&w_name).unwrap();
 
     w.shutdown(Duration::from_secs(1)).await;
     until("the dialer sees the loss", || !connected(&d, &w_name)).await;
@@ -449,14 +484,21 @@ async fn the_dialer_reconnects_after_the_peer_is_dropped_and_bound_again() {
         match QuicTransport::bind(config(w_addr, pki.ca("ca"), pki.identity("ca", &w_name))) {
             Ok(t) => break t,
             Err(e) => {
-                assert!(start.elapsed() < DEADLINE, "cannot bind {w_addr} again: {e:#}");
+                assert!(
+                    start.elapsed() < DEADLINE,
+                    "cannot bind {w_addr} again: {e:#}"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     };
     w.set_peers(&peers(&[(&d_name, d_addr)]));
     let start = Instant::now();
-    while !(d.live_ids(&w_name).is_some_and(|(id, _)| id != old_id) && connected(&w, &d_name)) {
+    while !(d
+        .live_ids(&w_name)
+        .is_some_and(|(_, i)| i.attempt > old.attempt)
+        && connected(&w, &d_name))
+    {
         assert!(
             start.elapsed() < DEADLINE,
             "no reconnection: {:?} {:?} {:?}",
@@ -519,11 +561,77 @@ async fn a_peer_no_longer_wanted_is_disconnected() {
     let (w, _w_rx, w_addr) = node(&pki, &w_name);
     d.set_peers(&peers(&[(&w_name, w_addr)]));
     w.set_peers(&peers(&[(&d_name, d_addr)]));
-    until("connected", || connected(&d, &w_name) && connected(&w, &d_name)).await;
+    until("connected", || {
+        connected(&d, &w_name) && connected(&w, &d_name)
+    })
+    .await;
     w.set_peers(&[]);
     assert!(!connected(&w, &d_name));
     until("the dialer sees it closed", || !connected(&d, &w_name)).await;
     // The dialer's redials are now refused as unknown.
-    until("refused as unknown", || counter(&w, "refused_unknown_peer") >= 1).await;
+    until("refused as unknown", || {
+        counter(&w, "refused_unknown_peer") >= 1
+    })
+    .await;
     assert!(w.status().is_empty());
+}
+
+#[tokio::test]
+async fn a_new_address_is_dialed_at_once() {
+    let pki = Pki::new();
+    let (d_name, w_name) = names("d", "w", true);
+    let mut cfg = config(loopback(), pki.ca("ca"), pki.identity("ca", &d_name));
+    // Long enough that waiting out a handshake with the old address would show.
+    cfg.idle_timeout = Duration::from_secs(30);
+    let (d, _d_rx) = QuicTransport::bind(cfg).unwrap();
+    let d_addr = d.local_addr().unwrap();
+    let (w, mut w_rx, w_addr) = node(&pki, &w_name);
+    w.set_peers(&peers(&[(&d_name, d_addr)]));
+    // A socket that never answers: the handshake with it hangs.
+    let silent = std::net::UdpSocket::bind(loopback()).unwrap();
+    d.set_peers(&peers(&[(&w_name, silent.local_addr().unwrap())]));
+    until("dialing the silent address", || {
+        counter(&d, "dials") == 1 && state(&d, &w_name) == Some(ConnState::Connecting)
+    })
+    .await;
+
+    let moved = Instant::now();
+    d.set_peers(&peers(&[(&w_name, w_addr)]));
+    until("connected at the new address", || connected(&d, &w_name)).await;
+    assert!(
+        moved.elapsed() < Duration::from_secs(10),
+        "took {:?}: the dial of the old address was waited out",
+        moved.elapsed()
+    );
+    assert_eq!(d.status()[0].remote, Some(w_addr));
+    assert_eq!(counter(&d, "dials"), 2);
+    deliver(&d, &w_name, &mut w_rx, &d_name, b"moved").await;
+}
+
+#[tokio::test]
+async fn a_dialer_that_moves_keeps_its_connection() {
+    let pki = Pki::new();
+    let (d_name, w_name) = names("d", "w", true);
+    let (d, mut d_rx, d_addr) = node(&pki, &d_name);
+    let (w, mut w_rx, w_addr) = node(&pki, &w_name);
+    d.set_peers(&peers(&[(&w_name, w_addr)]));
+    w.set_peers(&peers(&[(&d_name, d_addr)]));
+    until("connected", || {
+        connected(&d, &w_name) && connected(&w, &d_name)
+    })
+    .await;
+    let (_, before) = w.live_ids(&d_name).unwrap();
+
+    d.rebind(loopback()).unwrap();
+    let new_addr = d.local_addr().unwrap();
+    assert_ne!(new_addr, d_addr);
+    deliver(&d, &w_name, &mut w_rx, &d_name, b"from the new address").await;
+    until("the acceptor follows the dialer", || {
+        w.status()[0].remote == Some(new_addr)
+    })
+    .await;
+    deliver(&w, &d_name, &mut d_rx, &w_name, b"to the new address").await;
+    // The same connection, migrated; no redial.
+    assert_eq!(w.live_ids(&d_name).unwrap().1, before);
+    assert_eq!(counter(&d, "dials"), 1);
 }
