@@ -635,3 +635,49 @@ async fn a_dialer_that_moves_keeps_its_connection() {
     assert_eq!(w.live_ids(&d_name).unwrap().1, before);
     assert_eq!(counter(&d, "dials"), 1);
 }
+
+/// A measurement, not a check: 1400-byte datagrams one way for 2 s on loopback.
+/// `cargo test -p overlayd --lib quic::tests::loopback_throughput -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn loopback_throughput() {
+    let pki = Pki::new();
+    let (a_name, b_name) = names("a", "b", true);
+    let (a, _a_rx, a_addr) = node(&pki, &a_name);
+    let (b, mut b_rx, b_addr) = node(&pki, &b_name);
+    a.set_peers(&peers(&[(&b_name, b_addr)]));
+    b.set_peers(&peers(&[(&a_name, a_addr)]));
+    until("connected", || connected(&a, &b_name) && connected(&b, &a_name)).await;
+    let packet = Bytes::from(payload(1400, 7));
+    let run = Duration::from_secs(2);
+    let receiver = tokio::spawn(async move {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        let start = Instant::now();
+        while let Ok(Some((_, d))) = tokio::time::timeout(run, b_rx.recv()).await {
+            n += 1;
+            bytes += d.len() as u64;
+            if start.elapsed() > run {
+                break;
+            }
+        }
+        (n, bytes, start.elapsed())
+    });
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < run {
+        for _ in 0..32 {
+            let _ = a.send_bytes(&b_name, packet.clone());
+            sent += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    let (n, bytes, took) = receiver.await.unwrap();
+    let secs = took.as_secs_f64();
+    eprintln!(
+        "sent {sent}, received {n} ({:.0}/s, {:.0} Mbit/s), rtt {:?}",
+        n as f64 / secs,
+        bytes as f64 * 8.0 / secs / 1e6,
+        a.status()[0].rtt
+    );
+    assert!(n > 0);
+}
