@@ -647,7 +647,10 @@ async fn loopback_throughput() {
     let (b, mut b_rx, b_addr) = node(&pki, &b_name);
     a.set_peers(&peers(&[(&b_name, b_addr)]));
     b.set_peers(&peers(&[(&a_name, a_addr)]));
-    until("connected", || connected(&a, &b_name) && connected(&b, &a_name)).await;
+    until("connected", || {
+        connected(&a, &b_name) && connected(&b, &a_name)
+    })
+    .await;
     let packet = Bytes::from(payload(1400, 7));
     let run = Duration::from_secs(2);
     let receiver = tokio::spawn(async move {
