@@ -292,6 +292,12 @@ impl QuicTransport {
     /// Binds the UDP socket and starts accepting. Must run inside a tokio runtime.
     /// Returns the transport and the receiving end of the datagrams from all peers.
     pub fn bind(cfg: QuicConfig) -> Result<(QuicTransport, mpsc::Receiver<Received>)> {
+        anyhow::ensure!(
+            cfg.identity.name == cfg.name,
+            "this node is {:?} but its certificate is loaded for {:?}",
+            cfg.name,
+            cfg.identity.name
+        );
         let tls = Tls::new(Trust::new(
             &rustls::crypto::ring::default_provider(),
             cfg.ca,

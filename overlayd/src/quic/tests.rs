@@ -169,6 +169,17 @@ fn sizes_follow_the_underlay_mtu() {
     );
 }
 
+#[tokio::test]
+async fn an_identity_for_another_name_is_refused_at_bind() {
+    let pki = Pki::new();
+    let mut cfg = config(loopback(), pki.ca("ca"), pki.identity("ca", "n1"));
+    cfg.name = "n2".to_owned();
+    let err = QuicTransport::bind(cfg)
+        .err()
+        .expect("bound with another node's identity");
+    assert!(format!("{err:#}").contains("\"n2\""), "{err:#}");
+}
+
 #[test]
 fn the_attempt_travels_in_the_sni_and_grows() {
     for attempt in [0, 1, 1_764_000_000_000_000, u64::MAX] {
