@@ -318,8 +318,11 @@ impl QuicTransport {
             .min_mtu(floor)
             .max_concurrent_bidi_streams(VarInt::from_u32(0))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
-            .datagram_receive_buffer_size(Some(4 << 20))
+            // Per connection: ~15 ms at 1 Gbit/s of received datagrams not yet read.
+            .datagram_receive_buffer_size(Some(2 << 20))
             .datagram_send_buffer_size(1 << 20);
+        // MTU discovery never goes above the underlay; it stays on for its black-hole
+        // detection, which falls back to `min_mtu` on a narrower path.
         let mut mtud = quinn::MtuDiscoveryConfig::default();
         mtud.upper_bound(full);
         transport.mtu_discovery_config(Some(mtud));
@@ -329,7 +332,6 @@ impl QuicTransport {
             .context("QUIC server TLS configuration")?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(transport.clone());
-        // Both ends of a pair know each other; a Retry round trip buys nothing here.
         let mut endpoint_cfg = quinn::EndpointConfig::default();
         endpoint_cfg
             .max_udp_payload_size(full)
