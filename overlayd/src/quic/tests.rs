@@ -695,3 +695,35 @@ async fn loopback_throughput() {
     );
     assert!(n > 0);
 }
+
+#[tokio::test]
+async fn a_revocation_from_gossip_closes_the_revoked_peer_only() {
+    let pki = Pki::new();
+    let (d_name, w_name) = names("d", "w", true);
+    let (d, _d_rx, d_addr) = node(&pki, &d_name);
+    let (w, _w_rx, w_addr) = node(&pki, &w_name);
+    d.set_peers(&peers(&[(&w_name, w_addr)]));
+    w.set_peers(&peers(&[(&d_name, d_addr)]));
+    until("connected", || {
+        connected(&d, &w_name) && connected(&w, &d_name)
+    })
+    .await;
+
+    // Someone else's certificate on the list: nothing closes.
+    let unrelated = pki.identity("ca", "unrelated").fingerprint;
+    assert!(w.set_revoked([unrelated].into_iter().collect()).is_empty());
+    assert!(connected(&w, &d_name));
+    let d_fp = w.peer_fingerprint(&d_name).unwrap();
+    assert_eq!(
+        w.set_revoked([unrelated, d_fp].into_iter().collect()),
+        vec![d_name.clone()]
+    );
+    until("the dialer sees it closed", || !connected(&d, &w_name)).await;
+    // Its redials are refused by the acceptor's verifier.
+    until("a redial refused as revoked", || {
+        counter(&w, "cert_revoked") >= 2
+    })
+    .await;
+    assert!(!connected(&w, &d_name));
+    assert_eq!(counter(&w, "closed_on_reload"), 1);
+}
