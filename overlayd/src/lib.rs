@@ -21,6 +21,7 @@ pub mod pki;
 pub mod pmtu;
 pub mod pods;
 pub mod proxy;
+pub mod quic;
 pub mod services;
 pub mod sysctl;
 
