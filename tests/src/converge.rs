@@ -304,6 +304,7 @@ mod tests {
             rx_bytes: 0,
             drops: 0,
             quic: None,
+            ladder: None,
         }
     }
 
