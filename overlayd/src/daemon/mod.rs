@@ -774,7 +774,7 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     let mut route_mtus = path_mtus(shared, &with_paths).await;
     for (peer, path) in &with_paths {
         if *path == PeerPath::Quic {
-            route_mtus.insert(peer.underlay, quic_route_mtu(shared));
+            route_mtus.insert(peer.underlay, quic_route_mtu(shared, &peer.name));
         }
     }
 
@@ -1044,11 +1044,19 @@ fn start_quic(
     Ok(started)
 }
 
-/// The largest pod packet a QUIC datagram carries over our underlay: the `mtu` of the
-/// routes of peers reached over QUIC.
-fn quic_route_mtu(shared: &Shared) -> u32 {
+/// The `mtu` of the route of a peer reached over QUIC: the largest pod packet one
+/// datagram carries — over our underlay device, and on the peer's connection as it is
+/// now (quinn lowers it when its black-hole detection finds a narrower path, e.g. a
+/// 1400-byte link; the control loop's 5 s pass follows).
+fn quic_route_mtu(shared: &Shared, peer: &str) -> u32 {
     let underlay = u16::try_from(shared.local.underlay.mtu).unwrap_or(u16::MAX);
-    u32::from(crate::quic::max_datagram_payload(underlay, false))
+    let device = u32::from(crate::quic::max_datagram_payload(underlay, false));
+    let connection = shared
+        .quic
+        .as_ref()
+        .and_then(|q| q.max_datagram_size(peer))
+        .map_or(device, |n| u32::try_from(n).unwrap_or(device));
+    device.min(connection)
 }
 
 /// SIGHUP: the QUIC endpoint takes the CA and certificate files as they are now (a
