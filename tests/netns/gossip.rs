@@ -265,7 +265,7 @@ pub(crate) fn partition_for_30s_then_heal_restores_the_mesh() -> Result<()> {
     assert_full_mesh(&lab)
 }
 
-/// A graceful stop (SIGTERM) is announced: peers mark the node `left` at once, far
+/// Leaving (`overlayd leave`) is announced: peers mark the node `left` at once, far
 /// sooner than failure detection, and drop its routes.
 pub(crate) fn graceful_leave_is_seen_at_once() -> Result<()> {
     let mut lab = lab("gl", &two_segments(FIVE)?)?;
@@ -276,7 +276,7 @@ pub(crate) fn graceful_leave_is_seen_at_once() -> Result<()> {
         "n1 has no route to n3's {subnet}"
     );
     let t = Instant::now();
-    lab.stop_daemon("n3")?;
+    lab.leave_daemon("n3")?;
     wait_for("peers to see n3 leave", Duration::from_secs(3), || {
         for on in ["n1", "n2", "n4", "n5"] {
             if state_of(&lab, on, "n3")? != Some(MemberState::Left) {
