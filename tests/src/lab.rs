@@ -571,6 +571,11 @@ impl Lab {
                 source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
             });
         }
+        self.wait_exited(node, pid)
+    }
+
+    /// Waits up to [`STOP_TIMEOUT`] for the daemon `pid` of `node` to exit, then forgets it.
+    fn wait_exited(&mut self, node: &str, pid: u32) -> Result<(), LabError> {
         if !process::wait_gone(&[pid], STOP_TIMEOUT).is_empty() {
             return Err(LabError::DidNotExit {
                 node: node.into(),
@@ -590,14 +595,7 @@ impl Lab {
             path: format!("/proc/{pid}"),
             source: e.into(),
         })?;
-        if !process::wait_gone(&[pid], STOP_TIMEOUT).is_empty() {
-            return Err(LabError::DidNotExit {
-                node: node.into(),
-                pid,
-                log: self.node(node)?.log_path().display().to_string(),
-            });
-        }
-        self.forget_daemon(node)
+        self.wait_exited(node, pid)
     }
 
     /// Starts the daemon of `node` again with the same config and waits until it is ready

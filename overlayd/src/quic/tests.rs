@@ -152,6 +152,23 @@ async fn deliver(
     }
 }
 
+/// Tells `a` and `b` about each other and waits until both ends hold the connection.
+async fn introduce(
+    a: &QuicTransport,
+    a_name: &str,
+    a_addr: SocketAddr,
+    b: &QuicTransport,
+    b_name: &str,
+    b_addr: SocketAddr,
+) {
+    a.set_peers(&peers(&[(b_name, b_addr)]));
+    b.set_peers(&peers(&[(a_name, a_addr)]));
+    until("both ends connected", || {
+        connected(a, b_name) && connected(b, a_name)
+    })
+    .await;
+}
+
 fn peers(list: &[(&str, SocketAddr)]) -> Vec<(String, SocketAddr)> {
     list.iter().map(|(n, a)| ((*n).to_owned(), *a)).collect()
 }
@@ -211,12 +228,7 @@ async fn datagrams_cross_both_ways_byte_identical() {
     let (a_name, b_name) = names("a", "b", true);
     let (a, mut a_rx, a_addr) = node(&pki, &a_name);
     let (b, mut b_rx, b_addr) = node(&pki, &b_name);
-    a.set_peers(&peers(&[(&b_name, b_addr)]));
-    b.set_peers(&peers(&[(&a_name, a_addr)]));
-    until("both ends connected", || {
-        connected(&a, &b_name) && connected(&b, &a_name)
-    })
-    .await;
+    introduce(&a, &a_name, a_addr, &b, &b_name, b_addr).await;
 
     deliver(&a, &b_name, &mut b_rx, &a_name, &payload(1400, 1)).await;
     deliver(&b, &a_name, &mut a_rx, &b_name, &payload(1400, 2)).await;
@@ -242,12 +254,7 @@ async fn a_1500_byte_underlay_carries_1434_and_says_so_for_more() {
     let (a_name, b_name) = names("a", "b", true);
     let (a, _a_rx, a_addr) = node(&pki, &a_name);
     let (b, mut b_rx, b_addr) = node(&pki, &b_name);
-    a.set_peers(&peers(&[(&b_name, b_addr)]));
-    b.set_peers(&peers(&[(&a_name, a_addr)]));
-    until("connected", || {
-        connected(&a, &b_name) && connected(&b, &a_name)
-    })
-    .await;
+    introduce(&a, &a_name, a_addr, &b, &b_name, b_addr).await;
 
     assert_eq!(a.max_datagram_size(&b_name), Some(1434));
     assert_eq!(b.max_datagram_size(&a_name), Some(1434));
@@ -288,12 +295,7 @@ async fn one_connection_when_both_are_told_at_once() {
     let (d_name, w_name) = names("d", "w", true);
     let (d, _d_rx, d_addr) = node(&pki, &d_name);
     let (w, mut w_rx, w_addr) = node(&pki, &w_name);
-    d.set_peers(&peers(&[(&w_name, w_addr)]));
-    w.set_peers(&peers(&[(&d_name, d_addr)]));
-    until("both ends connected", || {
-        connected(&d, &w_name) && connected(&w, &d_name)
-    })
-    .await;
+    introduce(&d, &d_name, d_addr, &w, &w_name, w_addr).await;
     deliver(&d, &w_name, &mut w_rx, &d_name, b"ping").await;
 
     let (_, at_dialer) = d.live_ids(&w_name).unwrap();
@@ -319,12 +321,7 @@ async fn duplicate_connections_converge_on_the_one_the_rule_keeps() {
     let (d_name, w_name) = names("d", "w", true);
     let (d, _d_rx, d_addr) = node(&pki, &d_name);
     let (w, mut w_rx, w_addr) = node(&pki, &w_name);
-    d.set_peers(&peers(&[(&w_name, w_addr)]));
-    w.set_peers(&peers(&[(&d_name, d_addr)]));
-    until("connected", || {
-        connected(&d, &w_name) && connected(&w, &d_name)
-    })
-    .await;
+    introduce(&d, &d_name, d_addr, &w, &w_name, w_addr).await;
     let (_, first) = d.live_ids(&w_name).unwrap();
 
     // The accepting side dials out of turn: the dialer refuses it, both keep the first.
@@ -478,12 +475,7 @@ async fn the_dialer_reconnects_after_the_peer_is_dropped_and_bound_again() {
     let (d_name, w_name) = names("d", "w", true);
     let (d, _d_rx, d_addr) = node(&pki, &d_name);
     let (w, _w_rx, w_addr) = node(&pki, &w_name);
-    d.set_peers(&peers(&[(&w_name, w_addr)]));
-    w.set_peers(&peers(&[(&d_name, d_addr)]));
-    until("connected", || {
-        connected(&d, &w_name) && connected(&w, &d_name)
-    })
-    .await;
+    introduce(&d, &d_name, d_addr, &w, &w_name, w_addr).await;
     // Not the stable id: quinn reuses a freed connection's.
     let (_, old) = d.live_ids(&w_name).unwrap();
 
@@ -570,12 +562,7 @@ async fn a_peer_no_longer_wanted_is_disconnected() {
     let (d_name, w_name) = names("d", "w", true);
     let (d, _d_rx, d_addr) = node(&pki, &d_name);
     let (w, _w_rx, w_addr) = node(&pki, &w_name);
-    d.set_peers(&peers(&[(&w_name, w_addr)]));
-    w.set_peers(&peers(&[(&d_name, d_addr)]));
-    until("connected", || {
-        connected(&d, &w_name) && connected(&w, &d_name)
-    })
-    .await;
+    introduce(&d, &d_name, d_addr, &w, &w_name, w_addr).await;
     w.set_peers(&[]);
     assert!(!connected(&w, &d_name));
     until("the dialer sees it closed", || !connected(&d, &w_name)).await;
@@ -625,12 +612,7 @@ async fn a_dialer_that_moves_keeps_its_connection() {
     let (d_name, w_name) = names("d", "w", true);
     let (d, mut d_rx, d_addr) = node(&pki, &d_name);
     let (w, mut w_rx, w_addr) = node(&pki, &w_name);
-    d.set_peers(&peers(&[(&w_name, w_addr)]));
-    w.set_peers(&peers(&[(&d_name, d_addr)]));
-    until("connected", || {
-        connected(&d, &w_name) && connected(&w, &d_name)
-    })
-    .await;
+    introduce(&d, &d_name, d_addr, &w, &w_name, w_addr).await;
     let (_, before) = w.live_ids(&d_name).unwrap();
 
     d.rebind(loopback()).unwrap();
@@ -656,12 +638,7 @@ async fn loopback_throughput() {
     let (a_name, b_name) = names("a", "b", true);
     let (a, _a_rx, a_addr) = node(&pki, &a_name);
     let (b, mut b_rx, b_addr) = node(&pki, &b_name);
-    a.set_peers(&peers(&[(&b_name, b_addr)]));
-    b.set_peers(&peers(&[(&a_name, a_addr)]));
-    until("connected", || {
-        connected(&a, &b_name) && connected(&b, &a_name)
-    })
-    .await;
+    introduce(&a, &a_name, a_addr, &b, &b_name, b_addr).await;
     let packet = Bytes::from(payload(1400, 7));
     let run = Duration::from_secs(2);
     let receiver = tokio::spawn(async move {
@@ -702,12 +679,7 @@ async fn a_revocation_from_gossip_closes_the_revoked_peer_only() {
     let (d_name, w_name) = names("d", "w", true);
     let (d, _d_rx, d_addr) = node(&pki, &d_name);
     let (w, _w_rx, w_addr) = node(&pki, &w_name);
-    d.set_peers(&peers(&[(&w_name, w_addr)]));
-    w.set_peers(&peers(&[(&d_name, d_addr)]));
-    until("connected", || {
-        connected(&d, &w_name) && connected(&w, &d_name)
-    })
-    .await;
+    introduce(&d, &d_name, d_addr, &w, &w_name, w_addr).await;
 
     // Someone else's certificate on the list: nothing closes.
     let unrelated = pki.identity("ca", "unrelated").fingerprint;
