@@ -2,7 +2,7 @@
 //! pair's traffic takes; and every Service the cluster has, from one pod on every node:
 //! connections to its VIP (which backends answered) and its DNS name.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -21,10 +21,20 @@ pub struct PairResult {
     pub dst: String,
     pub ok: bool,
     /// `bridge` (same node), else the `path` the source node's `overlayd peers` shows for
-    /// the destination node (`host-gw`, `udp`, …), or `unknown` if it could not be read.
+    /// the destination node (`host-gw`, `udp`, `quic`, …), or `unknown` if it could not
+    /// be read.
     pub path: String,
     /// Round-trip time of the successful ping.
     pub rtt_ms: Option<f64>,
+}
+
+/// The pairs that take one path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PathCount {
+    /// Ordered pod pairs whose traffic takes the path.
+    pub pairs: usize,
+    /// Of those, the ones without a reply.
+    pub failed: usize,
 }
 
 /// One Service as one pod reaches it.
@@ -253,11 +263,39 @@ impl CheckReport {
         self.results.iter().find(|r| r.src == src && r.dst == dst)
     }
 
+    /// Per path (`bridge`, `host-gw`, `udp`, `quic`, …, `unknown`): how many ordered pod
+    /// pairs take it, and how many of those failed.
+    pub fn paths(&self) -> BTreeMap<String, PathCount> {
+        let mut paths = BTreeMap::<String, PathCount>::new();
+        for r in &self.results {
+            let count = paths.entry(r.path.clone()).or_default();
+            count.pairs += 1;
+            count.failed += usize::from(!r.ok);
+        }
+        paths
+    }
+
+    /// `paths: bridge 12, host-gw 16, quic 64 (2 FAILED), udp 40`: [`CheckReport::paths`]
+    /// in one line.
+    pub fn paths_text(&self) -> String {
+        let parts: Vec<String> = self
+            .paths()
+            .iter()
+            .map(|(path, c)| match c.failed {
+                0 => format!("{path} {}", c.pairs),
+                failed => format!("{path} {} ({failed} FAILED)", c.pairs),
+            })
+            .collect();
+        format!("paths: {}\n", parts.join(", "))
+    }
+
     /// `{"pairs":[{"src","dst","ok","path","rtt_ms"}, …],
+    ///   "paths":{"PATH":{"pairs","failed"}, …},
     ///   "services":[{"service","vip","port","from","ok","connections","backends","endpoints","dns"}, …]}`
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(&serde_json::json!({
             "pairs": self.results,
+            "paths": self.paths(),
             "services": self.services,
         }))
         .expect("check results always serialize")
@@ -386,6 +424,31 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["pairs"][0]["path"], "host-gw");
         assert_eq!(json["pairs"][1]["rtt_ms"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn paths_are_counted_with_their_failures() {
+        let report = CheckReport {
+            pods: vec!["n1-p1".into(), "n1-p2".into(), "n5-p1".into()],
+            results: vec![
+                result("n1-p1", "n1-p2", true, "bridge"),
+                result("n1-p1", "n5-p1", true, "quic"),
+                result("n1-p2", "n5-p1", false, "quic"),
+                result("n5-p1", "n1-p1", true, "quic"),
+                result("n5-p1", "n1-p2", true, "udp"),
+            ],
+            services: Vec::new(),
+        };
+
+        assert_eq!(
+            report.paths_text(),
+            "paths: bridge 1, quic 3 (1 FAILED), udp 1\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["paths"]["quic"]["pairs"], 3);
+        assert_eq!(json["paths"]["quic"]["failed"], 1);
+        assert_eq!(json["paths"]["bridge"]["failed"], 0);
+        assert!(report.matrix().contains("quic"), "{}", report.matrix());
     }
 
     #[test]

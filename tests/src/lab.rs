@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{self, ClientError, Member, PeerReport, ServiceInfo, ServiceReport, Status};
-use crate::config::{NodePaths, gossip_key_path, node_config};
+use crate::config::{NodePaths, gossip_key_path, node_config, pki_dir};
 use crate::netns::{self, NetnsError};
 use crate::process;
 use crate::topology::{NodeSpec, Segment, Topology};
@@ -32,6 +32,9 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Pause between two looks at the daemons while waiting for them.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long one `overlayd ca init` or `cert issue` may take.
+const PKI_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Log lines quoted in an error about a daemon.
 const LOG_TAIL_LINES: usize = 15;
@@ -81,6 +84,8 @@ pub enum LabError {
         path: String,
         source: serde_json::Error,
     },
+    #[error("cannot make the lab's PKI (topology has quic): {0}")]
+    Pki(String),
     #[error("cannot write the config of node {node:?}: {reason}")]
     Config { node: String, reason: String },
     #[error(
@@ -640,6 +645,9 @@ impl Lab {
         if self.topology().seed().is_some() {
             write_gossip_key(&gossip_key_path(&self.run_dir))?;
         }
+        if self.topology().quic() {
+            self.make_pki()?;
+        }
         let mut daemons = Vec::new();
         for index in 0..self.state.nodes.len() {
             let spec = &self.state.topology.nodes()[index];
@@ -662,6 +670,29 @@ impl Lab {
         self.save()?;
         // Pods reach the Services that select them through gossip: up means they have.
         self.wait_services(READY_TIMEOUT)
+    }
+
+    /// The lab's cluster CA and a certificate for every node with `[quic]`, in
+    /// [`pki_dir`] (`RUN/pki`), made by the lab's own `overlayd` binary as an operator
+    /// would: `overlayd ca init --dir RUN/pki`, then `overlayd cert issue NODE --ca-dir
+    /// RUN/pki --out RUN/pki` per node (keys 0600, written by the CLI).
+    fn make_pki(&self) -> Result<(), LabError> {
+        let dir = pki_dir(&self.run_dir);
+        let dir_text = dir.to_string_lossy().into_owned();
+        let run = |args: &[&str]| -> Result<(), LabError> {
+            let mut cmd = Command::new(self.overlayd_bin());
+            cmd.args(args);
+            netns::output_checked(cmd, PKI_TIMEOUT)
+                .map(drop)
+                .map_err(|e| LabError::Pki(e.to_string()))
+        };
+        run(&["ca", "init", "--dir", &dir_text])?;
+        for node in self.topology().nodes().iter().filter(|n| n.quic) {
+            run(&[
+                "cert", "issue", &node.name, "--ca-dir", &dir_text, "--out", &dir_text,
+            ])?;
+        }
+        Ok(())
     }
 
     /// Waits until the daemons of `nodes`, just started, are ready, records their pod
