@@ -246,13 +246,13 @@ impl RouterCounters {
         let quic = Quic::DEFAULT_PORT;
         let rules = format!(
             "table ip {TABLE} {{\n\
-               chain fwd {{ type filter hook forward priority -20; policy accept;\n\
+               chain crossing {{ type filter hook forward priority -20; policy accept;\n\
                  ip saddr {inside} ip daddr != {inside} udp dport {vxlan} counter comment \"vxlan-out\"\n\
                  ip daddr {inside} ip saddr != {inside} udp dport {vxlan} counter comment \"vxlan-in\"\n\
                  ip saddr {inside} ip daddr != {inside} udp dport {quic} counter comment \"quic-out\"\n\
                  ip daddr {inside} ip saddr != {inside} udp dport {quic} counter comment \"quic-in\"\n\
                }}\n\
-               chain pre {{ type filter hook prerouting priority -300; policy accept;\n\
+               chain arriving {{ type filter hook prerouting priority -300; policy accept;\n\
                  ip saddr {pods} ip daddr {pods} counter comment \"pods-in-clear\"\n\
                }}\n\
              }}\n"
