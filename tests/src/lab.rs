@@ -173,6 +173,8 @@ pub struct PsNode {
     /// `None` when the daemon is not running (or the node has none).
     pub pid: Option<u32>,
     pub segment: String,
+    /// `node.zone` (the segment's unless the node names its own).
+    pub zone: String,
     pub underlay: Ipv4Addr,
     /// [`Node::pod_subnet`]: `None` while a claiming node's daemon has not reported one.
     pub subnet: Option<Ipv4Net>,
@@ -537,6 +539,7 @@ impl Lab {
                 name: n.name().into(),
                 pid: n.pid(),
                 segment: n.spec.segment.clone(),
+                zone: n.spec.zone.clone(),
                 underlay: n.underlay(),
                 subnet: n.pod_subnet(),
                 pods: n
@@ -1050,7 +1053,7 @@ impl Drop for LabGuard {
 impl fmt::Display for Ps {
     /// A table: one row per node, pods listed as `name=ip`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: Vec<[String; 6]> = self
+        let rows: Vec<[String; 7]> = self
             .nodes
             .iter()
             .map(|n| {
@@ -1063,13 +1066,17 @@ impl fmt::Display for Ps {
                     n.name.clone(),
                     n.pid.map_or_else(|| "-".into(), |p| p.to_string()),
                     n.segment.clone(),
+                    n.zone.clone(),
                     n.underlay.to_string(),
                     n.subnet.map_or_else(|| "-".into(), |s| s.to_string()),
                     pods.join(" "),
                 ]
             })
             .collect();
-        let header = ["NODE", "PID", "SEGMENT", "UNDERLAY", "SUBNET", "PODS"].map(String::from);
+        let header = [
+            "NODE", "PID", "SEGMENT", "ZONE", "UNDERLAY", "SUBNET", "PODS",
+        ]
+        .map(String::from);
         let mut widths = header.clone().map(|h| h.len());
         for row in &rows {
             for (w, cell) in widths.iter_mut().zip(row) {
@@ -1258,6 +1265,7 @@ mod tests {
                 name: "n1".into(),
                 pid: None,
                 segment: "a".into(),
+                zone: "default".into(),
                 underlay: Ipv4Addr::new(10, 100, 1, 11),
                 subnet: Some("10.244.1.0/24".parse().unwrap()),
                 pods: vec![PsPod {
@@ -1271,10 +1279,13 @@ mod tests {
 
         assert_eq!(
             json,
-            r#"{"nodes":[{"name":"n1","pid":null,"segment":"a","underlay":"10.100.1.11","subnet":"10.244.1.0/24","pods":[{"name":"n1-p1","ip":"10.244.1.2"}]}]}"#
+            r#"{"nodes":[{"name":"n1","pid":null,"segment":"a","zone":"default","underlay":"10.100.1.11","subnet":"10.244.1.0/24","pods":[{"name":"n1-p1","ip":"10.244.1.2"}]}]}"#
         );
         let table = ps.to_string();
-        assert!(table.starts_with("NODE  PID  SEGMENT  UNDERLAY"), "{table}");
+        assert!(
+            table.starts_with("NODE  PID  SEGMENT  ZONE     UNDERLAY"),
+            "{table}"
+        );
         assert!(table.contains("n1-p1=10.244.1.2"), "{table}");
     }
 }
