@@ -88,6 +88,10 @@ pub struct IoCounters {
     pub tun_offload_errors: AtomicU64,
     /// Inner TCP super-packets a peer sent unsegmented (a kernel vxlan peer on a veth).
     pub rx_super_packets: AtomicU64,
+    /// Packets for a peer whose path is QUIC while this node has no `[quic]` (cannot
+    /// happen unless the path choice and the transport disagree; dropped, never sent in
+    /// clear).
+    pub quic_unconfigured: AtomicU64,
 }
 
 impl IoCounters {
@@ -103,6 +107,7 @@ impl IoCounters {
             ("tun_gro_writes", &self.tun_gro_writes),
             ("tun_offload_errors", &self.tun_offload_errors),
             ("rx_super_packets", &self.rx_super_packets),
+            ("quic_unconfigured", &self.quic_unconfigured),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.load(Relaxed)))
@@ -243,6 +248,7 @@ pub async fn tun_to_udp(
     tun_mtu: usize,
     port: u16,
     offloads: Offloads,
+    quic: Option<Arc<crate::quic::QuicTransport>>,
 ) -> Result<()> {
     let udp = QuinnUdp {
         sock: &sock,
@@ -254,6 +260,29 @@ pub async fn tun_to_udp(
         tx_batch(&dp, &*tun, &udp, &mut tx, port)
             .await
             .context("reading the TUN device")?;
+        if !tx.quic_frames.is_empty() {
+            send_quic(&dp, quic.as_deref(), &tx);
+        }
+    }
+}
+
+/// Sends the batch's packets for peers reached over QUIC, one datagram each. Never waits:
+/// a peer without a connection yet, or a packet above the datagram size (the route's
+/// `mtu` keeps pods below it), is counted by the transport and dropped, as a lossy link
+/// would.
+fn send_quic(dp: &Datapath, quic: Option<&crate::quic::QuicTransport>, tx: &TxArena) {
+    let Some(quic) = quic else {
+        dp.io
+            .quic_unconfigured
+            .fetch_add(tx.quic_frames.len() as u64, Relaxed);
+        return;
+    };
+    let Some(snap) = tx.snap.as_ref() else {
+        return;
+    };
+    for f in &tx.quic_frames {
+        let name = &snap.table.peers()[f.peer].name;
+        let _ = quic.send(name, &tx.buf[f.start..f.start + f.len]);
     }
 }
 
@@ -288,6 +317,10 @@ struct TxArena {
     buf: Vec<u8>,
     cursor: usize,
     frames: Vec<Option<Frame>>,
+    /// The batch's packets for peers reached over QUIC (their `frames` entry is `None`),
+    /// and the snapshot their peer indexes belong to.
+    quic_frames: Vec<QuicFrame>,
+    snap: Option<Arc<Snapshot>>,
     runs: Vec<GsoRun>,
     /// Room one more read needs (a super-packet and its segments' headers, or one packet).
     read_room: usize,
@@ -305,6 +338,8 @@ impl TxArena {
             buf: vec![0u8; len],
             cursor: 0,
             frames: Vec::with_capacity(TUN_BATCH * 4),
+            quic_frames: Vec::with_capacity(TUN_BATCH * 4),
+            snap: None,
             runs: Vec::with_capacity(TUN_BATCH),
             read_room,
             vnet,
@@ -326,7 +361,10 @@ impl TxArena {
     /// Takes a read of `n` bytes at the cursor: splits a super-packet, encapsulates every
     /// packet and records its frame.
     fn take(&mut self, dp: &Datapath, n: usize) {
-        let snap = dp.snapshot.load();
+        let snap = self
+            .snap
+            .get_or_insert_with(|| dp.snapshot.load_full())
+            .clone();
         let at = self.cursor;
         let segments = if self.vnet {
             let hdr =
@@ -360,6 +398,17 @@ impl TxArena {
                 segments.stride
             };
             let frame = match snap.table.encap(&mut self.buf[start..start + len]) {
+                Ok(encap) if snap.table.uses_quic(encap.peer) => {
+                    let c = &snap.counters[encap.peer];
+                    c.tx_packets.fetch_add(1, Relaxed);
+                    c.tx_bytes.fetch_add((len - ENCAP_LEN) as u64, Relaxed);
+                    self.quic_frames.push(QuicFrame {
+                        peer: encap.peer,
+                        start: start + ENCAP_LEN,
+                        len: len - ENCAP_LEN,
+                    });
+                    None
+                }
                 Ok(encap) => {
                     let c = &snap.counters[encap.peer];
                     c.tx_packets.fetch_add(1, Relaxed);
@@ -382,6 +431,13 @@ impl TxArena {
     }
 }
 
+/// A packet of the send arena that goes out over QUIC.
+struct QuicFrame {
+    peer: usize,
+    start: usize,
+    len: usize,
+}
+
 /// One pass of the send loop: waits for one TUN read, takes whatever else is ready (up to
 /// a batch, while the arena has room), and sends the frames grouped into GSO runs.
 async fn tx_batch(
@@ -393,6 +449,8 @@ async fn tx_batch(
 ) -> io::Result<()> {
     tx.cursor = 0;
     tx.frames.clear();
+    tx.quic_frames.clear();
+    tx.snap = None;
     let n = tun.recv(tx.read_slot()).await?;
     tx.take(dp, n);
     let mut reads = 1;
@@ -698,14 +756,30 @@ async fn deliver(
         let c = &snap.counters[decap.peer];
         c.rx_packets.fetch_add(1, Relaxed);
         c.rx_bytes.fetch_add(decap.inner.len() as u64, Relaxed);
-        if decap.inner.len() > rx.tun_mtu
-            && let Some(hdr) = oversize_tcp(&datagram[decap.inner.clone()], rx.tun_mtu)
+        rx.write_inner(dp, tun, datagram, decap.inner).await;
+    }
+}
+
+impl RxState {
+    /// Writes an accepted inner packet (`datagram[inner]`, with at least
+    /// `VNET_HDR_LEN` bytes of headroom before it) to the TUN device: a peer's
+    /// unsegmented TCP super-packet as such, else through the coalescer with offload, or
+    /// alone with partial checksums completed without.
+    async fn write_inner(
+        &mut self,
+        dp: &Datapath,
+        tun: &impl TunDevice,
+        datagram: &mut [u8],
+        inner: std::ops::Range<usize>,
+    ) {
+        if inner.len() > self.tun_mtu
+            && let Some(hdr) = oversize_tcp(&datagram[inner.clone()], self.tun_mtu)
         {
-            rx.write_oversize(dp, tun, datagram, decap.inner, hdr).await;
-            continue;
+            self.write_oversize(dp, tun, datagram, inner, hdr).await;
+            return;
         }
-        let Some(c) = rx.gro.as_mut() else {
-            let inner = &mut datagram[decap.inner];
+        let Some(c) = self.gro.as_mut() else {
+            let inner = &mut datagram[inner];
             // A kernel peer's offloaded checksums arrive unfinished.
             if complete_partial(inner) == InnerChecksum::Completed {
                 dp.io.inner_checksums_completed.fetch_add(1, Relaxed);
@@ -713,10 +787,10 @@ async fn deliver(
             if tun.send(inner).await.is_err() {
                 dp.io.tun_write_errors.fetch_add(1, Relaxed);
             }
-            continue;
+            return;
         };
         loop {
-            match c.gro.push(&mut c.out, &datagram[decap.inner.clone()]) {
+            match c.gro.push(&mut c.out, &datagram[inner.clone()]) {
                 Push::Held => break,
                 Push::FlushFirst => c.flush(dp, tun).await,
                 Push::Alone(hdr) => {
@@ -724,8 +798,9 @@ async fn deliver(
                     if hdr.flags & F_NEEDS_CSUM != 0 {
                         dp.io.inner_checksums_completed.fetch_add(1, Relaxed);
                     }
-                    // The virtio-net header goes where the VXLAN headers were.
-                    let with_hdr = decap.inner.start - VNET_HDR_LEN..decap.inner.end;
+                    // The virtio-net header goes in the headroom (where the VXLAN
+                    // headers were).
+                    let with_hdr = inner.start - VNET_HDR_LEN..inner.end;
                     hdr.emit(&mut datagram[with_hdr.clone()]);
                     if tun.send(&datagram[with_hdr]).await.is_err() {
                         dp.io.tun_write_errors.fetch_add(1, Relaxed);
@@ -735,6 +810,47 @@ async fn deliver(
             }
         }
     }
+}
+
+/// QUIC → TUN: pod packets that arrived as QUIC datagrams (from the member their
+/// connection's certificate proved), checked as the VXLAN path checks its inner packets
+/// and written the same way, coalesced per batch of what is ready. Until the transport
+/// closes its channel.
+pub async fn quic_to_tun(
+    dp: Arc<Datapath>,
+    tun: Arc<AsyncDevice>,
+    mut incoming: tokio::sync::mpsc::Receiver<crate::quic::Received>,
+    tun_mtu: usize,
+    offloads: Offloads,
+) -> Result<()> {
+    const BATCH: usize = 64;
+    let mut rx = RxState::new(offloads.tun, tun_mtu);
+    // One packet with headroom for the virtio-net header, reused.
+    let mut buf = vec![0u8; VNET_HDR_LEN + 65_536];
+    while let Some(first) = incoming.recv().await {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some((name, packet)) = next.take() {
+            let snap = dp.snapshot.load();
+            match snap.table.accept_quic(&name, &packet) {
+                Ok((peer, len)) => {
+                    let c = &snap.counters[peer];
+                    c.rx_packets.fetch_add(1, Relaxed);
+                    c.rx_bytes.fetch_add(len as u64, Relaxed);
+                    let inner = VNET_HDR_LEN..VNET_HDR_LEN + len;
+                    buf[inner.clone()].copy_from_slice(&packet[..len]);
+                    rx.write_inner(&dp, &*tun, &mut buf, inner).await;
+                }
+                Err((reason, peer)) => dp.drop_packet(&snap, reason, peer),
+            }
+            taken += 1;
+            if taken < BATCH {
+                next = incoming.try_recv().ok();
+            }
+        }
+        rx.flush(&dp, &*tun).await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

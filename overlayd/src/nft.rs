@@ -163,6 +163,7 @@ mod tests {
                 masquerade,
                 tunnel_port: 8472,
                 gossip_port: Some(7946),
+                quic_port: Some(8473),
                 nodes: ["10.100.1.12".parse().unwrap()].into_iter().collect(),
             };
             nft_check(&ruleset.script()).unwrap();

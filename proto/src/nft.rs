@@ -27,6 +27,8 @@ pub struct Ruleset {
     pub masquerade: bool,
     pub tunnel_port: u16,
     pub gossip_port: Option<u16>,
+    /// The QUIC tunnel port, with `[quic]`.
+    pub quic_port: Option<u16>,
     /// Underlay addresses of the peers.
     pub nodes: BTreeSet<Ipv4Addr>,
 }
@@ -43,6 +45,9 @@ impl Ruleset {
         let mut ports = vec![format!("udp dport {tunnel_port}")];
         if let Some(g) = self.gossip_port {
             ports.push(format!("meta l4proto {{ tcp, udp }} th dport {g}"));
+        }
+        if let Some(q) = self.quic_port {
+            ports.push(format!("udp dport {q}"));
         }
         let elements = if self.nodes.is_empty() {
             String::new()
@@ -93,6 +98,7 @@ mod tests {
             masquerade,
             tunnel_port: 8472,
             gossip_port: Some(7946),
+            quic_port: Some(8473),
             nodes: nodes.iter().map(|n| n.parse().unwrap()).collect(),
         }
     }
@@ -117,5 +123,7 @@ mod tests {
             "ip saddr 10.244.1.0/24 ip daddr @nodes meta l4proto { tcp, udp } th dport 7946 drop"
         ));
         assert!(script.contains("ip saddr 10.244.1.0/24 udp dport 8472 drop"));
+        assert!(script.contains("ip saddr 10.244.1.0/24 ip daddr @nodes udp dport 8473 drop"));
+        assert!(script.contains("ip saddr 10.244.1.0/24 udp dport 8473 drop"));
     }
 }

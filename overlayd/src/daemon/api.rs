@@ -215,6 +215,13 @@ async fn status(shared: &Shared) -> api::Status {
                 "pmtu_inbox_dropped".to_owned(),
                 shared.dp.probes.dropped.load(Ordering::Relaxed),
             );
+            if let Some(quic) = &shared.quic {
+                io.extend(
+                    quic.to_map()
+                        .into_iter()
+                        .map(|(k, v)| (format!("quic_{k}"), v)),
+                );
+            }
             io
         },
         gossip,

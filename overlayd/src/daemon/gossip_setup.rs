@@ -51,6 +51,13 @@ pub(super) async fn start(
     record.vtep_mac = local.vtep_mac;
     record.zone = cfg.node.zone.clone();
     record.capabilities = CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
+    if let Some(q) = &cfg.quic {
+        record.capabilities.push(format!(
+            "{}{}",
+            overlayd_proto::gossip::QUIC_CAPABILITY,
+            q.port
+        ));
+    }
     record.subnet_static = cfg.node.pod_subnet.is_some();
     if cfg.node.pod_subnet.is_none() {
         match SubnetClaim::load(&cfg.daemon.state_dir)? {

@@ -33,6 +33,7 @@ use crate::nft;
 use crate::pmtu::{self, PathMtuHandle};
 use crate::pods::{PodDns, Pods};
 use crate::proxy::{Proxy, ProxyConfig};
+use crate::quic::{QuicConfig, QuicTransport};
 use crate::services::{LocalPods, LocalStore, ServiceState, ServicesHandle};
 
 /// How often routes are re-read and repaired even when no peer changed: a route someone
@@ -101,6 +102,8 @@ struct Shared {
     started: Instant,
     tun_index: u32,
     bridge_index: u32,
+    /// The QUIC endpoint, with `[quic]`.
+    quic: Option<Arc<QuicTransport>>,
 }
 
 impl Shared {
@@ -247,6 +250,13 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         udp_gso: cfg.tunnel.udp_gso,
     };
     let (sock, udp_state) = (Arc::new(sock), Arc::new(udp_state));
+    let (quic, quic_rx) = match &cfg.quic {
+        Some(q) => {
+            let (transport, rx) = start_quic(&cfg, q, &local)?;
+            (Some(Arc::new(transport)), Some(rx))
+        }
+        None => (None, None),
+    };
     let dp = Arc::new(Datapath::new(ForwardingTable::new(
         local_vtep(&cfg, &local, subnet),
         Vec::new(),
@@ -276,6 +286,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         started: Instant::now(),
         tun_index: tun_link.index,
         bridge_index,
+        quic: quic.clone(),
     });
 
     let peer_source: Box<dyn PeerSource> = match &gossip {
@@ -293,7 +304,17 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         mtu,
         cfg.tunnel.port,
         offloads,
+        quic.clone(),
     ));
+    if let Some(rx) = quic_rx {
+        tasks.spawn(datapath::quic_to_tun(
+            dp.clone(),
+            tun.clone(),
+            rx,
+            mtu,
+            offloads,
+        ));
+    }
     tasks.spawn(datapath::udp_to_tun(
         dp.clone(),
         tun.clone(),
@@ -522,6 +543,7 @@ fn ruleset(
         masquerade: cfg.nat.masquerade,
         tunnel_port: cfg.tunnel.port,
         gossip_port: cfg.gossip.as_ref().map(|g| g.bind.port()),
+        quic_port: cfg.quic.as_ref().map(|q| q.port),
         nodes,
     }
 }
@@ -662,6 +684,7 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     }
     let mut with_paths = Vec::with_capacity(peers.len());
     let mut on_link = Vec::with_capacity(peers.len());
+    let mut encrypted_only = Vec::new();
     for peer in &peers {
         let (path, linked) = match shared.nl.route_get(peer.underlay).await {
             Ok(lookup) => (
@@ -677,14 +700,43 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
                 (PeerPath::Udp, false)
             }
         };
+        let (path, encrypted) = policy_path(shared, peer, path);
+        if encrypted {
+            encrypted_only.push(peer.name.clone());
+        }
+        let Some(path) = path else {
+            continue;
+        };
         with_paths.push((peer.clone(), path));
         on_link.push(linked);
     }
-    shared.dp.install(ForwardingTable::new(
-        local_vtep(&shared.cfg, &shared.local, subnet),
-        peers,
-    ));
-    let route_mtus = path_mtus(shared, &with_paths).await;
+    let over_quic: Vec<&str> = with_paths
+        .iter()
+        .filter(|(_, path)| *path == PeerPath::Quic)
+        .map(|(peer, _)| peer.name.as_str())
+        .collect();
+    if let Some(quic) = &shared.quic {
+        let wanted: Vec<(String, std::net::SocketAddr)> = with_paths
+            .iter()
+            .filter(|(_, path)| *path == PeerPath::Quic)
+            .filter_map(|(peer, _)| {
+                let port = peer.quic_port?;
+                Some((peer.name.clone(), (peer.underlay, port).into()))
+            })
+            .collect();
+        quic.set_peers(&wanted);
+    }
+    shared.dp.install(
+        ForwardingTable::new(local_vtep(&shared.cfg, &shared.local, subnet), peers)
+            .with_quic(over_quic)
+            .with_encryption_required(encrypted_only.iter().map(String::as_str)),
+    );
+    let mut route_mtus = path_mtus(shared, &with_paths).await;
+    for (peer, path) in &with_paths {
+        if *path == PeerPath::Quic {
+            route_mtus.insert(peer.underlay, quic_route_mtu(shared));
+        }
+    }
 
     let vips = shared.services.table().borrow().vips();
     let desired = routing::plan(
@@ -749,6 +801,36 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
             errors.len()
         )),
     }
+}
+
+/// A peer's path under the `[path]` policy: the first allowed candidate this node carries
+/// (`kernel` is what the kernel's route lookup allows: host-gw or the tunnel), and whether
+/// the pair requires encryption. No path (logged): nothing allowed can be carried now,
+/// and the peer gets no route, so the cluster blackhole drops its traffic rather than
+/// sending it on a path the policy refuses.
+fn policy_path(shared: &Shared, peer: &PeerInfo, kernel: PeerPath) -> (Option<PeerPath>, bool) {
+    let local_zone = shared.cfg.node.zone.as_str();
+    let peer_zone = if peer.zone.is_empty() {
+        local_zone
+    } else {
+        peer.zone.as_str()
+    };
+    let resolved = shared.cfg.path.resolve(overlayd_proto::path::PairView {
+        local_zone,
+        peer_zone,
+        peer_name: &peer.name,
+        on_link: kernel == PeerPath::HostGw,
+        quic: shared.quic.is_some() && peer.quic_port.is_some(),
+    });
+    let path = PeerPath::first_carried(&resolved.candidates);
+    if path.is_none() {
+        tracing::warn!(
+            peer = %peer.name, zone = peer_zone, allowed = ?resolved.candidates,
+            require_encryption = resolved.require_encryption,
+            "no allowed path can be carried to this peer (does it and this node have [quic]?); its pods are unreachable"
+        );
+    }
+    (path, resolved.require_encryption)
 }
 
 /// Tells the path-MTU machine which peers the tunnel carries and what our underlay
@@ -884,6 +966,44 @@ async fn start_dns(
             subnet.gateway
         )
     })
+}
+
+/// Loads the CA and this node's certificate (refused at start when the key's mode is
+/// loose or the certificate would be refused by the peers) and binds the QUIC endpoint.
+fn start_quic(
+    cfg: &Config,
+    q: &overlayd_config::schema::Quic,
+    local: &Local,
+) -> Result<(
+    QuicTransport,
+    tokio::sync::mpsc::Receiver<crate::quic::Received>,
+)> {
+    let ca = crate::pki::Ca::load(&q.ca).context("[quic] ca")?;
+    let identity = crate::pki::NodeIdentity::load(
+        &ca,
+        &cfg.node.name,
+        &q.cert,
+        &q.key,
+        std::time::SystemTime::now(),
+    )
+    .context("[quic] cert and key")?;
+    let mut config = QuicConfig::new(
+        std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, q.port)),
+        ca,
+        identity,
+    );
+    config.underlay_mtu = u16::try_from(local.underlay.mtu).unwrap_or(u16::MAX);
+    let started = QuicTransport::bind(config)
+        .with_context(|| format!("starting the QUIC endpoint on UDP port {}", q.port))?;
+    tracing::info!(port = q.port, "QUIC endpoint up");
+    Ok(started)
+}
+
+/// The largest pod packet a QUIC datagram carries over our underlay: the `mtu` of the
+/// routes of peers reached over QUIC.
+fn quic_route_mtu(shared: &Shared) -> u32 {
+    let underlay = u16::try_from(shared.local.underlay.mtu).unwrap_or(u16::MAX);
+    u32::from(crate::quic::max_datagram_payload(underlay, false))
 }
 
 /// SIGHUP: make the running keyring what the config's key files say now.

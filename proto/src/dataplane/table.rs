@@ -47,10 +47,13 @@ pub enum DropReason {
     NoRoute,
     /// A path-MTU probe or ack (I flag clear, probe marker) that does not parse.
     MalformedProbe,
+    /// A VXLAN datagram from a peer whose pair requires encryption: cleartext the policy
+    /// does not allow (or a forgery with its underlay address), never delivered.
+    NotOverQuic,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::UnknownSender,
         DropReason::Truncated,
         DropReason::NoVniFlag,
@@ -62,6 +65,7 @@ impl DropReason {
         DropReason::SpoofedSource,
         DropReason::NoRoute,
         DropReason::MalformedProbe,
+        DropReason::NotOverQuic,
     ];
 
     /// Stable snake_case name, used in counters and the API.
@@ -78,6 +82,7 @@ impl DropReason {
             DropReason::SpoofedSource => "spoofed_source",
             DropReason::NoRoute => "no_route",
             DropReason::MalformedProbe => "malformed_probe",
+            DropReason::NotOverQuic => "not_over_quic",
         }
     }
 
@@ -112,11 +117,23 @@ pub struct ForwardingTable {
     /// Pod subnets grouped by prefix length, longest first: longest-prefix match is one
     /// hash lookup per distinct prefix length (usually one).
     by_subnet: Vec<(u8, HashMap<u32, PeerIndex>)>,
+    by_name: HashMap<String, PeerIndex>,
+    /// Per peer: its pod traffic goes over QUIC (the shell sends it there).
+    quic: Vec<bool>,
+    /// Per peer: the pair requires encryption, so VXLAN from it is refused.
+    encrypted_only: Vec<bool>,
 }
 
 impl ForwardingTable {
     pub fn new(local: LocalVtep, peers: Vec<PeerInfo>) -> Self {
         let mut by_underlay = HashMap::with_capacity(peers.len());
+        let by_name = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
+        let quic = vec![false; peers.len()];
+        let encrypted_only = vec![false; peers.len()];
         let mut by_subnet: Vec<(u8, HashMap<u32, PeerIndex>)> = Vec::new();
         for (index, peer) in peers.iter().enumerate() {
             by_underlay.insert(peer.underlay, index);
@@ -135,6 +152,9 @@ impl ForwardingTable {
             peers,
             by_underlay,
             by_subnet,
+            by_name,
+            quic,
+            encrypted_only,
         }
     }
 
@@ -144,6 +164,63 @@ impl ForwardingTable {
 
     pub fn peers(&self) -> &[PeerInfo] {
         &self.peers
+    }
+
+    /// Marks the peers named in `names` as reached over QUIC (all others: VXLAN).
+    pub fn with_quic<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        mark(&self.by_name, &mut self.quic, names);
+        self
+    }
+
+    /// Marks the peers named in `names` as requiring encryption: VXLAN from them is
+    /// dropped (`NotOverQuic`). From other peers it is accepted whatever path we send
+    /// them on, since the two ends switch paths at slightly different moments.
+    pub fn with_encryption_required<'a>(
+        mut self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        mark(&self.by_name, &mut self.encrypted_only, names);
+        self
+    }
+
+    /// Whether `peer`'s pod traffic goes over QUIC.
+    pub fn uses_quic(&self, peer: PeerIndex) -> bool {
+        self.quic.get(peer).copied().unwrap_or(false)
+    }
+
+    /// Decides whether an IPv4 packet that arrived as a QUIC datagram from the member
+    /// `name` (the name its certificate proved) goes to the TUN device.
+    ///
+    /// Returns `Ok` with the peer and the packet's length (trailing bytes beyond the IPv4
+    /// total length are not part of it) iff `name` is a peer and the packet is well-formed IPv4 from its pod subnet to ours. A peer whose path is not
+    /// QUIC here is accepted too (its certificate proved who sent it, and the two ends
+    /// switch paths at slightly different moments).
+    pub fn accept_quic(
+        &self,
+        name: &str,
+        packet: &[u8],
+    ) -> Result<(PeerIndex, usize), (DropReason, Option<PeerIndex>)> {
+        let peer = *self
+            .by_name
+            .get(name)
+            .ok_or((DropReason::UnknownSender, None))?;
+        let len = self
+            .check_inner(peer, packet)
+            .map_err(|r| (r, Some(peer)))?;
+        Ok((peer, len))
+    }
+
+    /// The checks every inner packet passes, whatever carried it: well-formed IPv4, to our
+    /// pod subnet, from `peer`'s. Returns the packet's length.
+    fn check_inner(&self, peer: PeerIndex, packet: &[u8]) -> Result<usize, DropReason> {
+        let inner = Ipv4Packet::parse(packet).map_err(|_| DropReason::MalformedInner)?;
+        if !self.local.pod_subnet.contains(&inner.dst()) {
+            return Err(DropReason::WrongInnerDst);
+        }
+        if !self.peers[peer].pod_subnet.contains(&inner.src()) {
+            return Err(DropReason::SpoofedSource);
+        }
+        Ok(inner.bytes().len())
     }
 
     /// The peer whose pod subnet holds `addr` (longest prefix wins).
@@ -242,19 +319,31 @@ impl ForwardingTable {
         if frame.inner_ethertype() != vxlan::ETHERTYPE_IPV4 {
             return Err(drop(DropReason::NotIpv4));
         }
-        let inner = Ipv4Packet::parse(frame.inner_payload())
-            .map_err(|_| drop(DropReason::MalformedInner))?;
-        if !self.local.pod_subnet.contains(&inner.dst()) {
-            return Err(drop(DropReason::WrongInnerDst));
-        }
-        if !self.peers[peer].pod_subnet.contains(&inner.src()) {
-            return Err(drop(DropReason::SpoofedSource));
+        let len = self
+            .check_inner(peer, frame.inner_payload())
+            .map_err(drop)?;
+        if self.encrypted_only[peer] {
+            return Err(drop(DropReason::NotOverQuic));
         }
         let start = vxlan::ENCAP_LEN;
         Ok(Decap {
             peer,
-            inner: start..start + inner.bytes().len(),
+            inner: start..start + len,
         })
+    }
+}
+
+/// Sets `flags[i]` for the peers named in `names`, clears the others.
+fn mark<'a>(
+    by_name: &HashMap<String, PeerIndex>,
+    flags: &mut [bool],
+    names: impl IntoIterator<Item = &'a str>,
+) {
+    flags.fill(false);
+    for name in names {
+        if let Some(&i) = by_name.get(name) {
+            flags[i] = true;
+        }
     }
 }
 
@@ -454,6 +543,47 @@ mod tests {
             t.decap(from, &spoofed),
             Err((DropReason::SpoofedSource, Some(0)))
         );
+    }
+
+    #[test]
+    fn an_encrypted_peer_is_refused_over_vxlan_and_accepted_over_quic_with_the_same_checks() {
+        let from = ip("10.100.2.11");
+        let good = datagram("n2", 1, "10.244.2.5", "10.244.1.9");
+        // Sent over QUIC, but the pair does not require encryption: its VXLAN (a path
+        // switch in flight at its end) is still taken.
+        let t = table().with_quic(["n2"]);
+        assert!(t.uses_quic(0) && t.decap(from, &good).is_ok());
+        let t = t.with_encryption_required(["n2"]);
+        // Cleartext from (or forged as) a peer whose pair requires encryption.
+        assert_eq!(
+            t.decap(from, &good),
+            Err((DropReason::NotOverQuic, Some(0)))
+        );
+        let mut packet = test_packet(ip("10.244.2.5"), ip("10.244.1.9"), 8);
+        let len = packet.len();
+        assert_eq!(t.accept_quic("n2", &packet), Ok((0, len)));
+        packet.extend([0u8; 3]); // trailing bytes are not the packet's
+        assert_eq!(t.accept_quic("n2", &packet), Ok((0, len)));
+        assert_eq!(
+            t.accept_quic("n9", &packet),
+            Err((DropReason::UnknownSender, None))
+        );
+        let spoofed = test_packet(ip("10.244.3.5"), ip("10.244.1.9"), 8);
+        assert_eq!(
+            t.accept_quic("n2", &spoofed),
+            Err((DropReason::SpoofedSource, Some(0)))
+        );
+        let elsewhere = test_packet(ip("10.244.2.5"), ip("10.244.3.9"), 8);
+        assert_eq!(
+            t.accept_quic("n2", &elsewhere),
+            Err((DropReason::WrongInnerDst, Some(0)))
+        );
+        assert_eq!(
+            t.accept_quic("n2", &packet[..10]),
+            Err((DropReason::MalformedInner, Some(0)))
+        );
+        let t = t.with_quic([]).with_encryption_required([]);
+        assert!(!t.uses_quic(0) && t.decap(from, &good).is_ok());
     }
 
     #[test]
