@@ -31,6 +31,7 @@ pub(crate) fn remote_zone_pods_reach_the_others_over_quic() -> Result<()> {
     let topology = Topology::parse(REMOTE_ZONE_TOPOLOGY)?;
     let lab = lab("qz", &topology)?;
     let remote = segment_subnet(&lab, "c")?;
+    let others = [segment_subnet(&lab, "a")?, segment_subnet(&lab, "b")?];
     wait_for_paths(
         &lab,
         "n5",
@@ -54,7 +55,7 @@ pub(crate) fn remote_zone_pods_reach_the_others_over_quic() -> Result<()> {
         ],
     )?;
     wait_for_paths(&lab, "n3", &[("n5", "quic"), ("n6", "quic")])?;
-    let counters = RouterCounters::install(&lab, remote)?;
+    let counters = RouterCounters::install(&lab, remote, &others)?;
 
     let (far, near) = (lab.pod("n5-p1")?, lab.pod("n1-p1")?);
     let other = lab.pod("n3-p2")?;
@@ -171,7 +172,11 @@ require_encryption = true
     )?;
     let lab = lab("qe", &topology)?;
     let n3_underlay = lab.node("n3")?.underlay();
-    let counters = RouterCounters::install(&lab, Ipv4Net::from(n3_underlay))?;
+    let counters = RouterCounters::install(
+        &lab,
+        Ipv4Net::from(n3_underlay),
+        &[segment_subnet(&lab, "a")?],
+    )?;
     wait_for_paths(&lab, "n1", &[("n2", "quic")])?;
     wait_for_paths(&lab, "n2", &[("n1", "quic"), ("n3", "host-gw")])?;
     let (p1, p2, p3) = (lab.pod("n1-p1")?, lab.pod("n2-p1")?, lab.pod("n3-p1")?);
@@ -231,29 +236,52 @@ require_encryption = true
 }
 
 /// Counters in the router namespace (table [`TABLE`]) for what crosses between `inside`
-/// (a segment's subnet, or one node's address) and every other segment: UDP to the tunnel
-/// port (VXLAN), UDP to the QUIC port, and packets from pod addresses to pod addresses
-/// (pod payload routed in clear).
+/// (a segment's subnet, or one node's address) and `outside` (other segments): UDP to the tunnel
+/// port (VXLAN) and UDP to the QUIC port; and, between any two segments, packets from pod
+/// addresses to pod addresses (pod payload routed in clear).
 struct RouterCounters {
     ns: String,
+    segments: Vec<String>,
 }
 
 impl RouterCounters {
-    fn install(lab: &Lab, inside: Ipv4Net) -> Result<RouterCounters> {
+    fn install(lab: &Lab, inside: Ipv4Net, outside: &[Ipv4Net]) -> Result<RouterCounters> {
         let ns = lab.router_netns();
+        let outside = format!(
+            "{{ {} }}",
+            outside
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let pods = lab.topology().cluster_cidr();
         let vxlan = Tunnel::default().port;
         let quic = Quic::DEFAULT_PORT;
+        // Routed pod packets, between two segments: with br_netfilter the router's hooks
+        // also see what its bridges forward within a segment (host-gw there), which comes
+        // in and goes out through the same bridge.
+        let clear: String = lab
+            .topology()
+            .segments()
+            .iter()
+            .map(|seg| {
+                let bridge = seg.bridge();
+                format!(
+                    "ip saddr {pods} ip daddr {pods} iifname \"{bridge}\" oifname != \"{bridge}\" \
+                     counter comment \"pods-in-clear-{}\"\n",
+                    seg.name
+                )
+            })
+            .collect();
         let rules = format!(
             "table ip {TABLE} {{\n\
                chain crossing {{ type filter hook forward priority -20; policy accept;\n\
-                 ip saddr {inside} ip daddr != {inside} udp dport {vxlan} counter comment \"vxlan-out\"\n\
-                 ip daddr {inside} ip saddr != {inside} udp dport {vxlan} counter comment \"vxlan-in\"\n\
-                 ip saddr {inside} ip daddr != {inside} udp dport {quic} counter comment \"quic-out\"\n\
-                 ip daddr {inside} ip saddr != {inside} udp dport {quic} counter comment \"quic-in\"\n\
-               }}\n\
-               chain arriving {{ type filter hook prerouting priority -300; policy accept;\n\
-                 ip saddr {pods} ip daddr {pods} counter comment \"pods-in-clear\"\n\
+                 ip saddr {inside} ip daddr {outside} udp dport {vxlan} counter comment \"vxlan-out\"\n\
+                 ip saddr {outside} ip daddr {inside} udp dport {vxlan} counter comment \"vxlan-in\"\n\
+                 ip saddr {inside} ip daddr {outside} udp dport {quic} counter comment \"quic-out\"\n\
+                 ip saddr {outside} ip daddr {inside} udp dport {quic} counter comment \"quic-in\"\n\
+                 {clear}\
                }}\n\
              }}\n"
         );
@@ -263,7 +291,13 @@ impl RouterCounters {
         let _ = std::fs::remove_file(&path);
         added.context("adding the router's counters")?;
         // The router namespace goes with the lab, and the table with it.
-        Ok(RouterCounters { ns })
+        let segments = lab
+            .topology()
+            .segments()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        Ok(RouterCounters { ns, segments })
     }
 
     fn listing(&self) -> String {
@@ -290,8 +324,14 @@ impl RouterCounters {
         self.sum("quic-out", "quic-in")
     }
 
+    /// Pod-addressed packets the router routed from one segment to another.
     fn pods_in_clear(&self) -> Result<(u64, u64)> {
-        self.counter("pods-in-clear")
+        let mut sum = (0, 0);
+        for segment in &self.segments {
+            let (p, b) = self.counter(&format!("pods-in-clear-{segment}"))?;
+            sum = (sum.0 + p, sum.1 + b);
+        }
+        Ok(sum)
     }
 }
 

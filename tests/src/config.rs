@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use overlayd_config::ConfigError;
 use overlayd_config::schema::{Config, Daemon, DnsUpstream, Gossip, Node, Peer, Quic};
+use overlayd_proto::path::PairView;
+use overlayd_proto::routing::PeerPath;
 
 use crate::lab::run_dir;
 use crate::topology::{NodeSpec, Topology};
@@ -168,6 +170,33 @@ fn static_peers(topology: &Topology, me: &str) -> Vec<Peer> {
             })
         })
         .collect()
+}
+
+/// The path `from`'s daemon gives its peer `to` under the `[path]` policy of `from`'s
+/// config (`None`: no allowed path it can carry, so it gives `to` no route and does not
+/// list it in `overlayd peers`), as the daemon decides it before any probing: on-link
+/// means the same segment with host-gw on at `from`; QUIC needs `[quic]` at both ends (a
+/// `daemon = false` node has none, and no zone: the daemon counts it in its own).
+pub fn policy_path(
+    topology: &Topology,
+    from: &NodeSpec,
+    to: &NodeSpec,
+    lab: &str,
+) -> Result<Option<PeerPath>, ConfigError> {
+    let config = node_config(topology, from, lab)?;
+    let on_link = from.segment == to.segment && config.tunnel.host_gw;
+    let resolved = config.path.resolve(PairView {
+        local_zone: &config.node.zone,
+        peer_zone: if to.daemon {
+            &to.zone
+        } else {
+            &config.node.zone
+        },
+        peer_name: &to.name,
+        on_link,
+        quic: config.quic.is_some() && to.daemon && to.quic,
+    });
+    Ok(PeerPath::first_carried(&resolved.candidates))
 }
 
 /// `config` with `overrides` deep-merged into it in order (later ones win), checked as the daemon checks its file
@@ -395,6 +424,37 @@ mod tests {
         );
         let text = toml::to_string(&n5).unwrap();
         assert_eq!(overlayd_config::parse(&text, "n5.toml").unwrap(), n5);
+    }
+
+    #[test]
+    fn policy_paths_follow_segments_zones_quic_and_path_rules() {
+        let topo = Topology::parse(crate::topology::REMOTE_ZONE_TOPOLOGY).unwrap();
+        let path = |topo: &Topology, a: &str, b: &str| {
+            policy_path(topo, topo.node(a).unwrap(), topo.node(b).unwrap(), "x").unwrap()
+        };
+        assert_eq!(path(&topo, "n1", "n2"), Some(PeerPath::HostGw));
+        assert_eq!(path(&topo, "n1", "n3"), Some(PeerPath::Udp));
+        assert_eq!(path(&topo, "n1", "n5"), Some(PeerPath::Quic));
+        assert_eq!(path(&topo, "n6", "n4"), Some(PeerPath::Quic));
+        assert_eq!(path(&topo, "n5", "n6"), Some(PeerPath::HostGw));
+
+        let strict = Topology::parse(&format!(
+            "quic = true\n{}[[segment]]\nname = \"c\"\nsubnet = \"10.100.3.0/24\"\nzone = \"remote\"\n\
+             [[node]]\nname = \"n1\"\nsegment = \"a\"\n\
+             [[node]]\nname = \"n2\"\nsegment = \"c\"\n\
+             [[node]]\nname = \"n3\"\nsegment = \"c\"\nquic = false\n\
+             [[config.path.zone_pairs]]\nzones = [\"default\", \"remote\"]\nrequire_encryption = true\n",
+            crate::topology::TWO_SEGMENTS
+        ))
+        .unwrap();
+        assert_eq!(path(&strict, "n1", "n2"), Some(PeerPath::Quic));
+        assert_eq!(
+            path(&strict, "n1", "n3"),
+            None,
+            "encryption required, n3 has no QUIC"
+        );
+        assert_eq!(path(&strict, "n3", "n1"), None);
+        assert_eq!(path(&strict, "n2", "n3"), Some(PeerPath::HostGw));
     }
 
     #[test]
