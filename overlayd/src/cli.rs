@@ -91,6 +91,24 @@ fn status_lines(s: &api::Status) -> String {
     out
 }
 
+/// `connected rtt 0.21ms dgram 1434 cert-until 2027-12-01` (the parts that are known).
+fn quic_cell(q: &api::QuicReport) -> String {
+    let mut out = q.state.clone();
+    if let Some(rtt) = q.rtt_us {
+        out.push_str(&format!(" rtt {:.2}ms", rtt as f64 / 1000.0));
+    }
+    if let Some(n) = q.max_datagram {
+        out.push_str(&format!(" dgram {n}"));
+    }
+    if let Some(date) = q
+        .cert_not_after
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s as i64).ok())
+    {
+        out.push_str(&format!(" cert-until {}", date.date()));
+    }
+    out
+}
+
 pub fn peers_table(p: &api::Peers) -> String {
     let rows = p.peers.iter().map(|r| {
         vec![
@@ -102,6 +120,7 @@ pub fn peers_table(p: &api::Peers) -> String {
                 (Some(outer), Some(inner), Some(source)) => format!("{outer}/{inner} {source}"),
                 _ => "-".to_owned(),
             },
+            r.quic.as_ref().map_or_else(|| "-".to_owned(), quic_cell),
             r.tx_packets.to_string(),
             r.tx_bytes.to_string(),
             r.rx_packets.to_string(),
@@ -116,6 +135,7 @@ pub fn peers_table(p: &api::Peers) -> String {
             "UNDERLAY",
             "POD SUBNET",
             "PATH MTU/INNER",
+            "QUIC",
             "TX PKTS",
             "TX BYTES",
             "RX PKTS",

@@ -229,6 +229,14 @@ fn set_udp_gro(sock: &socket2::Socket, on: bool) -> io::Result<()> {
     }
 }
 
+/// The tunnel's UDP socket and quinn-udp's state for it, shared by the send and receive
+/// loops.
+#[derive(Clone)]
+pub struct UdpTunnel {
+    pub sock: Arc<UdpSocket>,
+    pub state: Arc<UdpSocketState>,
+}
+
 /// Which offloads the data path uses; each can be switched off in config (`[tunnel]`) and
 /// is checked at run time (a refused one falls back to plain packets or single sends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,8 +251,7 @@ pub struct Offloads {
 pub async fn tun_to_udp(
     dp: Arc<Datapath>,
     tun: Arc<AsyncDevice>,
-    sock: Arc<UdpSocket>,
-    state: Arc<UdpSocketState>,
+    UdpTunnel { sock, state }: UdpTunnel,
     tun_mtu: usize,
     port: u16,
     offloads: Offloads,
@@ -568,8 +575,7 @@ async fn send_runs(
 pub async fn udp_to_tun(
     dp: Arc<Datapath>,
     tun: Arc<AsyncDevice>,
-    sock: Arc<UdpSocket>,
-    state: Arc<UdpSocketState>,
+    UdpTunnel { sock, state }: UdpTunnel,
     tun_mtu: usize,
     offloads: Offloads,
 ) -> Result<()> {

@@ -160,6 +160,29 @@ pub struct PeerReport {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub drops: u64,
+    /// The QUIC tunnel to the peer, when its path is QUIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<QuicReport>,
+}
+
+/// One peer's QUIC tunnel, as `overlayd peers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuicReport {
+    /// `connecting`, `connected`, `backoff` (we dial, waiting to retry) or `waiting`
+    /// (the peer dials).
+    pub state: String,
+    /// Smoothed RTT of the connection, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
+    /// The largest pod packet one datagram carries now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_datagram: Option<u32>,
+    /// When the peer's certificate expires (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_not_after: Option<u64>,
+    pub reconnects: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

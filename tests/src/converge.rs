@@ -329,6 +329,7 @@ mod tests {
             rx_packets: 0,
             rx_bytes: 0,
             drops: 0,
+            quic: None,
         }
     }
 

@@ -259,12 +259,36 @@ fn drops_map(shared: &Shared) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
+fn quic_report(s: &crate::quic::PeerStatus) -> api::QuicReport {
+    api::QuicReport {
+        state: s.state.as_str().to_owned(),
+        rtt_us: s.rtt.map(|d| d.as_micros() as u64),
+        max_datagram: s.max_datagram_size.map(|n| n as u32),
+        cert_not_after: s
+            .cert_not_after
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs()),
+        reconnects: s.reconnects,
+        last_error: s.last_error.clone(),
+    }
+}
+
 fn peers(shared: &Shared) -> Result<api::Peers> {
     use std::sync::atomic::Ordering::Relaxed;
     let state = shared
         .peers
         .lock()
         .map_err(|_| anyhow!("peer list lock poisoned"))?;
+    let quic: std::collections::BTreeMap<String, crate::quic::PeerStatus> = shared
+        .quic
+        .as_ref()
+        .map(|q| {
+            q.status()
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect()
+        })
+        .unwrap_or_default();
     let peers = state
         .admitted
         .iter()
@@ -289,6 +313,7 @@ fn peers(shared: &Shared) -> Result<api::Peers> {
                 rx_packets: c.rx_packets.load(Relaxed),
                 rx_bytes: c.rx_bytes.load(Relaxed),
                 drops: c.drops.load(Relaxed),
+                quic: quic.get(&p.name).map(quic_report),
             }
         })
         .collect();

@@ -296,11 +296,14 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control_loop(shared.clone(), peer_source.subscribe()));
     let mtu = local.tunnel_mtu as usize;
+    let udp = datapath::UdpTunnel {
+        sock: sock.clone(),
+        state: udp_state.clone(),
+    };
     tasks.spawn(datapath::tun_to_udp(
         dp.clone(),
         tun.clone(),
-        sock.clone(),
-        udp_state.clone(),
+        udp.clone(),
         mtu,
         cfg.tunnel.port,
         offloads,
@@ -318,8 +321,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     tasks.spawn(datapath::udp_to_tun(
         dp.clone(),
         tun.clone(),
-        sock.clone(),
-        udp_state.clone(),
+        udp,
         mtu,
         offloads,
     ));
@@ -361,7 +363,10 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     let outcome = loop {
         tokio::select! {
             signal = signals.stop() => { tracing::info!("{signal}: stopping"); break Ok(()) }
-            _ = hup.recv() => reload_keys(&shared).await,
+            _ = hup.recv() => {
+                reload_keys(&shared).await;
+                reload_quic(&shared);
+            }
             Some(done) = tasks.join_next() => break match done {
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(())) => Err(anyhow!("a daemon task ended unexpectedly")),
@@ -1004,6 +1009,36 @@ fn start_quic(
 fn quic_route_mtu(shared: &Shared) -> u32 {
     let underlay = u16::try_from(shared.local.underlay.mtu).unwrap_or(u16::MAX);
     u32::from(crate::quic::max_datagram_payload(underlay, false))
+}
+
+/// SIGHUP: the QUIC endpoint takes the CA and certificate files as they are now (a
+/// renewed certificate, a new CA); live tunnels whose peer certificate still passes stay
+/// up, the others are closed. A file that does not load keeps the running ones.
+fn reload_quic(shared: &Shared) {
+    let Some(quic) = &shared.quic else {
+        return;
+    };
+    let loaded = overlayd_config::load(&shared.config_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| {
+            let q = cfg
+                .quic
+                .ok_or_else(|| anyhow!("[quic] was removed; restart to turn QUIC off"))?;
+            let ca = crate::pki::Ca::load(&q.ca)?;
+            let identity = crate::pki::NodeIdentity::load(
+                &ca,
+                &shared.cfg.node.name,
+                &q.cert,
+                &q.key,
+                std::time::SystemTime::now(),
+            )?;
+            // Revocations will come from gossip state; none are kept yet.
+            quic.reload(ca, &identity, overlayd_proto::pki::RevocationList::new())
+        });
+    match loaded {
+        Ok(closed) => tracing::info!(?closed, "SIGHUP: QUIC CA and certificate reloaded"),
+        Err(e) => tracing::error!("SIGHUP: keeping the current QUIC certificates: {e:#}"),
+    }
 }
 
 /// SIGHUP: make the running keyring what the config's key files say now.

@@ -188,6 +188,17 @@ pub enum ConnState {
     Waiting,
 }
 
+impl ConnState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Connecting => "connecting",
+            ConnState::Connected => "connected",
+            ConnState::Backoff => "backoff",
+            ConnState::Waiting => "waiting",
+        }
+    }
+}
+
 /// One wanted peer's tunnel.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerStatus {

@@ -233,8 +233,11 @@ impl PathMtus {
         };
         let mtu = mtu.max(FLOOR).min(ceiling);
         if let Some(round) = &mut p.round {
-            // Probes larger than the report will not cross; stop waiting for them.
+            // Probes larger than the report will not cross; stop waiting for them. An ack
+            // above it came for a probe sent before the path narrowed: the report is the
+            // newer evidence.
             round.pending.retain(|size, _| *size <= mtu);
+            round.best = round.best.filter(|best| *best <= mtu);
         }
         if mtu >= p.mtu {
             return false;
@@ -536,6 +539,25 @@ mod tests {
         assert!(m.handle_too_big(t0, PEER, 68));
         assert_eq!(mtu(&m).0, FLOOR);
         assert_eq!(m.path_mtu(PEER).unwrap().inner, 526);
+    }
+
+    #[test]
+    fn an_ack_from_before_the_path_narrowed_does_not_outlive_the_icmp_report() {
+        // The round's 1450 probe crossed before a link on the path went down to 1400;
+        // the router's report for a later packet arrives before the round ends.
+        let (mut m, t0, probes) = one_peer(1500);
+        for p in &probes {
+            if let ProbeMessage::Probe { id, size: 1450 } = *p {
+                assert!(!m.handle_ack(t0, PEER, id, 1450), "1500 still pending");
+            }
+        }
+        assert!(m.handle_too_big(t0, PEER, 1400));
+        assert_eq!(mtu(&m), (1400, PmtuSource::Icmp));
+        // The sizes up to 1400 are answered: the round ends at 1400, not at 1450.
+        ack_up_to(&mut m, t0, &probes, 1400);
+        assert_eq!(mtu(&m).0, 1400);
+        m.handle_timeout(t0 + secs(5));
+        assert_eq!(mtu(&m).0, 1400);
     }
 
     #[test]
