@@ -25,8 +25,9 @@ const TABLE: &str = "quictest";
 /// QUIC; n1 sees n2 over host-gw, n3 and n4 over udp, n5 and n6 over QUIC. Pings both
 /// ways, 50 MB byte-checked TCP each way between n5-p1 and n1-p1, and on the router: no
 /// VXLAN packet between segment c and the others, the QUIC port carried at least the
-/// 100 MB, no pod-addressed packet in clear. `lab check` then shows every pair reachable
-/// and counts bridge, host-gw, udp and quic pairs.
+/// 100 MB, no pod-addressed packet in clear; n5 shows its tunnel to n1 `connected` with
+/// the peer certificate's expiry. `lab check` then shows every pair reachable and counts
+/// bridge, host-gw, udp and quic pairs, still with nothing in clear between the zones.
 pub(crate) fn remote_zone_pods_reach_the_others_over_quic() -> Result<()> {
     let topology = Topology::parse(REMOTE_ZONE_TOPOLOGY)?;
     let lab = lab("qz", &topology)?;
@@ -94,6 +95,17 @@ pub(crate) fn remote_zone_pods_reach_the_others_over_quic() -> Result<()> {
         quic.1,
         counters.listing()
     );
+    // n5 shows the tunnel to n1 up, with the certificate it checked.
+    let tunnel = lab
+        .peers("n5")?
+        .into_iter()
+        .find(|p| p.name == "n1")
+        .and_then(|p| p.quic)
+        .context("n5 shows no QUIC tunnel to n1")?;
+    ensure!(
+        tunnel.state == "connected" && tunnel.cert_not_after.is_some(),
+        "n5's tunnel to n1: {tunnel:?}"
+    );
     // The paths still hold after the load (no fallback to a cleartext rung under it).
     for (peer, path) in [("n1", "quic"), ("n6", "host-gw")] {
         let got = path_of(&lab, "n5", peer)?;
@@ -126,6 +138,14 @@ pub(crate) fn remote_zone_pods_reach_the_others_over_quic() -> Result<()> {
         report.matrix()
     );
     ensure!(pair("n2-p1", "n3-p1") == Some("udp"), "{}", report.matrix());
+    // Every pod pinged every other, and the Service was reached from every node: still
+    // nothing in clear between the zones.
+    let (vxlan, clear) = (counters.vxlan()?, counters.pods_in_clear()?);
+    ensure!(
+        vxlan.0 == 0 && clear.0 == 0,
+        "after lab check: VXLAN {vxlan:?}, pods in clear {clear:?}\n{}",
+        counters.listing()
+    );
     Ok(())
 }
 
@@ -134,7 +154,7 @@ pub(crate) fn remote_zone_pods_reach_the_others_over_quic() -> Result<()> {
 /// have no path they may use: their pods' pings fail both ways and the router counts no
 /// VXLAN packet (nor any pod-addressed packet in clear) between n3 and segment a. The
 /// controls: n1–n2 (both with `[quic]`) reach each other over QUIC, and n2–n3 (one zone)
-/// over host-gw.
+/// over host-gw. `lab check` shows n1–n3 as path `none` and passes.
 pub(crate) fn pair_requiring_encryption_without_quic_gets_no_cleartext() -> Result<()> {
     let topology = Topology::parse(
         r#"
@@ -232,6 +252,26 @@ require_encryption = true
             );
         }
     }
+    // `lab check` calls the refused pairs `none` and passes them because nothing came back.
+    let report = lab.check()?;
+    eprint!("{}{}", report.matrix(), report.paths_text());
+    ensure!(report.ok(), "lab check:\n{}", report.matrix());
+    let pair = |a: &str, b: &str| report.pair(a, b).map(|p| p.path.as_str());
+    ensure!(
+        pair("n1-p1", "n3-p1") == Some("none") && pair("n3-p1", "n1-p1") == Some("none"),
+        "{}",
+        report.matrix()
+    );
+    ensure!(
+        pair("n1-p1", "n2-p1") == Some("quic"),
+        "{}",
+        report.matrix()
+    );
+    ensure!(
+        counters.vxlan()?.0 == 0,
+        "VXLAN after lab check:\n{}",
+        counters.listing()
+    );
     Ok(())
 }
 

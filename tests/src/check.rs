@@ -11,6 +11,9 @@ use serde::Serialize;
 use crate::lab::{Lab, LabError, Pod};
 use crate::netns;
 
+/// The path of a pair the source's `[path]` policy leaves without one: no reply expected.
+const NO_PATH: &str = "none";
+
 /// Attempts per pair before it counts as failed.
 const PING_ATTEMPTS: usize = 3;
 
@@ -19,10 +22,12 @@ const PING_ATTEMPTS: usize = 3;
 pub struct PairResult {
     pub src: String,
     pub dst: String,
+    /// The pair behaved as its path says: a reply came, or, on path `none`, none did.
     pub ok: bool,
     /// `bridge` (same node), else the `path` the source node's `overlayd peers` shows for
-    /// the destination node (`host-gw`, `udp`, `quic`, …), or `unknown` if it could not
-    /// be read.
+    /// the destination node (`host-gw`, `udp`, `quic`, …), `none` when the source node's
+    /// `[path]` policy leaves it no path it carries (the daemon then lists no such peer
+    /// and drops the pair's packets), or `unknown` if it could not be read.
     pub path: String,
     /// Round-trip time of the successful ping.
     pub rtt_ms: Option<f64>,
@@ -68,11 +73,14 @@ pub struct CheckReport {
 
 impl Lab {
     /// Pings (`ping -c 1 -W 2`, up to 3 attempts) from every pod to every other pod's IP,
-    /// all sources in parallel. Returns `Err` only if the lab cannot be inspected; failed
+    /// all sources in parallel; a pair on path `none` passes when no reply comes. Returns `Err` only if the lab cannot be inspected; failed
     /// pings are results with `ok: false`.
     pub fn check(&self) -> Result<CheckReport, LabError> {
         let pods: Vec<&Pod> = self.pods().collect();
-        let paths = self.peer_paths();
+        let mut paths = self.peer_paths();
+        for pair in self.pathless_pairs() {
+            paths.entry(pair).or_insert_with(|| NO_PATH.into());
+        }
         let results = std::thread::scope(|scope| {
             let workers: Vec<_> = pods
                 .iter()
@@ -186,7 +194,7 @@ fn check_pair(src: &Pod, dst: &Pod, paths: &HashMap<(String, String), String>) -
     PairResult {
         src: src.name.clone(),
         dst: dst.name.clone(),
-        ok: rtt_ms.is_some(),
+        ok: rtt_ms.is_some() != (path == NO_PATH),
         path,
         rtt_ms,
     }
@@ -330,7 +338,7 @@ impl CheckReport {
     }
 
     /// Rows are source pods, columns destination pods; a cell is the path (`bridge`,
-    /// `host-gw`, `udp`, …) or `FAIL`.
+    /// `host-gw`, `udp`, `quic`, `none`, …) or `FAIL` (no reply, or one on path `none`).
     pub fn matrix(&self) -> String {
         let corner = "src\\dst";
         let first = self
@@ -449,6 +457,23 @@ mod tests {
         assert_eq!(json["paths"]["quic"]["failed"], 1);
         assert_eq!(json["paths"]["bridge"]["failed"], 0);
         assert!(report.matrix().contains("quic"), "{}", report.matrix());
+    }
+
+    #[test]
+    fn a_pair_without_a_path_passes_without_a_reply() {
+        let pods = |a: &str, b: &str| Pod {
+            name: a.into(),
+            node: b.into(),
+            ip: "10.244.9.9".parse().unwrap(),
+            netns: "ovl-none-such-namespace".into(),
+        };
+        let paths: HashMap<(String, String), String> =
+            [(("n1".to_string(), "n3".to_string()), NO_PATH.to_string())].into();
+
+        // No such namespace: no reply, as on a path the policy refuses.
+        let r = check_pair(&pods("n1-p1", "n1"), &pods("n3-p1", "n3"), &paths);
+
+        assert_eq!((r.path.as_str(), r.ok, r.rtt_ms), ("none", true, None));
     }
 
     #[test]

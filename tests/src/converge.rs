@@ -232,7 +232,7 @@ impl Lab {
 
 impl Lab {
     /// `(from, to)` for every daemon node `from` whose policy gives node `to` no path.
-    fn pathless_pairs(&self) -> HashSet<(String, String)> {
+    pub(crate) fn pathless_pairs(&self) -> HashSet<(String, String)> {
         let topology = self.topology();
         let nodes = topology.nodes();
         let mut pairs = HashSet::new();
