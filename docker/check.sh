@@ -2,11 +2,12 @@
 # Checks a running compose topology from inside its containers: every pod reaches every
 # other pod (ping, with the path the source node takes to the destination's node), and
 # the Service `hello` answers from a pod on every node by its VIP and by its DNS name.
-# Prints one line per check; exits non-zero if any fails.
-# Usage: docker/check.sh [COMPOSE_FILE]   (default docker/compose.yml)
+# Prints one line per check and how many pairs took each path; exits non-zero if any
+# fails, or if a path named in EXPECT_PATHS (e.g. "host-gw udp quic") carried no pair.
+# Usage: docker/check.sh [COMPOSE_FILE[:OVERRIDE...]]   (default docker/compose.yml)
 set -uo pipefail
 file=${1:-$(dirname "$0")/compose.yml}
-compose() { docker-compose -f "$file" "$@"; }
+compose() { COMPOSE_FILE=$file docker-compose "$@"; }
 in_node() { compose exec -T "$1" sh -c "$2"; }
 
 nodes=$(compose ps --services | grep -E '^n[0-9]+$' | sort)
@@ -25,7 +26,7 @@ echo "pods: ${#pods[@]} on $(echo "$nodes" | wc -w) nodes"
 [[ ${#pods[@]} -gt 1 ]] || fail "fewer than two pods"
 
 # The path each node takes to each other node (overlayd peers).
-declare -A path=()
+declare -A path=() taken=()
 for n in $nodes; do
     while read -r peer p; do
         path["$n>$peer"]=$p
@@ -41,10 +42,18 @@ for src in "${pods[@]}"; do
         [[ $sn == "$dn" ]] && via=bridge
         if in_node "$sn" "nsenter --net=/run/netns/$sp ping -c 1 -W 2 $dip" >/dev/null 2>&1; then
             echo "ok   $sn/$sp -> $dn/$dp ($dip) via $via"
+            taken[$via]=$((${taken[$via]:-0} + 1))
         else
             fail "$sn/$sp -> $dn/$dp ($dip) via $via: no reply"
         fi
     done
+done
+
+summary=""
+for via in "${!taken[@]}"; do summary+=" $via=${taken[$via]}"; done
+echo "pairs by path:$summary"
+for want in ${EXPECT_PATHS:-}; do
+    ((${taken[$want]:-0} > 0)) || fail "no pair took the path $want"
 done
 
 vip=$(in_node "${nodes%%$'\n'*}" "overlayd service get hello" | awk '/address:/ { print $2 }')

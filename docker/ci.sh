@@ -4,11 +4,15 @@
 # stopped node is seen dead by the others and its pods leave the Service; started again
 # it has the same pod subnet and pod addresses and every check passes; a restarted node
 # container costs the other nodes' pods no traffic — and finally `down -v` leaves no
-# container, network or volume behind. Usage: docker/ci.sh
+# container, network or volume behind. Then the remote zone (compose.quic.yml on top):
+# every pair reachable, the remote zone's pairs over QUIC with not one VXLAN packet across
+# the router to or from it, a restarted remote node back on QUIC; `down -v` again.
+# Usage: docker/ci.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-overlaydci}
-compose() { docker-compose -f compose.yml "$@"; }
+files=compose.yml
+compose() { COMPOSE_FILE=$files docker-compose "$@"; }
 cleanup() { compose down -v --remove-orphans >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 step() { echo "== $*"; }
@@ -16,7 +20,7 @@ step() { echo "== $*"; }
 step "image"
 ./build.sh overlayd:latest
 OVERLAYD=../target/release/overlayd ./gen.sh
-cleanup
+files=compose.yml:compose.quic.yml cleanup
 step "up"
 compose up -d
 wait_until() { # SECONDS DESCRIPTION COMMAND...
@@ -68,10 +72,51 @@ rm -f ping.out
 wait_until 60 "n2's endpoints back" endpoints_are 8
 ./check.sh compose.yml
 
+down_leaves_nothing() {
+    compose down -v --remove-orphans
+    local left nets vols label="label=com.docker.compose.project=$COMPOSE_PROJECT_NAME"
+    left=$(docker ps -a --filter "$label" -q)
+    nets=$(docker network ls --filter "$label" -q)
+    vols=$(docker volume ls --filter "$label" -q)
+    [[ -z $left$nets$vols ]] || { echo "left behind: containers [$left] networks [$nets] volumes [$vols]" >&2; exit 1; }
+}
 step "down -v leaves nothing"
-compose down -v --remove-orphans
-left=$(docker ps -a --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" -q)
-nets=$(docker network ls --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" -q)
-vols=$(docker volume ls --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" -q)
-[[ -z $left$nets$vols ]] || { echo "left behind: containers [$left] networks [$nets] volumes [$vols]" >&2; exit 1; }
-echo "docker compose topology: all steps passed"
+down_leaves_nothing
+
+step "the remote zone (compose.quic.yml): up"
+files=compose.yml:compose.quic.yml
+compose up -d
+wait_until 90 "every node up with 12 endpoints of hello" endpoints_are 12
+# Counters on the router: VXLAN (8472) and QUIC (8473) to and from the remote network.
+compose exec -T router nft -f - <<'NFT'
+table ip watch {
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        ip saddr 172.28.3.0/24 udp dport 8472 counter comment "vxlan_from_remote"
+        ip daddr 172.28.3.0/24 udp dport 8472 counter comment "vxlan_to_remote"
+        ip saddr 172.28.3.0/24 udp dport 8473 counter comment "quic_from_remote"
+        ip daddr 172.28.3.0/24 udp dport 8473 counter comment "quic_to_remote"
+    }
+}
+NFT
+EXPECT_PATHS="host-gw udp quic" ./check.sh "$files"
+packets() { # COMMENT: packets the router's counter COMMENT has seen
+    compose exec -T router nft list chain ip watch forward |
+        awk -v c="\"$1\"" '$0 ~ c { for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }'
+}
+for c in vxlan_from_remote vxlan_to_remote quic_from_remote quic_to_remote; do echo "router: $c $(packets $c) packets"; done
+[[ $(packets vxlan_from_remote) == 0 && $(packets vxlan_to_remote) == 0 ]] ||
+    { echo "VXLAN crossed the router to or from the remote zone" >&2; exit 1; }
+(($(packets quic_from_remote) > 0 && $(packets quic_to_remote) > 0)) ||
+    { echo "no QUIC crossed the router to and from the remote zone" >&2; exit 1; }
+
+step "restart n5: back on QUIC"
+compose restart n5
+wait_until 60 "n5's endpoints back" endpoints_are 12
+EXPECT_PATHS="quic" ./check.sh "$files"
+[[ $(packets vxlan_from_remote) == 0 && $(packets vxlan_to_remote) == 0 ]] ||
+    { echo "VXLAN crossed the router to or from the remote zone after the restart" >&2; exit 1; }
+
+step "down -v leaves nothing"
+down_leaves_nothing
+echo "docker compose topologies: all steps passed"

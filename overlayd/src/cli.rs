@@ -91,6 +91,18 @@ fn status_lines(s: &api::Status) -> String {
     out
 }
 
+/// `probe 2sw host-gw:down udp:down quic:up` — why the path, its switches, every rung.
+fn ladder_cell(l: &api::LadderReport) -> String {
+    let mut out = l.reason.clone();
+    if l.switches > 0 {
+        out.push_str(&format!(" {}sw", l.switches));
+    }
+    for r in &l.rungs {
+        out.push_str(&format!(" {}:{}", r.path, r.health));
+    }
+    out
+}
+
 /// `connected rtt 0.21ms dgram 1434 cert-until 2027-12-01` (the parts that are known).
 fn quic_cell(q: &api::QuicReport) -> String {
     let mut out = q.state.clone();
@@ -114,6 +126,9 @@ pub fn peers_table(p: &api::Peers) -> String {
         vec![
             r.name.clone(),
             r.path.clone(),
+            r.ladder
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), ladder_cell),
             r.underlay.to_string(),
             r.pod_subnet.to_string(),
             match (r.path_mtu, r.inner_mtu, &r.path_mtu_source) {
@@ -132,6 +147,7 @@ pub fn peers_table(p: &api::Peers) -> String {
         &[
             "NAME",
             "PATH",
+            "WHY",
             "UNDERLAY",
             "POD SUBNET",
             "PATH MTU/INNER",

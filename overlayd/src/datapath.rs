@@ -825,6 +825,7 @@ impl RxState {
 pub async fn quic_to_tun(
     dp: Arc<Datapath>,
     tun: Arc<AsyncDevice>,
+    paths: Arc<crate::paths::PathsHandle>,
     mut incoming: tokio::sync::mpsc::Receiver<crate::quic::Received>,
     tun_mtu: usize,
     offloads: Offloads,
@@ -837,6 +838,18 @@ pub async fn quic_to_tun(
         let mut next = Some(first);
         let mut taken = 0;
         while let Some((name, packet)) = next.take() {
+            taken += 1;
+            if taken < BATCH {
+                next = incoming.try_recv().ok();
+            }
+            if probe::is_probe(&packet) {
+                // The path ladder's probes and acks on the quic rung.
+                match probe::ProbeMessage::parse(&packet) {
+                    Ok(msg) => paths.deliver(crate::paths::Via::Quic(name), msg),
+                    Err(_) => dp.drops.count(DropReason::MalformedProbe),
+                }
+                continue;
+            }
             let snap = dp.snapshot.load();
             match snap.table.accept_quic(&name, &packet) {
                 Ok((peer, len)) => {
@@ -848,10 +861,6 @@ pub async fn quic_to_tun(
                     rx.write_inner(&dp, &*tun, &mut buf, inner).await;
                 }
                 Err((reason, peer)) => dp.drop_packet(&snap, reason, peer),
-            }
-            taken += 1;
-            if taken < BATCH {
-                next = incoming.try_recv().ok();
             }
         }
         rx.flush(&dp, &*tun).await;

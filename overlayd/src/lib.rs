@@ -17,6 +17,7 @@ pub mod keys;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod paths;
 pub mod pki;
 pub mod pmtu;
 pub mod pods;

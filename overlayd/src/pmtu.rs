@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, setsockopt, sockopt};
 use overlayd_proto::dataplane::pmtu::{PathMtu, PathMtus, PmtuConfig};
-use overlayd_proto::wire::probe::ProbeMessage;
+use overlayd_proto::wire::probe::{MIN_SIZE, ProbeMessage};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc};
@@ -169,6 +169,7 @@ pub fn is_icmp_error(e: &io::Error) -> bool {
 pub async fn run(
     pm: Arc<PathMtuHandle>,
     dp: Arc<crate::datapath::Datapath>,
+    paths: Arc<crate::paths::PathsHandle>,
     sock: Arc<UdpSocket>,
     port: u16,
 ) -> Result<()> {
@@ -197,6 +198,11 @@ pub async fn run(
                             send(&pm, &sock, &mut buf, from, port, ack).await;
                             pm.counters.acks_sent.fetch_add(1, Relaxed);
                         }
+                    }
+                    // The path ladder's probes are the smallest there are; path-MTU ones
+                    // never are (they start at the floor).
+                    ProbeMessage::Ack { size, .. } if size == MIN_SIZE => {
+                        paths.deliver(crate::paths::Via::Tunnel(from), msg);
                     }
                     ProbeMessage::Ack { id, size } => {
                         pm.counters.acks_received.fetch_add(1, Relaxed);

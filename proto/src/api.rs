@@ -160,9 +160,37 @@ pub struct PeerReport {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub drops: u64,
-    /// The QUIC tunnel to the peer, when its path is QUIC.
+    /// The QUIC tunnel to the peer, when it has a quic rung.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quic: Option<QuicReport>,
+    /// Why `path` is the path, and what the probes of every rung say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ladder: Option<LadderReport>,
+}
+
+/// A peer's path ladder, as `overlayd peers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LadderReport {
+    /// `policy` (the first allowed path) or `probe` (better ones failed their probes).
+    pub reason: String,
+    /// Time on the current path.
+    pub on_path_ms: u64,
+    /// Changes of path since the first choice.
+    pub switches: u64,
+    /// Every candidate, in ladder order.
+    pub rungs: Vec<RungReport>,
+}
+
+/// One candidate path of a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RungReport {
+    pub path: String,
+    /// `up`, `down` or `unknown` (not enough probe answers yet).
+    pub health: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
+    /// Lost probes over the recent window.
+    pub loss_percent: u32,
 }
 
 /// One peer's QUIC tunnel, as `overlayd peers` shows it.

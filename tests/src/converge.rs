@@ -330,6 +330,7 @@ mod tests {
             rx_bytes: 0,
             drops: 0,
             quic: None,
+            ladder: None,
         }
     }
 

@@ -259,6 +259,29 @@ fn drops_map(shared: &Shared) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
+fn ladder_report(l: &overlayd_proto::path::LadderStatus) -> api::LadderReport {
+    api::LadderReport {
+        reason: l.reason.as_str().to_owned(),
+        on_path_ms: l.on_path_for.as_millis() as u64,
+        switches: l.switches,
+        rungs: l
+            .rungs
+            .iter()
+            .map(|r| api::RungReport {
+                path: r.path.as_str().to_owned(),
+                health: match r.health {
+                    overlayd_proto::path::Health::Up => "up",
+                    overlayd_proto::path::Health::Down => "down",
+                    overlayd_proto::path::Health::Unknown => "unknown",
+                }
+                .to_owned(),
+                rtt_us: r.rtt.map(|d| d.as_micros() as u64),
+                loss_percent: (r.loss * 100.0).round() as u32,
+            })
+            .collect(),
+    }
+}
+
 fn quic_report(s: &crate::quic::PeerStatus) -> api::QuicReport {
     api::QuicReport {
         state: s.state.as_str().to_owned(),
@@ -289,6 +312,7 @@ fn peers(shared: &Shared) -> Result<api::Peers> {
                 .collect()
         })
         .unwrap_or_default();
+    let ladders = shared.paths.status();
     let peers = state
         .admitted
         .iter()
@@ -314,6 +338,7 @@ fn peers(shared: &Shared) -> Result<api::Peers> {
                 rx_bytes: c.rx_bytes.load(Relaxed),
                 drops: c.drops.load(Relaxed),
                 quic: quic.get(&p.name).map(quic_report),
+                ladder: ladders.get(&p.name).map(ladder_report),
             }
         })
         .collect();

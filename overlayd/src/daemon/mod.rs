@@ -20,6 +20,7 @@ use overlayd_config::schema::{Config, OnExit};
 use overlayd_proto::PeerInfo;
 use overlayd_proto::dataplane::{ForwardingTable, LocalVtep};
 use overlayd_proto::ipam::PodIpam;
+use overlayd_proto::path::PathKind;
 use overlayd_proto::routing::{self, LocalRouting, PeerPath, RouteOp};
 use overlayd_proto::wire::{MacAddr, vxlan};
 use tokio::sync::{Mutex, Notify, watch};
@@ -30,6 +31,7 @@ use crate::dns::{DnsServer, DnsSettings};
 use crate::gossip::GossipHandle;
 use crate::netlink::{self, Link, Netlink};
 use crate::nft;
+use crate::paths::{LadderPeer, PathsHandle};
 use crate::pmtu::{self, PathMtuHandle};
 use crate::pods::{PodDns, Pods};
 use crate::proxy::{Proxy, ProxyConfig};
@@ -104,6 +106,8 @@ struct Shared {
     bridge_index: u32,
     /// The QUIC endpoint, with `[quic]`.
     quic: Option<Arc<QuicTransport>>,
+    /// Every peer's path ladder.
+    paths: Arc<PathsHandle>,
 }
 
 impl Shared {
@@ -257,6 +261,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         }
         None => (None, None),
     };
+    let paths = Arc::new(PathsHandle::default());
     let dp = Arc::new(Datapath::new(ForwardingTable::new(
         local_vtep(&cfg, &local, subnet),
         Vec::new(),
@@ -287,6 +292,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         tun_index: tun_link.index,
         bridge_index,
         quic: quic.clone(),
+        paths: paths.clone(),
     });
 
     let peer_source: Box<dyn PeerSource> = match &gossip {
@@ -313,6 +319,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         tasks.spawn(datapath::quic_to_tun(
             dp.clone(),
             tun.clone(),
+            paths.clone(),
             rx,
             mtu,
             offloads,
@@ -328,8 +335,15 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     tasks.spawn(pmtu::run(
         path_mtus,
         dp.clone(),
+        paths.clone(),
         sock.clone(),
         cfg.tunnel.port,
+    ));
+    tasks.spawn(crate::paths::run(
+        paths,
+        sock.clone(),
+        cfg.tunnel.port,
+        quic.clone(),
     ));
     tasks.spawn(api::serve(shared.clone(), listener));
     {
@@ -631,6 +645,7 @@ async fn control_loop(
             changed = peers.changed() => if changed.is_err() { return Ok(()) },
             _ = shared.reconcile_now.notified() => {}
             _ = shared.pmtu.routes_changed.notified() => {}
+            _ = shared.paths.changed.notified() => {}
             _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
         }
     }
@@ -690,6 +705,8 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     let mut with_paths = Vec::with_capacity(peers.len());
     let mut on_link = Vec::with_capacity(peers.len());
     let mut encrypted_only = Vec::new();
+    let mut ladder_peers = Vec::with_capacity(peers.len());
+    let mut linked_by_name = BTreeMap::new();
     for peer in &peers {
         let (path, linked) = match shared.nl.route_get(peer.underlay).await {
             Ok(lookup) => (
@@ -705,15 +722,31 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
                 (PeerPath::Udp, false)
             }
         };
-        let (path, encrypted) = policy_path(shared, peer, path);
+        let (candidates, encrypted) = policy_candidates(shared, peer, path);
         if encrypted {
             encrypted_only.push(peer.name.clone());
         }
-        let Some(path) = path else {
+        ladder_peers.push(LadderPeer {
+            name: peer.name.clone(),
+            underlay: peer.underlay,
+            candidates,
+        });
+        linked_by_name.insert(peer.name.clone(), linked);
+    }
+    // The ladder picks among the candidates (the policy's first at once; later what its
+    // probes find working).
+    let chosen = shared.paths.set_peers(&ladder_peers);
+    for peer in &peers {
+        let Some(path) = chosen
+            .get(&peer.name)
+            .copied()
+            .flatten()
+            .and_then(|kind| PeerPath::first_carried(&[kind]))
+        else {
             continue;
         };
         with_paths.push((peer.clone(), path));
-        on_link.push(linked);
+        on_link.push(linked_by_name.get(&peer.name).copied().unwrap_or(false));
     }
     let over_quic: Vec<&str> = with_paths
         .iter()
@@ -721,12 +754,14 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
         .map(|(peer, _)| peer.name.as_str())
         .collect();
     if let Some(quic) = &shared.quic {
-        let wanted: Vec<(String, std::net::SocketAddr)> = with_paths
+        // Every peer with a quic rung keeps a connection: the ladder probes it, and a
+        // fall-back onto it needs no handshake.
+        let wanted: Vec<(String, std::net::SocketAddr)> = ladder_peers
             .iter()
-            .filter(|(_, path)| *path == PeerPath::Quic)
-            .filter_map(|(peer, _)| {
-                let port = peer.quic_port?;
-                Some((peer.name.clone(), (peer.underlay, port).into()))
+            .filter(|l| l.candidates.contains(&PathKind::Quic))
+            .filter_map(|l| {
+                let peer = peers.iter().find(|p| p.name == l.name)?;
+                Some((peer.name.clone(), (peer.underlay, peer.quic_port?).into()))
             })
             .collect();
         quic.set_peers(&wanted);
@@ -739,7 +774,7 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     let mut route_mtus = path_mtus(shared, &with_paths).await;
     for (peer, path) in &with_paths {
         if *path == PeerPath::Quic {
-            route_mtus.insert(peer.underlay, quic_route_mtu(shared));
+            route_mtus.insert(peer.underlay, quic_route_mtu(shared, &peer.name));
         }
     }
 
@@ -808,12 +843,12 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     }
 }
 
-/// A peer's path under the `[path]` policy: the first allowed candidate this node carries
-/// (`kernel` is what the kernel's route lookup allows: host-gw or the tunnel), and whether
-/// the pair requires encryption. No path (logged): nothing allowed can be carried now,
-/// and the peer gets no route, so the cluster blackhole drops its traffic rather than
-/// sending it on a path the policy refuses.
-fn policy_path(shared: &Shared, peer: &PeerInfo, kernel: PeerPath) -> (Option<PeerPath>, bool) {
+/// A peer's candidate paths under the `[path]` policy — the allowed ones this node
+/// carries (host-gw, udp, quic; not yet the relay), in ladder order; `kernel` is what the
+/// kernel's route lookup allows (host-gw or the tunnel) — and whether the pair requires
+/// encryption. None (logged): the peer gets no route, so the cluster blackhole drops its
+/// traffic rather than sending it on a path the policy refuses.
+fn policy_candidates(shared: &Shared, peer: &PeerInfo, kernel: PeerPath) -> (Vec<PathKind>, bool) {
     let local_zone = shared.cfg.node.zone.as_str();
     let peer_zone = if peer.zone.is_empty() {
         local_zone
@@ -827,15 +862,20 @@ fn policy_path(shared: &Shared, peer: &PeerInfo, kernel: PeerPath) -> (Option<Pe
         on_link: kernel == PeerPath::HostGw,
         quic: shared.quic.is_some() && peer.quic_port.is_some(),
     });
-    let path = PeerPath::first_carried(&resolved.candidates);
-    if path.is_none() {
+    let carried: Vec<PathKind> = resolved
+        .candidates
+        .iter()
+        .copied()
+        .filter(|k| PeerPath::first_carried(&[*k]).is_some())
+        .collect();
+    if carried.is_empty() {
         tracing::warn!(
             peer = %peer.name, zone = peer_zone, allowed = ?resolved.candidates,
             require_encryption = resolved.require_encryption,
             "no allowed path can be carried to this peer (does it and this node have [quic]?); its pods are unreachable"
         );
     }
-    (path, resolved.require_encryption)
+    (carried, resolved.require_encryption)
 }
 
 /// Tells the path-MTU machine which peers the tunnel carries and what our underlay
@@ -1004,11 +1044,19 @@ fn start_quic(
     Ok(started)
 }
 
-/// The largest pod packet a QUIC datagram carries over our underlay: the `mtu` of the
-/// routes of peers reached over QUIC.
-fn quic_route_mtu(shared: &Shared) -> u32 {
+/// The `mtu` of the route of a peer reached over QUIC: the largest pod packet one
+/// datagram carries — over our underlay device, and on the peer's connection as it is
+/// now (quinn lowers it when its black-hole detection finds a narrower path, e.g. a
+/// 1400-byte link; the control loop's 5 s pass follows).
+fn quic_route_mtu(shared: &Shared, peer: &str) -> u32 {
     let underlay = u16::try_from(shared.local.underlay.mtu).unwrap_or(u16::MAX);
-    u32::from(crate::quic::max_datagram_payload(underlay, false))
+    let device = u32::from(crate::quic::max_datagram_payload(underlay, false));
+    let connection = shared
+        .quic
+        .as_ref()
+        .and_then(|q| q.max_datagram_size(peer))
+        .map_or(device, |n| u32::try_from(n).unwrap_or(device));
+    device.min(connection)
 }
 
 /// SIGHUP: the QUIC endpoint takes the CA and certificate files as they are now (a
