@@ -413,9 +413,11 @@ impl Default for Nat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnExit {
-    /// Remove routes, the TUN device, the bridge and the NAT table (pods stay).
+    /// Every stop is a leave: announce it, remove routes, the TUN device, the bridge and
+    /// the NAT table (pods stay).
     Remove,
-    /// Leave everything in place, so pods keep talking over host-gw while it is down.
+    /// Leave everything in place and announce nothing, so pods keep talking while it is
+    /// down (a restart, an upgrade); `overlayd leave` is how a node leaves.
     Keep,
 }
 
@@ -427,7 +429,7 @@ pub struct Daemon {
     pub state_dir: PathBuf,
     /// Absolute path of the Unix socket the CLI talks to. Default `/run/overlayd/overlayd.sock`.
     pub control_socket: PathBuf,
-    /// `remove` (default) or `keep`.
+    /// `keep` (default) or `remove`.
     pub on_exit: OnExit,
 }
 
@@ -436,7 +438,7 @@ impl Default for Daemon {
         Daemon {
             state_dir: "/var/lib/overlayd".into(),
             control_socket: "/run/overlayd/overlayd.sock".into(),
-            on_exit: OnExit::Remove,
+            on_exit: OnExit::Keep,
         }
     }
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use ipnet::Ipv4Net;
 use overlayd_proto::PeerInfo;
-use overlayd_proto::gossip::{Event, Gossip, MemberState, SecretKey};
+use overlayd_proto::gossip::{DownReason, Event, Gossip, MemberState, SecretKey};
+use overlayd_proto::routing::liveness::KeptPeers;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -217,6 +218,7 @@ pub async fn start(
             peers,
             subnet: subnet_tx,
             claims: ClaimWriter::default(),
+            liveness: Liveness::new(),
         }
         .run(),
     );
@@ -241,6 +243,55 @@ struct Driver {
     peers: watch::Sender<Vec<PeerInfo>>,
     subnet: watch::Sender<Option<Ipv4Net>>,
     claims: ClaimWriter,
+    liveness: Liveness,
+}
+
+/// How often a dead member's node is pinged while its routes are kept.
+const LIVENESS_PROBE: Duration = Duration::from_millis(250);
+
+/// Gossip death is not data-path death: the members gossip declared dead whose nodes
+/// still answer ICMP echo (their kernels; the daemon may be restarting) keep their routes
+/// (`proto::routing::liveness`).
+struct Liveness {
+    kept: KeptPeers,
+    /// `None` without CAP_NET_RAW: dead members are withdrawn at once, as before.
+    echo: Option<crate::echo::Echo>,
+    /// When the kept members are probed and decided on next.
+    next: Instant,
+}
+
+impl Liveness {
+    fn new() -> Self {
+        let echo = match crate::echo::Echo::open() {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(
+                    "{e:#}: a member gossip declares dead loses its routes at once, even while its node forwards"
+                );
+                None
+            }
+        };
+        Liveness {
+            kept: KeptPeers::default(),
+            echo,
+            next: Instant::now(),
+        }
+    }
+
+    /// Pings every kept member's node and reads the answers.
+    fn probe(&mut self, now: Instant) {
+        let Some(echo) = self.echo.as_mut() else {
+            return;
+        };
+        for addr in echo.replies() {
+            self.kept.probe_answered(now, addr);
+        }
+        for addr in self.kept.to_probe() {
+            if echo.send(addr).is_ok() {
+                self.kept.probe_sent(now, addr);
+            }
+        }
+    }
 }
 
 pub fn wall_clock_ms() -> u64 {
@@ -267,7 +318,20 @@ impl Driver {
                 .services
                 .deadline()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            // A fixed schedule (not "250 ms from now" each pass: gossip wakes the loop
+            // more often than that, and the tick would never come).
+            let liveness_due = if self.liveness.kept.to_probe().is_empty() {
+                Instant::now() + Duration::from_secs(3600)
+            } else {
+                self.liveness.next
+            };
             tokio::select! {
+                _ = tokio::time::sleep_until(liveness_due.into()) => {
+                    let now = Instant::now();
+                    self.liveness.next = now + LIVENESS_PROBE;
+                    self.liveness.probe(now);
+                    self.publish_peers();
+                }
                 _ = tokio::time::sleep_until(services_due.into()) => {}
                 _ = self.services.pods_changed() => self.services.mark_dirty(),
                 Some(command) = self.service_commands.recv() => {
@@ -357,15 +421,43 @@ impl Driver {
             changed |= self.event(event);
         }
         if changed {
-            let peers = self.setup.gossip.peers(&self.setup.static_peers);
-            self.peers.send_if_modified(|current| {
-                let differs = *current != peers;
-                if differs {
-                    *current = peers;
-                }
-                differs
-            });
+            self.publish_peers();
         }
+    }
+
+    /// Publishes the peer set: gossip's up members (and the static peers), plus the dead
+    /// members whose nodes still answer.
+    fn publish_peers(&mut self) {
+        // Reaped by gossip: forgotten, and its routes go.
+        let forgotten: Vec<String> = self
+            .liveness
+            .kept
+            .names()
+            .filter(|n| self.setup.gossip.member(n).is_none())
+            .map(str::to_owned)
+            .collect();
+        for name in forgotten {
+            tracing::info!(member = %name, "routes of a member gossip forgot withdrawn");
+            self.liveness.kept.member_gone(&name);
+        }
+        let mut peers = self.setup.gossip.peers(&self.setup.static_peers);
+        let (kept, gone) = self.liveness.kept.decide(Instant::now(), &peers);
+        for (name, reason) in gone {
+            tracing::info!(member = %name, ?reason, "routes of a dead member withdrawn");
+        }
+        for info in kept {
+            if !peers.iter().any(|p| p.name == info.name) {
+                peers.push(info);
+            }
+        }
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        self.peers.send_if_modified(|current| {
+            let differs = *current != peers;
+            if differs {
+                *current = peers;
+            }
+            differs
+        });
     }
 
     /// Returns whether the peer set may have changed.
@@ -373,10 +465,21 @@ impl Driver {
         match event {
             Event::MemberUp(record) | Event::MemberUpdated(record) => {
                 tracing::info!(member = %record.name, underlay = %record.underlay, subnet = ?record.pod_subnet, "member up or updated");
+                self.liveness.kept.member_gone(&record.name);
                 true
             }
             Event::MemberDown { name, reason } => {
-                tracing::info!(member = %name, ?reason, "member down");
+                let last = self.peers.borrow().iter().find(|p| p.name == name).cloned();
+                match (reason, last) {
+                    (DownReason::Dead, Some(info)) if self.liveness.echo.is_some() => {
+                        tracing::info!(member = %name, "member dead by gossip; its routes stay while its node answers");
+                        self.liveness.kept.member_dead(Instant::now(), info);
+                    }
+                    _ => {
+                        tracing::info!(member = %name, ?reason, "member down");
+                        self.liveness.kept.member_gone(&name);
+                    }
+                }
                 true
             }
             Event::LocalSubnetChanged { subnet, claimed_at } => {

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod discovery;
 pub mod dns;
+pub mod echo;
 pub mod gossip;
 pub mod keys;
 pub mod netlink;

@@ -52,6 +52,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Leave the cluster for good: the daemon announces it, removes its routes, TUN,
+    /// bridge and NAT table (pods keep their namespaces) and exits. Stopping the daemon
+    /// (SIGTERM) is not leaving: it keeps the data path and peers keep their routes.
+    Leave,
     /// Cluster members as gossip sees them.
     Members {
         #[arg(long)]
@@ -308,6 +312,14 @@ async fn client(command: Command, socket: &std::path::Path) -> Result<()> {
         }
         Command::Members { json } => {
             cli::show(socket, Request::Members, json, cli::members_table).await
+        }
+        Command::Leave => {
+            let result: serde_json::Value = overlayd::api::call(socket, &Request::Leave).await?;
+            println!(
+                "{} is leaving the cluster and removing its data path",
+                result["leaving"].as_str().unwrap_or("this node")
+            );
+            Ok(())
         }
         Command::Key { action, file, json } => {
             let action = match action {

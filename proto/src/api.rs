@@ -60,6 +60,9 @@ pub enum Request {
     /// this node's proxy sees them.
     Services,
     Members,
+    /// Leave the cluster for good: announce it, remove everything the daemon owns (routes,
+    /// TUN, bridge, NAT; pods keep their namespaces), exit. A stop signal does neither.
+    Leave,
     Key {
         action: KeyAction,
         /// The key file, for install/use/remove (read by the daemon).

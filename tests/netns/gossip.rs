@@ -92,8 +92,9 @@ fn assert_full_mesh(lab: &Lab) -> Result<()> {
 }
 
 /// 9: five nodes join from one seed, claim disjoint subnets and form a full mesh; a
-/// `kill -9`'d node is declared dead by all and its routes leave every peer; restarted,
-/// it comes back with the same subnet.
+/// `kill -9`'d node is declared dead by all, yet its routes stay on every peer while its
+/// node answers (host-gw to it still works), and leave every peer within 5 s once the node
+/// goes silent; restarted, it comes back with the same subnet.
 pub(crate) fn five_nodes_join_from_one_seed_and_survive_kill_9() -> Result<()> {
     let mut lab = lab("g5", &two_segments(FIVE)?)?;
     assert_full_mesh(&lab)?;
@@ -121,9 +122,36 @@ pub(crate) fn five_nodes_join_from_one_seed_and_survive_kill_9() -> Result<()> {
         },
     )?;
     let detected = killed.elapsed();
+    // Gossip death is not data-path death: n5's kernel still forwards, so every peer
+    // keeps its routes, and n4 (on n5's segment, host-gw) still reaches n5's pod.
+    let n5_pod = lab.pod("n5-p1")?.ip;
+    let n4_pod = lab.pod("n4-p1")?.netns.clone();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(1));
+        for on in &NODES[..4] {
+            let routes = routes(&lab, on)?;
+            ensure!(
+                routes.contains(&subnet.to_string()),
+                "{on} dropped its route to n5's {subnet} while n5's node still answers:\n{routes}"
+            );
+        }
+    }
+    ping(&n4_pod, n5_pod, 3).context("n4's pod to n5's pod (host-gw) with n5's daemon dead")?;
+    // Now the node itself goes (everything on its underlay dropped): every peer withdraws
+    // its routes within 5 s.
+    ns_run(
+        &lab.node("n5")?.netns(),
+        &[
+            "nft",
+            "add table ip cut; \
+             add chain ip cut in { type filter hook input priority -300; policy drop; }; \
+             add chain ip cut out { type filter hook output priority -300; policy drop; }",
+        ],
+    )?;
+    let cut = Instant::now();
     wait_for(
         "n5's routes to leave every peer",
-        Duration::from_secs(10),
+        Duration::from_secs(5),
         || {
             for on in &NODES[..4] {
                 if routes(&lab, on)?.contains(&subnet.to_string()) {
@@ -133,9 +161,11 @@ pub(crate) fn five_nodes_join_from_one_seed_and_survive_kill_9() -> Result<()> {
             Ok(true)
         },
     )?;
-    let routes_gone = killed.elapsed();
+    let routes_gone = cut.elapsed();
+    ns_run(&lab.node("n5")?.netns(), &["nft", "delete table ip cut"])?;
     eprintln!(
-        "gossip: kill -9 of n5 known to all 4 peers after {detected:?}, its routes gone after {routes_gone:?}"
+        "gossip: kill -9 of n5 known to all 4 peers after {detected:?}; its routes kept while \
+         its node answered, gone {routes_gone:?} after the node went silent"
     );
 
     // The tunnel port now refuses the dead member's underlay address.
@@ -235,7 +265,7 @@ pub(crate) fn partition_for_30s_then_heal_restores_the_mesh() -> Result<()> {
     assert_full_mesh(&lab)
 }
 
-/// A graceful stop (SIGTERM) is announced: peers mark the node `left` at once, far
+/// Leaving (`overlayd leave`) is announced: peers mark the node `left` at once, far
 /// sooner than failure detection, and drop its routes.
 pub(crate) fn graceful_leave_is_seen_at_once() -> Result<()> {
     let mut lab = lab("gl", &two_segments(FIVE)?)?;
@@ -246,7 +276,7 @@ pub(crate) fn graceful_leave_is_seen_at_once() -> Result<()> {
         "n1 has no route to n3's {subnet}"
     );
     let t = Instant::now();
-    lab.stop_daemon("n3")?;
+    lab.leave_daemon("n3")?;
     wait_for("peers to see n3 leave", Duration::from_secs(3), || {
         for on in ["n1", "n2", "n4", "n5"] {
             if state_of(&lab, on, "n3")? != Some(MemberState::Left) {

@@ -86,8 +86,8 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         faults::kill_9_and_restart_keeps_pods_and_host_gw,
     ),
     (
-        "clean_stop_removes_only_what_is_ours",
-        faults::clean_stop_removes_only_what_is_ours,
+        "leave_removes_only_what_is_ours",
+        faults::leave_removes_only_what_is_ours,
     ),
     (
         "sigterm_during_start_up_stops_cleanly",
@@ -96,6 +96,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
     (
         "on_exit_keep_leaves_the_data_path",
         faults::on_exit_keep_leaves_the_data_path,
+    ),
+    (
+        "stop_is_not_leave_pods_keep_talking",
+        faults::stop_is_not_leave_pods_keep_talking,
     ),
     (
         "pods_cannot_reach_tunnel_or_gossip_ports",

@@ -49,7 +49,8 @@ pub enum LabCommand {
         #[arg(long, default_value = "lab", value_parser = lab_name)]
         name: String,
     },
-    /// Stop a node's daemon with SIGTERM: it leaves the gossip cluster and cleans up.
+    /// Stop a node's daemon with SIGTERM: a stop, not a leave — its data path stays and
+    /// peers keep their routes to it while its node answers.
     Stop {
         node: String,
         #[arg(long, default_value = "lab", value_parser = lab_name)]

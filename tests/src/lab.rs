@@ -568,8 +568,30 @@ impl Lab {
         self.forget_daemon(node)
     }
 
-    /// Stops the daemon of `node` with SIGTERM, as an operator would: it leaves the
-    /// gossip cluster and cleans up. Waits up to [`STOP_TIMEOUT`] for it to exit.
+    /// Makes `node` leave the cluster for good with `overlayd leave`: it announces it,
+    /// removes its data path and exits. Waits up to [`STOP_TIMEOUT`] for it to exit.
+    pub fn leave_daemon(&mut self, node: &str) -> Result<(), LabError> {
+        let pid = self.running_pid(node)?;
+        let out = self.overlayd(node, &["leave"])?;
+        if !out.status.success() {
+            return Err(LabError::Io {
+                path: format!("overlayd leave on {node}"),
+                source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+            });
+        }
+        if !process::wait_gone(&[pid], STOP_TIMEOUT).is_empty() {
+            return Err(LabError::DidNotExit {
+                node: node.into(),
+                pid,
+                log: self.node(node)?.log_path().display().to_string(),
+            });
+        }
+        self.forget_daemon(node)
+    }
+
+    /// Stops the daemon of `node` with SIGTERM, as an operator would: a stop, not a
+    /// leave — with the default `daemon.on_exit = "keep"` its data path stays and nothing
+    /// is announced. Waits up to [`STOP_TIMEOUT`] for it to exit.
     pub fn stop_daemon(&mut self, node: &str) -> Result<(), LabError> {
         let pid = self.running_pid(node)?;
         process::signal(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| LabError::Io {

@@ -169,6 +169,11 @@ async fn dispatch(shared: &Shared, req: Request) -> Result<serde_json::Value> {
             services: shared.services.list().await?,
         })?,
         Request::Services => serde_json::to_value(super::serving::report(shared))?,
+        Request::Leave => {
+            tracing::info!("leave requested: announcing it and removing the data path");
+            shared.leave.notify_one();
+            serde_json::json!({ "leaving": shared.cfg.node.name })
+        }
         Request::Members => {
             let members = gossip(shared)?.members().await?;
             serde_json::to_value(api::Members { members })?

@@ -108,6 +108,8 @@ struct Shared {
     quic: Option<Arc<QuicTransport>>,
     /// Every peer's path ladder.
     paths: Arc<PathsHandle>,
+    /// `overlayd leave` asked the daemon to leave the cluster for good.
+    leave: Notify,
 }
 
 impl Shared {
@@ -205,6 +207,15 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         .context("enabling reverse-path filtering on the bridge")?;
 
     let (tun, tun_offload) = create_tun(&cfg.tunnel.device, local.tunnel_mtu, cfg.tunnel.offload)?;
+    // The device, and the routes into it, outlive the process: while no daemon runs,
+    // tunnel traffic is dropped at the device (not sent elsewhere), and the next start
+    // attaches to it without a route being deleted and added again.
+    if let Err(e) = tun.persist() {
+        tracing::warn!(
+            "could not make {} persistent ({e}); it goes away with the daemon",
+            cfg.tunnel.device
+        );
+    }
     let tun = Arc::new(tun);
     let tun_link = nl
         .link_by_name(&cfg.tunnel.device)
@@ -293,6 +304,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         bridge_index,
         quic: quic.clone(),
         paths: paths.clone(),
+        leave: Notify::new(),
     });
 
     let peer_source: Box<dyn PeerSource> = match &gossip {
@@ -374,9 +386,11 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
 
     // A stop signal that came during the rest of start-up is waiting here: it stops the
     // daemon now, removing what start-up made.
+    let mut leaving = cfg.daemon.on_exit == OnExit::Remove;
     let outcome = loop {
         tokio::select! {
             signal = signals.stop() => { tracing::info!("{signal}: stopping"); break Ok(()) }
+            _ = shared.leave.notified() => { leaving = true; break Ok(()) }
             _ = hup.recv() => {
                 reload_keys(&shared).await;
                 reload_quic(&shared);
@@ -388,12 +402,10 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
             },
         }
     };
-    // With `on_exit = "keep"` the stop is a restart (an upgrade, say): no leave, so peers
-    // keep their routes to us unless we stay away longer than failure detection takes.
-    if let Some(handle) = gossip
-        .as_ref()
-        .filter(|_| cfg.daemon.on_exit == OnExit::Remove)
-    {
+    // A stop is a restart (an upgrade, say): no leave, so peers keep their routes to us
+    // (while our node answers them: gossip death is not data-path death). Leaving is
+    // `overlayd leave`, or every stop with `on_exit = "remove"`.
+    if let Some(handle) = gossip.as_ref().filter(|_| leaving) {
         match tokio::time::timeout(Duration::from_secs(2), handle.leave()).await {
             Ok(Ok(())) => tracing::info!("left the cluster"),
             _ => tracing::warn!("could not announce leaving the cluster; peers will detect it"),
@@ -407,12 +419,14 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         dns.stop();
     }
     let _ = std::fs::remove_file(&cfg.daemon.control_socket);
-    if cfg.daemon.on_exit == OnExit::Remove {
+    if leaving {
         if let Err(e) = remove_datapath(&shared).await {
             tracing::warn!("removing the data path: {e:#}");
         }
     } else {
-        tracing::info!("on_exit = keep: leaving routes, bridge and NAT in place");
+        tracing::info!(
+            "stopped: routes, TUN, bridge and NAT stay in place (`overlayd leave` removes them)"
+        );
     }
     outcome
 }
@@ -587,7 +601,9 @@ fn create_tun(name: &str, mtu: u32, offload: bool) -> Result<(tun_rs::AsyncDevic
             .name(name)
             .mtu(mtu)
             .offload(offload)
-            .enable(false)
+            // Not `enable(false)`: a persistent device left by the last run is up, and
+            // taking it down would flush every route into it. A new one starts down.
+            .inherit_enable_state()
             .build_async()
     };
     if offload {
@@ -661,6 +677,18 @@ async fn joined(shared: &Shared) -> bool {
         return true;
     }
     handle.report().await.is_ok_and(|r| r.members_alive > 1)
+}
+
+/// How long after start a gossiping node keeps the peer routes it found but has not
+/// learned the peers of yet (a restart: gossip brings them back within a few seconds; a
+/// peer that really left while this node was down keeps its route this long at most).
+const ADOPT_GRACE: Duration = Duration::from_secs(10);
+
+/// Whether the peer routes found at start are still being adopted: with gossip, for
+/// [`ADOPT_GRACE`] after start. A member being alive is not enough — its record, and the
+/// others', may still be on the way. Static peers are known at once.
+fn adopting(shared: &Shared) -> bool {
+    shared.gossip.is_some() && shared.started.elapsed() < ADOPT_GRACE
 }
 
 /// The peer set as the data path last applied it.
@@ -786,7 +814,13 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
         &route_mtus,
     );
     let current = shared.nl.owned_routes().await?;
-    let ops = routing::reconcile(&desired, &current);
+    let mut ops = routing::reconcile(&desired, &current);
+    if adopting(shared) {
+        // A start adopts what is there: until this node has heard from the cluster, the
+        // peers it has not learned yet are not gone, and their routes (kept from before
+        // the restart) stay.
+        ops.retain(|op| !matches!(op, RouteOp::Delete(r) if r.kind == routing::RouteKind::Unicast));
+    }
     let mut errors: Vec<(Ipv4Net, String)> = Vec::new();
     for op in &ops {
         tracing::info!("route change: {op:?}");

@@ -10,7 +10,11 @@
 //! A pure function of what gossip says, what the probes say and the time; the shell probes
 //! and acts.
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
+
+use crate::peer::PeerInfo;
 
 /// What gossip says of the member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +133,125 @@ pub fn decide(
                 Liveness::DaemonDown
             }
         }
+    }
+}
+
+/// The members gossip declared dead whose routes this node keeps while their nodes answer
+/// (the shell's state for [`decide`]): fed with gossip's events and the probes' answers,
+/// it says which of them to keep routing to and which to probe.
+#[derive(Debug, Clone, Default)]
+pub struct KeptPeers {
+    settings: LivenessSettings,
+    kept: BTreeMap<String, Kept>,
+}
+
+#[derive(Debug, Clone)]
+struct Kept {
+    info: PeerInfo,
+    dead_since: Instant,
+    first_probe: Option<Instant>,
+    last_answer: Option<Instant>,
+}
+
+impl KeptPeers {
+    pub fn new(settings: LivenessSettings) -> Self {
+        KeptPeers {
+            settings,
+            kept: BTreeMap::new(),
+        }
+    }
+
+    /// Gossip declared the member dead (failure detection, not leaving); `info` is what
+    /// the data path had for it.
+    pub fn member_dead(&mut self, now: Instant, info: PeerInfo) {
+        self.kept.insert(
+            info.name.clone(),
+            Kept {
+                info,
+                dead_since: now,
+                first_probe: None,
+                last_answer: None,
+            },
+        );
+    }
+
+    /// The member is back (its new record supersedes), left for good, or gossip forgot
+    /// it: nothing of it is kept.
+    pub fn member_gone(&mut self, name: &str) {
+        self.kept.remove(name);
+    }
+
+    /// The underlay addresses to probe now.
+    pub fn to_probe(&self) -> Vec<Ipv4Addr> {
+        self.kept.values().map(|k| k.info.underlay).collect()
+    }
+
+    /// A probe went out to `addr`.
+    pub fn probe_sent(&mut self, now: Instant, addr: Ipv4Addr) {
+        for k in self.kept.values_mut().filter(|k| k.info.underlay == addr) {
+            k.first_probe.get_or_insert(now);
+        }
+    }
+
+    /// `addr` answered a probe.
+    pub fn probe_answered(&mut self, now: Instant, addr: Ipv4Addr) {
+        for k in self.kept.values_mut().filter(|k| k.info.underlay == addr) {
+            k.last_answer = Some(now);
+        }
+    }
+
+    /// Decides for every kept member at `now` (`up`: the members gossip counts in, whose
+    /// subnets no kept one may shadow): returns the peers whose routes stay, and forgets
+    /// — returning them with the reason — the ones to withdraw.
+    pub fn decide(
+        &mut self,
+        now: Instant,
+        up: &[PeerInfo],
+    ) -> (Vec<PeerInfo>, Vec<(String, WithdrawReason)>) {
+        let mut keep = Vec::new();
+        let mut gone = Vec::new();
+        for (name, k) in &self.kept {
+            let probe = match (k.last_answer, k.first_probe) {
+                (Some(at), _) => ProbeView::Answered { at },
+                (None, Some(since)) => ProbeView::Failing { since },
+                (None, None) => ProbeView::Unknown,
+            };
+            let taken = up
+                .iter()
+                .any(|p| p.name != *name && p.pod_subnet == k.info.pod_subnet);
+            let up_again = up.iter().any(|p| p.name == *name);
+            let gossip = if up_again {
+                GossipView::Up
+            } else {
+                GossipView::Dead {
+                    since: k.dead_since,
+                }
+            };
+            match decide(gossip, probe, taken, now, &self.settings) {
+                Liveness::DaemonDown => keep.push(k.info.clone()),
+                Liveness::Up => gone.push((name.clone(), None)),
+                Liveness::Withdraw(reason) => gone.push((name.clone(), Some(reason))),
+            }
+        }
+        for (name, _) in &gone {
+            self.kept.remove(name);
+        }
+        (
+            keep,
+            gone.into_iter()
+                .filter_map(|(n, r)| Some((n, r?)))
+                .collect(),
+        )
+    }
+
+    /// The members kept now.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.kept.keys().map(String::as_str)
+    }
+
+    /// Whether `name` is kept with its daemon down.
+    pub fn is_kept(&self, name: &str) -> bool {
+        self.kept.contains_key(name)
     }
 }
 
@@ -256,5 +379,70 @@ mod tests {
             decide(dead, ProbeView::Unknown, false, t0 + s.first_probe_wait, &s),
             Liveness::Withdraw(WithdrawReason::NeverAnswered)
         );
+    }
+
+    fn info(name: &str, third: u8) -> PeerInfo {
+        PeerInfo {
+            name: name.into(),
+            underlay: Ipv4Addr::new(10, 100, 1, third),
+            pod_subnet: format!("10.244.{third}.0/24").parse().unwrap(),
+            vtep_mac: crate::wire::MacAddr::vtep_for_node(name),
+            zone: String::new(),
+            quic_port: None,
+        }
+    }
+
+    /// The shell's sequence: a restarted daemon is kept while its node answers; a node
+    /// that stops answering is withdrawn 1.5 s after its last fresh answer went stale; a
+    /// claim of its subnet or its return ends the keeping at once.
+    #[test]
+    fn kept_peers_follow_gossip_and_the_probes() {
+        let t0 = Instant::now();
+        let mut k = KeptPeers::new(s());
+        k.member_dead(t0, info("n2", 12));
+        k.member_dead(t0, info("n3", 13));
+        assert_eq!(
+            k.to_probe(),
+            [Ipv4Addr::new(10, 100, 1, 12), Ipv4Addr::new(10, 100, 1, 13)]
+        );
+        for addr in k.to_probe() {
+            k.probe_sent(t0, addr);
+        }
+        k.probe_answered(ms(t0, 1), Ipv4Addr::new(10, 100, 1, 12));
+        let (keep, gone) = k.decide(ms(t0, 1000), &[]);
+        assert_eq!(
+            keep,
+            [info("n2", 12), info("n3", 13)],
+            "n3 still within 1.5 s"
+        );
+        assert!(gone.is_empty());
+        // n3 never answered: withdrawn once its probes failed 1.5 s.
+        let (keep, gone) = k.decide(ms(t0, 1600), &[]);
+        assert_eq!(keep, [info("n2", 12)]);
+        assert_eq!(gone, [("n3".to_owned(), WithdrawReason::ProbesFailed)]);
+        assert!(!k.is_kept("n3") && k.to_probe().len() == 1);
+        // n2 answers on; 10 minutes later it is still kept.
+        k.probe_answered(ms(t0, 600_000), Ipv4Addr::new(10, 100, 1, 12));
+        assert_eq!(k.decide(ms(t0, 600_100), &[]).0, [info("n2", 12)]);
+        // Its answers stop: the last goes stale after 2 s, then 1.5 s of failing.
+        assert_eq!(k.decide(ms(t0, 603_000), &[]).0.len(), 1);
+        let (keep, gone) = k.decide(ms(t0, 603_600), &[]);
+        assert!(keep.is_empty());
+        assert_eq!(gone, [("n2".to_owned(), WithdrawReason::ProbesFailed)]);
+
+        // Another node claims a kept member's subnet: withdrawn at once.
+        k.member_dead(t0, info("n4", 14));
+        k.probe_answered(t0, Ipv4Addr::new(10, 100, 1, 14));
+        let mut claimer = info("n9", 14);
+        claimer.underlay = Ipv4Addr::new(10, 100, 1, 99);
+        let (_, gone) = k.decide(ms(t0, 10), &[claimer]);
+        assert_eq!(
+            gone,
+            [("n4".to_owned(), WithdrawReason::SubnetClaimedByAnother)]
+        );
+        // Back in gossip: no longer kept, and nothing to withdraw (its record routes).
+        k.member_dead(t0, info("n5", 15));
+        let (keep, gone) = k.decide(ms(t0, 10), &[info("n5", 15)]);
+        assert!(keep.is_empty() && gone.is_empty() && !k.is_kept("n5"));
     }
 }

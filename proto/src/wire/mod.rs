@@ -3,6 +3,7 @@
 
 pub mod arp;
 pub mod checksum;
+pub mod echo;
 pub(crate) mod ipv4;
 mod mac;
 pub mod probe;
