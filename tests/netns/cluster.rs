@@ -301,7 +301,9 @@ pub(crate) fn lab_check_reports_paths_and_ps_json() -> Result<()> {
     let ps = serde_json::to_value(lab.ps())?;
     let nodes = ps["nodes"].as_array().context("nodes")?;
     ensure!(nodes.len() == 4, "{ps}");
-    for key in ["name", "pid", "segment", "underlay", "subnet", "pods"] {
+    for key in [
+        "name", "pid", "segment", "zone", "underlay", "subnet", "pods",
+    ] {
         ensure!(nodes[0].get(key).is_some(), "ps node lacks {key}: {ps}");
     }
     ensure!(nodes[0]["pods"][0].get("ip").is_some(), "{ps}");

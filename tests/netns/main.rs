@@ -11,6 +11,7 @@ mod gossip;
 mod interop;
 mod pki;
 mod pmtu;
+mod quic;
 mod services;
 mod support;
 
@@ -55,6 +56,14 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
     (
         "pmtu_icmp_dropped_path_mtu_is_found_by_probes",
         pmtu::icmp_dropped_path_mtu_is_found_by_probes,
+    ),
+    (
+        "quic_remote_zone_pods_reach_the_others_over_quic",
+        quic::remote_zone_pods_reach_the_others_over_quic,
+    ),
+    (
+        "quic_pair_requiring_encryption_without_quic_gets_no_cleartext",
+        quic::pair_requiring_encryption_without_quic_gets_no_cleartext,
     ),
     (
         "kernel_vxlan_node_interoperates_both_ways",

@@ -2,7 +2,7 @@
 //! pair's traffic takes; and every Service the cluster has, from one pod on every node:
 //! connections to its VIP (which backends answered) and its DNS name.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -10,6 +10,9 @@ use serde::Serialize;
 
 use crate::lab::{Lab, LabError, Pod};
 use crate::netns;
+
+/// The path of a pair the source's `[path]` policy leaves without one: no reply expected.
+const NO_PATH: &str = "none";
 
 /// Attempts per pair before it counts as failed.
 const PING_ATTEMPTS: usize = 3;
@@ -19,12 +22,24 @@ const PING_ATTEMPTS: usize = 3;
 pub struct PairResult {
     pub src: String,
     pub dst: String,
+    /// The pair behaved as its path says: a reply came, or, on path `none`, none did.
     pub ok: bool,
     /// `bridge` (same node), else the `path` the source node's `overlayd peers` shows for
-    /// the destination node (`host-gw`, `udp`, …), or `unknown` if it could not be read.
+    /// the destination node (`host-gw`, `udp`, `quic`, …), `none` when the source node's
+    /// `[path]` policy leaves it no path it carries (the daemon then lists no such peer
+    /// and drops the pair's packets), or `unknown` if it could not be read.
     pub path: String,
     /// Round-trip time of the successful ping.
     pub rtt_ms: Option<f64>,
+}
+
+/// The pairs that take one path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PathCount {
+    /// Ordered pod pairs whose traffic takes the path.
+    pub pairs: usize,
+    /// Of those, the ones without a reply.
+    pub failed: usize,
 }
 
 /// One Service as one pod reaches it.
@@ -58,11 +73,14 @@ pub struct CheckReport {
 
 impl Lab {
     /// Pings (`ping -c 1 -W 2`, up to 3 attempts) from every pod to every other pod's IP,
-    /// all sources in parallel. Returns `Err` only if the lab cannot be inspected; failed
+    /// all sources in parallel; a pair on path `none` passes when no reply comes. Returns `Err` only if the lab cannot be inspected; failed
     /// pings are results with `ok: false`.
     pub fn check(&self) -> Result<CheckReport, LabError> {
         let pods: Vec<&Pod> = self.pods().collect();
-        let paths = self.peer_paths();
+        let mut paths = self.peer_paths();
+        for pair in self.pathless_pairs() {
+            paths.entry(pair).or_insert_with(|| NO_PATH.into());
+        }
         let results = std::thread::scope(|scope| {
             let workers: Vec<_> = pods
                 .iter()
@@ -176,7 +194,7 @@ fn check_pair(src: &Pod, dst: &Pod, paths: &HashMap<(String, String), String>) -
     PairResult {
         src: src.name.clone(),
         dst: dst.name.clone(),
-        ok: rtt_ms.is_some(),
+        ok: rtt_ms.is_some() != (path == NO_PATH),
         path,
         rtt_ms,
     }
@@ -253,11 +271,39 @@ impl CheckReport {
         self.results.iter().find(|r| r.src == src && r.dst == dst)
     }
 
+    /// Per path (`bridge`, `host-gw`, `udp`, `quic`, …, `unknown`): how many ordered pod
+    /// pairs take it, and how many of those failed.
+    pub fn paths(&self) -> BTreeMap<String, PathCount> {
+        let mut paths = BTreeMap::<String, PathCount>::new();
+        for r in &self.results {
+            let count = paths.entry(r.path.clone()).or_default();
+            count.pairs += 1;
+            count.failed += usize::from(!r.ok);
+        }
+        paths
+    }
+
+    /// `paths: bridge 12, host-gw 16, quic 64 (2 FAILED), udp 40`: [`CheckReport::paths`]
+    /// in one line.
+    pub fn paths_text(&self) -> String {
+        let parts: Vec<String> = self
+            .paths()
+            .iter()
+            .map(|(path, c)| match c.failed {
+                0 => format!("{path} {}", c.pairs),
+                failed => format!("{path} {} ({failed} FAILED)", c.pairs),
+            })
+            .collect();
+        format!("paths: {}\n", parts.join(", "))
+    }
+
     /// `{"pairs":[{"src","dst","ok","path","rtt_ms"}, …],
+    ///   "paths":{"PATH":{"pairs","failed"}, …},
     ///   "services":[{"service","vip","port","from","ok","connections","backends","endpoints","dns"}, …]}`
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(&serde_json::json!({
             "pairs": self.results,
+            "paths": self.paths(),
             "services": self.services,
         }))
         .expect("check results always serialize")
@@ -292,7 +338,7 @@ impl CheckReport {
     }
 
     /// Rows are source pods, columns destination pods; a cell is the path (`bridge`,
-    /// `host-gw`, `udp`, …) or `FAIL`.
+    /// `host-gw`, `udp`, `quic`, `none`, …) or `FAIL` (no reply, or one on path `none`).
     pub fn matrix(&self) -> String {
         let corner = "src\\dst";
         let first = self
@@ -386,6 +432,48 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["pairs"][0]["path"], "host-gw");
         assert_eq!(json["pairs"][1]["rtt_ms"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn paths_are_counted_with_their_failures() {
+        let report = CheckReport {
+            pods: vec!["n1-p1".into(), "n1-p2".into(), "n5-p1".into()],
+            results: vec![
+                result("n1-p1", "n1-p2", true, "bridge"),
+                result("n1-p1", "n5-p1", true, "quic"),
+                result("n1-p2", "n5-p1", false, "quic"),
+                result("n5-p1", "n1-p1", true, "quic"),
+                result("n5-p1", "n1-p2", true, "udp"),
+            ],
+            services: Vec::new(),
+        };
+
+        assert_eq!(
+            report.paths_text(),
+            "paths: bridge 1, quic 3 (1 FAILED), udp 1\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["paths"]["quic"]["pairs"], 3);
+        assert_eq!(json["paths"]["quic"]["failed"], 1);
+        assert_eq!(json["paths"]["bridge"]["failed"], 0);
+        assert!(report.matrix().contains("quic"), "{}", report.matrix());
+    }
+
+    #[test]
+    fn a_pair_without_a_path_passes_without_a_reply() {
+        let pods = |a: &str, b: &str| Pod {
+            name: a.into(),
+            node: b.into(),
+            ip: "10.244.9.9".parse().unwrap(),
+            netns: "ovl-none-such-namespace".into(),
+        };
+        let paths: HashMap<(String, String), String> =
+            [(("n1".to_string(), "n3".to_string()), NO_PATH.to_string())].into();
+
+        // No such namespace: no reply, as on a path the policy refuses.
+        let r = check_pair(&pods("n1-p1", "n1"), &pods("n3-p1", "n3"), &paths);
+
+        assert_eq!((r.path.as_str(), r.ok, r.rtt_ms), ("none", true, None));
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub enum LabCommand {
     /// Build the lab: router, segments, nodes, daemons and pods.
     Up {
         /// Topology file (TOML); default: segments a and b, nodes n1 n2 on a, n3 n4 on b.
+        /// tests/topologies/remote-zone.toml adds segment c in zone "remote" (n5, n6),
+        /// with QUIC across zones.
         topology: Option<PathBuf>,
         #[arg(long, default_value = "lab", value_parser = lab_name)]
         name: String,
@@ -132,7 +134,8 @@ pub enum LabCommand {
     /// the foreground; `lab up` starts one in the router.
     #[command(hide = true)]
     Resolve,
-    /// Ping between every pair of pods and show which path each pair takes.
+    /// Ping between every pair of pods and show which path each pair takes (bridge,
+    /// host-gw, udp, quic, …) and how many pairs take each.
     Check {
         #[arg(long, default_value = "lab", value_parser = lab_name)]
         name: String,
@@ -331,6 +334,7 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
                 writeln!(out, "{}", report.to_json())?;
             } else {
                 write!(out, "{}", report.matrix())?;
+                write!(out, "{}", report.paths_text())?;
                 let failed = report.failures().count();
                 if failed > 0 {
                     writeln!(out, "{failed} of {} pairs FAILED", report.results.len())?;

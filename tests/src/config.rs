@@ -8,7 +8,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use overlayd_config::ConfigError;
-use overlayd_config::schema::{Config, Daemon, DnsUpstream, Gossip, Node, Peer};
+use overlayd_config::schema::{Config, Daemon, DnsUpstream, Gossip, Node, Peer, Quic};
+use overlayd_proto::path::PairView;
+use overlayd_proto::routing::PeerPath;
 
 use crate::lab::run_dir;
 use crate::topology::{NodeSpec, Topology};
@@ -41,10 +43,31 @@ impl NodePaths {
     }
 }
 
+/// `RUN/pki/`: the lab's cluster CA (`ca.pem`, `ca.key`, made by `overlayd ca init`) and
+/// the certificate and key of every node with `[quic]` (`NODE.pem`, `NODE.key`, made by
+/// `overlayd cert issue`).
+pub fn pki_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("pki")
+}
+
+/// `[quic]` of `node`: the default port and the files of the lab's PKI ([`pki_dir`]).
+pub fn quic_section(run_dir: &Path, node: &str) -> Quic {
+    let pki = pki_dir(run_dir);
+    Quic {
+        port: Quic::DEFAULT_PORT,
+        ca: pki.join("ca.pem"),
+        cert: pki.join(format!("{node}.pem")),
+        key: pki.join(format!("{node}.key")),
+    }
+}
+
 /// `RUN/gossip.key`: the one gossip key every node of the lab shares.
 pub fn gossip_key_path(run_dir: &Path) -> PathBuf {
     run_dir.join("gossip.key")
 }
+
+/// The Service CIDR of lab nodes, unless the topology's `[config.cluster]` says otherwise.
+pub const LAB_SERVICE_CIDR: &str = "10.96.0.0/16";
 
 /// The config of daemon node `node` in lab `lab`: its own identity and paths under
 /// [`run_dir`]`(lab)`, how it finds the others, the topology's `[config]` table
@@ -55,18 +78,18 @@ pub fn gossip_key_path(run_dir: &Path) -> PathBuf {
 /// static peers only for the nodes with `daemon = false`; `node.pod_subnet` is `None`
 /// unless the topology fixes it. Without gossip: every other node as a static peer.
 ///
+/// `node.zone` is the node's zone (its segment's unless it names one); a node with `quic`
+/// gets `[quic]` ([`quic_section`]).
+///
 /// Returns `Err` iff the result does not pass the daemon's config checks (an unknown
 /// `[config]` key, a wrong type, values that do not fit together).
-/// The Service CIDR of lab nodes, unless the topology's `[config.cluster]` says otherwise.
-pub const LAB_SERVICE_CIDR: &str = "10.96.0.0/16";
-
 pub fn node_config(topology: &Topology, node: &NodeSpec, lab: &str) -> Result<Config, ConfigError> {
     let run_dir = run_dir(lab);
     let paths = NodePaths::new(&run_dir, &node.name);
     let mut config = Config {
         node: Node {
             name: node.name.clone(),
-            zone: "default".into(),
+            zone: node.zone.clone(),
             underlay_interface: Some("eth0".into()),
             underlay_address: Some(node.underlay),
             advertise_address: None,
@@ -87,7 +110,7 @@ pub fn node_config(topology: &Topology, node: &NodeSpec, lab: &str) -> Result<Co
         services: Default::default(),
         dns: Default::default(),
         service_specs: Vec::new(),
-        quic: None,
+        quic: node.quic.then(|| quic_section(&run_dir, &node.name)),
         path: Default::default(),
     };
     config.cluster.cidr = topology.cluster_cidr();
@@ -147,6 +170,33 @@ fn static_peers(topology: &Topology, me: &str) -> Vec<Peer> {
             })
         })
         .collect()
+}
+
+/// The path `from`'s daemon gives its peer `to` under the `[path]` policy of `from`'s
+/// config (`None`: no allowed path it can carry, so it gives `to` no route and does not
+/// list it in `overlayd peers`), as the daemon decides it before any probing: on-link
+/// means the same segment with host-gw on at `from`; QUIC needs `[quic]` at both ends (a
+/// `daemon = false` node has none, and no zone: the daemon counts it in its own).
+pub fn policy_path(
+    topology: &Topology,
+    from: &NodeSpec,
+    to: &NodeSpec,
+    lab: &str,
+) -> Result<Option<PeerPath>, ConfigError> {
+    let config = node_config(topology, from, lab)?;
+    let on_link = from.segment == to.segment && config.tunnel.host_gw;
+    let resolved = config.path.resolve(PairView {
+        local_zone: &config.node.zone,
+        peer_zone: if to.daemon {
+            &to.zone
+        } else {
+            &config.node.zone
+        },
+        peer_name: &to.name,
+        on_link,
+        quic: config.quic.is_some() && to.daemon && to.quic,
+    });
+    Ok(PeerPath::first_carried(&resolved.candidates))
 }
 
 /// `config` with `overrides` deep-merged into it in order (later ones win), checked as the daemon checks its file
@@ -345,6 +395,78 @@ mod tests {
             "merged next to the lab's keys"
         );
         assert_eq!(back, config);
+    }
+
+    #[test]
+    fn nodes_get_their_segments_zone_and_the_labs_quic_files() {
+        let topo = Topology::parse(crate::topology::REMOTE_ZONE_TOPOLOGY).unwrap();
+
+        let n1 = config_of(&topo, "n1");
+        let n5 = config_of(&topo, "n5");
+
+        assert_eq!(
+            (n1.node.zone.as_str(), n5.node.zone.as_str()),
+            ("default", "remote")
+        );
+        let quic = n5.quic.clone().expect("quic = true gives [quic]");
+        assert_eq!(quic.port, 8473);
+        assert_eq!(quic.ca, Path::new("/run/overlayd-lab/x/pki/ca.pem"));
+        assert_eq!(quic.cert, Path::new("/run/overlayd-lab/x/pki/n5.pem"));
+        assert_eq!(quic.key, Path::new("/run/overlayd-lab/x/pki/n5.key"));
+        assert_eq!(
+            n1.quic.unwrap().cert,
+            Path::new("/run/overlayd-lab/x/pki/n1.pem")
+        );
+        assert_eq!(
+            config_of(&Topology::default(), "n1").quic,
+            None,
+            "no [quic] unless the topology asks"
+        );
+        let text = toml::to_string(&n5).unwrap();
+        assert_eq!(overlayd_config::parse(&text, "n5.toml").unwrap(), n5);
+    }
+
+    #[test]
+    fn policy_paths_follow_segments_zones_quic_and_path_rules() {
+        let topo = Topology::parse(crate::topology::REMOTE_ZONE_TOPOLOGY).unwrap();
+        let path = |topo: &Topology, a: &str, b: &str| {
+            policy_path(topo, topo.node(a).unwrap(), topo.node(b).unwrap(), "x").unwrap()
+        };
+        assert_eq!(path(&topo, "n1", "n2"), Some(PeerPath::HostGw));
+        assert_eq!(path(&topo, "n1", "n3"), Some(PeerPath::Udp));
+        assert_eq!(path(&topo, "n1", "n5"), Some(PeerPath::Quic));
+        assert_eq!(path(&topo, "n6", "n4"), Some(PeerPath::Quic));
+        assert_eq!(path(&topo, "n5", "n6"), Some(PeerPath::HostGw));
+
+        let strict = Topology::parse(&format!(
+            "quic = true\n{}[[segment]]\nname = \"c\"\nsubnet = \"10.100.3.0/24\"\nzone = \"remote\"\n\
+             [[node]]\nname = \"n1\"\nsegment = \"a\"\n\
+             [[node]]\nname = \"n2\"\nsegment = \"c\"\n\
+             [[node]]\nname = \"n3\"\nsegment = \"c\"\nquic = false\n\
+             [[config.path.zone_pairs]]\nzones = [\"default\", \"remote\"]\nrequire_encryption = true\n",
+            crate::topology::TWO_SEGMENTS
+        ))
+        .unwrap();
+        assert_eq!(path(&strict, "n1", "n2"), Some(PeerPath::Quic));
+        assert_eq!(
+            path(&strict, "n1", "n3"),
+            None,
+            "encryption required, n3 has no QUIC"
+        );
+        assert_eq!(path(&strict, "n3", "n1"), None);
+        assert_eq!(path(&strict, "n2", "n3"), Some(PeerPath::HostGw));
+    }
+
+    #[test]
+    fn a_quic_port_in_config_is_merged_into_the_labs_quic() {
+        let topo = Topology::parse(&format!(
+            "quic = true\n{}[[node]]\nname = \"n1\"\nsegment = \"a\"\n[config.quic]\nport = 9443\n",
+            crate::topology::TWO_SEGMENTS
+        ))
+        .unwrap();
+        let quic = config_of(&topo, "n1").quic.unwrap();
+        assert_eq!(quic.port, 9443);
+        assert_eq!(quic.key, Path::new("/run/overlayd-lab/x/pki/n1.key"));
     }
 
     #[test]

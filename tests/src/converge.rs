@@ -3,11 +3,13 @@
 //! static peer. With gossip that takes longer than each daemon's own `ready`.
 
 use overlayd_proto::overlaps;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
 use crate::client::PeerReport;
+use crate::config::policy_path;
 use crate::lab::{Lab, LabError, Node, POLL_INTERVAL};
 
 /// A node whose data path must list `name` with `subnet`.
@@ -117,7 +119,10 @@ impl Lab {
     /// Waits until every daemon node that runs now lists, in `overlayd peers --json`,
     /// every other one with the pod subnet that node's `overlayd status` reports, and
     /// every `daemon = false` node. Pairs of nodes on segments cut apart by
-    /// [`Lab::partition`] need not know each other.
+    /// [`Lab::partition`] need not know each other, nor need a node list a peer its
+    /// `[path]` policy allows no path to that it can carry ([`crate::config::policy_path`]:
+    /// say, encryption required and one of the two without `[quic]`): the daemon gives
+    /// such a peer no route and leaves it out of `overlayd peers`.
     ///
     /// Returns `Err` if that does not happen within `timeout`, naming the node whose view
     /// lacks the most (with what it lacks and its log) and the others still incomplete; at
@@ -131,11 +136,12 @@ impl Lab {
             .collect();
         // The cut cannot change while we wait: read it once, not on every poll.
         let cut = self.partitions()?;
+        let pathless = self.pathless_pairs();
         loop {
             if let Some(gone) = running.iter().find(|n| n.pid().is_none()) {
                 return Err(gone.not_ready("its daemon exited while the lab converged".into()));
             }
-            let gaps = self.convergence_gaps(&running, &cut)?;
+            let gaps = self.convergence_gaps(&running, &cut, &pathless)?;
             if gaps.is_empty() {
                 return Ok(());
             }
@@ -151,6 +157,7 @@ impl Lab {
         &'a self,
         running: &[Node<'a>],
         cut: &[(String, String)],
+        pathless: &HashSet<(String, String)>,
     ) -> Result<Vec<Gap<'a>>, LabError> {
         let mut gaps = Vec::new();
         let mut expected = Vec::new();
@@ -198,6 +205,7 @@ impl Lab {
                 .iter()
                 .chain(&statics)
                 .filter(|e| e.node.name() != node.name() && !apart(&e.node))
+                .filter(|e| !pathless.contains(&(node.name().into(), e.node.name().into())))
                 .filter(|e| !lists(&peers, e.node.name(), e.subnet))
                 .map(|e| format!("{} ({})", e.node.name(), e.subnet))
                 .collect();
@@ -219,6 +227,24 @@ impl Lab {
             }
         }
         Ok(gaps)
+    }
+}
+
+impl Lab {
+    /// `(from, to)` for every daemon node `from` whose policy gives node `to` no path.
+    pub(crate) fn pathless_pairs(&self) -> HashSet<(String, String)> {
+        let topology = self.topology();
+        let nodes = topology.nodes();
+        let mut pairs = HashSet::new();
+        for from in nodes.iter().filter(|n| n.daemon) {
+            for to in nodes.iter().filter(|n| n.name != from.name) {
+                // A config error cannot happen here: the topology checked every config.
+                if let Ok(None) = policy_path(topology, from, to, self.name()) {
+                    pairs.insert((from.name.clone(), to.name.clone()));
+                }
+            }
+        }
+        pairs
     }
 }
 

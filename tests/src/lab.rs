@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{self, ClientError, Member, PeerReport, ServiceInfo, ServiceReport, Status};
-use crate::config::{NodePaths, gossip_key_path, node_config};
+use crate::config::{NodePaths, gossip_key_path, node_config, pki_dir};
 use crate::netns::{self, NetnsError};
 use crate::process;
 use crate::topology::{NodeSpec, Segment, Topology};
@@ -32,6 +32,9 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Pause between two looks at the daemons while waiting for them.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long one `overlayd ca init` or `cert issue` may take.
+const PKI_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Log lines quoted in an error about a daemon.
 const LOG_TAIL_LINES: usize = 15;
@@ -81,6 +84,8 @@ pub enum LabError {
         path: String,
         source: serde_json::Error,
     },
+    #[error("cannot make the lab's PKI (topology has quic): {0}")]
+    Pki(String),
     #[error("cannot write the config of node {node:?}: {reason}")]
     Config { node: String, reason: String },
     #[error(
@@ -168,6 +173,8 @@ pub struct PsNode {
     /// `None` when the daemon is not running (or the node has none).
     pub pid: Option<u32>,
     pub segment: String,
+    /// `node.zone` (the segment's unless the node names its own).
+    pub zone: String,
     pub underlay: Ipv4Addr,
     /// [`Node::pod_subnet`]: `None` while a claiming node's daemon has not reported one.
     pub subnet: Option<Ipv4Net>,
@@ -532,6 +539,7 @@ impl Lab {
                 name: n.name().into(),
                 pid: n.pid(),
                 segment: n.spec.segment.clone(),
+                zone: n.spec.zone.clone(),
                 underlay: n.underlay(),
                 subnet: n.pod_subnet(),
                 pods: n
@@ -660,6 +668,9 @@ impl Lab {
         if self.topology().seed().is_some() {
             write_gossip_key(&gossip_key_path(&self.run_dir))?;
         }
+        if self.topology().quic() {
+            self.make_pki()?;
+        }
         let mut daemons = Vec::new();
         for index in 0..self.state.nodes.len() {
             let spec = &self.state.topology.nodes()[index];
@@ -682,6 +693,29 @@ impl Lab {
         self.save()?;
         // Pods reach the Services that select them through gossip: up means they have.
         self.wait_services(READY_TIMEOUT)
+    }
+
+    /// The lab's cluster CA and a certificate for every node with `[quic]`, in
+    /// [`pki_dir`] (`RUN/pki`), made by the lab's own `overlayd` binary as an operator
+    /// would: `overlayd ca init --dir RUN/pki`, then `overlayd cert issue NODE --ca-dir
+    /// RUN/pki --out RUN/pki` per node (keys 0600, written by the CLI).
+    fn make_pki(&self) -> Result<(), LabError> {
+        let dir = pki_dir(&self.run_dir);
+        let dir_text = dir.to_string_lossy().into_owned();
+        let run = |args: &[&str]| -> Result<(), LabError> {
+            let mut cmd = Command::new(self.overlayd_bin());
+            cmd.args(args);
+            netns::output_checked(cmd, PKI_TIMEOUT)
+                .map(drop)
+                .map_err(|e| LabError::Pki(e.to_string()))
+        };
+        run(&["ca", "init", "--dir", &dir_text])?;
+        for node in self.topology().nodes().iter().filter(|n| n.quic) {
+            run(&[
+                "cert", "issue", &node.name, "--ca-dir", &dir_text, "--out", &dir_text,
+            ])?;
+        }
+        Ok(())
     }
 
     /// Waits until the daemons of `nodes`, just started, are ready, records their pod
@@ -1039,7 +1073,7 @@ impl Drop for LabGuard {
 impl fmt::Display for Ps {
     /// A table: one row per node, pods listed as `name=ip`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: Vec<[String; 6]> = self
+        let rows: Vec<[String; 7]> = self
             .nodes
             .iter()
             .map(|n| {
@@ -1052,13 +1086,17 @@ impl fmt::Display for Ps {
                     n.name.clone(),
                     n.pid.map_or_else(|| "-".into(), |p| p.to_string()),
                     n.segment.clone(),
+                    n.zone.clone(),
                     n.underlay.to_string(),
                     n.subnet.map_or_else(|| "-".into(), |s| s.to_string()),
                     pods.join(" "),
                 ]
             })
             .collect();
-        let header = ["NODE", "PID", "SEGMENT", "UNDERLAY", "SUBNET", "PODS"].map(String::from);
+        let header = [
+            "NODE", "PID", "SEGMENT", "ZONE", "UNDERLAY", "SUBNET", "PODS",
+        ]
+        .map(String::from);
         let mut widths = header.clone().map(|h| h.len());
         for row in &rows {
             for (w, cell) in widths.iter_mut().zip(row) {
@@ -1247,6 +1285,7 @@ mod tests {
                 name: "n1".into(),
                 pid: None,
                 segment: "a".into(),
+                zone: "default".into(),
                 underlay: Ipv4Addr::new(10, 100, 1, 11),
                 subnet: Some("10.244.1.0/24".parse().unwrap()),
                 pods: vec![PsPod {
@@ -1260,10 +1299,13 @@ mod tests {
 
         assert_eq!(
             json,
-            r#"{"nodes":[{"name":"n1","pid":null,"segment":"a","underlay":"10.100.1.11","subnet":"10.244.1.0/24","pods":[{"name":"n1-p1","ip":"10.244.1.2"}]}]}"#
+            r#"{"nodes":[{"name":"n1","pid":null,"segment":"a","zone":"default","underlay":"10.100.1.11","subnet":"10.244.1.0/24","pods":[{"name":"n1-p1","ip":"10.244.1.2"}]}]}"#
         );
         let table = ps.to_string();
-        assert!(table.starts_with("NODE  PID  SEGMENT  UNDERLAY"), "{table}");
+        assert!(
+            table.starts_with("NODE  PID  SEGMENT  ZONE     UNDERLAY"),
+            "{table}"
+        );
         assert!(table.contains("n1-p1=10.244.1.2"), "{table}");
     }
 }

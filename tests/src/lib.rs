@@ -11,8 +11,8 @@
 //! - per pod a namespace `ovl-LAB-NODE-pN` that the node's daemon attached
 //!   (`overlayd pod add NODE-pN --netns /run/netns/ovl-LAB-NODE-pN`);
 //! - `/run/overlayd-lab/LAB/`: `lab.json` (state), `NODE.toml`, `NODE.log`, `NODE.pid`,
-//!   `NODE/` (the daemon's state dir and control socket `overlayd.sock`) and, with gossip,
-//!   `gossip.key`.
+//!   `NODE/` (the daemon's state dir and control socket `overlayd.sock`), with gossip
+//!   `gossip.key`, and with `quic` the lab's CA and node certificates in `pki/`.
 //!
 //! By default the daemons gossip: each joins through one seed node and claims its pod
 //! subnet, and [`Lab::up`] returns once every daemon lists every other one as a peer
@@ -48,7 +48,7 @@ pub mod process;
 pub mod resolver;
 pub mod topology;
 
-pub use check::{CheckReport, PairResult};
+pub use check::{CheckReport, PairResult, PathCount};
 pub use cli::{LabCommand, run};
 pub use client::{Member, MemberState, PeerReport, Status};
 pub use lab::{
@@ -57,5 +57,6 @@ pub use lab::{
 };
 pub use netns::{Netns, NetnsError, in_netns, run_in, try_in_netns};
 pub use topology::{
-    DEFAULT_NODES, DEFAULT_TOPOLOGY, NodeSpec, Segment, TWO_SEGMENTS, Topology, TopologyError,
+    DEFAULT_NODES, DEFAULT_TOPOLOGY, DEFAULT_ZONE, NodeSpec, REMOTE_ZONE_TOPOLOGY, Segment,
+    TWO_SEGMENTS, Topology, TopologyError,
 };

@@ -70,6 +70,14 @@ ports = [
 "#
 );
 
+/// A remote datacenter: [`DEFAULT_TOPOLOGY`]'s segments a, b (zone `default`) and nodes
+/// n1–n4 with its Service, plus segment c (10.100.3.0/24) in zone `remote` with n5 and n6,
+/// reachable only through the router; `quic = true`, so every node has `[quic]` with a
+/// certificate from the lab's CA and the default path policy gives host-gw on a link, udp
+/// within a zone and quic across zones. The file `tests/topologies/remote-zone.toml`, for
+/// `overlayd lab up --topology`.
+pub const REMOTE_ZONE_TOPOLOGY: &str = include_str!("../topologies/remote-zone.toml");
+
 /// Segments a (10.100.1.0/24) and b (10.100.2.0/24), as the default topology has them:
 /// tests append their own `[[node]]` tables (top-level keys must come before it).
 pub const TWO_SEGMENTS: &str = r#"
@@ -80,6 +88,10 @@ subnet = "10.100.1.0/24"
 name = "b"
 subnet = "10.100.2.0/24"
 "#;
+
+/// A segment's zone (`node.zone` of its nodes) when the topology does not say; the
+/// daemon's default.
+pub const DEFAULT_ZONE: &str = "default";
 
 /// Pods per node when the topology does not say.
 const DEFAULT_PODS: u32 = 2;
@@ -113,6 +125,14 @@ pub struct Topology {
 pub struct Segment {
     pub name: String,
     pub subnet: Ipv4Net,
+    /// The zone of the segment's nodes (`node.zone`), unless a node names its own; the
+    /// path policy's unit (by default udp within a zone, quic across zones).
+    #[serde(default = "default_zone")]
+    pub zone: String,
+}
+
+fn default_zone() -> String {
+    DEFAULT_ZONE.into()
 }
 
 impl Segment {
@@ -153,6 +173,13 @@ pub struct NodeSpec {
     /// for one node only.
     #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
     pub config: toml::Table,
+    /// `node.zone`: the node's own `zone`, else its segment's.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// Whether the node gets `[quic]` with a certificate from the lab's CA (`RUN/pki`):
+    /// the node's own `quic`, else the topology's.
+    #[serde(default)]
+    pub quic: bool,
 }
 
 /// Labels every lab pod gets unless its node's `pod_labels` says otherwise: the default
@@ -260,6 +287,27 @@ pub enum TopologyError {
         "node {node:?} has daemon = false, so it cannot have pods (pods = {pods}); set pods = 0"
     )]
     PodsWithoutDaemon { node: String, pods: u32 },
+    #[error("{what} zone {zone:?} is not valid: it {problem}; zones are DNS labels")]
+    BadZone {
+        /// `segment "c"` or `node "n5"`.
+        what: String,
+        zone: String,
+        problem: String,
+    },
+    #[error(
+        "node {node:?} has daemon = false, so it cannot have quic = true (the lab gives \
+         [quic] only to the daemons it runs); remove quic from it"
+    )]
+    QuicWithoutDaemon { node: String },
+    #[error(
+        "{table} may not set `quic.{key}` for node {node:?}: with quic = true the lab writes \
+         [quic] with its own CA's files; set only quic.port, or quic = false for this node"
+    )]
+    QuicFilesWithLabQuic {
+        table: &'static str,
+        key: &'static str,
+        node: String,
+    },
     #[error("node {node:?} has daemon = false, so it has no config; remove its [node.config]")]
     ConfigWithoutDaemon { node: String },
     #[error(
@@ -288,12 +336,23 @@ struct TopologyFile {
     #[serde(default = "yes")]
     gossip: bool,
     seed: Option<String>,
+    /// Every daemon node gets `[quic]` (nodes may say otherwise). Default false.
+    #[serde(default)]
+    quic: bool,
     #[serde(default, rename = "segment")]
-    segments: Vec<Segment>,
+    segments: Vec<SegmentFile>,
     #[serde(default, rename = "node")]
     nodes: Vec<NodeFile>,
     #[serde(default)]
     config: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SegmentFile {
+    name: String,
+    subnet: Ipv4Net,
+    zone: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -307,6 +366,8 @@ struct NodeFile {
     daemon: bool,
     vtep_mac: Option<MacAddr>,
     pod_labels: Option<BTreeMap<String, String>>,
+    zone: Option<String>,
+    quic: Option<bool>,
     #[serde(default)]
     config: toml::Table,
 }
@@ -360,6 +421,11 @@ impl Topology {
         self.node(self.seed.as_deref()?)
     }
 
+    /// Whether some node has `[quic]`, so the lab makes a CA (`RUN/pki`) at `up`.
+    pub fn quic(&self) -> bool {
+        self.nodes.iter().any(|n| n.quic)
+    }
+
     pub fn segments(&self) -> &[Segment] {
         &self.segments
     }
@@ -382,14 +448,21 @@ impl Topology {
     }
 }
 
-fn resolve(mut file: TopologyFile) -> Result<Topology, TopologyError> {
+fn resolve(file: TopologyFile) -> Result<Topology, TopologyError> {
     if file.nodes.is_empty() {
         return Err(TopologyError::NoNodes);
     }
-    for segment in &mut file.segments {
-        segment.subnet = segment.subnet.trunc();
+    let mut segments = Vec::with_capacity(file.segments.len());
+    for segment in file.segments {
+        let zone = segment.zone.unwrap_or_else(default_zone);
+        check_zone(&format!("segment {:?}", segment.name), &zone)?;
+        segments.push(Segment {
+            name: segment.name,
+            subnet: segment.subnet.trunc(),
+            zone,
+        });
     }
-    check_segments(&file.segments, file.cluster_cidr)?;
+    check_segments(&segments, file.cluster_cidr)?;
     check_config_table(&file.config, file.gossip)?;
     let claim_prefix = subnet_prefix(&file.config)?;
     let mut seen = HashSet::new();
@@ -402,7 +475,7 @@ fn resolve(mut file: TopologyFile) -> Result<Topology, TopologyError> {
                 name: node.name,
             });
         }
-        let Some(segment) = file.segments.iter().find(|s| s.name == node.segment) else {
+        let Some(segment) = segments.iter().find(|s| s.name == node.segment) else {
             return Err(TopologyError::UnknownSegment {
                 node: node.name,
                 segment: node.segment,
@@ -449,6 +522,24 @@ fn resolve(mut file: TopologyFile) -> Result<Topology, TopologyError> {
             return Err(TopologyError::ConfigWithoutDaemon { node: node.name });
         }
         check_config_table(&node.config, file.gossip)?;
+        let zone = match node.zone {
+            Some(zone) => {
+                check_zone(&format!("node {:?}", node.name), &zone)?;
+                zone
+            }
+            None => segment.zone.clone(),
+        };
+        let quic = match (node.daemon, node.quic) {
+            (true, quic) => quic.unwrap_or(file.quic),
+            (false, None | Some(false)) => false,
+            (false, Some(true)) => {
+                return Err(TopologyError::QuicWithoutDaemon { node: node.name });
+            }
+        };
+        if quic {
+            check_quic_table(&file.config, "[config]", &node.name)?;
+            check_quic_table(&node.config, "[node.config]", &node.name)?;
+        }
         nodes.push(NodeSpec {
             name: node.name,
             segment: segment.name.clone(),
@@ -459,6 +550,8 @@ fn resolve(mut file: TopologyFile) -> Result<Topology, TopologyError> {
             vtep_mac: node.vtep_mac,
             pod_labels: node.pod_labels.unwrap_or_else(default_pod_labels),
             config: node.config,
+            zone,
+            quic,
         });
     }
     check_pod_subnets(&nodes)?;
@@ -467,7 +560,7 @@ fn resolve(mut file: TopologyFile) -> Result<Topology, TopologyError> {
         cluster_cidr: file.cluster_cidr,
         gossip: file.gossip,
         seed,
-        segments: file.segments,
+        segments,
         nodes,
         config: file.config,
     };
@@ -637,6 +730,40 @@ fn check_pod_subnets(nodes: &[NodeSpec]) -> Result<(), TopologyError> {
                     b: format!("{other_subnet} (node {other})"),
                 });
             }
+        }
+    }
+    Ok(())
+}
+
+/// A zone must be a DNS label, as `node.zone` must.
+fn check_zone(what: &str, zone: &str) -> Result<(), TopologyError> {
+    match overlayd_proto::service::spec::dns_label_problem(zone, 63) {
+        None => Ok(()),
+        Some(problem) => Err(TopologyError::BadZone {
+            what: what.into(),
+            zone: zone.into(),
+            problem,
+        }),
+    }
+}
+
+/// With the lab's `[quic]` on a node, a `[config]` table may tune `quic.port` only: the
+/// CA, certificate and key are the lab's.
+fn check_quic_table(
+    config: &toml::Table,
+    table: &'static str,
+    node: &str,
+) -> Result<(), TopologyError> {
+    let Some(toml::Value::Table(quic)) = config.get("quic") else {
+        return Ok(());
+    };
+    for key in ["ca", "cert", "key"] {
+        if quic.contains_key(key) {
+            return Err(TopologyError::QuicFilesWithLabQuic {
+                table,
+                key,
+                node: node.into(),
+            });
         }
     }
     Ok(())
@@ -1041,6 +1168,122 @@ mod tests {
             "[[segment]]\nname = \"waytoolongname\"\nsubnet = \"10.1.0.0/24\"\n[[node]]\nname = \"n1\"\nsegment = \"waytoolongname\"\n",
         );
         assert!(err.contains("segment name"), "{err}");
+    }
+
+    #[test]
+    fn remote_zone_topology_puts_segment_c_in_its_own_zone_with_quic() {
+        let topo = Topology::parse(REMOTE_ZONE_TOPOLOGY).unwrap();
+
+        let zones: Vec<(&str, &str, &str, bool)> = topo
+            .nodes()
+            .iter()
+            .map(|n| (n.name.as_str(), n.segment.as_str(), n.zone.as_str(), n.quic))
+            .collect();
+
+        assert_eq!(
+            zones,
+            [
+                ("n1", "a", "default", true),
+                ("n2", "a", "default", true),
+                ("n3", "b", "default", true),
+                ("n4", "b", "default", true),
+                ("n5", "c", "remote", true),
+                ("n6", "c", "remote", true),
+            ]
+        );
+        assert!(topo.quic());
+        assert_eq!(topo.segment("c").unwrap().zone, "remote");
+        assert_eq!(
+            topo.node("n5").unwrap().underlay,
+            Ipv4Addr::new(10, 100, 3, 11)
+        );
+        assert!(topo.gossip());
+        assert_eq!(topo.seed().unwrap().name, "n1");
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/remote-zone.toml");
+        assert_eq!(Topology::from_file(&file).unwrap(), topo);
+    }
+
+    #[test]
+    fn zones_default_to_the_segments_and_quic_to_off() {
+        let topo = Topology::default();
+        assert!(topo.nodes().iter().all(|n| n.zone == "default" && !n.quic));
+        assert!(!topo.quic());
+        assert!(topo.segments().iter().all(|s| s.zone == DEFAULT_ZONE));
+    }
+
+    #[test]
+    fn a_node_may_name_its_own_zone_and_quic() {
+        let topo = Topology::parse(&format!(
+            "quic = true
+{TWO_SEGMENTS}             [[node]]\nname = \"n1\"\nsegment = \"a\"\nzone = \"x\"\n             [[node]]\nname = \"n2\"\nsegment = \"a\"\nquic = false\n             [[node]]\nname = \"k\"\nsegment = \"b\"\ndaemon = false\n"
+        ))
+        .unwrap();
+
+        let get = |n: &str| {
+            let n = topo.node(n).unwrap();
+            (n.zone.as_str(), n.quic)
+        };
+        assert_eq!(get("n1"), ("x", true));
+        assert_eq!(get("n2"), ("default", false));
+        assert_eq!(get("k"), ("default", false), "a static peer gets no [quic]");
+    }
+
+    #[test]
+    fn rejects_bad_zones_and_quic_the_lab_cannot_give() {
+        let segment = |zone: &str| {
+            format!(
+                "[[segment]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nzone = \"{zone}\"\n                 [[node]]\nname = \"n1\"\nsegment = \"a\"\n"
+            )
+        };
+        for bad in ["", "Remote", "dc_1", "-x", &"z".repeat(64)] {
+            let err = parse_err(&segment(bad));
+            assert!(
+                err.contains(&format!("segment \"a\" zone {bad:?} is not valid")),
+                "{bad}: {err}"
+            );
+        }
+        assert!(Topology::parse(&segment("dc-1")).is_ok());
+        let err = parse_err(&format!(
+            "{TWO_SEGMENTS}[[node]]\nname = \"n1\"\nsegment = \"a\"\nzone = \"a.b\"\n"
+        ));
+        assert!(err.contains("node \"n1\" zone \"a.b\""), "{err}");
+        let err = parse_err(&format!(
+            "{TWO_SEGMENTS}[[segment]]\nname = \"c\"\nsubnet = \"10.100.3.0/24\"\nzones = \"x\"\n             [[node]]\nname = \"n1\"\nsegment = \"a\"\n"
+        ));
+        assert!(err.contains("unknown field `zones`"), "{err}");
+
+        let err = parse_err(&format!(
+            "{TWO_SEGMENTS}[[node]]\nname = \"k\"\nsegment = \"a\"\ndaemon = false\nquic = true\n"
+        ));
+        assert!(
+            err.contains("node \"k\" has daemon = false") && err.contains("quic"),
+            "{err}"
+        );
+        // With the lab's [quic] on, its files are the lab's; the port is the topology's.
+        let node = "[[node]]\nname = \"n1\"\nsegment = \"a\"\n";
+        let err = parse_err(&format!(
+            "quic = true\n{TWO_SEGMENTS}{node}[config.quic]\nkey = \"/etc/k.key\"\n"
+        ));
+        assert!(
+            err.contains("`quic.key`") && err.contains("[config]"),
+            "{err}"
+        );
+        let err = parse_err(&format!(
+            "quic = true\n{TWO_SEGMENTS}{node}[node.config.quic]\nca = \"/etc/ca.pem\"\n"
+        ));
+        assert!(
+            err.contains("`quic.ca`") && err.contains("[node.config]"),
+            "{err}"
+        );
+        let port = Topology::parse(&format!(
+            "quic = true\n{TWO_SEGMENTS}{node}[config.quic]\nport = 9443\n"
+        ));
+        assert!(port.is_ok(), "{port:?}");
+        // Without the lab's [quic], a [config.quic] must be complete, as in any config.
+        let err = parse_err(&format!("{TWO_SEGMENTS}{node}[config.quic]\nport = 9443\n"));
+        assert!(err.contains("n1") && err.contains("quic"), "{err}");
+        let err = parse_err(&format!("quic = 1\n{TWO_SEGMENTS}{node}"));
+        assert!(err.contains("quic"), "{err}");
     }
 
     #[test]

@@ -543,7 +543,8 @@ fn real_daemons_converge_in_the_default_topology() {
     assert!(report.ok(), "{}", report.matrix());
     assert_eq!(report.results.len(), 56);
 
-    // A crash and a graceful stop: both come back with their subnets, and pods talk.
+    // A crash and a graceful stop: both come back with their subnets, and pods talk. A
+    // stop (SIGTERM) is not a leave: it announces nothing, so n1 never sees n2 leave.
     let (n3, n2) = (subnet(&lab, "n3"), subnet(&lab, "n2"));
     lab.kill_daemon("n3").unwrap();
     lab.start_daemon("n3").unwrap();
@@ -552,11 +553,15 @@ fn real_daemons_converge_in_the_default_topology() {
         let seen_by_n1 = lab.members("n1").unwrap();
         seen_by_n1.iter().find(|m| m.name == "n2").map(|m| m.state)
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while n2_state() != Some(MemberState::Left) && std::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        assert_ne!(
+            n2_state(),
+            Some(MemberState::Left),
+            "n2 as n1 sees it after a stop"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(n2_state(), Some(MemberState::Left), "n2 as n1 sees it");
     lab.start_daemon("n2").unwrap();
     assert_eq!((subnet(&lab, "n3"), subnet(&lab, "n2")), (n3, n2));
     let report = lab.check().unwrap();

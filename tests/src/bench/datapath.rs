@@ -6,7 +6,10 @@
 //! nodes on the *same* segment that tunnel. The second pair gets `[node.config.tunnel]
 //! host_gw = false` (a node's own config table), so overlayd's UDP tunnel and the kernel
 //! vxlan reference cross exactly the same veths and segment bridge; a fifth node across the
-//! router gives the routed pairs. Nodes have one pod each and nothing else runs there.
+//! router gives the routed pairs. A third pair on segment a, n6 and n7, has `[quic]`
+//! (certificates from the lab's CA) and n7 is in a zone of its own (`zone = "far"`), so
+//! the default path policy carries n6–n7 over QUIC — on the same link as `udp` and
+//! `kernel-vxlan`. Nodes have one pod each and nothing else runs there.
 //!
 //! | path | between | what carries it |
 //! |---|---|---|
@@ -14,6 +17,7 @@
 //! | `hostgw` | n1-p1 → n2-p1 | overlayd host-gw routes |
 //! | `kernel-vxlan` | n3 → n4 (segment a) | reference pods, Linux vxlan devices |
 //! | `udp` | n3-p1 → n4-p1 | overlayd's VXLAN/UDP tunnel (host-gw off on n3 and n4) |
+//! | `quic` | n6-p1 → n7-p1 (segment a) | overlayd's QUIC tunnel (n6, n7 in two zones, both with `[quic]`); ratio against `kernel-vxlan` |
 //! | `kernel-hostgw-routed` | n1 → n5 (segment b) | reference pods, kernel routes through the router |
 //! | `kernel-vxlan-routed` | n1 → n5 | reference pods, Linux vxlan devices through the router |
 //! | `udp-routed` | n1-p1 → n5-p1 | overlayd's tunnel through the router |
@@ -45,9 +49,11 @@ use crate::lab::{Lab, LabError, LabGuard};
 use crate::topology::Topology;
 
 /// The bench's own lab: n1, n2 on segment a use host-gw between them; n3, n4 on segment a
-/// tunnel (host-gw off); n5 on segment b is across the router.
+/// tunnel (host-gw off); n5 on segment b is across the router; n6, n7 on segment a have
+/// `[quic]` and two zones, so they use QUIC.
 pub const BENCH_TOPOLOGY: &str = r#"
-# overlayd lab bench: same-link pairs n1-n2 (host-gw) and n3-n4 (tunnel), routed n1-n5.
+# overlayd lab bench: same-link pairs n1-n2 (host-gw), n3-n4 (tunnel) and n6-n7 (QUIC:
+# two zones, both with [quic]), routed n1-n5.
 [[segment]]
 name = "a"
 subnet = "10.100.1.0/24"
@@ -84,6 +90,19 @@ host_gw = false
 name = "n5"
 segment = "b"
 pods = 1
+
+[[node]]
+name = "n6"
+segment = "a"
+pods = 1
+quic = true
+
+[[node]]
+name = "n7"
+segment = "a"
+pods = 1
+quic = true
+zone = "far"
 "#;
 
 /// TCP port of the iperf3 servers.
@@ -196,7 +215,10 @@ pub fn run(
     }
     let topology = Topology::parse(&text)
         .map_err(|e| LabError::Bench(format!("the bench topology with --tunnel switches: {e}")))?;
-    log(&format!("bringing up lab {name:?} (5 nodes, one pod each)"));
+    log(&format!(
+        "bringing up lab {name:?} ({} nodes, one pod each)",
+        topology.nodes().len()
+    ));
     let lab = Lab::up(name, &topology, overlayd_bin)?;
     let result = measure_lab(&lab, options, log);
     finish(lab, keep, log);
@@ -233,6 +255,7 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
     expect_path(lab, "n1", "n2", "host-gw")?;
     expect_path(lab, "n3", "n4", "udp")?;
     expect_path(lab, "n1", "n5", "udp")?;
+    expect_path(lab, "n6", "n7", "quic")?;
     let status = lab.status("n1")?;
     let mtus = reference::Mtus {
         pod: status.pod_mtu,
@@ -307,6 +330,7 @@ fn measure_lab(lab: &Lab, o: &Options, log: &mut dyn FnMut(&str)) -> Result<Repo
         overlayd("hostgw", "n1", "n2", "kernel-hostgw")?,
         kernel("kernel-vxlan", &refs[1]),
         overlayd("udp", "n3", "n4", "kernel-vxlan")?,
+        overlayd("quic", "n6", "n7", "kernel-vxlan")?,
         kernel("kernel-hostgw-routed", &refs[2]),
         kernel("kernel-vxlan-routed", &refs[3]),
         overlayd("udp-routed", "n1", "n5", "kernel-vxlan-routed")?,
@@ -501,6 +525,27 @@ mod tests {
         let seg = |n: &str| topo.node(n).unwrap().segment.clone();
         assert_eq!([seg("n1"), seg("n3"), seg("n4")], ["a", "a", "a"]);
         assert_eq!(seg("n5"), "b");
+    }
+
+    #[test]
+    fn the_quic_pair_shares_the_link_but_not_the_zone() {
+        let topo = Topology::parse(BENCH_TOPOLOGY).unwrap();
+        let config =
+            |n: &str| crate::config::node_config(&topo, topo.node(n).unwrap(), "b").unwrap();
+        let (n6, n7) = (config("n6"), config("n7"));
+        let seg = |n: &str| topo.node(n).unwrap().segment.clone();
+        assert_eq!([seg("n3"), seg("n6"), seg("n7")], ["a", "a", "a"]);
+        assert_eq!(
+            (n6.node.zone.as_str(), n7.node.zone.as_str()),
+            ("default", "far")
+        );
+        assert!(n6.quic.is_some() && n7.quic.is_some());
+        assert!(
+            ["n1", "n2", "n3", "n4", "n5"]
+                .iter()
+                .all(|n| config(n).quic.is_none() && config(n).node.zone == "default"),
+            "the other pairs keep their paths"
+        );
     }
 
     #[test]

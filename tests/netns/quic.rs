@@ -1,0 +1,441 @@
+//! QUIC across zones (issue 8 item 7): a remote datacenter — segment c, zone `remote`,
+//! reachable only through the router — whose pods reach the pods of zone `default` over
+//! the daemons' QUIC tunnels, with no pod payload in clear on the underlay between the
+//! zones. The router counts what crosses it with nftables (no tcpdump): VXLAN (the
+//! tunnel port), QUIC (the QUIC port), and pod-addressed packets in clear.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use ipnet::Ipv4Net;
+use overlayd_config::schema::{Quic, Tunnel};
+use overlayd_lab::{Lab, REMOTE_ZONE_TOPOLOGY, Topology};
+
+use crate::support::{lab, ns_cmd, ns_run, ping, tcp_transfer, wait_for};
+
+/// How long the daemons may take, after the lab converged, to carry every pair on the
+/// path its policy gives it (QUIC handshakes included).
+const PATHS_WITHIN: Duration = Duration::from_secs(30);
+
+/// The nftables table of the router's counters.
+const TABLE: &str = "quictest";
+
+/// The remote-zone topology: zone `default` (segments a, b: n1–n4), zone `remote`
+/// (segment c: n5, n6), every node with `[quic]`. n5 sees n6 over host-gw, n1–n4 over
+/// QUIC; n1 sees n2 over host-gw, n3 and n4 over udp, n5 and n6 over QUIC. Pings both
+/// ways, 50 MB byte-checked TCP each way between n5-p1 and n1-p1, and on the router: no
+/// VXLAN packet between segment c and the others, the QUIC port carried at least the
+/// 100 MB, no pod-addressed packet in clear; n5 shows its tunnel to n1 `connected` with
+/// the peer certificate's expiry. `lab check` then shows every pair reachable and counts
+/// bridge, host-gw, udp and quic pairs, still with nothing in clear between the zones.
+pub(crate) fn remote_zone_pods_reach_the_others_over_quic() -> Result<()> {
+    let topology = Topology::parse(REMOTE_ZONE_TOPOLOGY)?;
+    let lab = lab("qz", &topology)?;
+    let remote = segment_subnet(&lab, "c")?;
+    let others = [segment_subnet(&lab, "a")?, segment_subnet(&lab, "b")?];
+    wait_for_paths(
+        &lab,
+        "n5",
+        &[
+            ("n1", "quic"),
+            ("n2", "quic"),
+            ("n3", "quic"),
+            ("n4", "quic"),
+            ("n6", "host-gw"),
+        ],
+    )?;
+    wait_for_paths(
+        &lab,
+        "n1",
+        &[
+            ("n2", "host-gw"),
+            ("n3", "udp"),
+            ("n4", "udp"),
+            ("n5", "quic"),
+            ("n6", "quic"),
+        ],
+    )?;
+    wait_for_paths(&lab, "n3", &[("n5", "quic"), ("n6", "quic")])?;
+    let counters = RouterCounters::install(&lab, remote, &others)?;
+
+    let (far, near) = (lab.pod("n5-p1")?, lab.pod("n1-p1")?);
+    let other = lab.pod("n3-p2")?;
+    first_reply(&far.netns, near.ip)?;
+    ping(&far.netns, near.ip, 5).context("n5-p1 -> n1-p1")?;
+    ping(&near.netns, far.ip, 5).context("n1-p1 -> n5-p1")?;
+    first_reply(&other.netns, far.ip)?;
+    ping(&other.netns, far.ip, 5).context("n3-p2 -> n5-p1 (across the router)")?;
+    tcp_transfer(&far.netns, &near.netns, near.ip, 50 << 20).context("50 MB n5-p1 -> n1-p1")?;
+    tcp_transfer(&near.netns, &far.netns, far.ip, 50 << 20).context("50 MB n1-p1 -> n5-p1")?;
+
+    let vxlan = counters.vxlan()?;
+    let quic = counters.quic()?;
+    let clear = counters.pods_in_clear()?;
+    eprintln!(
+        "quic: between segment c and the others: VXLAN {vxlan:?}, QUIC {quic:?} (packets, \
+         bytes); pod-addressed packets in clear: {clear:?}"
+    );
+    ensure!(
+        vxlan.0 == 0,
+        "{} VXLAN packets ({} bytes) crossed between the remote zone and the others: \
+         pod payload in clear\n{}",
+        vxlan.0,
+        vxlan.1,
+        counters.listing()
+    );
+    ensure!(
+        clear.0 == 0,
+        "{} pod-addressed packets crossed the router unencapsulated\n{}",
+        clear.0,
+        counters.listing()
+    );
+    ensure!(
+        quic.1 >= 100 << 20,
+        "only {} bytes crossed on the QUIC port for 2 x 50 MB\n{}",
+        quic.1,
+        counters.listing()
+    );
+    // n5 shows the tunnel to n1 up, with the certificate it checked.
+    let tunnel = lab
+        .peers("n5")?
+        .into_iter()
+        .find(|p| p.name == "n1")
+        .and_then(|p| p.quic)
+        .context("n5 shows no QUIC tunnel to n1")?;
+    ensure!(
+        tunnel.state == "connected" && tunnel.cert_not_after.is_some(),
+        "n5's tunnel to n1: {tunnel:?}"
+    );
+    // The paths still hold after the load (no fallback to a cleartext rung under it).
+    for (peer, path) in [("n1", "quic"), ("n6", "host-gw")] {
+        let got = path_of(&lab, "n5", peer)?;
+        ensure!(
+            got == path,
+            "after the transfers n5 reaches {peer} by {got}"
+        );
+    }
+
+    let report = lab.check()?;
+    eprint!("{}{}", report.matrix(), report.paths_text());
+    ensure!(report.ok(), "unreachable pairs:\n{}", report.matrix());
+    let paths = report.paths();
+    for path in ["bridge", "host-gw", "udp", "quic"] {
+        ensure!(
+            paths.get(path).is_some_and(|c| c.pairs > 0),
+            "lab check shows no {path} pair: {}",
+            report.paths_text()
+        );
+    }
+    let pair = |a: &str, b: &str| report.pair(a, b).map(|p| p.path.as_str());
+    ensure!(
+        pair("n5-p2", "n4-p1") == Some("quic"),
+        "{}",
+        report.matrix()
+    );
+    ensure!(
+        pair("n6-p1", "n5-p2") == Some("host-gw"),
+        "{}",
+        report.matrix()
+    );
+    ensure!(pair("n2-p1", "n3-p1") == Some("udp"), "{}", report.matrix());
+    // Every pod pinged every other, and the Service was reached from every node: still
+    // nothing in clear between the zones.
+    let (vxlan, clear) = (counters.vxlan()?, counters.pods_in_clear()?);
+    ensure!(
+        vxlan.0 == 0 && clear.0 == 0,
+        "after lab check: VXLAN {vxlan:?}, pods in clear {clear:?}\n{}",
+        counters.listing()
+    );
+    Ok(())
+}
+
+/// Zone `default` (segment a: n1) and zone `remote` (segment c: n2 with `[quic]`, n3
+/// without), and a `[path]` rule requiring encryption between the two zones. n1 and n3
+/// have no path they may use: their pods' pings fail both ways and the router counts no
+/// VXLAN packet (nor any pod-addressed packet in clear) between n3 and segment a. The
+/// controls: n1–n2 (both with `[quic]`) reach each other over QUIC, and n2–n3 (one zone)
+/// over host-gw. `lab check` shows n1–n3 as path `none` and passes.
+pub(crate) fn pair_requiring_encryption_without_quic_gets_no_cleartext() -> Result<()> {
+    let topology = Topology::parse(
+        r#"
+quic = true
+
+[[segment]]
+name = "a"
+subnet = "10.100.1.0/24"
+
+[[segment]]
+name = "c"
+subnet = "10.100.3.0/24"
+zone = "remote"
+
+[[node]]
+name = "n1"
+segment = "a"
+pods = 1
+
+[[node]]
+name = "n2"
+segment = "c"
+pods = 1
+
+[[node]]
+name = "n3"
+segment = "c"
+pods = 1
+quic = false
+
+[[config.path.zone_pairs]]
+zones = ["default", "remote"]
+require_encryption = true
+"#,
+    )?;
+    let lab = lab("qe", &topology)?;
+    let n3_underlay = lab.node("n3")?.underlay();
+    let counters = RouterCounters::install(
+        &lab,
+        Ipv4Net::from(n3_underlay),
+        &[segment_subnet(&lab, "a")?],
+    )?;
+    wait_for_paths(&lab, "n1", &[("n2", "quic")])?;
+    wait_for_paths(&lab, "n2", &[("n1", "quic"), ("n3", "host-gw")])?;
+    let (p1, p2, p3) = (lab.pod("n1-p1")?, lab.pod("n2-p1")?, lab.pod("n3-p1")?);
+
+    first_reply(&p1.netns, p2.ip)?;
+    ping(&p1.netns, p2.ip, 3).context("control: n1-p1 -> n2-p1 over QUIC")?;
+    ping(&p3.netns, p2.ip, 3).context("control: n3-p1 -> n2-p1 within the zone")?;
+    for (from, to) in [(p1, p3), (p3, p1)] {
+        let out = ns_cmd(
+            &from.netns,
+            &[
+                "ping",
+                "-c",
+                "5",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                &to.ip.to_string(),
+            ],
+        )?;
+        ensure!(
+            !out.status.success(),
+            "{} reached {} though the pair requires encryption and n3 has no QUIC:\n{}",
+            from.name,
+            to.name,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // Nor does a TCP connection get through (nor send anything in clear).
+    ensure!(
+        tcp_transfer(&p1.netns, &p3.netns, p3.ip, 1 << 20).is_err(),
+        "TCP n1-p1 -> n3-p1 went through"
+    );
+
+    let vxlan = counters.vxlan()?;
+    let clear = counters.pods_in_clear()?;
+    eprintln!(
+        "quic: between n3 and segment a: VXLAN {vxlan:?}, QUIC {:?}; pod-addressed packets \
+         in clear: {clear:?}",
+        counters.quic()?
+    );
+    ensure!(
+        vxlan.0 == 0 && clear.0 == 0,
+        "cleartext crossed between n3 and zone default: VXLAN {vxlan:?}, pods {clear:?}\n{}",
+        counters.listing()
+    );
+    for (on, peer) in [("n1", "n3"), ("n3", "n1")] {
+        if let Ok(path) = path_of(&lab, on, peer) {
+            ensure!(
+                path != "udp" && path != "host-gw",
+                "{on} shows a cleartext path to {peer}: {path}"
+            );
+        }
+    }
+    // `lab check` calls the refused pairs `none` and passes them because nothing came back.
+    let report = lab.check()?;
+    eprint!("{}{}", report.matrix(), report.paths_text());
+    ensure!(report.ok(), "lab check:\n{}", report.matrix());
+    let pair = |a: &str, b: &str| report.pair(a, b).map(|p| p.path.as_str());
+    ensure!(
+        pair("n1-p1", "n3-p1") == Some("none") && pair("n3-p1", "n1-p1") == Some("none"),
+        "{}",
+        report.matrix()
+    );
+    ensure!(
+        pair("n1-p1", "n2-p1") == Some("quic"),
+        "{}",
+        report.matrix()
+    );
+    ensure!(
+        counters.vxlan()?.0 == 0,
+        "VXLAN after lab check:\n{}",
+        counters.listing()
+    );
+    Ok(())
+}
+
+/// Counters in the router namespace (table [`TABLE`]) for what crosses between `inside`
+/// (a segment's subnet, or one node's address) and `outside` (other segments): UDP to the tunnel
+/// port (VXLAN) and UDP to the QUIC port; and, between any two segments, packets from pod
+/// addresses to pod addresses (pod payload routed in clear).
+struct RouterCounters {
+    ns: String,
+    segments: Vec<String>,
+}
+
+impl RouterCounters {
+    fn install(lab: &Lab, inside: Ipv4Net, outside: &[Ipv4Net]) -> Result<RouterCounters> {
+        let ns = lab.router_netns();
+        let outside = format!(
+            "{{ {} }}",
+            outside
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let pods = lab.topology().cluster_cidr();
+        let vxlan = Tunnel::default().port;
+        let quic = Quic::DEFAULT_PORT;
+        // Routed pod packets, between two segments: with br_netfilter the router's hooks
+        // also see what its bridges forward within a segment (host-gw there), which comes
+        // in and goes out through the same bridge.
+        let clear: String = lab
+            .topology()
+            .segments()
+            .iter()
+            .map(|seg| {
+                let bridge = seg.bridge();
+                format!(
+                    "ip saddr {pods} ip daddr {pods} iifname \"{bridge}\" oifname != \"{bridge}\" \
+                     counter comment \"pods-in-clear-{}\"\n",
+                    seg.name
+                )
+            })
+            .collect();
+        let rules = format!(
+            "table ip {TABLE} {{\n\
+               chain crossing {{ type filter hook forward priority -20; policy accept;\n\
+                 ip saddr {inside} ip daddr {outside} udp dport {vxlan} counter comment \"vxlan-out\"\n\
+                 ip saddr {outside} ip daddr {inside} udp dport {vxlan} counter comment \"vxlan-in\"\n\
+                 ip saddr {inside} ip daddr {outside} udp dport {quic} counter comment \"quic-out\"\n\
+                 ip saddr {outside} ip daddr {inside} udp dport {quic} counter comment \"quic-in\"\n\
+                 {clear}\
+               }}\n\
+             }}\n"
+        );
+        let path = std::env::temp_dir().join(format!("{ns}-{TABLE}.nft"));
+        std::fs::write(&path, rules)?;
+        let added = ns_run(&ns, &["nft", "-f", &path.to_string_lossy()]);
+        let _ = std::fs::remove_file(&path);
+        added.context("adding the router's counters")?;
+        // The router namespace goes with the lab, and the table with it.
+        let segments = lab
+            .topology()
+            .segments()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        Ok(RouterCounters { ns, segments })
+    }
+
+    fn listing(&self) -> String {
+        ns_run(&self.ns, &["nft", "list", "table", "ip", TABLE]).unwrap_or_else(|e| e.to_string())
+    }
+
+    /// (packets, bytes) of the rule with this comment.
+    fn counter(&self, comment: &str) -> Result<(u64, u64)> {
+        let listing = ns_run(&self.ns, &["nft", "list", "table", "ip", TABLE])?;
+        parse_counter(&listing, comment)
+            .with_context(|| format!("no counter {comment:?} in:\n{listing}"))
+    }
+
+    fn sum(&self, a: &str, b: &str) -> Result<(u64, u64)> {
+        let (x, y) = (self.counter(a)?, self.counter(b)?);
+        Ok((x.0 + y.0, x.1 + y.1))
+    }
+
+    fn vxlan(&self) -> Result<(u64, u64)> {
+        self.sum("vxlan-out", "vxlan-in")
+    }
+
+    fn quic(&self) -> Result<(u64, u64)> {
+        self.sum("quic-out", "quic-in")
+    }
+
+    /// Pod-addressed packets the router routed from one segment to another.
+    fn pods_in_clear(&self) -> Result<(u64, u64)> {
+        let mut sum = (0, 0);
+        for segment in &self.segments {
+            let (p, b) = self.counter(&format!("pods-in-clear-{segment}"))?;
+            sum = (sum.0 + p, sum.1 + b);
+        }
+        Ok(sum)
+    }
+}
+
+/// `… counter packets 12 bytes 3400 comment "NAME"` → (12, 3400).
+fn parse_counter(listing: &str, comment: &str) -> Option<(u64, u64)> {
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&format!("comment \"{comment}\"")))?;
+    let after = |word: &str| -> Option<u64> {
+        let rest = &line[line.find(word)? + word.len()..];
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    Some((after("packets ")?, after("bytes ")?))
+}
+
+fn segment_subnet(lab: &Lab, name: &str) -> Result<Ipv4Net> {
+    lab.topology()
+        .segment(name)
+        .map(|s| s.subnet)
+        .with_context(|| format!("no segment {name}"))
+}
+
+/// The `path` `on`'s `overlayd peers --json` shows for `peer`.
+fn path_of(lab: &Lab, on: &str, peer: &str) -> Result<String> {
+    lab.peers(on)?
+        .into_iter()
+        .find(|p| p.name == peer)
+        .map(|p| p.path)
+        .with_context(|| format!("{on} lists no peer {peer}"))
+}
+
+/// Waits until `on` shows each `(peer, path)`.
+fn wait_for_paths(lab: &Lab, on: &str, want: &[(&str, &str)]) -> Result<()> {
+    let show = || -> String {
+        lab.peers(on).map_or_else(
+            |e| e.to_string(),
+            |peers| {
+                peers
+                    .iter()
+                    .map(|p| format!("{}={}", p.name, p.path))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        )
+    };
+    wait_for(
+        &format!("{on} to show paths {want:?}"),
+        PATHS_WITHIN,
+        || {
+            let peers = lab.peers(on)?;
+            Ok(want
+                .iter()
+                .all(|(peer, path)| peers.iter().any(|p| p.name == *peer && p.path == *path)))
+        },
+    )
+    .with_context(|| format!("{on} shows {}", show()))
+}
+
+/// Waits (10 s) for a first echo reply: a tunnel may carry its first packet only once
+/// its connection is up, which `peers` can report a moment earlier.
+fn first_reply(ns: &str, dst: std::net::Ipv4Addr) -> Result<()> {
+    wait_for(
+        &format!("a first reply from {dst} in {ns}"),
+        Duration::from_secs(10),
+        || Ok(ping(ns, dst, 1).is_ok()),
+    )
+}
