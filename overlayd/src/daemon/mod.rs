@@ -102,6 +102,9 @@ struct Shared {
     services_now: Notify,
     ready: AtomicBool,
     started: Instant,
+    /// The peer routes found in the kernel at the first reconcile (a restart's), which
+    /// are not deleted for [`ADOPT_GRACE`] while their peers are learned again.
+    adopted: std::sync::Mutex<Option<std::collections::BTreeSet<Ipv4Net>>>,
     tun_index: u32,
     bridge_index: u32,
     /// The QUIC endpoint, with `[quic]`.
@@ -300,6 +303,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         services_now: Notify::new(),
         ready: AtomicBool::new(false),
         started: Instant::now(),
+        adopted: std::sync::Mutex::new(None),
         tun_index: tun_link.index,
         bridge_index,
         quic: quic.clone(),
@@ -686,7 +690,8 @@ const ADOPT_GRACE: Duration = Duration::from_secs(10);
 
 /// Whether the peer routes found at start are still being adopted: with gossip, for
 /// [`ADOPT_GRACE`] after start. A member being alive is not enough — its record, and the
-/// others', may still be on the way. Static peers are known at once.
+/// others', may still be on the way. Static peers are known at once. Routes this run
+/// made itself are never held back.
 fn adopting(shared: &Shared) -> bool {
     shared.gossip.is_some() && shared.started.elapsed() < ADOPT_GRACE
 }
@@ -815,11 +820,20 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     );
     let current = shared.nl.owned_routes().await?;
     let mut ops = routing::reconcile(&desired, &current);
-    if adopting(shared) {
-        // A start adopts what is there: until this node has heard from the cluster, the
-        // peers it has not learned yet are not gone, and their routes (kept from before
-        // the restart) stay.
-        ops.retain(|op| !matches!(op, RouteOp::Delete(r) if r.kind == routing::RouteKind::Unicast));
+    {
+        // A start adopts what is there: peers not learned yet are not gone, and the routes
+        // to them found at start (kept from before a restart) stay for ADOPT_GRACE.
+        let mut adopted = shared.adopted.lock().unwrap_or_else(|e| e.into_inner());
+        let found = adopted.get_or_insert_with(|| {
+            current
+                .iter()
+                .filter(|r| r.kind == routing::RouteKind::Unicast)
+                .map(|r| r.dst)
+                .collect()
+        });
+        if adopting(shared) {
+            ops.retain(|op| !matches!(op, RouteOp::Delete(r) if found.contains(&r.dst)));
+        }
     }
     let mut errors: Vec<(Ipv4Net, String)> = Vec::new();
     for op in &ops {

@@ -56,8 +56,8 @@ pub struct LivenessSettings {
 impl Default for LivenessSettings {
     fn default() -> Self {
         LivenessSettings {
-            answer_valid: Duration::from_secs(2),
-            fail_after: Duration::from_millis(1500),
+            answer_valid: Duration::from_secs(1),
+            fail_after: Duration::from_secs(1),
             first_probe_wait: Duration::from_secs(1),
         }
     }
@@ -393,7 +393,7 @@ mod tests {
     }
 
     /// The shell's sequence: a restarted daemon is kept while its node answers; a node
-    /// that stops answering is withdrawn 1.5 s after its last fresh answer went stale; a
+    /// that stops answering is withdrawn 1 s after its last fresh answer went stale; a
     /// claim of its subnet or its return ends the keeping at once.
     #[test]
     fn kept_peers_follow_gossip_and_the_probes() {
@@ -409,24 +409,24 @@ mod tests {
             k.probe_sent(t0, addr);
         }
         k.probe_answered(ms(t0, 1), Ipv4Addr::new(10, 100, 1, 12));
-        let (keep, gone) = k.decide(ms(t0, 1000), &[]);
+        let (keep, gone) = k.decide(ms(t0, 900), &[]);
         assert_eq!(
             keep,
             [info("n2", 12), info("n3", 13)],
-            "n3 still within 1.5 s"
+            "n3 still within 1 s"
         );
         assert!(gone.is_empty());
-        // n3 never answered: withdrawn once its probes failed 1.5 s.
-        let (keep, gone) = k.decide(ms(t0, 1600), &[]);
+        // n3 never answered: withdrawn once its probes failed 1 s.
+        let (keep, gone) = k.decide(ms(t0, 1100), &[]);
         assert_eq!(keep, [info("n2", 12)]);
         assert_eq!(gone, [("n3".to_owned(), WithdrawReason::ProbesFailed)]);
         assert!(!k.is_kept("n3") && k.to_probe().len() == 1);
         // n2 answers on; 10 minutes later it is still kept.
         k.probe_answered(ms(t0, 600_000), Ipv4Addr::new(10, 100, 1, 12));
         assert_eq!(k.decide(ms(t0, 600_100), &[]).0, [info("n2", 12)]);
-        // Its answers stop: the last goes stale after 2 s, then 1.5 s of failing.
-        assert_eq!(k.decide(ms(t0, 603_000), &[]).0.len(), 1);
-        let (keep, gone) = k.decide(ms(t0, 603_600), &[]);
+        // Its answers stop: the last goes stale after 1 s, then 1 s of failing.
+        assert_eq!(k.decide(ms(t0, 601_900), &[]).0.len(), 1);
+        let (keep, gone) = k.decide(ms(t0, 602_100), &[]);
         assert!(keep.is_empty());
         assert_eq!(gone, [("n2".to_owned(), WithdrawReason::ProbesFailed)]);
 
