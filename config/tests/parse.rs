@@ -53,7 +53,7 @@ fn minimal_config_takes_every_documented_default() {
         daemon: Daemon {
             state_dir: "/var/lib/overlayd".into(),
             control_socket: "/run/overlayd/overlayd.sock".into(),
-            on_exit: OnExit::Remove,
+            on_exit: OnExit::Keep,
         },
         gossip: None,
         peers: vec![],
@@ -260,7 +260,7 @@ masquerade = false
 [daemon]
 state_dir = "/srv/overlayd"
 control_socket = "/run/ovd.sock"
-on_exit = "keep"
+on_exit = "remove"
 
 [gossip]
 bind = "192.168.1.10:7000"
@@ -303,7 +303,7 @@ vtep_mac = "0e:00:00:00:00:02"
     assert_eq!(config.bridge.mtu, Some(9000));
     assert_eq!(config.tunnel.vni, 16_777_215);
     assert!(!config.tunnel.host_gw && !config.nat.masquerade);
-    assert_eq!(config.daemon.on_exit, OnExit::Keep);
+    assert_eq!(config.daemon.on_exit, OnExit::Remove);
     assert_eq!(config.node.zone, "rack-1");
     assert_eq!(config.cluster.name, "prod.eu_1");
     assert_eq!(config.cluster.subnet_prefix, 26);

@@ -368,7 +368,7 @@ mod tests {
             host_gw = false
             port = 4789
             [config.daemon]
-            on_exit = "keep"
+            on_exit = "remove"
             [config.gossip.timing]
             probe_interval_ms = 200
             "#,
@@ -382,7 +382,7 @@ mod tests {
         assert!(!config.tunnel.host_gw);
         assert_eq!(config.tunnel.port, 4789);
         assert_eq!(config.tunnel.vni, 1, "untouched keys keep their defaults");
-        assert_eq!(config.daemon.on_exit, overlayd_config::schema::OnExit::Keep);
+        assert_eq!(config.daemon.on_exit, overlayd_config::schema::OnExit::Remove);
         assert_eq!(
             config.daemon.control_socket,
             Path::new("/run/overlayd-lab/x/n2/overlayd.sock")
