@@ -35,8 +35,12 @@ wait_until() { # SECONDS DESCRIPTION COMMAND...
 endpoints_are() { # COUNT: n1 sees COUNT endpoints of the Service hello
     [[ $(compose exec -T n1 overlayd service get hello | awk '/endpoints:/ { print $2 }') == "$1" ]]
 }
-member_gone() { # NAME: n1 sees member NAME in any state but alive
-    compose exec -T n1 overlayd members | awk -v m="$1" '$1 == m { print $4 }' | grep -qv alive
+member_gone() { # NAME ON...: every node ON sees member NAME in any state but alive
+    local name=$1 on
+    shift
+    for on in "$@"; do
+        compose exec -T "$on" overlayd members | awk -v m="$name" '$1 == m { print $4 }' | grep -qv alive || return 1
+    done
 }
 wait_until 60 "every node up with 8 endpoints of hello" endpoints_are 8
 ./check.sh compose.yml
@@ -46,8 +50,8 @@ before=$(compose exec -T n2 overlayd pod list | awk 'NR > 1 { print $1, $2 }')
 subnet=$(compose exec -T n1 overlayd members | awk '$1 == "n2" { print $3 }')
 compose stop n2
 start=$SECONDS
-wait_until 10 "n1 to see n2 gone" member_gone n2
-echo "n2 seen gone by n1 after $((SECONDS - start)) s"
+wait_until 10 "every other node to see n2 gone" member_gone n2 n1 n3 n4
+echo "n2 seen gone by n1, n3 and n4 after $((SECONDS - start)) s"
 wait_until 10 "hello to lose n2's endpoints" endpoints_are 6
 
 step "start n2: same subnet and pod addresses"
