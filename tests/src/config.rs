@@ -382,7 +382,10 @@ mod tests {
         assert!(!config.tunnel.host_gw);
         assert_eq!(config.tunnel.port, 4789);
         assert_eq!(config.tunnel.vni, 1, "untouched keys keep their defaults");
-        assert_eq!(config.daemon.on_exit, overlayd_config::schema::OnExit::Remove);
+        assert_eq!(
+            config.daemon.on_exit,
+            overlayd_config::schema::OnExit::Remove
+        );
         assert_eq!(
             config.daemon.control_socket,
             Path::new("/run/overlayd-lab/x/n2/overlayd.sock")
