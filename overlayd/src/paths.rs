@@ -62,6 +62,7 @@ pub struct LadderCounters {
 pub struct PathsHandle {
     ladders: Mutex<PathLadders>,
     by_underlay: Mutex<BTreeMap<Ipv4Addr, String>>,
+    underlay_of: Mutex<BTreeMap<String, Ipv4Addr>>,
     wake: Notify,
     /// Wakes the control loop: some peer's chosen path changed.
     pub changed: Notify,
@@ -82,6 +83,7 @@ impl PathsHandle {
         PathsHandle {
             ladders: Mutex::new(PathLadders::new(config)),
             by_underlay: Mutex::new(BTreeMap::new()),
+            underlay_of: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
             changed: Notify::new(),
             tx,
@@ -112,6 +114,8 @@ impl PathsHandle {
         };
         *self.by_underlay.lock().unwrap_or_else(|e| e.into_inner()) =
             peers.iter().map(|p| (p.underlay, p.name.clone())).collect();
+        *self.underlay_of.lock().unwrap_or_else(|e| e.into_inner()) =
+            peers.iter().map(|p| (p.name.clone(), p.underlay)).collect();
         self.wake.notify_one();
         chosen
     }
@@ -255,10 +259,12 @@ async fn send_probe(
     let len = msg.emit(buf);
     let sent = match probe.path {
         PathKind::HostGw | PathKind::Udp => {
-            let underlay = {
-                let names = paths.by_underlay.lock().unwrap_or_else(|e| e.into_inner());
-                names.iter().find(|(_, n)| *n == name).map(|(a, _)| *a)
-            };
+            let underlay = paths
+                .underlay_of
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .copied();
             match underlay {
                 Some(addr) => {
                     let to = SocketAddr::from((addr, port));
@@ -281,5 +287,63 @@ async fn send_probe(
         paths.counters.probes_sent.fetch_add(1, Relaxed);
     } else {
         paths.counters.send_errors.fetch_add(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str, last: u8, candidates: &[PathKind]) -> LadderPeer {
+        LadderPeer {
+            name: name.into(),
+            underlay: Ipv4Addr::new(10, 100, 1, last),
+            candidates: candidates.to_vec(),
+        }
+    }
+
+    /// Acks reach the rung that awaits them: on the tunnel port by the sender's underlay
+    /// address (host-gw and udp share the probe), on QUIC by the member name; strangers'
+    /// and unawaited acks count for nothing.
+    #[test]
+    fn acks_find_their_peer_and_rung() {
+        let paths = PathsHandle::default();
+        let chosen = paths.set_peers(&[
+            peer("n2", 12, &[PathKind::HostGw, PathKind::Udp]),
+            peer("n3", 13, &[PathKind::Quic]),
+        ]);
+        assert_eq!(
+            chosen["n2"],
+            Some(PathKind::HostGw),
+            "the policy's first, at once"
+        );
+        assert_eq!(chosen["n3"], Some(PathKind::Quic));
+        let probes: Vec<(String, Probe)> = {
+            let mut l = paths.ladders();
+            std::iter::from_fn(|| l.poll_probe().map(|(n, p)| (n.to_owned(), p))).collect()
+        };
+        let now = Instant::now();
+        for (name, probe) in &probes {
+            let via = match probe.path {
+                PathKind::Quic => Via::Quic(Arc::from(name.as_str())),
+                _ => Via::Tunnel(paths.underlay_of.lock().unwrap()[name]),
+            };
+            paths.handle_ack(now, &via, probe.id.0);
+        }
+        assert_eq!(
+            paths.counters.acks_received.load(Relaxed),
+            probes.len() as u64
+        );
+        assert_eq!(
+            probes.len(),
+            3,
+            "host-gw, udp and quic each probed: {probes:?}"
+        );
+        // Again: no longer awaited. From an unknown address or member: nothing.
+        let (_, first) = &probes[0];
+        paths.handle_ack(now, &Via::Tunnel(Ipv4Addr::new(10, 100, 1, 12)), first.id.0);
+        paths.handle_ack(now, &Via::Tunnel(Ipv4Addr::new(10, 100, 1, 99)), first.id.0);
+        paths.handle_ack(now, &Via::Quic(Arc::from("n9")), first.id.0);
+        assert_eq!(paths.counters.acks_received.load(Relaxed), 3);
     }
 }

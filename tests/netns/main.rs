@@ -66,6 +66,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         quic::pair_requiring_encryption_without_quic_gets_no_cleartext,
     ),
     (
+        "quic_ladder_moves_to_quic_when_the_tunnel_port_is_blocked_and_returns",
+        quic::ladder_moves_to_quic_when_the_tunnel_port_is_blocked_and_returns,
+    ),
+    (
         "kernel_vxlan_node_interoperates_both_ways",
         interop::kernel_vxlan_node_interoperates_both_ways,
     ),

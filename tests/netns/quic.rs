@@ -405,6 +405,123 @@ fn path_of(lab: &Lab, on: &str, peer: &str) -> Result<String> {
 
 /// Waits until `on` shows each `(peer, path)`.
 fn wait_for_paths(lab: &Lab, on: &str, want: &[(&str, &str)]) -> Result<()> {
+    wait_for_paths_within(lab, on, want, PATHS_WITHIN)
+}
+
+/// Waits (10 s) for a first echo reply: a tunnel may carry its first packet only once
+/// its connection is up, which `peers` can report a moment earlier.
+fn first_reply(ns: &str, dst: std::net::Ipv4Addr) -> Result<()> {
+    wait_for(
+        &format!("a first reply from {dst} in {ns}"),
+        Duration::from_secs(10),
+        || Ok(ping(ns, dst, 1).is_ok()),
+    )
+}
+
+/// The path ladder (issue 8 item 4): two on-link nodes of one zone, both with `[quic]`,
+/// start on host-gw. The tunnel port between them is blocked with nftables (in n2, from
+/// n1): their probes on host-gw and udp go unanswered, and both move onto QUIC within
+/// 3 s — pods keep talking throughout (host-gw itself still works; only the port is cut).
+/// The block lifted, they return to host-gw once it has been good for its hysteresis
+/// (10 s), and `overlayd peers` shows why: `probe` while on QUIC, one switch each way.
+pub(crate) fn ladder_moves_to_quic_when_the_tunnel_port_is_blocked_and_returns() -> Result<()> {
+    let topology = Topology::parse(
+        r#"
+quic = true
+
+[[segment]]
+name = "a"
+subnet = "10.100.1.0/24"
+
+[[node]]
+name = "n1"
+segment = "a"
+pods = 1
+
+[[node]]
+name = "n2"
+segment = "a"
+pods = 1
+"#,
+    )?;
+    let lab = lab("ql", &topology)?;
+    wait_for_paths(&lab, "n1", &[("n2", "host-gw")])?;
+    wait_for_paths(&lab, "n2", &[("n1", "host-gw")])?;
+    let (a, b) = (lab.pod("n1-p1")?, lab.pod("n2-p1")?);
+    let n1 = lab.node("n1")?.underlay().to_string();
+    let n2_ns = lab.node("n2")?.netns();
+    // Pods talk all along: 100 pings/s for the whole test, counted at the end.
+    let pinger = {
+        let (ns, dst) = (a.netns.clone(), b.ip.to_string());
+        std::thread::spawn(move || {
+            ns_cmd(&ns, &["ping", "-i", "0.01", "-c", "2500", "-W", "1", &dst])
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    ns_run(
+        &n2_ns,
+        &[
+            "nft",
+            &format!(
+                "add table ip ladder; \
+                 add chain ip ladder in {{ type filter hook input priority -300; }}; \
+                 add rule ip ladder in ip saddr {n1} udp dport 8472 drop"
+            ),
+        ],
+    )?;
+    let blocked = std::time::Instant::now();
+    wait_for_paths_within(&lab, "n1", &[("n2", "quic")], Duration::from_secs(3))
+        .context("n1 onto QUIC within 3 s")?;
+    wait_for_paths_within(&lab, "n2", &[("n1", "quic")], Duration::from_secs(3))
+        .context("n2 onto QUIC within 3 s")?;
+    let moved = blocked.elapsed();
+    let report = lab
+        .peers("n1")?
+        .into_iter()
+        .find(|p| p.name == "n2")
+        .context("n1 has no peer n2")?;
+    let ladder = report.ladder.context("no ladder in n1's report of n2")?;
+    ensure!(
+        ladder.reason == "probe" && ladder.switches == 1,
+        "n1's ladder for n2: {ladder:?}"
+    );
+    ns_run(&n2_ns, &["nft", "delete table ip ladder"])?;
+    let lifted = std::time::Instant::now();
+    wait_for_paths_within(&lab, "n1", &[("n2", "host-gw")], Duration::from_secs(20))
+        .context("n1 back on host-gw")?;
+    wait_for_paths_within(&lab, "n2", &[("n1", "host-gw")], Duration::from_secs(20))
+        .context("n2 back on host-gw")?;
+    let back = lifted.elapsed();
+    ensure!(
+        back >= Duration::from_secs(10),
+        "returned after {back:?}, before the 10 s hysteresis"
+    );
+    let out = pinger
+        .join()
+        .map_err(|_| anyhow::anyhow!("pinger panicked"))??;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stats = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .context("no ping statistics")?;
+    eprintln!(
+        "ladder: onto quic {moved:?} after the tunnel port was blocked, back on host-gw \
+         {back:?} after it was lifted; pings meanwhile: {stats}"
+    );
+    ensure!(
+        stats.contains(" 0% packet loss"),
+        "pods lost packets while the pair moved: {stats}"
+    );
+    Ok(())
+}
+
+/// [`wait_for_paths`] with its own bound; the error shows the paths last seen.
+fn wait_for_paths_within(
+    lab: &Lab,
+    on: &str,
+    want: &[(&str, &str)],
+    within: Duration,
+) -> Result<()> {
     let show = || -> String {
         lab.peers(on).map_or_else(
             |e| e.to_string(),
@@ -417,25 +534,11 @@ fn wait_for_paths(lab: &Lab, on: &str, want: &[(&str, &str)]) -> Result<()> {
             },
         )
     };
-    wait_for(
-        &format!("{on} to show paths {want:?}"),
-        PATHS_WITHIN,
-        || {
-            let peers = lab.peers(on)?;
-            Ok(want
-                .iter()
-                .all(|(peer, path)| peers.iter().any(|p| p.name == *peer && p.path == *path)))
-        },
-    )
+    wait_for(&format!("{on} to show paths {want:?}"), within, || {
+        let peers = lab.peers(on)?;
+        Ok(want
+            .iter()
+            .all(|(peer, path)| peers.iter().any(|p| p.name == *peer && p.path == *path)))
+    })
     .with_context(|| format!("{on} shows {}", show()))
-}
-
-/// Waits (10 s) for a first echo reply: a tunnel may carry its first packet only once
-/// its connection is up, which `peers` can report a moment earlier.
-fn first_reply(ns: &str, dst: std::net::Ipv4Addr) -> Result<()> {
-    wait_for(
-        &format!("a first reply from {dst} in {ns}"),
-        Duration::from_secs(10),
-        || Ok(ping(ns, dst, 1).is_ok()),
-    )
 }
