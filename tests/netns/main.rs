@@ -70,6 +70,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         quic::ladder_moves_to_quic_when_the_tunnel_port_is_blocked_and_returns,
     ),
     (
+        "quic_a_1400_byte_link_on_the_quic_path_still_carries_bulk_tcp",
+        quic::a_1400_byte_link_on_the_quic_path_still_carries_bulk_tcp,
+    ),
+    (
         "kernel_vxlan_node_interoperates_both_ways",
         interop::kernel_vxlan_node_interoperates_both_ways,
     ),

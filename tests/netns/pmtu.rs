@@ -40,7 +40,7 @@ fn across_lab(tag: &str) -> Result<TestLab> {
 
 /// Narrows segment b to [`LINK_MTU`] under the running daemons: the router's side of it
 /// (the bridge and n2's port) and n2's eth0.
-fn narrow_link(lab: &Lab) -> Result<()> {
+pub(crate) fn narrow_link(lab: &Lab) -> Result<()> {
     let mtu = LINK_MTU.to_string();
     let router = lab.router_netns();
     for dev in ["n2", "seg-b"] {
