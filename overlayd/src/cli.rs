@@ -126,9 +126,13 @@ pub fn peers_table(p: &api::Peers) -> String {
         vec![
             r.name.clone(),
             r.path.clone(),
-            r.ladder
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), ladder_cell),
+            if r.daemon_down {
+                "daemon-down".to_owned()
+            } else {
+                r.ladder
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), ladder_cell)
+            },
             r.underlay.to_string(),
             r.pod_subnet.to_string(),
             match (r.path_mtu, r.inner_mtu, &r.path_mtu_source) {
@@ -219,7 +223,11 @@ pub fn members_table(m: &api::Members) -> String {
                 m.name.clone(),
                 m.address.to_string(),
                 opt(m.subnet.map(|s| s.to_string())),
-                m.state.as_str().to_owned(),
+                if m.daemon_down {
+                    format!("{} (daemon down)", m.state.as_str())
+                } else {
+                    m.state.as_str().to_owned()
+                },
                 m.incarnation.to_string(),
                 opt(m.last_heard_ms.map(|ms| format!("{ms} ms ago"))),
             ]

@@ -2,6 +2,7 @@
 //! `overlayd_proto::gossip::Gossip` — datagrams in, timers, transmits out, full-state
 //! streams over TCP — and turns its events into the daemon's peer set and local subnet.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -127,6 +128,8 @@ pub struct GossipHandle {
     commands: mpsc::Sender<Command>,
     peers: watch::Sender<Vec<PeerInfo>>,
     subnet: watch::Receiver<Option<Ipv4Net>>,
+    /// The dead members whose routes are kept (their daemons are down).
+    daemon_down: watch::Receiver<BTreeSet<String>>,
 }
 
 impl PeerSource for GossipHandle {
@@ -152,6 +155,12 @@ impl GossipHandle {
     /// Announces a graceful leave and waits until it has been sent.
     pub async fn leave(&self) -> Result<()> {
         self.ask(Command::Leave).await
+    }
+
+    /// Whether gossip declared `member` dead while its node still answers (its routes
+    /// are kept: its daemon is down).
+    pub fn daemon_down(&self, member: &str) -> bool {
+        self.daemon_down.borrow().contains(member)
     }
 
     /// The local pod subnet: `None` until claimed; changes if a conflict is lost.
@@ -195,10 +204,12 @@ pub async fn start(
     let initial_subnet = setup.gossip.local().pod_subnet;
     let peers = watch::Sender::new(setup.static_peers.clone());
     let (subnet_tx, subnet) = watch::channel(initial_subnet);
+    let (daemon_down_tx, daemon_down) = watch::channel(BTreeSet::new());
     let handle = GossipHandle {
         commands,
         peers: peers.clone(),
         subnet,
+        daemon_down,
     };
     let (services, service_commands) = setup.services;
     let setup = GossipSetupCore {
@@ -219,6 +230,7 @@ pub async fn start(
             subnet: subnet_tx,
             claims: ClaimWriter::default(),
             liveness: Liveness::new(),
+            daemon_down: daemon_down_tx,
         }
         .run(),
     );
@@ -244,6 +256,7 @@ struct Driver {
     subnet: watch::Sender<Option<Ipv4Net>>,
     claims: ClaimWriter,
     liveness: Liveness,
+    daemon_down: watch::Sender<BTreeSet<String>>,
 }
 
 /// How often a dead member's node is pinged while its routes are kept.
@@ -451,6 +464,14 @@ impl Driver {
             }
         }
         peers.sort_by(|a, b| a.name.cmp(&b.name));
+        let down: BTreeSet<String> = self.liveness.kept.names().map(str::to_owned).collect();
+        self.daemon_down.send_if_modified(|current| {
+            let differs = *current != down;
+            if differs {
+                *current = down;
+            }
+            differs
+        });
         self.peers.send_if_modified(|current| {
             let differs = *current != peers;
             if differs {
@@ -528,6 +549,7 @@ impl Driver {
                         last_heard_ms: m
                             .last_heard
                             .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                        daemon_down: self.liveness.kept.is_kept(m.name),
                     })
                     .collect();
                 let _ = reply.send(members);

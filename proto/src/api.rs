@@ -169,6 +169,9 @@ pub struct PeerReport {
     /// Why `path` is the path, and what the probes of every rung say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ladder: Option<LadderReport>,
+    /// Dead by gossip, but its node still answers: its daemon is down and its routes stay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub daemon_down: bool,
 }
 
 /// A peer's path ladder, as `overlayd peers` shows it.
@@ -293,6 +296,10 @@ pub struct MemberReport {
     /// Milliseconds since we last heard from it directly; `None` for ourselves and for
     /// members only heard of through others.
     pub last_heard_ms: Option<u64>,
+    /// Dead by gossip, but its node still answers: its daemon is down (a restart) and
+    /// its routes stay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub daemon_down: bool,
 }
 
 /// Gossip counters for `overlayd status`.

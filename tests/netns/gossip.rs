@@ -137,6 +137,25 @@ pub(crate) fn five_nodes_join_from_one_seed_and_survive_kill_9() -> Result<()> {
         }
     }
     ping(&n4_pod, n5_pod, 3).context("n4's pod to n5's pod (host-gw) with n5's daemon dead")?;
+    // Shown as such: `peers` and `members` say its daemon is down.
+    let n5_peer = lab
+        .peers("n4")?
+        .into_iter()
+        .find(|p| p.name == "n5")
+        .context("n4 no longer lists n5 as a peer")?;
+    ensure!(
+        n5_peer.daemon_down,
+        "n4's peers do not show n5's daemon down: {n5_peer:?}"
+    );
+    let n5_member = lab
+        .members("n4")?
+        .into_iter()
+        .find(|m| m.name == "n5")
+        .context("n4 no longer lists n5 as a member")?;
+    ensure!(
+        n5_member.daemon_down && n5_member.state == MemberState::Dead,
+        "n4's members do not show n5 dead with its daemon down: {n5_member:?}"
+    );
     // Now the node itself goes (everything on its underlay dropped): every peer withdraws
     // its routes within 5 s.
     ns_run(

@@ -331,6 +331,7 @@ mod tests {
             drops: 0,
             quic: None,
             ladder: None,
+            daemon_down: false,
         }
     }
 

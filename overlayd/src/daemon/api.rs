@@ -344,6 +344,10 @@ fn peers(shared: &Shared) -> Result<api::Peers> {
                 drops: c.drops.load(Relaxed),
                 quic: quic.get(&p.name).map(quic_report),
                 ladder: ladders.get(&p.name).map(ladder_report),
+                daemon_down: shared
+                    .gossip
+                    .as_ref()
+                    .is_some_and(|g| g.daemon_down(&p.name)),
             }
         })
         .collect();
