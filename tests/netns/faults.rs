@@ -635,3 +635,49 @@ pub(crate) fn stop_is_not_leave_pods_keep_talking() -> Result<()> {
     );
     Ok(())
 }
+
+/// A bad start leaves the running data path (issue 9 item 5): n1's daemon is stopped (the
+/// data path stays), something else takes its tunnel port, and a start fails with a
+/// message naming the port. The routes are as they were and host-gw pod traffic to n1
+/// flows on; once the port is free, the next start brings n1 back.
+pub(crate) fn a_failed_start_leaves_the_running_data_path() -> Result<()> {
+    let mut lab = lab("bs", &two_segments(SMALL)?)?;
+    let ns = lab.node("n1")?.netns();
+    let config = lab.node("n1")?.config_path();
+    let routes_before = ns_run(&ns, &["ip", "route", "show", "proto", "79"])?;
+    lab.stop_daemon("n1")?;
+    let squatter = in_netns(&ns, || UdpSocket::bind("0.0.0.0:8472"))?;
+    let out = ns_cmd(
+        &ns,
+        &[
+            "timeout",
+            "30",
+            &crate::support::overlayd_bin().display().to_string(),
+            "run",
+            "--config",
+            &config.display().to_string(),
+        ],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && out.status.code() != Some(124),
+        "the start with its port taken did not fail (status {:?})",
+        out.status
+    );
+    ensure!(
+        stderr.contains("8472"),
+        "the error does not name the taken port:\n{stderr}"
+    );
+    let routes_after = ns_run(&ns, &["ip", "route", "show", "proto", "79"])?;
+    ensure!(
+        routes_after == routes_before,
+        "the failed start changed the routes:\n{routes_before}\nvs\n{routes_after}"
+    );
+    ping(&lab.pod("n2-p1")?.netns, lab.pod("n1-p1")?.ip, 3)
+        .context("host-gw to n1's pod after the failed start")?;
+    drop(squatter);
+    lab.start_daemon("n1")?;
+    ping(&lab.pod("n3-p1")?.netns, lab.pod("n1-p1")?.ip, 3)
+        .context("the tunnel after the next start")?;
+    Ok(())
+}

@@ -110,6 +110,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         faults::stop_is_not_leave_pods_keep_talking,
     ),
     (
+        "a_failed_start_leaves_the_running_data_path",
+        faults::a_failed_start_leaves_the_running_data_path,
+    ),
+    (
         "pods_cannot_reach_tunnel_or_gossip_ports",
         faults::pods_cannot_reach_tunnel_or_gossip_ports,
     ),
