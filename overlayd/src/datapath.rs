@@ -287,9 +287,19 @@ fn send_quic(dp: &Datapath, quic: Option<&crate::quic::QuicTransport>, tx: &TxAr
     let Some(snap) = tx.snap.as_ref() else {
         return;
     };
+    // quinn takes each datagram as `Bytes`: one buffer for the batch, sliced per packet,
+    // rather than an allocation per packet.
+    let total = tx.quic_frames.iter().map(|f| f.len).sum();
+    let mut batch = bytes::BytesMut::with_capacity(total);
+    for f in &tx.quic_frames {
+        batch.extend_from_slice(&tx.buf[f.start..f.start + f.len]);
+    }
+    let batch = batch.freeze();
+    let mut at = 0;
     for f in &tx.quic_frames {
         let name = &snap.table.peers()[f.peer].name;
-        let _ = quic.send(name, &tx.buf[f.start..f.start + f.len]);
+        let _ = quic.send_bytes(name, batch.slice(at..at + f.len));
+        at += f.len;
     }
 }
 

@@ -774,7 +774,7 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
             .get(&peer.name)
             .copied()
             .flatten()
-            .and_then(|kind| PeerPath::first_carried(&[kind]))
+            .and_then(PeerPath::carrying)
         else {
             continue;
         };
@@ -914,7 +914,7 @@ fn policy_candidates(shared: &Shared, peer: &PeerInfo, kernel: PeerPath) -> (Vec
         .candidates
         .iter()
         .copied()
-        .filter(|k| PeerPath::first_carried(&[*k]).is_some())
+        .filter(|k| PeerPath::carrying(*k).is_some())
         .collect();
     if carried.is_empty() {
         tracing::warn!(

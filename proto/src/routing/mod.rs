@@ -37,23 +37,24 @@ impl PeerPath {
         }
     }
 
-    /// Whether the daemon carries the packets (through the TUN device), not the kernel.
-    pub fn is_tunnel(self) -> bool {
-        self != PeerPath::HostGw
-    }
-
-    /// A peer's path while the path ladder does not steer yet: the first of the policy's
-    /// candidates ([`crate::path::Resolved::candidates`], ladder order) that the shell
-    /// carries — host-gw, udp, quic; not yet the relay. `None` when none is: the peer gets
-    /// no route and the cluster CIDR's blackhole drops its traffic, so a pair that
-    /// requires encryption is never sent in clear while QUIC is missing.
-    pub fn first_carried(candidates: &[PathKind]) -> Option<PeerPath> {
-        candidates.iter().find_map(|p| match p {
+    /// How the daemon carries a ladder rung; `None` for the relay, which it does not carry
+    /// yet (so it is never a candidate the ladder may choose).
+    pub fn carrying(kind: PathKind) -> Option<PeerPath> {
+        match kind {
             PathKind::HostGw => Some(PeerPath::HostGw),
             PathKind::Udp => Some(PeerPath::Udp),
             PathKind::Quic => Some(PeerPath::Quic),
             PathKind::Relay => None,
-        })
+        }
+    }
+
+    /// A peer's first path, before any probe: the first of the policy's candidates
+    /// ([`crate::path::Resolved::candidates`], ladder order) that the daemon carries.
+    /// `None` when none is: the peer gets no route and the cluster CIDR's blackhole drops
+    /// its traffic, so a pair that requires encryption is never sent in clear while QUIC
+    /// is missing.
+    pub fn first_carried(candidates: &[PathKind]) -> Option<PeerPath> {
+        candidates.iter().copied().find_map(PeerPath::carrying)
     }
 }
 
@@ -266,7 +267,7 @@ mod tests {
         // An encryption-required peer without QUIC: no path, never a cleartext one.
         assert_eq!(PeerPath::first_carried(&[Relay]), None);
         assert_eq!(PeerPath::first_carried(&[]), None);
-        assert!(PeerPath::Quic.is_tunnel() && !PeerPath::HostGw.is_tunnel());
+        assert_eq!(PeerPath::carrying(Relay), None);
     }
 
     #[test]
