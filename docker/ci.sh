@@ -23,12 +23,23 @@ OVERLAYD=../target/release/overlayd ./gen.sh
 files=compose.yml:compose.quic.yml cleanup
 step "up"
 compose up -d
+diagnose() { # what every node sees, and its log's tail: a failed wait says why
+    local n
+    compose ps >&2 || true
+    for n in $(compose ps --services --filter status=running 2>/dev/null | grep -v router); do
+        echo "--- $n" >&2
+        compose exec -T "$n" overlayd members >&2 || true
+        compose exec -T "$n" overlayd service get hello >&2 || true
+        compose exec -T "$n" overlayd pod list >&2 || true
+    done
+    compose logs --no-color --tail=40 >&2 || true
+}
 wait_until() { # SECONDS DESCRIPTION COMMAND...
     local limit=$1 what=$2
     local deadline=$((SECONDS + limit))
     shift 2
     until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || { echo "timed out after $limit s: $what" >&2; return 1; }
+        ((SECONDS < deadline)) || { echo "timed out after $limit s: $what" >&2; diagnose; return 1; }
         sleep 0.5
     done
 }

@@ -24,4 +24,11 @@ for pod in ${PODS:-}; do
     overlayd pod add "$pod" --label app=hello >/dev/null 2>&1 || true
     nsenter --net="/run/netns/$pod" overlayd lab serve "$HOSTNAME-$pod" >/dev/null 2>&1 &
 done
-wait "$daemon"
+# A signal interrupts `wait` at once (the trap runs); wait again for the daemon's own exit,
+# or PID 1 would end and the kernel would kill the daemon in the middle of its shutdown.
+status=0
+wait "$daemon" || status=$?
+while kill -0 "$daemon" 2>/dev/null; do
+    wait "$daemon" || status=$?
+done
+exit "$status"
