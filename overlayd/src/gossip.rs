@@ -465,6 +465,7 @@ impl Driver {
         }
         peers.sort_by(|a, b| a.name.cmp(&b.name));
         let down: BTreeSet<String> = self.liveness.kept.names().map(str::to_owned).collect();
+        self.services.set_daemon_down(&down);
         self.daemon_down.send_if_modified(|current| {
             let differs = *current != down;
             if differs {

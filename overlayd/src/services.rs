@@ -240,6 +240,11 @@ pub struct ServiceState {
     has_seeds: bool,
     /// Objects the last build left out (malformed, or refused under our settings).
     skipped: usize,
+    /// Members gossip declared dead whose nodes still answer on the data path (issue 9:
+    /// gossip death is not data-path death): their pods stay endpoints, in rotation while
+    /// their health checks pass. Not live for the housekeeping: a node without a daemon
+    /// makes no repairs.
+    daemon_down: BTreeSet<String>,
 }
 
 /// The commands' receiving end, for the task that drives a [`ServiceState`].
@@ -272,6 +277,7 @@ impl ServiceState {
             config_deadline: Instant::now() + CONFIG_WAIT,
             has_seeds,
             skipped: 0,
+            daemon_down: BTreeSet::new(),
         };
         let handle = ServicesHandle {
             commands: commands_tx,
@@ -283,6 +289,15 @@ impl ServiceState {
     /// The store changed (an object or a member): rebuild soon.
     pub fn mark_dirty(&mut self) {
         self.dirty = true;
+    }
+
+    /// The members whose daemons are down while their nodes answer: their pods stay
+    /// endpoints. Rebuilds soon when the set changed.
+    pub fn set_daemon_down(&mut self, members: &BTreeSet<String>) {
+        if self.daemon_down != *members {
+            self.daemon_down = members.clone();
+            self.dirty = true;
+        }
     }
 
     /// When [`ServiceState::tick`] has work to do: a rebuild (paced), or the config's
@@ -365,7 +380,8 @@ impl ServiceState {
 
     fn build(&mut self, store: &mut impl ObjectStore, now: Instant) {
         let started = Instant::now();
-        let live = store.live();
+        let mut live = store.live();
+        live.extend(self.daemon_down.iter().cloned());
         let catalog = Catalog::build(store.objects(), &live, &self.settings, &self.catalog);
         self.build_took = started.elapsed();
         self.pending.clear();
@@ -781,5 +797,91 @@ mod tests {
         state.mark_dirty();
         state.tick(&mut store, Instant::now() + REBUILD_EVERY);
         assert_eq!(endpoints(&handle), 0, "a pod that is gone stays published");
+    }
+
+    /// A store whose members include dead ones gossip still knows (as `Gossip` has them
+    /// until they are reaped), over a [`LocalStore`].
+    struct WithDeadMembers {
+        inner: LocalStore,
+        dead: BTreeSet<String>,
+    }
+
+    impl ObjectStore for WithDeadMembers {
+        fn objects(&self) -> Vec<(&str, &[u8])> {
+            self.inner.objects()
+        }
+        fn set_object(
+            &mut self,
+            now: Instant,
+            key: &str,
+            value: Option<Vec<u8>>,
+        ) -> Result<(), ObjectError> {
+            self.inner.set_object(now, key, value)
+        }
+        fn stamp(&mut self, now: Instant) -> Hlc {
+            self.inner.stamp(now)
+        }
+        fn live(&self) -> BTreeSet<String> {
+            self.inner.live()
+        }
+        fn members(&self) -> BTreeSet<String> {
+            let mut all = self.inner.members();
+            all.extend(self.dead.iter().cloned());
+            all
+        }
+        fn synced(&self) -> bool {
+            true
+        }
+    }
+
+    /// Issue 9: the pods of a member gossip declared dead while its node answers (its
+    /// daemon is down) stay endpoints; once the node is not kept either, they leave.
+    #[test]
+    fn pods_of_a_node_whose_daemon_is_down_stay_endpoints() {
+        let mut store = WithDeadMembers {
+            inner: LocalStore::new("n1"),
+            dead: ["n2".to_owned()].into(),
+        };
+        for w in pod_writes(
+            &Catalog::default(),
+            "n2",
+            &pods(&[("b", [10, 244, 2, 2])]).unwrap(),
+        ) {
+            store
+                .set_object(Instant::now(), &w.key, w.value.clone())
+                .unwrap();
+        }
+        let (mut state, handle, _pods) = state(vec![spec("web", 80)], pods(&[]));
+        let endpoints = |h: &ServicesHandle| {
+            h.table()
+                .borrow()
+                .get(&ServiceKey::new("default", "web"))
+                .map_or(0, |s| s.endpoints.len())
+        };
+        let mut now = Instant::now();
+        state.tick(&mut store, now);
+        assert_eq!(
+            endpoints(&handle),
+            0,
+            "a dead member's pods are no endpoints"
+        );
+
+        state.set_daemon_down(&["n2".to_owned()].into());
+        now += REBUILD_EVERY;
+        state.tick(&mut store, now);
+        assert_eq!(
+            endpoints(&handle),
+            1,
+            "the pod of a node whose daemon is down left the Service"
+        );
+
+        state.set_daemon_down(&BTreeSet::new());
+        now += REBUILD_EVERY;
+        state.tick(&mut store, now);
+        assert_eq!(endpoints(&handle), 0, "the node is gone: its pods leave");
+        assert!(
+            store.objects().iter().any(|(k, _)| k.contains("n2")),
+            "a dead member's published pods are kept until it is reaped"
+        );
     }
 }

@@ -189,6 +189,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         "service_kernel_dataplane_dnats_the_vip_without_the_proxy",
         services::kernel_dataplane_dnats_the_vip_without_the_proxy,
     ),
+    (
+        "service_endpoints_of_a_node_whose_daemon_is_down_stay_in_rotation",
+        services::endpoints_of_a_node_whose_daemon_is_down_stay_in_rotation,
+    ),
 ];
 
 /// Tests that need no privileges.

@@ -824,3 +824,99 @@ pub(crate) fn kernel_dataplane_dnats_the_vip_without_the_proxy() -> Result<()> {
     );
     Ok(())
 }
+
+/// Issue 9: a node whose daemon is killed (gossip declares it dead, its kernel still
+/// forwards) keeps its pods in the Service on every other node while their health checks
+/// pass: n1's pod still reaches n2's pods through the VIP (host-gw needs no daemon on n2),
+/// n3's balances over the others without a failed connection (its path to them is n2's
+/// tunnel, which does). Once a pod's server dies its health check takes it out.
+pub(crate) fn endpoints_of_a_node_whose_daemon_is_down_stay_in_rotation() -> Result<()> {
+    let mut lab = default_lab("dd")?;
+    let pods: Vec<String> = lab.pods().map(|p| p.name.clone()).collect();
+    for node in ["n1", "n3"] {
+        wait_endpoints(&lab, node, "hello", pods.len())?;
+    }
+    let vip = lab
+        .service("n1", &["get", "hello"])?
+        .service
+        .cluster_ip
+        .context("hello has no VIP")?;
+    lab.kill_daemon("n2")?;
+    wait_for(
+        "n1 and n3 to see n2 dead with its daemon down",
+        Duration::from_secs(20),
+        || {
+            for on in ["n1", "n3"] {
+                let down = lab
+                    .members(on)?
+                    .into_iter()
+                    .any(|m| m.name == "n2" && m.daemon_down);
+                if !down {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )?;
+    // Past the rebuild that followed the death.
+    std::thread::sleep(Duration::from_secs(2));
+    for on in ["n1", "n3"] {
+        let endpoints = lab.service(on, &["get", "hello"])?.service.endpoints.len();
+        ensure!(
+            endpoints == pods.len(),
+            "{on} serves {endpoints} endpoints of hello with n2's daemon down, not {}",
+            pods.len()
+        );
+    }
+    // n1 reaches n2's pods by host-gw, which needs no daemon on n2: they stay in its
+    // rotation.
+    let seen = spread(
+        &lab.pod("n1-p1")?.netns,
+        SocketAddr::from((vip, 80)),
+        4 * pods.len(),
+    )?;
+    for pod in ["n2-p1", "n2-p2"] {
+        ensure!(
+            seen.contains_key(pod),
+            "from n1: {pod} (its daemon down, its node up) left the rotation: {seen:?}"
+        );
+    }
+    // n3 reaches them through n2's tunnel, which does need it: their health checks fail
+    // there and n3 balances over the rest, every connection answered.
+    let seen = spread(
+        &lab.pod("n3-p1")?.netns,
+        SocketAddr::from((vip, 80)),
+        4 * pods.len(),
+    )
+    .context("from n3, with n2's daemon down")?;
+    eprintln!("from n3 with n2's daemon down: {seen:?}");
+    // Its health check still counts: n2-p1's server dies, and it leaves n1's rotation.
+    let doomed = lab.pod("n2-p1")?.clone();
+    for pid in pod_processes(&lab, &doomed.name)? {
+        process::kill_now(pid);
+    }
+    let ns = lab.pod("n1-p1")?.netns.clone();
+    wait_for(
+        "n2-p1's health check to take it out of n1's rotation",
+        Duration::from_secs(15),
+        || {
+            let report = lab.services("n1")?;
+            let svc = report
+                .iter()
+                .find(|s| s.service.key.name == "hello")
+                .context("hello missing")?;
+            let target = SocketAddrV4::new(doomed.ip, HELLO);
+            Ok(svc
+                .ports
+                .iter()
+                .flat_map(|p| &p.backends)
+                .any(|b| b.addr == target && b.state != overlayd_proto::api::BackendState::Up))
+        },
+    )?;
+    let seen = spread(&ns, SocketAddr::from((vip, 80)), 2 * pods.len())?;
+    ensure!(
+        !seen.contains_key(&doomed.name) && seen.contains_key("n2-p2"),
+        "after n2-p1's server died: {seen:?}"
+    );
+    Ok(())
+}
