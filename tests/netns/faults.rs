@@ -563,7 +563,29 @@ pub(crate) fn a_pod_whose_namespace_went_is_made_again_at_start() -> Result<()> 
 /// the tunnel loses at most the time away plus 0.5 s, the TUN device outlives the process,
 /// and the start changes no route.
 pub(crate) fn stop_is_not_leave_pods_keep_talking() -> Result<()> {
-    let mut lab = lab("sl", &two_segments(SMALL)?)?;
+    restart_under_pings("sl", Away::Stopped)
+}
+
+/// As [`stop_is_not_leave_pods_keep_talking`], with the daemon killed by SIGKILL (a crash)
+/// instead of stopped: nothing of the data path goes, the same bounds hold.
+pub(crate) fn a_crashed_daemon_costs_no_host_gw_reply() -> Result<()> {
+    restart_under_pings("sk", Away::Killed)
+}
+
+/// How the daemon goes away for 3 s.
+#[derive(Debug, Clone, Copy)]
+enum Away {
+    /// SIGTERM: a stop.
+    Stopped,
+    /// SIGKILL: a crash.
+    Killed,
+}
+
+/// n1's daemon goes away for 3 s ([`Away`]) and starts again while n2's pod (host-gw) and
+/// n3's pod (tunnel) ping n1's pod every 10 ms: no host-gw reply is lost, the tunnel
+/// loses no more than the time away + 0.5 s, and n1's routes are as they were.
+fn restart_under_pings(tag: &str, how: Away) -> Result<()> {
+    let mut lab = lab(tag, &two_segments(SMALL)?)?;
     let target = lab.pod("n1-p1")?.ip;
     let ns = lab.node("n1")?.netns();
     let routes_before = ns_run(&ns, &["ip", "route", "show", "proto", "79"])?;
@@ -587,7 +609,10 @@ pub(crate) fn stop_is_not_leave_pods_keep_talking() -> Result<()> {
     let host_gw = pinger(lab.pod("n2-p1")?.netns.clone());
     let tunnel = pinger(lab.pod("n3-p1")?.netns.clone());
     std::thread::sleep(Duration::from_secs(1));
-    lab.stop_daemon("n1")?;
+    match how {
+        Away::Stopped => lab.stop_daemon("n1")?,
+        Away::Killed => lab.kill_daemon("n1")?,
+    }
     let away = std::time::Instant::now();
     ns_run(&ns, &["ip", "link", "show", "ovdtun0"])
         .context("the TUN device went with the daemon")?;
@@ -616,7 +641,7 @@ pub(crate) fn stop_is_not_leave_pods_keep_talking() -> Result<()> {
     let (host_gw_lost, host_gw_stats) = lost(host_gw)?;
     let (tunnel_lost, tunnel_stats) = lost(tunnel)?;
     eprintln!(
-        "stop 3 s away ({away:?} in all): host-gw lost {host_gw_lost} ({host_gw_stats}); \
+        "{how:?} 3 s away ({away:?} in all): host-gw lost {host_gw_lost} ({host_gw_stats}); \
          tunnel lost {tunnel_lost} ({tunnel_stats})"
     );
     ensure!(
@@ -679,5 +704,97 @@ pub(crate) fn a_failed_start_leaves_the_running_data_path() -> Result<()> {
     lab.start_daemon("n1")?;
     ping(&lab.pod("n3-p1")?.netns, lab.pod("n1-p1")?.ip, 3)
         .context("the tunnel after the next start")?;
+    Ok(())
+}
+
+/// Kills and reaps a child process when dropped (a failed test leaves no server behind).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A rolling restart (issue 9): every node's daemon of the default lab is stopped and
+/// started again, one after another, while an iperf3 TCP stream runs from n1's pod to
+/// n3's pod across the tunnel. The stream completes (iperf3 exits 0, bytes at the
+/// receiver), and every node is back.
+pub(crate) fn a_rolling_restart_keeps_an_iperf3_stream_across_the_tunnel() -> Result<()> {
+    let mut lab = quiet_lab("rr")?;
+    let server_ns = lab.pod("n3-p1")?.netns.clone();
+    let server_ip = lab.pod("n3-p1")?.ip;
+    let client_ns = lab.pod("n1-p1")?.netns.clone();
+    let _server = KillOnDrop(
+        Command::new("ip")
+            .args([
+                "netns", "exec", &server_ns, "iperf3", "-s", "-1", "-p", "5201",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("iperf3 (is it installed?)")?,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let seconds = 30;
+    let client = std::thread::spawn(move || {
+        ns_cmd(
+            &client_ns,
+            &[
+                "iperf3",
+                "-c",
+                &server_ip.to_string(),
+                "-p",
+                "5201",
+                "-t",
+                &seconds.to_string(),
+                "-J",
+            ],
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    for node in ["n1", "n2", "n3", "n4"] {
+        lab.stop_daemon(node)?;
+        std::thread::sleep(Duration::from_secs(1));
+        lab.start_daemon(node)?;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let rolled = started.elapsed();
+    let out = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("iperf3 client thread panicked"))??;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3's report: {}", String::from_utf8_lossy(&out.stderr)))?;
+    ensure!(
+        out.status.success() && report.get("error").is_none(),
+        "the iperf3 stream broke during the rolling restart: {}",
+        report.get("error").unwrap_or(&serde_json::Value::Null)
+    );
+    let received = report["end"]["sum_received"]["bytes"]
+        .as_u64()
+        .context("no received bytes in iperf3's report")?;
+    let stalled = report["intervals"].as_array().map_or(0, |i| {
+        i.iter()
+            .filter(|i| i["sum"]["bytes"].as_u64() == Some(0))
+            .count()
+    });
+    ensure!(received > 0, "iperf3 completed with nothing received");
+    eprintln!(
+        "rolling restart of 4 daemons in {rolled:?}: iperf3 n1 -> n3 over the tunnel \
+         received {received} bytes in {seconds} s, {stalled} one-second intervals without a byte"
+    );
+    for node in ["n1", "n2", "n3", "n4"] {
+        let alive = lab
+            .members(node)?
+            .iter()
+            .filter(|m| m.state == overlayd_lab::MemberState::Alive)
+            .count();
+        ensure!(
+            alive == 4,
+            "{node} sees {alive} of 4 members alive after the roll"
+        );
+    }
     Ok(())
 }

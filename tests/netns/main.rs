@@ -110,6 +110,14 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         faults::stop_is_not_leave_pods_keep_talking,
     ),
     (
+        "a_crashed_daemon_costs_no_host_gw_reply",
+        faults::a_crashed_daemon_costs_no_host_gw_reply,
+    ),
+    (
+        "a_rolling_restart_keeps_an_iperf3_stream_across_the_tunnel",
+        faults::a_rolling_restart_keeps_an_iperf3_stream_across_the_tunnel,
+    ),
+    (
         "a_failed_start_leaves_the_running_data_path",
         faults::a_failed_start_leaves_the_running_data_path,
     ),
