@@ -31,6 +31,10 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Take over from the daemon running on this node (an upgrade): it hands over its
+        /// peers and stops, keeping the data path; this one starts at once in its place.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate a config file without touching the system.
     Check {
@@ -285,10 +289,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 .context("finding the overlayd binary for the lab's daemons")?;
             overlayd_lab::run(command, me)
         }
-        Command::Run { config } => {
+        Command::Run { config, takeover } => {
             init_logging();
             let cfg = overlayd_config::load(&config)?;
-            runtime()?.block_on(daemon::run(cfg, config))?;
+            runtime()?.block_on(daemon::run(cfg, config, takeover))?;
             Ok(ExitCode::SUCCESS)
         }
         command => {

@@ -63,12 +63,26 @@ pub enum Request {
     /// Leave the cluster for good: announce it, remove everything the daemon owns (routes,
     /// TUN, bridge, NAT; pods keep their namespaces), exit. A stop signal does neither.
     Leave,
+    /// Hand the data path over to a new process (`overlayd run --takeover`): the daemon
+    /// answers with its pid and the peers its data path carries ([`HandOver`]), then stops
+    /// as on SIGTERM — no leave, nothing removed — so the new process can bind the ports,
+    /// attach the TUN device and forward to those peers at once.
+    HandOver,
     Key {
         action: KeyAction,
         /// The key file, for install/use/remove (read by the daemon).
         #[serde(default)]
         file: Option<PathBuf>,
     },
+}
+
+/// The answer to [`Request::HandOver`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandOver {
+    /// The old process: its state-directory lock is free once it has exited.
+    pub pid: u32,
+    /// The peers its routes and forwarding table carry (gossip's and the daemon-down ones).
+    pub peers: Vec<crate::peer::PeerInfo>,
 }
 
 /// What `overlayd key` does to the running keyring.

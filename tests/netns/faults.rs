@@ -572,13 +572,30 @@ pub(crate) fn a_crashed_daemon_costs_no_host_gw_reply() -> Result<()> {
     restart_under_pings("sk", Away::Killed)
 }
 
-/// How the daemon goes away for 3 s.
+/// As [`stop_is_not_leave_pods_keep_talking`], with the daemon started again at once
+/// (`systemctl restart`).
+pub(crate) fn a_restart_costs_no_host_gw_reply() -> Result<()> {
+    restart_under_pings("sr", Away::Restarted)
+}
+
+/// As [`stop_is_not_leave_pods_keep_talking`], with a new process taking the data path
+/// over from the running one (`overlayd run --takeover`): no host-gw reply lost, and the
+/// tunnel loses at most 100 ms of replies.
+pub(crate) fn a_hand_over_to_a_new_process_loses_at_most_100_ms() -> Result<()> {
+    restart_under_pings("ho", Away::HandedOver)
+}
+
+/// How the daemon goes away, and for how long.
 #[derive(Debug, Clone, Copy)]
 enum Away {
-    /// SIGTERM: a stop.
+    /// SIGTERM: a stop, 3 s away.
     Stopped,
-    /// SIGKILL: a crash.
+    /// SIGKILL: a crash, 3 s away.
     Killed,
+    /// SIGTERM and a start at once (`systemctl restart`).
+    Restarted,
+    /// `overlayd run --takeover` while it runs: a hand-over (an upgrade).
+    HandedOver,
 }
 
 /// n1's daemon goes away for 3 s ([`Away`]) and starts again while n2's pod (host-gw) and
@@ -609,15 +626,20 @@ fn restart_under_pings(tag: &str, how: Away) -> Result<()> {
     let host_gw = pinger(lab.pod("n2-p1")?.netns.clone());
     let tunnel = pinger(lab.pod("n3-p1")?.netns.clone());
     std::thread::sleep(Duration::from_secs(1));
-    match how {
-        Away::Stopped => lab.stop_daemon("n1")?,
-        Away::Killed => lab.kill_daemon("n1")?,
-    }
     let away = std::time::Instant::now();
+    match how {
+        Away::Stopped | Away::Restarted => lab.stop_daemon("n1")?,
+        Away::Killed => lab.kill_daemon("n1")?,
+        Away::HandedOver => lab.hand_over_daemon("n1")?,
+    }
     ns_run(&ns, &["ip", "link", "show", "ovdtun0"])
         .context("the TUN device went with the daemon")?;
-    std::thread::sleep(Duration::from_secs(3));
-    lab.start_daemon("n1")?;
+    if matches!(how, Away::Stopped | Away::Killed) {
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    if !matches!(how, Away::HandedOver) {
+        lab.start_daemon("n1")?;
+    }
     let away = away.elapsed();
     let lost = |h: std::thread::JoinHandle<Result<std::process::Output>>| -> Result<(u32, String)> {
         let out = h.join().map_err(|_| anyhow::anyhow!("pinger panicked"))??;
@@ -641,17 +663,25 @@ fn restart_under_pings(tag: &str, how: Away) -> Result<()> {
     let (host_gw_lost, host_gw_stats) = lost(host_gw)?;
     let (tunnel_lost, tunnel_stats) = lost(tunnel)?;
     eprintln!(
-        "{how:?} 3 s away ({away:?} in all): host-gw lost {host_gw_lost} ({host_gw_stats}); \
+        "{how:?}: away {away:?} until started and converged; host-gw lost {host_gw_lost} ({host_gw_stats}); \
          tunnel lost {tunnel_lost} ({tunnel_stats})"
     );
     ensure!(
         host_gw_lost == 0,
         "host-gw lost {host_gw_lost} replies: {host_gw_stats}"
     );
-    let bound = ((away.as_secs_f64() + 0.5) / 0.01) as u32;
+    // A hand-over: at most 100 ms; else the time away (until started and converged)
+    // + 0.5 s. One reply every 10 ms.
+    let (bound, of) = match how {
+        Away::HandedOver => (10, "100 ms"),
+        _ => (
+            ((away.as_secs_f64() + 0.5) / 0.01) as u32,
+            "the time away + 0.5 s",
+        ),
+    };
     ensure!(
         tunnel_lost <= bound,
-        "the tunnel lost {tunnel_lost} replies, more than the {bound} of the time away + 0.5 s"
+        "the tunnel lost {tunnel_lost} replies, more than the {bound} of {of}"
     );
     let routes_after = ns_run(&ns, &["ip", "route", "show", "proto", "79"])?;
     ensure!(

@@ -114,6 +114,14 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         faults::a_crashed_daemon_costs_no_host_gw_reply,
     ),
     (
+        "a_restart_costs_no_host_gw_reply",
+        faults::a_restart_costs_no_host_gw_reply,
+    ),
+    (
+        "a_hand_over_to_a_new_process_loses_at_most_100_ms",
+        faults::a_hand_over_to_a_new_process_loses_at_most_100_ms,
+    ),
+    (
         "a_rolling_restart_keeps_an_iperf3_stream_across_the_tunnel",
         faults::a_rolling_restart_keeps_an_iperf3_stream_across_the_tunnel,
     ),

@@ -606,6 +606,25 @@ impl Lab {
         self.wait_exited(node, pid)
     }
 
+    /// Hands the data path of `node` over to a new daemon process (`overlayd run
+    /// --takeover`, an upgrade): the running one answers and exits, the new one starts in
+    /// its place. Waits up to [`STOP_TIMEOUT`] for the old one to exit, then as
+    /// [`Lab::start_daemon`] for the new one to be ready and converged.
+    pub fn hand_over_daemon(&mut self, node: &str) -> Result<(), LabError> {
+        let old = self.running_pid(node)?;
+        let index = self.node_index(node)?;
+        self.spawn_daemon_with(index, &["--takeover"])?;
+        if !process::wait_gone(&[old], STOP_TIMEOUT).is_empty() {
+            return Err(LabError::DidNotExit {
+                node: node.into(),
+                pid: old,
+                log: self.node(node)?.log_path().display().to_string(),
+            });
+        }
+        self.save()?;
+        self.settle(&[node.to_string()])
+    }
+
     /// Starts the daemon of `node` again with the same config and waits until it is ready
     /// and, with gossip, until every running daemon lists every other one as a peer
     /// ([`Lab::wait_converged`]); each wait is bounded by [`READY_TIMEOUT`].
@@ -855,6 +874,11 @@ impl Lab {
     /// Starts `overlayd run --config RUN/NODE.toml` in the node's namespace, in its own
     /// session and in the host mount namespace, output appended to `RUN/NODE.log`.
     fn spawn_daemon(&mut self, index: usize) -> Result<(), LabError> {
+        self.spawn_daemon_with(index, &[])
+    }
+
+    /// [`Lab::spawn_daemon`] with extra arguments to `overlayd run`.
+    fn spawn_daemon_with(&mut self, index: usize, extra: &[&str]) -> Result<(), LabError> {
         let name = self.state.nodes[index].name.clone();
         let paths = NodePaths::new(&self.run_dir, &name);
         let log = OpenOptions::new()
@@ -867,6 +891,7 @@ impl Lab {
         cmd.arg("run")
             .arg("--config")
             .arg(&paths.config)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log2)
             .stderr(log);

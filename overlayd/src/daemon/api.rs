@@ -87,18 +87,25 @@ async fn answer(
     line: String,
     mut write: tokio::net::unix::OwnedWriteHalf,
 ) -> Result<()> {
+    let mut hand_over = false;
     let response = if line.len() > api::MAX_REQUEST {
         error_response(anyhow!("request longer than {} bytes", api::MAX_REQUEST))
     } else {
         match serde_json::from_str::<Request>(&line) {
-            Ok(req) => match dispatch(shared, req).await {
-                Ok(value) => Response {
-                    ok: true,
-                    result: Some(value),
-                    error: None,
-                },
-                Err(e) => error_response(e),
-            },
+            Ok(req) => {
+                hand_over = matches!(req, Request::HandOver);
+                match dispatch(shared, req).await {
+                    Ok(value) => Response {
+                        ok: true,
+                        result: Some(value),
+                        error: None,
+                    },
+                    Err(e) => {
+                        hand_over = false;
+                        error_response(e)
+                    }
+                }
+            }
             Err(e) => error_response(anyhow!("bad request: {e}")),
         }
     };
@@ -108,6 +115,10 @@ async fn answer(
     tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(&out))
         .await
         .map_err(|_| anyhow!("the client read no response within {REQUEST_TIMEOUT:?}"))??;
+    // Only once the new process has its answer: stopping first could cut it off.
+    if hand_over {
+        shared.hand_over.notify_one();
+    }
     Ok(())
 }
 
@@ -169,6 +180,21 @@ async fn dispatch(shared: &Shared, req: Request) -> Result<serde_json::Value> {
             services: shared.services.list().await?,
         })?,
         Request::Services => serde_json::to_value(super::serving::report(shared))?,
+        Request::HandOver => {
+            let peers = shared
+                .peers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .admitted
+                .iter()
+                .map(|a| a.peer.clone())
+                .collect();
+            tracing::info!("hand-over requested: stopping once answered; the data path stays");
+            serde_json::to_value(api::HandOver {
+                pid: std::process::id(),
+                peers,
+            })?
+        }
         Request::Leave => {
             tracing::info!("leave requested: announcing it and removing the data path");
             shared.leave.notify_one();

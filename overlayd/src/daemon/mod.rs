@@ -113,6 +113,11 @@ struct Shared {
     paths: Arc<PathsHandle>,
     /// `overlayd leave` asked the daemon to leave the cluster for good.
     leave: Notify,
+    /// A new process took the data path over (`run --takeover`): stop, keeping it.
+    hand_over: Notify,
+    /// The peers the process this one took over from carried: routed and forwarded to
+    /// from the first reconcile, until gossip has them (see [`with_handed`]).
+    handed: Vec<PeerInfo>,
 }
 
 impl Shared {
@@ -134,7 +139,7 @@ impl Shared {
     }
 }
 
-pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
+pub async fn run(cfg: Config, config_path: PathBuf, takeover: bool) -> Result<()> {
     netlink::require_net_admin()?;
     // Before anything is made or waited for: until a handler is installed, SIGTERM, SIGINT
     // and SIGHUP kill the process outright, which would leave whatever start-up had made
@@ -142,8 +147,17 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
     let mut signals = StopSignals::new()?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
+    // A hand-over: the running daemon answers with what its data path carries and stops
+    // (keeping it); its state-directory lock, ports and TUN queue are free once it exited.
+    let handed = match takeover {
+        true => Some(take_over(&cfg.daemon.control_socket).await?),
+        false => None,
+    };
     // Before touching anything: a second daemon on the same state would fight the first.
-    let _lock = lock_state_dir(&cfg.daemon.state_dir)?;
+    let _lock = match &handed {
+        Some(h) => wait_for_lock(&cfg.daemon.state_dir, h.pid).await?,
+        None => lock_state_dir(&cfg.daemon.state_dir)?,
+    };
     raise_open_files_limit();
     crate::netns::find_host_mount_ns();
     let nl = Netlink::connect()?;
@@ -309,6 +323,8 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         quic: quic.clone(),
         paths: paths.clone(),
         leave: Notify::new(),
+        hand_over: Notify::new(),
+        handed: handed.map(|h| h.peers).unwrap_or_default(),
     });
 
     let peer_source: Box<dyn PeerSource> = match &gossip {
@@ -395,6 +411,11 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
         tokio::select! {
             signal = signals.stop() => { tracing::info!("{signal}: stopping"); break Ok(()) }
             _ = shared.leave.notified() => { leaving = true; break Ok(()) }
+            _ = shared.hand_over.notified() => {
+                tracing::info!("handed over to a new process: stopping");
+                leaving = false;
+                break Ok(())
+            }
             _ = hup.recv() => {
                 reload_keys(&shared).await;
                 reload_quic(&shared);
@@ -643,7 +664,7 @@ async fn control_loop(
     mut peers: watch::Receiver<Vec<PeerInfo>>,
 ) -> Result<()> {
     loop {
-        let current = peers.borrow_and_update().clone();
+        let current = with_handed(&shared, peers.borrow_and_update().clone());
         let routed = match reconcile(&shared, &current).await {
             Ok(()) => true,
             Err(e) => {
@@ -667,6 +688,65 @@ async fn control_loop(
             _ = shared.pmtu.routes_changed.notified() => {}
             _ = shared.paths.changed.notified() => {}
             _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+        }
+    }
+}
+
+/// `peers` and, while the routes found at start are adopted ([`adopting`]), the peers
+/// handed over by the process this one took over from that `peers` does not have yet: the
+/// data path forwards to them from the first reconcile instead of waiting for gossip.
+fn with_handed(shared: &Shared, mut peers: Vec<PeerInfo>) -> Vec<PeerInfo> {
+    if shared.handed.is_empty() || !adopting(shared) {
+        return peers;
+    }
+    let missing: Vec<PeerInfo> = shared
+        .handed
+        .iter()
+        .filter(|h| !peers.iter().any(|p| p.name == h.name))
+        .cloned()
+        .collect();
+    peers.extend(missing);
+    peers
+}
+
+/// Asks the daemon on `socket` to hand over ([`Request::HandOver`]).
+async fn take_over(socket: &std::path::Path) -> Result<overlayd_proto::api::HandOver> {
+    let started = Instant::now();
+    let handed: overlayd_proto::api::HandOver =
+        crate::api::call(socket, &overlayd_proto::api::Request::HandOver)
+            .await
+            .with_context(|| {
+                format!(
+                    "--takeover: no daemon answered on {} (start without --takeover)",
+                    socket.display()
+                )
+            })?;
+    tracing::info!(
+        pid = handed.pid,
+        peers = handed.peers.len(),
+        took = ?started.elapsed(),
+        "taking over from the running daemon"
+    );
+    Ok(handed)
+}
+
+/// Waits until the process that handed over (`pid`) has let go of the state directory's
+/// lock — it exited, closing its sockets and TUN queue — then holds it.
+async fn wait_for_lock(
+    dir: &std::path::Path,
+    pid: u32,
+) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    const HAND_OVER_WAIT: Duration = Duration::from_secs(10);
+    let deadline = Instant::now() + HAND_OVER_WAIT;
+    loop {
+        match lock_state_dir(dir) {
+            Ok(lock) => return Ok(lock),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!(
+                    "--takeover: the old daemon (pid {pid}) did not exit within {HAND_OVER_WAIT:?}"
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
         }
     }
 }
