@@ -181,14 +181,7 @@ async fn dispatch(shared: &Shared, req: Request) -> Result<serde_json::Value> {
         })?,
         Request::Services => serde_json::to_value(super::serving::report(shared))?,
         Request::HandOver => {
-            let peers = shared
-                .peers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .admitted
-                .iter()
-                .map(|a| a.peer.clone())
-                .collect();
+            let peers = super::carried_peers(shared);
             tracing::info!("hand-over requested: stopping once answered; the data path stays");
             serde_json::to_value(api::HandOver {
                 pid: std::process::id(),

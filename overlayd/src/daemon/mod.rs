@@ -115,8 +115,9 @@ struct Shared {
     leave: Notify,
     /// A new process took the data path over (`run --takeover`): stop, keeping it.
     hand_over: Notify,
-    /// The peers the process this one took over from carried: routed and forwarded to
-    /// from the first reconcile, until gossip has them (see [`with_handed`]).
+    /// The peers the process before this one carried (a hand-over, or a stop moments
+    /// ago): routed and forwarded to from the first reconcile, until gossip has them (see
+    /// [`with_handed`]).
     handed: Vec<PeerInfo>,
 }
 
@@ -149,14 +150,18 @@ pub async fn run(cfg: Config, config_path: PathBuf, takeover: bool) -> Result<()
         .context("installing the SIGHUP handler")?;
     // A hand-over: the running daemon answers with what its data path carries and stops
     // (keeping it); its state-directory lock, ports and TUN queue are free once it exited.
-    let handed = match takeover {
+    let taken_over = match takeover {
         true => Some(take_over(&cfg.daemon.control_socket).await?),
         false => None,
     };
     // Before touching anything: a second daemon on the same state would fight the first.
-    let _lock = match &handed {
+    let _lock = match &taken_over {
         Some(h) => wait_for_lock(&cfg.daemon.state_dir, h.pid).await?,
         None => lock_state_dir(&cfg.daemon.state_dir)?,
+    };
+    let handed = match taken_over {
+        Some(h) => h.peers,
+        None => saved_peers(&cfg.daemon.state_dir),
     };
     raise_open_files_limit();
     crate::netns::find_host_mount_ns();
@@ -324,7 +329,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, takeover: bool) -> Result<()
         paths: paths.clone(),
         leave: Notify::new(),
         hand_over: Notify::new(),
-        handed: handed.map(|h| h.peers).unwrap_or_default(),
+        handed,
     });
 
     let peer_source: Box<dyn PeerSource> = match &gossip {
@@ -444,6 +449,13 @@ pub async fn run(cfg: Config, config_path: PathBuf, takeover: bool) -> Result<()
         dns.stop();
     }
     let _ = std::fs::remove_file(&cfg.daemon.control_socket);
+    let saved = cfg.daemon.state_dir.join(SAVED_PEERS);
+    if leaving {
+        let _ = std::fs::remove_file(&saved);
+    } else if let Err(e) = save_peers(&saved, carried_peers(&shared)) {
+        // The next start learns them from gossip instead, a moment later.
+        tracing::warn!("saving the peers for the next start: {e:#}");
+    }
     if leaving {
         if let Err(e) = remove_datapath(&shared).await {
             tracing::warn!("removing the data path: {e:#}");
@@ -707,6 +719,64 @@ fn with_handed(shared: &Shared, mut peers: Vec<PeerInfo>) -> Vec<PeerInfo> {
         .collect();
     peers.extend(missing);
     peers
+}
+
+/// The peers the data path carries now: what a hand-over passes on and a stop saves.
+fn carried_peers(shared: &Shared) -> Vec<PeerInfo> {
+    shared
+        .peers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .admitted
+        .iter()
+        .map(|a| a.peer.clone())
+        .collect()
+}
+
+/// The file in the state directory a stop saves the carried peers in, for a start moments
+/// later (`systemctl restart`, a crash loop's next start has none): it forwards to them
+/// at once instead of after gossip's first exchange.
+const SAVED_PEERS: &str = "peers.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedPeers {
+    /// Unix ms when the stop wrote it.
+    written_ms: u64,
+    peers: Vec<PeerInfo>,
+}
+
+fn save_peers(path: &std::path::Path, peers: Vec<PeerInfo>) -> Result<()> {
+    let saved = SavedPeers {
+        written_ms: crate::gossip::wall_clock_ms(),
+        peers,
+    };
+    crate::write_atomic(path, &serde_json::to_vec(&saved)?)
+}
+
+/// The peers the last stop saved, if it was less than [`ADOPT_GRACE`] ago (older ones
+/// may have moved; gossip tells). Anything unreadable counts as none.
+fn saved_peers(dir: &std::path::Path) -> Vec<PeerInfo> {
+    let path = dir.join(SAVED_PEERS);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Vec::new();
+    };
+    match serde_json::from_slice::<SavedPeers>(&bytes) {
+        Ok(saved)
+            if crate::gossip::wall_clock_ms().saturating_sub(saved.written_ms)
+                < ADOPT_GRACE.as_millis() as u64 =>
+        {
+            tracing::info!(
+                peers = saved.peers.len(),
+                "forwarding to the peers the last stop saved until gossip has them"
+            );
+            saved.peers
+        }
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            tracing::warn!("ignoring {}: {e}", path.display());
+            Vec::new()
+        }
+    }
 }
 
 /// Asks the daemon on `socket` to hand over ([`Request::HandOver`]).
@@ -1266,5 +1336,42 @@ async fn remove_datapath(shared: &Shared) -> Result<()> {
             Ok(())
         }
         Some(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str) -> PeerInfo {
+        PeerInfo {
+            name: name.to_owned(),
+            underlay: Ipv4Addr::new(10, 100, 1, 12),
+            pod_subnet: "10.244.7.0/24".parse().unwrap(),
+            vtep_mac: MacAddr([2, 0, 0, 0, 0, 7]),
+            zone: String::new(),
+            quic_port: None,
+        }
+    }
+
+    /// A stop's saved peers are taken by a start moments later, not by one after the
+    /// adoption grace, and a damaged file is no peers at all.
+    #[test]
+    fn saved_peers_are_taken_only_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SAVED_PEERS);
+        assert!(saved_peers(dir.path()).is_empty(), "no file, no peers");
+        save_peers(&path, vec![peer("n2")]).unwrap();
+        assert_eq!(saved_peers(dir.path()), vec![peer("n2")]);
+
+        let stale = SavedPeers {
+            written_ms: crate::gossip::wall_clock_ms() - ADOPT_GRACE.as_millis() as u64 - 1,
+            peers: vec![peer("n2")],
+        };
+        std::fs::write(&path, serde_json::to_vec(&stale).unwrap()).unwrap();
+        assert!(saved_peers(dir.path()).is_empty(), "too old to trust");
+
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(saved_peers(dir.path()).is_empty(), "damaged");
     }
 }
