@@ -551,6 +551,21 @@ impl QuicTransport {
         self.inner.recheck()
     }
 
+    /// The certificate fingerprint each member's gossip record advertises. New handshakes
+    /// with a member whose certificate has another fingerprint are refused and counted
+    /// (`cert_fingerprint_mismatch`); a member absent from `advertised` is not checked
+    /// (its record has none). Live connections are left as they are (a rotated
+    /// certificate's new record must not cut the tunnel its old one carries; a
+    /// certificate that must stop working is revoked).
+    pub fn set_advertised(&self, advertised: HashMap<String, Fingerprint>) {
+        self.inner.tls.advertised.store(Arc::new(advertised));
+    }
+
+    /// The revocation list in force.
+    pub fn revoked(&self) -> RevocationList {
+        self.inner.tls.trust.load().revoked.clone()
+    }
+
     /// Every wanted peer's tunnel, by name.
     pub fn status(&self) -> Vec<PeerStatus> {
         let peers = self.inner.peers();
