@@ -69,6 +69,20 @@ pub enum Request {
         #[serde(default)]
         file: Option<PathBuf>,
     },
+    /// Revoke a node certificate cluster-wide, by fingerprint (64 hex digits, SHA-256 of
+    /// its DER): a cluster object `pki/revoked/<fingerprint>` in gossip state. Answered
+    /// with [`Revocations`].
+    CertRevoke {
+        fingerprint: String,
+    },
+    /// The revocations this node holds ([`Revocations`]).
+    CertRevoked,
+}
+
+/// The certificates revoked in the cluster, as this node knows them, by fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocations {
+    pub revoked: Vec<crate::pki::Revocation>,
 }
 
 /// What `overlayd key` does to the running keyring.
