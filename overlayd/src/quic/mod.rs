@@ -771,11 +771,26 @@ impl Inner {
                         VarInt::from_u32(close_code::CERT_REFUSED),
                         e.reason().as_bytes(),
                     );
-                    closed.push(member.clone());
+                    closed.push((member.clone(), e));
                     false
                 }
             }
         });
+        // The read loop finds the connection gone from `live` and leaves the state alone:
+        // set it here, or an accepting side would go on showing `connected`.
+        let mut peers = self.peers();
+        for (member, e) in &closed {
+            if let Some(p) = peers.get_mut(member) {
+                p.state = if p.we_dial {
+                    ConnState::Backoff
+                } else {
+                    ConnState::Waiting
+                };
+                p.last_error = Some(format!("closed: {e}"));
+            }
+        }
+        drop(peers);
+        let mut closed: Vec<String> = closed.into_iter().map(|(m, _)| m).collect();
         closed.sort();
         closed
     }

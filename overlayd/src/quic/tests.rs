@@ -690,6 +690,8 @@ async fn a_revocation_from_gossip_closes_the_revoked_peer_only() {
         w.set_revoked([unrelated, d_fp].into_iter().collect()),
         vec![d_name.clone()]
     );
+    // The accepting side shows it no longer connected (it waits for the peer to dial).
+    assert_eq!(state(&w, &d_name), Some(ConnState::Waiting));
     until("the dialer sees it closed", || !connected(&d, &w_name)).await;
     // Its redials are refused by the acceptor's verifier.
     until("a redial refused as revoked", || {
