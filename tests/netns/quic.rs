@@ -675,14 +675,15 @@ fn no_reply(ns: &str, dst: std::net::Ipv4Addr, what: &str) -> Result<()> {
 }
 
 /// Issue 8's refusals in namespaces: n3 is restarted three times with a certificate its
-/// peers must refuse — from another cluster's CA, expired, naming n2 — each time with
+/// peers must refuse — from another cluster's CA, expired, naming another node — each time with
 /// `OVERLAYD_TEST_UNCHECKED_CERT` so that it starts at all (a daemon refuses to start
-/// with a certificate its peers would refuse). Each time n1 counts the refusal in
-/// `overlayd status` (`quic_cert_foreign_ca`, `quic_cert_expired`, and for the
-/// certificate naming n2: `quic_cert_name_mismatch` when n1 dials n3, or, when n3 dials,
-/// `quic_cert_fingerprint_mismatch` — taken for n2, it is not the certificate n2's gossip
-/// record advertises), never shows a connected tunnel to n3, and n3's pod cannot reach
-/// n1's (no cleartext fallback: the zones require encryption). Before, with its own
+/// with a certificate its peers would refuse). Each time a peer counts the refusal in
+/// `overlayd status` (n1: `quic_cert_foreign_ca`, `quic_cert_expired`; for the
+/// certificate naming another node, the node n3 dials: `quic_cert_fingerprint_mismatch`
+/// — taken for the node named, it is not the certificate that node's gossip record
+/// advertises — or, if n3 dials neither, n1: `quic_cert_name_mismatch`), never shows a
+/// connected tunnel to n3, and n3's pod cannot reach n1's (no cleartext fallback: the
+/// zones require encryption). Before, with its own
 /// certificate, n3's pod reached n1's over QUIC.
 pub(crate) fn a_node_with_a_bad_certificate_cannot_bring_up_a_tunnel_and_is_counted() -> Result<()>
 {
@@ -706,47 +707,57 @@ pub(crate) fn a_node_with_a_bad_certificate_cannot_bring_up_a_tunnel_and_is_coun
         not_before: now - Duration::from_secs(10 * 86_400),
         not_after: now - Duration::from_secs(86_400),
     };
-    let naming_n2 = if dialer("n1", "n3") == Side::Local {
-        "quic_cert_name_mismatch"
-    } else {
-        "quic_cert_fingerprint_mismatch"
+    // A certificate naming another node: the observer is a node n3 dials, if there is
+    // one — it takes n3 for the node named, whose gossip record advertises another
+    // fingerprint; else n1, which dials n3 and finds another name than the one dialed.
+    let (observer, named, naming_counter) = match ["n1", "n2"]
+        .into_iter()
+        .find(|o| dialer("n3", o) == Side::Local)
+    {
+        Some("n1") => ("n1", "n2", "quic_cert_fingerprint_mismatch"),
+        Some(_) => ("n2", "n1", "quic_cert_fingerprint_mismatch"),
+        None => ("n1", "n2", "quic_cert_name_mismatch"),
     };
+    let naming = format!("naming {named}");
     let cases = [
         (
             "from another CA",
             issue_cert("n3", &other_ca, &tmp.path().join("foreign"), valid)?,
+            "n1",
             "quic_cert_foreign_ca",
         ),
         (
             "expired",
             issue_cert("n3", &pki, &tmp.path().join("expired"), expired)?,
+            "n1",
             "quic_cert_expired",
         ),
         (
-            "naming n2",
-            issue_cert("n2", &pki, &tmp.path().join("naming-n2"), valid)?,
-            naming_n2,
+            naming.as_str(),
+            issue_cert(named, &pki, &tmp.path().join("naming"), valid)?,
+            observer,
+            naming_counter,
         ),
     ];
-    for (what, written, counter) in cases {
+    for (what, written, observer, counter) in cases {
         lab.stop_daemon("n3")?;
         std::fs::copy(&written.cert, pki.join("n3.pem"))?;
         std::fs::copy(&written.key, pki.join("n3.key"))?;
-        let before = io_counter(&lab, "n1", counter)?;
+        let before = io_counter(&lab, observer, counter)?;
         lab.start_daemon_with_env("n3", &[(overlayd::pki::UNCHECKED_CERT_ENV, "1")])
             .with_context(|| format!("starting n3 with a certificate {what}"))?;
         wait_for(
-            &format!("n1 counting n3's certificate {what} as {counter}"),
+            &format!("{observer} counting n3's certificate {what} as {counter}"),
             REFUSED_WITHIN,
-            || Ok(io_counter(&lab, "n1", counter)? > before),
+            || Ok(io_counter(&lab, observer, counter)? > before),
         )?;
         // Refused at every attempt: never connected at n1, and n3's pod gets nothing
         // through (nor in clear).
         for _ in 0..10 {
-            let state = quic_state(&lab, "n1", "n3")?;
+            let state = quic_state(&lab, observer, "n3")?;
             ensure!(
                 state.as_deref() != Some("connected"),
-                "n1 shows a connected tunnel to n3 whose certificate is {what}"
+                "{observer} shows a connected tunnel to n3 whose certificate is {what}"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -757,8 +768,8 @@ pub(crate) fn a_node_with_a_bad_certificate_cannot_bring_up_a_tunnel_and_is_coun
             &format!("to n3 with a certificate {what}"),
         )?;
         eprintln!(
-            "quic: n3 with a certificate {what}: n1 counted {counter} = {}",
-            io_counter(&lab, "n1", counter)?
+            "quic: n3 with a certificate {what}: {observer} counted {counter} = {}",
+            io_counter(&lab, observer, counter)?
         );
     }
     Ok(())
