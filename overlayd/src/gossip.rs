@@ -584,6 +584,10 @@ impl Driver {
                             .last_heard
                             .map(|t| now.saturating_duration_since(t).as_millis() as u64),
                         daemon_down: self.liveness.kept.is_kept(m.name),
+                        cert_fingerprint: m
+                            .record
+                            .and_then(|r| r.cert_fingerprint())
+                            .map(|f| f.to_string()),
                     })
                     .collect();
                 let _ = reply.send(members);

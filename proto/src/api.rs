@@ -186,6 +186,10 @@ pub struct PeerReport {
     /// Dead by gossip, but its node still answers: its daemon is down and its routes stay.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub daemon_down: bool,
+    /// The fingerprint (hex SHA-256) of the QUIC certificate its gossip record
+    /// advertises; peers refuse any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_fingerprint: Option<String>,
 }
 
 /// A peer's path ladder, as `overlayd peers` shows it.
@@ -231,6 +235,10 @@ pub struct QuicReport {
     pub reconnects: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The fingerprint (hex SHA-256) of the certificate the peer presented on the live
+    /// connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,6 +322,10 @@ pub struct MemberReport {
     /// its routes stay.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub daemon_down: bool,
+    /// The fingerprint (hex SHA-256) of the QUIC certificate its gossip record
+    /// advertises; peers refuse any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_fingerprint: Option<String>,
 }
 
 /// Gossip counters for `overlayd status`.

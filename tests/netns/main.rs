@@ -82,6 +82,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         quic::a_revocation_closes_the_revoked_nodes_tunnels_within_the_bound,
     ),
     (
+        "quic_a_renewed_certificate_is_advertised_after_sighup_and_keeps_the_tunnel",
+        quic::a_renewed_certificate_is_advertised_after_sighup_and_keeps_the_tunnel,
+    ),
+    (
         "quic_tcpdump_sees_no_pod_payload_on_a_quic_path_but_sees_it_on_udp",
         quic::tcpdump_sees_no_pod_payload_on_a_quic_path_but_sees_it_on_udp,
     ),

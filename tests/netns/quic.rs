@@ -956,3 +956,86 @@ pub(crate) fn tcpdump_sees_no_pod_payload_on_a_quic_path_but_sees_it_on_udp() ->
     }
     Ok(())
 }
+
+/// `on`'s QUIC tunnel to `peer`: its state and the fingerprint of the certificate the
+/// peer presented on it.
+fn quic_tunnel(lab: &Lab, on: &str, peer: &str) -> Result<(String, Option<String>)> {
+    let q = lab
+        .peers(on)?
+        .into_iter()
+        .find(|p| p.name == peer)
+        .and_then(|p| p.quic)
+        .with_context(|| format!("{on} shows no QUIC tunnel to {peer}"))?;
+    Ok((q.state, q.cert_fingerprint))
+}
+
+/// The fingerprint `member`'s gossip record advertises, as `on` sees it.
+fn advertised(lab: &Lab, on: &str, member: &str) -> Result<Option<String>> {
+    Ok(lab
+        .members(on)?
+        .into_iter()
+        .find(|m| m.name == member)
+        .and_then(|m| m.cert_fingerprint))
+}
+
+/// Certificate rotation: n3's certificate is renewed (`cert issue` again) and n3 gets
+/// SIGHUP. n1's tunnel to n3 stays up on the old certificate (not redialed: it still
+/// shows the old fingerprint) while n3's record, as n1 sees it, now advertises the new
+/// one; pods keep talking. n1 restarted then brings the tunnel up on the new certificate.
+pub(crate) fn a_renewed_certificate_is_advertised_after_sighup_and_keeps_the_tunnel() -> Result<()>
+{
+    let mut lab = lab("qh", &Topology::parse(CERT_TOPOLOGY)?)?;
+    wait_for_paths(&lab, "n1", &[("n3", "quic")])?;
+    let (p1_ip, p3_ns) = (lab.pod("n1-p1")?.ip, lab.pod("n3-p1")?.netns.clone());
+    first_reply(&p3_ns, p1_ip)?;
+    let pki = overlayd_lab::config::pki_dir(lab.run_dir());
+    let old = overlayd::pki::cert_file_fingerprint(&pki.join("n3.pem"))?.to_string();
+    wait_for(
+        "n1's tunnel to n3 on n3's certificate",
+        PATHS_WITHIN,
+        || Ok(quic_tunnel(&lab, "n1", "n3")? == ("connected".into(), Some(old.clone()))),
+    )?;
+    ensure!(
+        advertised(&lab, "n1", "n3")?.as_deref() == Some(old.as_str()),
+        "n1 sees n3 advertising {:?}, not {old}",
+        advertised(&lab, "n1", "n3")?
+    );
+
+    let renewed = overlayd::pki::issue_cert(
+        "n3",
+        &pki,
+        &pki,
+        overlayd::pki::Validity::days_from(std::time::SystemTime::now(), 20),
+    )?;
+    let new = renewed.fingerprint.to_string();
+    let pid = lab.node("n3")?.pid().context("n3 has no daemon")?;
+    // SAFETY: signalling the lab's n3 daemon, by its PID.
+    ensure!(
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } == 0,
+        "SIGHUP to n3's daemon"
+    );
+    wait_for(
+        "n1 seeing n3's record advertise the renewed certificate",
+        Duration::from_secs(10),
+        || Ok(advertised(&lab, "n1", "n3")?.as_deref() == Some(new.as_str())),
+    )?;
+    ensure!(
+        quic_tunnel(&lab, "n1", "n3")? == ("connected".into(), Some(old.clone())),
+        "n1's tunnel to n3 after n3's reload: {:?} (it should stay up on the old certificate)",
+        quic_tunnel(&lab, "n1", "n3")?
+    );
+    ping(&p3_ns, p1_ip, 3).context("n3-p1 -> n1-p1 after n3's reload")?;
+
+    lab.kill_daemon("n1")?;
+    lab.start_daemon("n1")?;
+    wait_for(
+        "n1's new tunnel to n3 on the renewed certificate",
+        PATHS_WITHIN,
+        || Ok(quic_tunnel(&lab, "n1", "n3")? == ("connected".into(), Some(new.clone()))),
+    )?;
+    first_reply(&p3_ns, p1_ip).context("n3-p1 -> n1-p1 on the renewed certificate")?;
+    eprintln!(
+        "quic: n3's certificate renewed {old} -> {new}; n1's tunnel kept it until n1 restarted"
+    );
+    Ok(())
+}

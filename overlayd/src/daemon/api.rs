@@ -341,6 +341,7 @@ fn quic_report(s: &crate::quic::PeerStatus) -> api::QuicReport {
             .map(|d| d.as_secs()),
         reconnects: s.reconnects,
         last_error: s.last_error.clone(),
+        cert_fingerprint: s.cert_fingerprint.clone(),
     }
 }
 
@@ -391,6 +392,7 @@ fn peers(shared: &Shared) -> Result<api::Peers> {
                     .gossip
                     .as_ref()
                     .is_some_and(|g| g.daemon_down(&p.name)),
+                cert_fingerprint: p.cert_fingerprint.map(|f| f.to_string()),
             }
         })
         .collect();
