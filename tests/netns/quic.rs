@@ -835,6 +835,13 @@ pub(crate) fn a_revocation_closes_the_revoked_nodes_tunnels_within_the_bound() -
             "{on} did not count the revoked certificate"
         );
     }
+    // n3 itself says why nobody takes its tunnels any more.
+    let n3_log = lab.node("n3")?.log_path();
+    wait_for(
+        "n3 logging that its certificate is revoked",
+        REVOKED_WITHIN,
+        || Ok(std::fs::read_to_string(&n3_log)?.contains("own QUIC certificate is revoked")),
+    )?;
     let listed = lab.overlayd("n2", &["cert", "list-revoked", "--json"])?;
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout)?;
     ensure!(

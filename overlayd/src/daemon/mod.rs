@@ -1179,6 +1179,13 @@ async fn follow_revocations(
         if let Some(quic) = &shared.quic
             && quic.revoked() != list
         {
+            if let Some(own) = quic.own_fingerprint().filter(|f| list.is_revoked(f)) {
+                tracing::error!(
+                    fingerprint = %own,
+                    "this node's own QUIC certificate is revoked: every peer refuses it; issue \
+                     a new one (`overlayd cert issue`) and send SIGHUP"
+                );
+            }
             let closed = quic.set_revoked(list);
             if !closed.is_empty() {
                 tracing::warn!(

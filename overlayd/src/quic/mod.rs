@@ -561,6 +561,12 @@ impl QuicTransport {
         self.inner.tls.advertised.store(Arc::new(advertised));
     }
 
+    /// The fingerprint of the certificate this node presents.
+    pub fn own_fingerprint(&self) -> Option<Fingerprint> {
+        let trust = self.inner.tls.trust.load();
+        trust.key.cert.first().map(|c| pki::fingerprint(c))
+    }
+
     /// The revocation list in force.
     pub fn revoked(&self) -> RevocationList {
         self.inner.tls.trust.load().revoked.clone()
