@@ -12,7 +12,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use ipnet::Ipv4Net;
 use overlayd_proto::PeerInfo;
 use overlayd_proto::gossip::{DownReason, Event, Gossip, MemberState, SecretKey};
-use overlayd_proto::pki::{Fingerprint, Revocation, parse_revoked_key, revoked_key};
+use overlayd_proto::pki::{
+    Fingerprint, Revocation, RevocationChange, parse_revoked_key, revocation_change, revoked_key,
+};
 use overlayd_proto::routing::liveness::KeptPeers;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -654,28 +656,20 @@ impl Driver {
     /// one stays on it and is written again (revocations are never undone).
     fn revocation_changed(&mut self, fingerprint: Fingerprint, value: Option<Vec<u8>>) {
         let held = self.revoked.borrow().get(&fingerprint).cloned();
-        match (value, held) {
-            (Some(bytes), None) => {
-                let revocation = serde_json::from_slice::<Revocation>(&bytes)
-                    .ok()
-                    .filter(|r| r.fingerprint == fingerprint)
-                    .unwrap_or(Revocation {
-                        fingerprint,
-                        by: String::new(),
-                        at_ms: 0,
-                    });
+        match revocation_change(fingerprint, held.as_ref(), value.as_deref()) {
+            RevocationChange::Add(revocation) => {
                 tracing::warn!(%fingerprint, by = %revocation.by, "certificate revoked");
                 self.revoked.send_modify(|r| {
                     r.insert(fingerprint, revocation);
                 });
             }
-            (None, Some(held)) => {
+            RevocationChange::Reassert(held) => {
                 tracing::warn!(%fingerprint, "a revocation was deleted; writing it again (revocations are never undone)");
                 if let Err(e) = self.write_revocation(&held) {
                     tracing::error!(%fingerprint, "re-asserting a revocation: {e:#}");
                 }
             }
-            _ => {}
+            RevocationChange::Nothing => {}
         }
     }
 

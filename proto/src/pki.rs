@@ -162,6 +162,43 @@ pub struct Revocation {
     pub at_ms: u64,
 }
 
+/// What a node does when the revocation object of `fingerprint` changes in gossip state
+/// (`value`: the new value, `None` for a delete), given the revocation it holds for that
+/// fingerprint, if any: revocations only ever accumulate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevocationChange {
+    /// A new revocation: add it to the list (and close tunnels presenting it).
+    Add(Revocation),
+    /// A revocation it holds was deleted: write it again (a newer write wins LWW), so no
+    /// delete — stale, mistaken or hostile — undoes a revocation.
+    Reassert(Revocation),
+    /// Nothing to do (a rewrite of one it holds, a delete of one it never had).
+    Nothing,
+}
+
+/// See [`RevocationChange`]. A value that does not decode, or names another fingerprint
+/// than its key, still revokes the key's fingerprint (author and time unknown).
+pub fn revocation_change(
+    fingerprint: Fingerprint,
+    held: Option<&Revocation>,
+    value: Option<&[u8]>,
+) -> RevocationChange {
+    match (value, held) {
+        (Some(bytes), None) => RevocationChange::Add(
+            serde_json::from_slice::<Revocation>(bytes)
+                .ok()
+                .filter(|r| r.fingerprint == fingerprint)
+                .unwrap_or(Revocation {
+                    fingerprint,
+                    by: String::new(),
+                    at_ms: 0,
+                }),
+        ),
+        (None, Some(held)) => RevocationChange::Reassert(held.clone()),
+        _ => RevocationChange::Nothing,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{0:?} is not a certificate fingerprint: expected 64 hex digits (SHA-256 of the DER), \
@@ -418,6 +455,47 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(&fp.to_string()), "{json}");
         assert_eq!(serde_json::from_str::<Revocation>(&json).unwrap(), r);
+    }
+
+    #[test]
+    fn revocations_only_accumulate() {
+        let fp = Fingerprint([3; 32]);
+        let r = Revocation {
+            fingerprint: fp,
+            by: "n1".into(),
+            at_ms: 7,
+        };
+        let bytes = serde_json::to_vec(&r).unwrap();
+        assert_eq!(
+            revocation_change(fp, None, Some(&bytes)),
+            RevocationChange::Add(r.clone())
+        );
+        // Written again (or by someone else): already held, nothing changes.
+        assert_eq!(
+            revocation_change(fp, Some(&r), Some(b"{}")),
+            RevocationChange::Nothing
+        );
+        // Deleted: written again.
+        assert_eq!(
+            revocation_change(fp, Some(&r), None),
+            RevocationChange::Reassert(r.clone())
+        );
+        assert_eq!(revocation_change(fp, None, None), RevocationChange::Nothing);
+        // The key revokes, whatever the value says.
+        let other = Revocation {
+            fingerprint: Fingerprint([4; 32]),
+            ..r
+        };
+        for value in [b"junk".to_vec(), serde_json::to_vec(&other).unwrap()] {
+            assert_eq!(
+                revocation_change(fp, None, Some(&value)),
+                RevocationChange::Add(Revocation {
+                    fingerprint: fp,
+                    by: String::new(),
+                    at_ms: 0
+                })
+            );
+        }
     }
 
     #[test]
