@@ -909,6 +909,7 @@ mod tests {
                 vtep_mac: MacAddr::vtep_for_node(&format!("n{other}")),
                 zone: String::new(),
                 quic_port: None,
+                cert_fingerprint: None,
             }],
         )
     }

@@ -2,7 +2,7 @@
 //! `overlayd_proto::gossip::Gossip` — datagrams in, timers, transmits out, full-state
 //! streams over TCP — and turns its events into the daemon's peer set and local subnet.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,6 +12,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use ipnet::Ipv4Net;
 use overlayd_proto::PeerInfo;
 use overlayd_proto::gossip::{DownReason, Event, Gossip, MemberState, SecretKey};
+use overlayd_proto::pki::{
+    Fingerprint, Revocation, RevocationChange, parse_revoked_key, revocation_change, revoked_key,
+};
 use overlayd_proto::routing::liveness::KeptPeers;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -120,7 +123,14 @@ enum Command {
     Report(oneshot::Sender<GossipReport>),
     Keys(KeyOp, oneshot::Sender<Result<Vec<String>>>),
     Leave(oneshot::Sender<()>),
+    Revoke(Revocation, oneshot::Sender<Result<()>>),
+    AdvertiseCert(Option<Fingerprint>, oneshot::Sender<Result<()>>),
 }
+
+/// Every revocation seen in gossip state, by fingerprint. Only ever grows while the
+/// daemon runs: a deletion of a revocation object (no command writes one) is refused by
+/// writing the revocation again, so a stale or rogue delete cannot un-revoke.
+pub type Revoked = BTreeMap<Fingerprint, Revocation>;
 
 /// The daemon's handle on the running gossip task.
 #[derive(Clone)]
@@ -130,6 +140,7 @@ pub struct GossipHandle {
     subnet: watch::Receiver<Option<Ipv4Net>>,
     /// The dead members whose routes are kept (their daemons are down).
     daemon_down: watch::Receiver<BTreeSet<String>>,
+    revoked: watch::Receiver<Revoked>,
 }
 
 impl PeerSource for GossipHandle {
@@ -161,6 +172,24 @@ impl GossipHandle {
     /// are kept: its daemon is down).
     pub fn daemon_down(&self, member: &str) -> bool {
         self.daemon_down.borrow().contains(member)
+    }
+
+    /// Publishes a revocation as the cluster object `pki/revoked/<fingerprint>`; one
+    /// already held is left as it is (the first revocation's time and author stay).
+    pub async fn revoke(&self, revocation: Revocation) -> Result<()> {
+        self.ask(|tx| Command::Revoke(revocation, tx)).await?
+    }
+
+    /// Advertises `fingerprint` as this node's QUIC certificate in its record (the
+    /// capability `cert=…`), replacing the one advertised before.
+    pub async fn advertise_cert(&self, fingerprint: Option<Fingerprint>) -> Result<()> {
+        self.ask(|tx| Command::AdvertiseCert(fingerprint, tx))
+            .await?
+    }
+
+    /// Every revocation known, growing as gossip brings more.
+    pub fn revoked(&self) -> watch::Receiver<Revoked> {
+        self.revoked.clone()
     }
 
     /// The local pod subnet: `None` until claimed; changes if a conflict is lost.
@@ -205,11 +234,13 @@ pub async fn start(
     let peers = watch::Sender::new(setup.static_peers.clone());
     let (subnet_tx, subnet) = watch::channel(initial_subnet);
     let (daemon_down_tx, daemon_down) = watch::channel(BTreeSet::new());
+    let (revoked_tx, revoked) = watch::channel(Revoked::new());
     let handle = GossipHandle {
         commands,
         peers: peers.clone(),
         subnet,
         daemon_down,
+        revoked,
     };
     let (services, service_commands) = setup.services;
     let setup = GossipSetupCore {
@@ -231,6 +262,7 @@ pub async fn start(
             claims: ClaimWriter::default(),
             liveness: Liveness::new(),
             daemon_down: daemon_down_tx,
+            revoked: revoked_tx,
         }
         .run(),
     );
@@ -257,6 +289,7 @@ struct Driver {
     claims: ClaimWriter,
     liveness: Liveness,
     daemon_down: watch::Sender<BTreeSet<String>>,
+    revoked: watch::Sender<Revoked>,
 }
 
 /// How often a dead member's node is pinged while its routes are kept.
@@ -527,6 +560,9 @@ impl Driver {
             }
             Event::ObjectChanged { key, value } => {
                 tracing::debug!(%key, deleted = value.is_none(), "cluster object changed");
+                if let Some(fingerprint) = parse_revoked_key(&key) {
+                    self.revocation_changed(fingerprint, value);
+                }
                 false
             }
         }
@@ -551,6 +587,10 @@ impl Driver {
                             .last_heard
                             .map(|t| now.saturating_duration_since(t).as_millis() as u64),
                         daemon_down: self.liveness.kept.is_kept(m.name),
+                        cert_fingerprint: m
+                            .record
+                            .and_then(|r| r.cert_fingerprint())
+                            .map(|f| f.to_string()),
                     })
                     .collect();
                 let _ = reply.send(members);
@@ -578,6 +618,31 @@ impl Driver {
             Command::Keys(op, reply) => {
                 let _ = reply.send(self.keys(op));
             }
+            Command::Revoke(revocation, reply) => {
+                let held = self
+                    .setup
+                    .gossip
+                    .object(&revoked_key(&revocation.fingerprint));
+                let result = if held.is_some() {
+                    Ok(())
+                } else {
+                    self.write_revocation(&revocation)
+                };
+                let _ = reply.send(result);
+            }
+            Command::AdvertiseCert(fingerprint, reply) => {
+                let result = self
+                    .setup
+                    .gossip
+                    .update_local(Instant::now(), |r| {
+                        r.capabilities
+                            .retain(|c| !c.starts_with(overlayd_proto::pki::CERT_CAPABILITY));
+                        r.capabilities
+                            .extend(fingerprint.map(|f| f.to_capability()));
+                    })
+                    .map_err(|e| anyhow!("advertising the certificate's fingerprint: {e}"));
+                let _ = reply.send(result);
+            }
             Command::Leave(reply) => {
                 self.setup.gossip.leave(Instant::now());
                 while let Some(t) = self.setup.gossip.poll_transmit() {
@@ -586,6 +651,39 @@ impl Driver {
                 let _ = reply.send(());
             }
         }
+    }
+
+    /// A revocation object was written or deleted: a new one joins the list; a deleted
+    /// one stays on it and is written again (revocations are never undone).
+    fn revocation_changed(&mut self, fingerprint: Fingerprint, value: Option<Vec<u8>>) {
+        let held = self.revoked.borrow().get(&fingerprint).cloned();
+        match revocation_change(fingerprint, held.as_ref(), value.as_deref()) {
+            RevocationChange::Add(revocation) => {
+                tracing::warn!(%fingerprint, by = %revocation.by, "certificate revoked");
+                self.revoked.send_modify(|r| {
+                    r.insert(fingerprint, revocation);
+                });
+            }
+            RevocationChange::Reassert(held) => {
+                tracing::warn!(%fingerprint, "a revocation was deleted; writing it again (revocations are never undone)");
+                if let Err(e) = self.write_revocation(&held) {
+                    tracing::error!(%fingerprint, "re-asserting a revocation: {e:#}");
+                }
+            }
+            RevocationChange::Nothing => {}
+        }
+    }
+
+    fn write_revocation(&mut self, revocation: &Revocation) -> Result<()> {
+        let value = serde_json::to_vec(revocation)?;
+        self.setup
+            .gossip
+            .set_object(
+                Instant::now(),
+                &revoked_key(&revocation.fingerprint),
+                Some(value),
+            )
+            .map_err(|e| anyhow!("{e}"))
     }
 
     fn keys(&mut self, op: KeyOp) -> Result<Vec<String>> {

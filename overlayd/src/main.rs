@@ -152,6 +152,22 @@ enum CertCommand {
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
+    /// Revoke a node certificate in the whole cluster, for good: its fingerprint (64 hex
+    /// digits, as `cert issue` prints it; `sha256:` and colons allowed) or its PEM file.
+    /// Published into gossip state through this node's daemon; every daemon then closes
+    /// its tunnels to that certificate and refuses it at every handshake.
+    Revoke {
+        /// FINGERPRINT or CERTFILE.
+        certificate: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The revoked certificates this node knows, by fingerprint, with who revoked them
+    /// and when.
+    ListRevoked {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -271,6 +287,32 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cert {
+            command: CertCommand::Revoke { certificate, json },
+        } => {
+            // Checked here, so a typo gets its message before any daemon is asked.
+            let fingerprint = cli::pki::revocation_target(&certificate)?;
+            runtime()?.block_on(cli::show(
+                &socket_path(cli.socket),
+                Request::CertRevoke {
+                    fingerprint: fingerprint.to_string(),
+                },
+                json,
+                |r: &api::Revocations| cli::pki::revoked_text(Some(&fingerprint), r),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cert {
+            command: CertCommand::ListRevoked { json },
+        } => {
+            runtime()?.block_on(cli::show(
+                &socket_path(cli.socket),
+                Request::CertRevoked,
+                json,
+                |r: &api::Revocations| cli::pki::revoked_text(None, r),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cert {
             command:
                 CertCommand::Issue {
                     node,
@@ -296,13 +338,15 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         command => {
-            let socket = cli
-                .socket
-                .unwrap_or_else(|| PathBuf::from("/run/overlayd/overlayd.sock"));
+            let socket = socket_path(cli.socket);
             runtime()?.block_on(client(command, &socket))?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn socket_path(socket: Option<PathBuf>) -> PathBuf {
+    socket.unwrap_or_else(|| PathBuf::from("/run/overlayd/overlayd.sock"))
 }
 
 async fn client(command: Command, socket: &std::path::Path) -> Result<()> {

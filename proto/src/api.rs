@@ -74,6 +74,20 @@ pub enum Request {
         #[serde(default)]
         file: Option<PathBuf>,
     },
+    /// Revoke a node certificate cluster-wide, by fingerprint (64 hex digits, SHA-256 of
+    /// its DER): a cluster object `pki/revoked/<fingerprint>` in gossip state. Answered
+    /// with [`Revocations`].
+    CertRevoke {
+        fingerprint: String,
+    },
+    /// The revocations this node holds ([`Revocations`]).
+    CertRevoked,
+}
+
+/// The certificates revoked in the cluster, as this node knows them, by fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocations {
+    pub revoked: Vec<crate::pki::Revocation>,
 }
 
 /// The answer to [`Request::HandOver`].
@@ -186,6 +200,10 @@ pub struct PeerReport {
     /// Dead by gossip, but its node still answers: its daemon is down and its routes stay.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub daemon_down: bool,
+    /// The fingerprint (hex SHA-256) of the QUIC certificate its gossip record
+    /// advertises; peers refuse any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_fingerprint: Option<String>,
 }
 
 /// A peer's path ladder, as `overlayd peers` shows it.
@@ -231,6 +249,10 @@ pub struct QuicReport {
     pub reconnects: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The fingerprint (hex SHA-256) of the certificate the peer presented on the live
+    /// connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,6 +336,10 @@ pub struct MemberReport {
     /// its routes stay.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub daemon_down: bool,
+    /// The fingerprint (hex SHA-256) of the QUIC certificate its gossip record
+    /// advertises; peers refuse any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_fingerprint: Option<String>,
 }
 
 /// Gossip counters for `overlayd status`.

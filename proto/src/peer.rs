@@ -24,4 +24,9 @@ pub struct PeerInfo {
     /// capability `quic=PORT`).
     #[serde(default)]
     pub quic_port: Option<u16>,
+    /// The fingerprint of its QUIC certificate, from its gossip record (the capability
+    /// `cert=…`); `None` when it advertises none. A QUIC peer presenting another
+    /// certificate is refused ([`crate::pki::check_advertised`]).
+    #[serde(default)]
+    pub cert_fingerprint: Option<crate::pki::Fingerprint>,
 }

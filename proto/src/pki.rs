@@ -44,6 +44,161 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
+/// The capability a node's gossip record carries its QUIC certificate's fingerprint in:
+/// `cert=` and the SHA-256 in unpadded base64url (43 characters; 48 in all, within the
+/// record's 63-byte capability limit, where 64 hex digits would not fit).
+pub const CERT_CAPABILITY: &str = "cert=";
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+impl Fingerprint {
+    /// The record capability `cert=<base64url>` naming this fingerprint.
+    pub fn to_capability(&self) -> String {
+        let mut out = String::with_capacity(CERT_CAPABILITY.len() + 43);
+        out.push_str(CERT_CAPABILITY);
+        for chunk in self.0.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    /// The fingerprint of a `cert=` capability; `None` iff `cap` is not one, or its
+    /// value is not 43 base64url characters.
+    pub fn from_capability(cap: &str) -> Option<Fingerprint> {
+        let text = cap.strip_prefix(CERT_CAPABILITY)?.as_bytes();
+        if text.len() != 43 {
+            return None;
+        }
+        let mut bits = 0u32;
+        let mut nbits = 0;
+        let mut out = Vec::with_capacity(32);
+        for c in text {
+            let v = B64.iter().position(|b| b == c)? as u32;
+            bits = bits << 6 | v;
+            nbits += 6;
+            if nbits >= 8 {
+                nbits -= 8;
+                out.push((bits >> nbits) as u8);
+                bits &= (1 << nbits) - 1;
+            }
+        }
+        // 43 characters carry 258 bits: the last 2 must be zero (one spelling only).
+        if bits != 0 {
+            return None;
+        }
+        Some(Fingerprint(out.try_into().ok()?))
+    }
+}
+
+impl serde::Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether a peer may present the certificate with fingerprint `presented`, given the
+/// fingerprint its gossip record advertises (`None`: no record, a record without one —
+/// an older node, a static peer — or not learned yet). A refusal is
+/// [`PeerCertError::FingerprintMismatch`].
+///
+/// Rotation: after a peer reloads a new certificate (SIGHUP) it advertises the new
+/// fingerprint, but its next handshake may reach us before that record does. That
+/// handshake is refused and counted, the dialer backs off (100 ms doubling to 5 s) and
+/// redials, and the record, arriving within a gossip round or two, heals it. Connections
+/// that are up are not closed when a record's fingerprint changes: the certificate was
+/// the advertised one when the connection was made, it still passes every other check,
+/// and a certificate that must stop working is revoked instead.
+pub fn check_advertised(
+    advertised: Option<&Fingerprint>,
+    presented: &Fingerprint,
+) -> Result<(), PeerCertError> {
+    match advertised {
+        Some(a) if a != presented => Err(PeerCertError::FingerprintMismatch),
+        _ => Ok(()),
+    }
+}
+
+/// The cluster-object key prefix of revocations: `pki/revoked/<64 hex digits>`.
+pub const REVOKED_PREFIX: &str = "pki/revoked/";
+
+/// The cluster-object key that revokes `fingerprint`.
+pub fn revoked_key(fingerprint: &Fingerprint) -> String {
+    format!("{REVOKED_PREFIX}{fingerprint}")
+}
+
+/// The fingerprint a revocation key names; `None` iff `key` is not one (another prefix,
+/// or not exactly 64 lowercase hex digits after it).
+pub fn parse_revoked_key(key: &str) -> Option<Fingerprint> {
+    let hex = key.strip_prefix(REVOKED_PREFIX)?;
+    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    hex.parse().ok()
+}
+
+/// What a revocation object holds: who revoked and when (for `overlayd cert
+/// list-revoked`). The key is what revokes; a value that does not decode still does.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Revocation {
+    pub fingerprint: Fingerprint,
+    /// The node whose API published it.
+    #[serde(default)]
+    pub by: String,
+    /// Unix time in milliseconds when it was published.
+    #[serde(default)]
+    pub at_ms: u64,
+}
+
+/// What a node does when the revocation object of `fingerprint` changes in gossip state
+/// (`value`: the new value, `None` for a delete), given the revocation it holds for that
+/// fingerprint, if any: revocations only ever accumulate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevocationChange {
+    /// A new revocation: add it to the list (and close tunnels presenting it).
+    Add(Revocation),
+    /// A revocation it holds was deleted: write it again (a newer write wins LWW), so no
+    /// delete — stale, mistaken or hostile — undoes a revocation.
+    Reassert(Revocation),
+    /// Nothing to do (a rewrite of one it holds, a delete of one it never had).
+    Nothing,
+}
+
+/// See [`RevocationChange`]. A value that does not decode, or names another fingerprint
+/// than its key, still revokes the key's fingerprint (author and time unknown).
+pub fn revocation_change(
+    fingerprint: Fingerprint,
+    held: Option<&Revocation>,
+    value: Option<&[u8]>,
+) -> RevocationChange {
+    match (value, held) {
+        (Some(bytes), None) => RevocationChange::Add(
+            serde_json::from_slice::<Revocation>(bytes)
+                .ok()
+                .filter(|r| r.fingerprint == fingerprint)
+                .unwrap_or(Revocation {
+                    fingerprint,
+                    by: String::new(),
+                    at_ms: 0,
+                }),
+        ),
+        (None, Some(held)) => RevocationChange::Reassert(held.clone()),
+        _ => RevocationChange::Nothing,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{0:?} is not a certificate fingerprint: expected 64 hex digits (SHA-256 of the DER), \
@@ -144,11 +299,16 @@ pub enum PeerCertError {
          both TLS client and server (a CA certificate, or missing extended key usages)"
     )]
     NotANodeCert,
+    #[error(
+        "the certificate is not the one the peer's gossip record advertises (another \
+         certificate for that name, or the peer's new one before its record arrived)"
+    )]
+    FingerprintMismatch,
 }
 
 impl PeerCertError {
     /// Every reason, in a fixed order, for counters that report zeros too.
-    pub const ALL: [PeerCertError; 7] = [
+    pub const ALL: [PeerCertError; 8] = [
         PeerCertError::Malformed,
         PeerCertError::ForeignCa,
         PeerCertError::Expired,
@@ -156,6 +316,7 @@ impl PeerCertError {
         PeerCertError::NameMismatch,
         PeerCertError::Revoked,
         PeerCertError::NotANodeCert,
+        PeerCertError::FingerprintMismatch,
     ];
 
     /// The counter's name: short, stable, snake_case.
@@ -168,6 +329,7 @@ impl PeerCertError {
             PeerCertError::NameMismatch => "name_mismatch",
             PeerCertError::Revoked => "revoked",
             PeerCertError::NotANodeCert => "not_a_node_cert",
+            PeerCertError::FingerprintMismatch => "fingerprint_mismatch",
         }
     }
 }
@@ -221,6 +383,119 @@ mod tests {
         assert!(list.revoke(b));
         assert!(!list.revoke(b));
         assert_eq!(list.len(), 2);
+    }
+
+    #[test]
+    fn fingerprint_capabilities_fit_a_record_and_round_trip() {
+        for fp in [
+            Fingerprint([0; 32]),
+            Fingerprint([0xff; 32]),
+            Fingerprint(std::array::from_fn(|i| {
+                (i as u8).wrapping_mul(37).wrapping_add(1)
+            })),
+        ] {
+            let cap = fp.to_capability();
+            assert!(cap.starts_with(CERT_CAPABILITY), "{cap}");
+            assert_eq!(cap.len(), 48, "{cap}");
+            assert!(cap.len() <= MAX_NAME_LEN);
+            assert_eq!(Fingerprint::from_capability(&cap), Some(fp), "{cap}");
+        }
+        assert_eq!(
+            Fingerprint([0; 32]).to_capability(),
+            format!("cert={}", "A".repeat(43))
+        );
+        let good = Fingerprint([7; 32]).to_capability();
+        for bad in [
+            "quic=8473".to_owned(),
+            "cert=".to_owned(),
+            good[..good.len() - 1].to_owned(),
+            format!("{good}A"),
+            good.replace('H', "+"),
+            // The last character's two spare bits set: a second spelling, refused.
+            format!("cert={}B", "A".repeat(42)),
+        ] {
+            assert_eq!(Fingerprint::from_capability(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_advertised_fingerprint_must_match_when_there_is_one() {
+        let (old, new) = (Fingerprint([1; 32]), Fingerprint([2; 32]));
+        // No record, or a record without one (an older node, a static peer): accepted.
+        assert_eq!(check_advertised(None, &new), Ok(()));
+        assert_eq!(check_advertised(Some(&new), &new), Ok(()));
+        // Another certificate for that name, or a rotated one before its record came:
+        // refused (the dialer retries after its backoff, and the record heals it).
+        assert_eq!(
+            check_advertised(Some(&old), &new),
+            Err(PeerCertError::FingerprintMismatch)
+        );
+    }
+
+    #[test]
+    fn revocation_keys_name_one_fingerprint_each() {
+        let fp = Fingerprint(std::array::from_fn(|i| i as u8));
+        let key = revoked_key(&fp);
+        assert_eq!(key.len(), REVOKED_PREFIX.len() + 64);
+        assert_eq!(parse_revoked_key(&key), Some(fp));
+        for bad in [
+            "svc/default/x".to_owned(),
+            REVOKED_PREFIX.to_owned(),
+            key.to_uppercase(),
+            format!("{key}0"),
+            key.replace(REVOKED_PREFIX, "pki/revoke/"),
+        ] {
+            assert_eq!(parse_revoked_key(&bad), None, "{bad}");
+        }
+        let r = Revocation {
+            fingerprint: fp,
+            by: "n1".into(),
+            at_ms: 5,
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(&fp.to_string()), "{json}");
+        assert_eq!(serde_json::from_str::<Revocation>(&json).unwrap(), r);
+    }
+
+    #[test]
+    fn revocations_only_accumulate() {
+        let fp = Fingerprint([3; 32]);
+        let r = Revocation {
+            fingerprint: fp,
+            by: "n1".into(),
+            at_ms: 7,
+        };
+        let bytes = serde_json::to_vec(&r).unwrap();
+        assert_eq!(
+            revocation_change(fp, None, Some(&bytes)),
+            RevocationChange::Add(r.clone())
+        );
+        // Written again (or by someone else): already held, nothing changes.
+        assert_eq!(
+            revocation_change(fp, Some(&r), Some(b"{}")),
+            RevocationChange::Nothing
+        );
+        // Deleted: written again.
+        assert_eq!(
+            revocation_change(fp, Some(&r), None),
+            RevocationChange::Reassert(r.clone())
+        );
+        assert_eq!(revocation_change(fp, None, None), RevocationChange::Nothing);
+        // The key revokes, whatever the value says.
+        let other = Revocation {
+            fingerprint: Fingerprint([4; 32]),
+            ..r
+        };
+        for value in [b"junk".to_vec(), serde_json::to_vec(&other).unwrap()] {
+            assert_eq!(
+                revocation_change(fp, None, Some(&value)),
+                RevocationChange::Add(Revocation {
+                    fingerprint: fp,
+                    by: String::new(),
+                    at_ms: 0
+                })
+            );
+        }
     }
 
     #[test]

@@ -74,6 +74,22 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         quic::a_1400_byte_link_on_the_quic_path_still_carries_bulk_tcp,
     ),
     (
+        "quic_a_node_with_a_bad_certificate_cannot_bring_up_a_tunnel_and_is_counted",
+        quic::a_node_with_a_bad_certificate_cannot_bring_up_a_tunnel_and_is_counted,
+    ),
+    (
+        "quic_a_revocation_closes_the_revoked_nodes_tunnels_within_the_bound",
+        quic::a_revocation_closes_the_revoked_nodes_tunnels_within_the_bound,
+    ),
+    (
+        "quic_a_renewed_certificate_is_advertised_after_sighup_and_keeps_the_tunnel",
+        quic::a_renewed_certificate_is_advertised_after_sighup_and_keeps_the_tunnel,
+    ),
+    (
+        "quic_tcpdump_sees_no_pod_payload_on_a_quic_path_but_sees_it_on_udp",
+        quic::tcpdump_sees_no_pod_payload_on_a_quic_path_but_sees_it_on_udp,
+    ),
+    (
         "kernel_vxlan_node_interoperates_both_ways",
         interop::kernel_vxlan_node_interoperates_both_ways,
     ),

@@ -332,6 +332,7 @@ mod tests {
             quic: None,
             ladder: None,
             daemon_down: false,
+            cert_fingerprint: None,
         }
     }
 

@@ -613,7 +613,7 @@ impl Lab {
     pub fn hand_over_daemon(&mut self, node: &str) -> Result<(), LabError> {
         let old = self.running_pid(node)?;
         let index = self.node_index(node)?;
-        self.spawn_daemon_with(index, &["--takeover"])?;
+        self.spawn_daemon_with(index, &["--takeover"], &[])?;
         if !process::wait_gone(&[old], STOP_TIMEOUT).is_empty() {
             return Err(LabError::DidNotExit {
                 node: node.into(),
@@ -629,6 +629,17 @@ impl Lab {
     /// and, with gossip, until every running daemon lists every other one as a peer
     /// ([`Lab::wait_converged`]); each wait is bounded by [`READY_TIMEOUT`].
     pub fn start_daemon(&mut self, node: &str) -> Result<(), LabError> {
+        self.start_daemon_with_env(node, &[])
+    }
+
+    /// [`Lab::start_daemon`] with extra environment variables for this one start (a test
+    /// hook, e.g. `OVERLAYD_TEST_UNCHECKED_CERT=1` to start a node with a certificate its
+    /// peers refuse).
+    pub fn start_daemon_with_env(
+        &mut self,
+        node: &str,
+        env: &[(&str, &str)],
+    ) -> Result<(), LabError> {
         if let Some(pid) = self.daemon_node(node)?.pid() {
             return Err(LabError::AlreadyRunning {
                 node: node.into(),
@@ -636,7 +647,7 @@ impl Lab {
             });
         }
         let index = self.node_index(node)?;
-        self.spawn_daemon(index)?;
+        self.spawn_daemon_with(index, &[], env)?;
         self.save()?;
         self.settle(&[node.to_string()])
     }
@@ -874,11 +885,16 @@ impl Lab {
     /// Starts `overlayd run --config RUN/NODE.toml` in the node's namespace, in its own
     /// session and in the host mount namespace, output appended to `RUN/NODE.log`.
     fn spawn_daemon(&mut self, index: usize) -> Result<(), LabError> {
-        self.spawn_daemon_with(index, &[])
+        self.spawn_daemon_with(index, &[], &[])
     }
 
-    /// [`Lab::spawn_daemon`] with extra arguments to `overlayd run`.
-    fn spawn_daemon_with(&mut self, index: usize, extra: &[&str]) -> Result<(), LabError> {
+    /// [`Lab::spawn_daemon`] with extra arguments to `overlayd run` and extra environment.
+    fn spawn_daemon_with(
+        &mut self,
+        index: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<(), LabError> {
         let name = self.state.nodes[index].name.clone();
         let paths = NodePaths::new(&self.run_dir, &name);
         let log = OpenOptions::new()
@@ -894,7 +910,8 @@ impl Lab {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log2)
-            .stderr(log);
+            .stderr(log)
+            .envs(env.iter().copied());
         let describe = netns::describe(&cmd);
         // The child is not waited for here: it outlives `lab up`. When this process is its
         // parent, `process::is_alive` reaps it once it exits.

@@ -214,7 +214,44 @@ async fn dispatch(shared: &Shared, req: Request) -> Result<serde_json::Value> {
             tracing::info!(?action, keys = ?keys, "gossip keyring changed (primary first)");
             serde_json::to_value(api::Keys { keys })?
         }
+        Request::CertRevoke { fingerprint } => {
+            let fingerprint: overlayd_proto::pki::Fingerprint = fingerprint.parse()?;
+            let handle = shared.gossip.as_ref().ok_or_else(|| {
+                anyhow!(
+                    "this node runs without [gossip]: a revocation lives in gossip state \
+                     (ask a node with [gossip])"
+                )
+            })?;
+            let at_ms = crate::gossip::wall_clock_ms();
+            handle
+                .revoke(overlayd_proto::pki::Revocation {
+                    fingerprint,
+                    by: shared.cfg.node.name.clone(),
+                    at_ms,
+                })
+                .await?;
+            tracing::warn!(%fingerprint, "revocation published");
+            // The local list follows the object at once (the gossip task applied it).
+            let mut rx = handle.revoked();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                rx.wait_for(|r| r.contains_key(&fingerprint)),
+            )
+            .await;
+            serde_json::to_value(revocations(shared))?
+        }
+        Request::CertRevoked => serde_json::to_value(revocations(shared))?,
     })
+}
+
+fn revocations(shared: &Shared) -> api::Revocations {
+    api::Revocations {
+        revoked: shared
+            .gossip
+            .as_ref()
+            .map(|g| g.revoked().borrow().values().cloned().collect())
+            .unwrap_or_default(),
+    }
 }
 
 fn gossip(shared: &Shared) -> Result<&crate::gossip::GossipHandle> {
@@ -239,6 +276,12 @@ async fn status(shared: &Shared) -> api::Status {
                 "pmtu_inbox_dropped".to_owned(),
                 shared.dp.probes.dropped.load(Ordering::Relaxed),
             );
+            if let Some(g) = &shared.gossip {
+                io.insert(
+                    "pki_revoked_certificates".to_owned(),
+                    g.revoked().borrow().len() as u64,
+                );
+            }
             if let Some(quic) = &shared.quic {
                 io.extend(
                     quic.to_map()
@@ -317,6 +360,7 @@ fn quic_report(s: &crate::quic::PeerStatus) -> api::QuicReport {
             .map(|d| d.as_secs()),
         reconnects: s.reconnects,
         last_error: s.last_error.clone(),
+        cert_fingerprint: s.cert_fingerprint.clone(),
     }
 }
 
@@ -367,6 +411,7 @@ fn peers(shared: &Shared) -> Result<api::Peers> {
                     .gossip
                     .as_ref()
                     .is_some_and(|g| g.daemon_down(&p.name)),
+                cert_fingerprint: p.cert_fingerprint.map(|f| f.to_string()),
             }
         })
         .collect();

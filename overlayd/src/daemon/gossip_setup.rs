@@ -57,6 +57,12 @@ pub(super) async fn start(
             overlayd_proto::gossip::QUIC_CAPABILITY,
             q.port
         ));
+        // The certificate peers must see from us (checked when the QUIC endpoint
+        // starts, which fails the start if it would be refused).
+        match crate::pki::cert_file_fingerprint(&q.cert) {
+            Ok(fp) => record.capabilities.push(fp.to_capability()),
+            Err(e) => tracing::warn!("[quic] cert: {e:#}"),
+        }
     }
     record.subnet_static = cfg.node.pod_subnet.is_some();
     if cfg.node.pod_subnet.is_none() {

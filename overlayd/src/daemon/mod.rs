@@ -400,6 +400,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, takeover: bool) -> Result<()
     }
     if let Some(handle) = &gossip {
         tasks.spawn(follow_subnet(shared.clone(), handle.subnet()));
+        tasks.spawn(follow_revocations(shared.clone(), handle.revoked()));
     }
     if let Some(task) = gossip_task {
         tasks.spawn(async move {
@@ -423,7 +424,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, takeover: bool) -> Result<()
             }
             _ = hup.recv() => {
                 reload_keys(&shared).await;
-                reload_quic(&shared);
+                reload_quic(&shared).await;
             }
             Some(done) = tasks.join_next() => break match done {
                 Ok(Err(e)) => Err(e),
@@ -947,6 +948,12 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
                 Some((peer.name.clone(), (peer.underlay, peer.quic_port?).into()))
             })
             .collect();
+        quic.set_advertised(
+            peers
+                .iter()
+                .filter_map(|p| Some((p.name.clone(), p.cert_fingerprint?)))
+                .collect(),
+        );
         quic.set_peers(&wanted);
     }
     shared.dp.install(
@@ -1260,10 +1267,11 @@ fn quic_route_mtu(shared: &Shared, peer: &str) -> u32 {
 /// SIGHUP: the QUIC endpoint takes the CA and certificate files as they are now (a
 /// renewed certificate, a new CA); live tunnels whose peer certificate still passes stay
 /// up, the others are closed. A file that does not load keeps the running ones.
-fn reload_quic(shared: &Shared) {
+async fn reload_quic(shared: &Shared) {
     let Some(quic) = &shared.quic else {
         return;
     };
+    let mut advertise = None;
     let loaded = overlayd_config::load(&shared.config_path)
         .map_err(anyhow::Error::from)
         .and_then(|cfg| {
@@ -1278,12 +1286,67 @@ fn reload_quic(shared: &Shared) {
                 &q.key,
                 std::time::SystemTime::now(),
             )?;
-            // Revocations will come from gossip state; none are kept yet.
-            quic.reload(ca, &identity, overlayd_proto::pki::RevocationList::new())
+            advertise = Some(identity.fingerprint);
+            quic.reload(ca, &identity, revocation_list(shared))
         });
     match loaded {
         Ok(closed) => tracing::info!(?closed, "SIGHUP: QUIC CA and certificate reloaded"),
-        Err(e) => tracing::error!("SIGHUP: keeping the current QUIC certificates: {e:#}"),
+        Err(e) => {
+            tracing::error!("SIGHUP: keeping the current QUIC certificates: {e:#}");
+            return;
+        }
+    }
+    // Peers refuse a certificate other than the one our record advertises: advertise the
+    // new one. Until the record reaches a peer, a new handshake with it is refused and
+    // retried (live tunnels stay up).
+    if let (Some(handle), Some(fp)) = (&shared.gossip, advertise) {
+        match handle.advertise_cert(Some(fp)).await {
+            Ok(()) => tracing::info!(fingerprint = %fp, "SIGHUP: advertising the new certificate"),
+            Err(e) => tracing::error!("SIGHUP: {e:#}"),
+        }
+    }
+}
+
+/// The revocations gossip holds, as the QUIC verifiers take them.
+fn revocation_list(shared: &Shared) -> overlayd_proto::pki::RevocationList {
+    shared
+        .gossip
+        .as_ref()
+        .map(|g| g.revoked().borrow().keys().copied().collect())
+        .unwrap_or_default()
+}
+
+/// Hands every new revocation from gossip to the QUIC endpoint: live tunnels to a
+/// revoked certificate close, new handshakes presenting one are refused
+/// (`cert_revoked`).
+async fn follow_revocations(
+    shared: Arc<Shared>,
+    mut revoked: watch::Receiver<crate::gossip::Revoked>,
+) -> Result<()> {
+    loop {
+        let list: overlayd_proto::pki::RevocationList =
+            revoked.borrow_and_update().keys().copied().collect();
+        if let Some(quic) = &shared.quic
+            && quic.revoked() != list
+        {
+            if let Some(own) = quic.own_fingerprint().filter(|f| list.is_revoked(f)) {
+                tracing::error!(
+                    fingerprint = %own,
+                    "this node's own QUIC certificate is revoked: every peer refuses it; issue \
+                     a new one (`overlayd cert issue`) and send SIGHUP"
+                );
+            }
+            let closed = quic.set_revoked(list);
+            if !closed.is_empty() {
+                tracing::warn!(
+                    ?closed,
+                    "QUIC tunnels closed: the peer's certificate is revoked"
+                );
+            }
+        }
+        if revoked.changed().await.is_err() {
+            return Ok(());
+        }
     }
 }
 
@@ -1351,6 +1414,7 @@ mod tests {
             vtep_mac: MacAddr([2, 0, 0, 0, 0, 7]),
             zone: String::new(),
             quic_port: None,
+            cert_fingerprint: None,
         }
     }
 

@@ -551,6 +551,27 @@ impl QuicTransport {
         self.inner.recheck()
     }
 
+    /// The certificate fingerprint each member's gossip record advertises. New handshakes
+    /// with a member whose certificate has another fingerprint are refused and counted
+    /// (`cert_fingerprint_mismatch`); a member absent from `advertised` is not checked
+    /// (its record has none). Live connections are left as they are (a rotated
+    /// certificate's new record must not cut the tunnel its old one carries; a
+    /// certificate that must stop working is revoked).
+    pub fn set_advertised(&self, advertised: HashMap<String, Fingerprint>) {
+        self.inner.tls.advertised.store(Arc::new(advertised));
+    }
+
+    /// The fingerprint of the certificate this node presents.
+    pub fn own_fingerprint(&self) -> Option<Fingerprint> {
+        let trust = self.inner.tls.trust.load();
+        trust.key.cert.first().map(|c| pki::fingerprint(c))
+    }
+
+    /// The revocation list in force.
+    pub fn revoked(&self) -> RevocationList {
+        self.inner.tls.trust.load().revoked.clone()
+    }
+
     /// Every wanted peer's tunnel, by name.
     pub fn status(&self) -> Vec<PeerStatus> {
         let peers = self.inner.peers();
@@ -756,11 +777,26 @@ impl Inner {
                         VarInt::from_u32(close_code::CERT_REFUSED),
                         e.reason().as_bytes(),
                     );
-                    closed.push(member.clone());
+                    closed.push((member.clone(), e));
                     false
                 }
             }
         });
+        // The read loop finds the connection gone from `live` and leaves the state alone:
+        // set it here, or an accepting side would go on showing `connected`.
+        let mut peers = self.peers();
+        for (member, e) in &closed {
+            if let Some(p) = peers.get_mut(member) {
+                p.state = if p.we_dial {
+                    ConnState::Backoff
+                } else {
+                    ConnState::Waiting
+                };
+                p.last_error = Some(format!("closed: {e}"));
+            }
+        }
+        drop(peers);
+        let mut closed: Vec<String> = closed.into_iter().map(|(m, _)| m).collect();
         closed.sort();
         closed
     }

@@ -690,6 +690,8 @@ async fn a_revocation_from_gossip_closes_the_revoked_peer_only() {
         w.set_revoked([unrelated, d_fp].into_iter().collect()),
         vec![d_name.clone()]
     );
+    // The accepting side shows it no longer connected (it waits for the peer to dial).
+    assert_eq!(state(&w, &d_name), Some(ConnState::Waiting));
     until("the dialer sees it closed", || !connected(&d, &w_name)).await;
     // Its redials are refused by the acceptor's verifier.
     until("a redial refused as revoked", || {
@@ -698,4 +700,50 @@ async fn a_revocation_from_gossip_closes_the_revoked_peer_only() {
     .await;
     assert!(!connected(&w, &d_name));
     assert_eq!(counter(&w, "closed_on_reload"), 1);
+}
+
+/// A peer whose record advertises another certificate's fingerprint (another certificate
+/// for its name, or its rotated one before the new record came) is refused and counted
+/// as `cert_fingerprint_mismatch`, whichever side dials; once the record advertises the
+/// certificate it presents (the late record), the retries bring the tunnel up; a record
+/// changing under a live connection leaves it up.
+#[tokio::test]
+async fn a_certificate_other_than_the_advertised_one_is_refused_until_the_record_matches() {
+    let pki = Pki::new();
+    for good_dials in [true, false] {
+        let (g_name, r_name) = names("g", "r", good_dials);
+        let (g, _g_rx, g_addr) = node(&pki, &g_name);
+        let (r, mut r_rx, r_addr) = node(&pki, &r_name);
+        let advertised = pki.identity("ca", &r_name).fingerprint; // a newer one for r
+        g.set_advertised([(r_name.clone(), advertised)].into_iter().collect());
+        g.set_peers(&peers(&[(&r_name, r_addr)]));
+        r.set_peers(&peers(&[(&g_name, g_addr)]));
+        let dir = if good_dials { "dialing" } else { "accepting" };
+        until(
+            &format!("fingerprint_mismatch counted by the {dir} side"),
+            || counter(&g, "cert_fingerprint_mismatch") >= 1,
+        )
+        .await;
+        assert!(!connected(&g, &r_name), "{dir}: the tunnel came up");
+        assert_eq!(counter(&g, "connections_accepted"), 0, "{dir}");
+
+        // The record catches up: the next retry is accepted.
+        let actual = {
+            // The certificate r presents is the one its transport was bound with.
+            let t = r.inner.tls.trust.load();
+            pki::fingerprint(&t.key.cert[0])
+        };
+        g.set_advertised([(r_name.clone(), actual)].into_iter().collect());
+        until(
+            &format!("{dir}: connected after the record matched"),
+            || connected(&g, &r_name) && connected(&r, &g_name),
+        )
+        .await;
+        deliver(&g, &r_name, &mut r_rx, &g_name, b"healed").await;
+        // A record advertising yet another certificate does not cut the live tunnel.
+        let (id, _) = g.live_ids(&r_name).unwrap();
+        g.set_advertised([(r_name.clone(), advertised)].into_iter().collect());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(g.live_ids(&r_name).map(|(id, _)| id), Some(id), "{dir}");
+    }
 }

@@ -18,6 +18,7 @@
 //! - No session resumption: a resumed TLS 1.3 session skips the certificate check, so a
 //!   revoked peer could come back on a ticket.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -32,7 +33,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::pki::{self, Ca, NodeIdentity, PeerCertError, RevocationList};
+use crate::pki::{self, Ca, Fingerprint, NodeIdentity, PeerCertError, RevocationList};
 
 /// The one application protocol the tunnels speak.
 pub const ALPN: &[u8] = b"overlayd/1";
@@ -84,6 +85,9 @@ impl RefusalCounters {
 /// Shared by the verifiers, the resolvers and the transport.
 pub(crate) struct Tls {
     pub(crate) trust: ArcSwap<Trust>,
+    /// The certificate fingerprint each member's gossip record advertises
+    /// ([`overlayd_proto::pki::check_advertised`]); members without one are absent.
+    pub(crate) advertised: ArcSwap<HashMap<String, Fingerprint>>,
     pub(crate) provider: Arc<CryptoProvider>,
     pub(crate) refusals: RefusalCounters,
 }
@@ -100,17 +104,26 @@ impl Tls {
     pub(crate) fn new(trust: Trust) -> Arc<Self> {
         Arc::new(Tls {
             trust: ArcSwap::from_pointee(trust),
+            advertised: ArcSwap::from_pointee(HashMap::new()),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             refusals: RefusalCounters::default(),
         })
     }
 
-    /// [`pki::verify_peer`] against the current trust; a refusal is counted and turned
-    /// into the TLS error closest to it (the alert the peer gets).
+    /// [`pki::verify_peer`] against the current trust, then the fingerprint the member's
+    /// gossip record advertises; a refusal is counted and turned into the TLS error
+    /// closest to it (the alert the peer gets).
     fn check(&self, cert: &[u8], member: &str, now: UnixTime) -> Result<(), rustls::Error> {
         let trust = self.trust.load();
         let now = UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        pki::verify_peer(&trust.ca, &trust.revoked, cert, member, now).map_err(|e| self.refuse(e))
+        pki::verify_peer(&trust.ca, &trust.revoked, cert, member, now)
+            .and_then(|()| {
+                overlayd_proto::pki::check_advertised(
+                    self.advertised.load().get(member),
+                    &pki::fingerprint(cert),
+                )
+            })
+            .map_err(|e| self.refuse(e))
     }
 
     fn refuse(&self, e: PeerCertError) -> rustls::Error {
@@ -123,6 +136,7 @@ impl Tls {
             PeerCertError::NameMismatch => CertificateError::NotValidForName,
             PeerCertError::Revoked => CertificateError::Revoked,
             PeerCertError::NotANodeCert => CertificateError::InvalidPurpose,
+            PeerCertError::FingerprintMismatch => CertificateError::ApplicationVerificationFailure,
         })
     }
 

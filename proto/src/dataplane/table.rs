@@ -374,6 +374,7 @@ mod tests {
             vtep_mac: MacAddr::vtep_for_node(name),
             zone: String::new(),
             quic_port: None,
+            cert_fingerprint: None,
         };
         ForwardingTable::new(
             local,
@@ -619,7 +620,7 @@ mod tests {
                     pod_subnet: net("10.244.1.0/24"),
                     vtep_mac: MacAddr::vtep_for_node("n1"),
                     zone: String::new(),
-                    quic_port: None,
+                    quic_port: None, cert_fingerprint: None,
                 }],
             );
             let inner = test_packet(Ipv4Addr::new(10, 244, 1, src_host), Ipv4Addr::new(10, 244, 2, dst_host), len);

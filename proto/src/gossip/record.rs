@@ -125,6 +125,7 @@ impl NodeRecord {
             vtep_mac: self.vtep_mac,
             zone: self.zone.clone(),
             quic_port: self.quic_port(),
+            cert_fingerprint: self.cert_fingerprint(),
         })
     }
 
@@ -135,6 +136,14 @@ impl NodeRecord {
             .iter()
             .find_map(|c| c.strip_prefix(QUIC_CAPABILITY)?.parse().ok())
             .filter(|port| *port != 0)
+    }
+
+    /// The fingerprint of its QUIC certificate, from the capability `cert=<base64url>`
+    /// ([`crate::pki::CERT_CAPABILITY`]); `None` when it advertises none.
+    pub fn cert_fingerprint(&self) -> Option<crate::pki::Fingerprint> {
+        self.capabilities
+            .iter()
+            .find_map(|c| crate::pki::Fingerprint::from_capability(c))
     }
 
     pub(crate) fn encoded_len(&self) -> usize {
@@ -299,5 +308,31 @@ pub(crate) mod tests {
         assert_eq!(r.quic_port(), Some(8473));
         let peer = r.peer_info().unwrap();
         assert_eq!((peer.zone.as_str(), peer.quic_port), ("dc-b", Some(8473)));
+    }
+
+    #[test]
+    fn the_cert_fingerprint_comes_from_the_capability_and_reaches_the_data_path() {
+        use crate::pki::Fingerprint;
+        let mut r = NodeRecord::new(
+            "a",
+            "10.0.0.1:7946".parse().unwrap(),
+            Ipv4Addr::new(10, 0, 0, 1),
+            Some("10.244.1.0/24".parse().unwrap()),
+        );
+        assert_eq!(r.cert_fingerprint(), None);
+        let fp = Fingerprint([9; 32]);
+        r.capabilities = vec![
+            "vxlan".into(),
+            format!("{QUIC_CAPABILITY}8473"),
+            fp.to_capability(),
+        ];
+        assert_eq!(r.validate(), Ok(()));
+        assert_eq!(r.cert_fingerprint(), Some(fp));
+        assert_eq!(r.peer_info().unwrap().cert_fingerprint, Some(fp));
+        // It survives the wire.
+        let mut w = Writer::new();
+        r.encode(&mut w);
+        let back = NodeRecord::decode(&mut Reader::new(&w.buf)).unwrap();
+        assert_eq!(back.cert_fingerprint(), Some(fp));
     }
 }

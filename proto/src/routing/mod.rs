@@ -212,6 +212,7 @@ mod tests {
             vtep_mac: MacAddr::vtep_for_node(name),
             zone: String::new(),
             quic_port: None,
+            cert_fingerprint: None,
         }
     }
 
