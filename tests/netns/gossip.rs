@@ -604,3 +604,54 @@ fn pods_of(lab: &Lab, node: &str) -> Result<Vec<(String, Ipv4Addr)>> {
         })
         .collect()
 }
+
+/// Issue 9: a node whose underlay link goes down (its daemon running) loses its routes on
+/// every peer within 5 s — host-gw peers on its segment and tunnel peers across the
+/// router alike — and gets them back once the link returns.
+pub(crate) fn a_node_whose_link_goes_down_loses_its_routes_and_gets_them_back() -> Result<()> {
+    let lab = lab("ld", &two_segments(FIVE)?)?;
+    assert_full_mesh(&lab)?;
+    let subnet = lab.status("n2")?.pod_subnet.to_string();
+    let others = ["n1", "n3", "n4", "n5"];
+    let router = lab.router_netns();
+    ns_run(&router, &["ip", "link", "set", "n2", "down"])?;
+    let cut = Instant::now();
+    wait_for(
+        "n2's routes to leave every peer",
+        Duration::from_secs(5),
+        || {
+            for on in others {
+                if routes(&lab, on)?.contains(&subnet) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )?;
+    let gone = cut.elapsed();
+    ns_run(&router, &["ip", "link", "set", "n2", "up"])?;
+    let back = Instant::now();
+    wait_for(
+        "n2's routes to come back on every peer",
+        Duration::from_secs(30),
+        || {
+            for on in others {
+                if !routes(&lab, on)?.contains(&subnet) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )?;
+    let returned = back.elapsed();
+    let n2_pod = lab.pod("n2-p1")?.ip;
+    for from in ["n1-p1", "n4-p1"] {
+        ping(&lab.pod(from)?.netns, n2_pod, 3)
+            .with_context(|| format!("{from} to n2's pod after the link returned"))?;
+    }
+    eprintln!(
+        "n2's link down: its routes gone from every peer after {gone:?}; back {returned:?} \
+         after the link returned"
+    );
+    Ok(())
+}

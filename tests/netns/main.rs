@@ -154,6 +154,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
         gossip::five_nodes_join_from_one_seed_and_survive_kill_9,
     ),
     (
+        "gossip_a_node_whose_link_goes_down_loses_its_routes_and_gets_them_back",
+        gossip::a_node_whose_link_goes_down_loses_its_routes_and_gets_them_back,
+    ),
+    (
         "gossip_partition_for_30s_then_heal_restores_the_mesh",
         gossip::partition_for_30s_then_heal_restores_the_mesh,
     ),
