@@ -7,6 +7,7 @@ pub mod echo;
 pub(crate) mod ipv4;
 mod mac;
 pub mod probe;
+pub mod too_big;
 pub mod vnet;
 pub mod vxlan;
 
