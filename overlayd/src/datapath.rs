@@ -17,6 +17,7 @@ use overlayd_proto::dataplane::{
     complete_partial, gso_runs, oversize_tcp, split,
 };
 use overlayd_proto::wire::probe;
+use overlayd_proto::wire::too_big::frag_needed;
 use overlayd_proto::wire::vnet::{F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr};
 use overlayd_proto::wire::vxlan::ENCAP_LEN;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
@@ -92,6 +93,12 @@ pub struct IoCounters {
     /// happen unless the path choice and the transport disagree; dropped, never sent in
     /// clear).
     pub quic_unconfigured: AtomicU64,
+    /// ICMP "fragmentation needed" answers written to pods whose packet was above the
+    /// QUIC datagram size.
+    pub frag_needed_sent: AtomicU64,
+    /// Packets above the QUIC datagram size that may not be answered (no DF, a later
+    /// fragment, an ICMP error: RFC 1122) — dropped.
+    pub too_big_unanswered: AtomicU64,
 }
 
 impl IoCounters {
@@ -108,6 +115,8 @@ impl IoCounters {
             ("tun_offload_errors", &self.tun_offload_errors),
             ("rx_super_packets", &self.rx_super_packets),
             ("quic_unconfigured", &self.quic_unconfigured),
+            ("frag_needed_sent", &self.frag_needed_sent),
+            ("too_big_unanswered", &self.too_big_unanswered),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.load(Relaxed)))
@@ -263,21 +272,47 @@ pub async fn tun_to_udp(
         gso: offloads.udp_gso,
     };
     let mut tx = TxArena::new(tun_mtu, offloads.tun);
+    let mut too_big = Vec::new();
     loop {
         tx_batch(&dp, &*tun, &udp, &mut tx, port)
             .await
             .context("reading the TUN device")?;
         if !tx.quic_frames.is_empty() {
-            send_quic(&dp, quic.as_deref(), &tx);
+            send_quic(&dp, quic.as_deref(), &tx, &mut too_big);
+            for answer in too_big.drain(..) {
+                let written = write_packet(&*tun, offloads.tun, &answer).await;
+                let counter = match written {
+                    Ok(_) => &dp.io.frag_needed_sent,
+                    Err(_) => &dp.io.tun_write_errors,
+                };
+                counter.fetch_add(1, Relaxed);
+            }
         }
     }
 }
 
+/// Writes one plain packet to the TUN device (behind an empty virtio-net header when the
+/// device has one).
+async fn write_packet(tun: &impl TunDevice, vnet_hdr: bool, packet: &[u8]) -> io::Result<usize> {
+    if !vnet_hdr {
+        return tun.send(packet).await;
+    }
+    let mut buf = vec![0u8; VNET_HDR_LEN + packet.len()];
+    buf[VNET_HDR_LEN..].copy_from_slice(packet);
+    tun.send(&buf).await
+}
+
 /// Sends the batch's packets for peers reached over QUIC, one datagram each. Never waits:
-/// a peer without a connection yet, or a packet above the datagram size (the route's
-/// `mtu` keeps pods below it), is counted by the transport and dropped, as a lossy link
-/// would.
-fn send_quic(dp: &Datapath, quic: Option<&crate::quic::QuicTransport>, tx: &TxArena) {
+/// a peer without a connection yet is counted by the transport and dropped, as a lossy
+/// link would. A packet above the connection's datagram size (the route's `mtu` keeps
+/// pods below it, but a path can shrink) is answered: an ICMP "fragmentation needed" from
+/// the pod gateway naming the size that fits goes into `too_big`, for the TUN device.
+fn send_quic(
+    dp: &Datapath,
+    quic: Option<&crate::quic::QuicTransport>,
+    tx: &TxArena,
+    too_big: &mut Vec<Vec<u8>>,
+) {
     let Some(quic) = quic else {
         dp.io
             .quic_unconfigured
@@ -287,6 +322,7 @@ fn send_quic(dp: &Datapath, quic: Option<&crate::quic::QuicTransport>, tx: &TxAr
     let Some(snap) = tx.snap.as_ref() else {
         return;
     };
+    let gateway = overlayd_proto::ipam::PodIpam::gateway_of(snap.table.local().pod_subnet);
     // quinn takes each datagram as `Bytes`: one buffer for the batch, sliced per packet,
     // rather than an allocation per packet.
     let total = tx.quic_frames.iter().map(|f| f.len).sum();
@@ -298,7 +334,16 @@ fn send_quic(dp: &Datapath, quic: Option<&crate::quic::QuicTransport>, tx: &TxAr
     let mut at = 0;
     for f in &tx.quic_frames {
         let name = &snap.table.peers()[f.peer].name;
-        let _ = quic.send_bytes(name, batch.slice(at..at + f.len));
+        let sent = quic.send_bytes(name, batch.slice(at..at + f.len));
+        if let Err(crate::quic::SendError::TooBig { max }) = sent {
+            let mtu = u16::try_from(max).unwrap_or(u16::MAX);
+            match frag_needed(&batch[at..at + f.len], gateway, mtu) {
+                Some(answer) => too_big.push(answer),
+                None => {
+                    dp.io.too_big_unanswered.fetch_add(1, Relaxed);
+                }
+            }
+        }
         at += f.len;
     }
 }
@@ -990,6 +1035,62 @@ mod tests {
             ));
             Ok(())
         }
+    }
+
+    /// A pod packet above the QUIC datagram size (1434 on loopback's 1500-byte path) is
+    /// answered with ICMP "fragmentation needed" from the pod gateway naming 1434, for
+    /// the TUN device; one without DF is dropped and counted; one that fits is sent.
+    #[tokio::test]
+    async fn a_packet_too_big_for_quic_is_answered_with_frag_needed() {
+        let (quic, _, _peer_end, peer_name, _pki) =
+            crate::quic::tests::connected_pair("a", "b").await;
+        let mut table = table(1);
+        let mut peer = table.peers()[0].clone();
+        peer.name = peer_name;
+        table = ForwardingTable::new(table.local().clone(), vec![peer]);
+        let dp = Datapath::new(table);
+        let mut tx = TxArena::new(1500, false);
+        tx.snap = Some(dp.snapshot.load_full());
+        let put = |packet: &[u8], tx: &mut TxArena| {
+            let start = tx.cursor;
+            tx.buf[start..start + packet.len()].copy_from_slice(packet);
+            tx.cursor += packet.len();
+            tx.quic_frames.push(QuicFrame {
+                peer: 0,
+                start,
+                len: packet.len(),
+            });
+        };
+        let big = tcp(1, 2, 1, &[7; 1460]);
+        let mut no_df = tcp(1, 2, 2, &[7; 1460]);
+        no_df[6] = 0;
+        let fits = tcp(1, 2, 3, &[7; 1000]);
+        for p in [&big, &no_df, &fits] {
+            put(p, &mut tx);
+        }
+        let mut answers = Vec::new();
+        send_quic(&dp, Some(&quic), &tx, &mut answers);
+
+        assert_eq!(answers.len(), 1, "one answer, for the DF packet");
+        let answer = &answers[0];
+        assert_eq!(&answer[12..16], &[10, 244, 1, 1], "from the pod gateway");
+        assert_eq!(&answer[16..20], &[10, 244, 1, 2], "to the sender");
+        assert_eq!((answer[20], answer[21]), (3, 4), "fragmentation needed");
+        assert_eq!(&answer[26..28], &1434u16.to_be_bytes(), "names what fits");
+        assert_eq!(&answer[28..48], &big[..20], "quotes the packet");
+        assert_eq!(
+            dp.io.too_big_unanswered.load(Relaxed),
+            1,
+            "the one without DF"
+        );
+        assert_eq!(quic.to_map()["tx_too_big"], 2);
+
+        // Written to the TUN device behind an empty virtio-net header when it has one.
+        let tun = FakeTun::default();
+        write_packet(&tun, true, answer).await.unwrap();
+        let written = tun.writes.into_inner().unwrap();
+        assert_eq!(written[0][..VNET_HDR_LEN], [0; VNET_HDR_LEN]);
+        assert_eq!(written[0][VNET_HDR_LEN..], answer[..]);
     }
 
     #[tokio::test]

@@ -14,9 +14,9 @@ use crate::topology::Topology;
 pub enum LabCommand {
     /// Build the lab: router, segments, nodes, daemons and pods.
     Up {
-        /// Topology file (TOML); default: segments a and b, nodes n1 n2 on a, n3 n4 on b.
-        /// tests/topologies/remote-zone.toml adds segment c in zone "remote" (n5, n6),
-        /// with QUIC across zones.
+        /// Topology file (TOML); default: tests/topologies/remote-zone.toml — segments a
+        /// and b (nodes n1 n2 on a, n3 n4 on b) and segment c in zone "remote" (n5, n6),
+        /// reached over QUIC, so `lab check` shows host-gw, udp and quic pairs.
         topology: Option<PathBuf>,
         #[arg(long, default_value = "lab", value_parser = lab_name)]
         name: String,
@@ -239,7 +239,7 @@ pub fn run(cmd: LabCommand, overlayd_bin: PathBuf) -> anyhow::Result<ExitCode> {
         LabCommand::Up { topology, name } => {
             let topology = match &topology {
                 Some(path) => Topology::from_file(path)?,
-                None => Topology::default(),
+                None => Topology::parse(crate::REMOTE_ZONE_TOPOLOGY)?,
             };
             let lab = Lab::up(&name, &topology, &overlayd_bin)?.keep();
             println!("lab {name:?} is up ({}):", lab.run_dir().display());

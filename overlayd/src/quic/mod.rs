@@ -988,4 +988,4 @@ async fn dial_loop(inner: Arc<Inner>, member: String, mut addr_rx: watch::Receiv
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

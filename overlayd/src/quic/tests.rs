@@ -169,6 +169,20 @@ async fn introduce(
     .await;
 }
 
+/// Two transports on loopback with certificates from one CA, connected to each other:
+/// `(a, a's name, b, b's name, the PKI's directory)` (keep the last alive).
+pub(crate) async fn connected_pair(
+    a: &str,
+    b: &str,
+) -> (QuicTransport, String, QuicTransport, String, impl Drop) {
+    let pki = Pki::new();
+    let (a_name, b_name) = names(a, b, true);
+    let (ta, _, a_addr) = node(&pki, &a_name);
+    let (tb, _, b_addr) = node(&pki, &b_name);
+    introduce(&ta, &a_name, a_addr, &tb, &b_name, b_addr).await;
+    (ta, a_name, tb, b_name, pki._dir)
+}
+
 fn peers(list: &[(&str, SocketAddr)]) -> Vec<(String, SocketAddr)> {
     list.iter().map(|(n, a)| ((*n).to_owned(), *a)).collect()
 }
