@@ -51,9 +51,116 @@ pub fn choose_relay<'m>(a: &str, b: &str, members: &[&'m str]) -> Option<&'m str
         })
 }
 
+/// A live member as relay selection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member<'a> {
+    pub name: &'a str,
+    pub zone: &'a str,
+}
+
+/// Who relays what, as one node sees it ([`relay_plan`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayPlan {
+    /// Per peer of this node: the member its traffic is relayed through when the relay
+    /// rung is taken. Peers without one have no member both hops may use.
+    pub relays: std::collections::BTreeMap<String, String>,
+    /// The pairs of other members this node relays for (names, lower first).
+    pub relaying: Vec<(String, String)>,
+}
+
+/// The relays of `me` (one of `members`: the live members, this node included, none
+/// whose daemon is down) and the pairs it relays for. A member `m` may relay for `a`–`b`
+/// iff `hop(a, m)` and `hop(b, m)` hold (each hop may carry the relay's framing);
+/// among those [`choose_relay`] picks. Every input is the same on every node that sees
+/// the same members, so both ends of a pair and its relay agree. Quadratic in members
+/// for `relaying` (every pair's relay), once per reconcile.
+pub fn relay_plan(
+    me: &str,
+    members: &[Member<'_>],
+    hop: impl Fn(&Member<'_>, &Member<'_>) -> bool,
+) -> RelayPlan {
+    let eligible = |a: &Member<'_>, b: &Member<'_>| -> Vec<&str> {
+        members
+            .iter()
+            .filter(|m| m.name != a.name && m.name != b.name && hop(a, m) && hop(b, m))
+            .map(|m| m.name)
+            .collect()
+    };
+    let Some(local) = members.iter().find(|m| m.name == me) else {
+        return RelayPlan::default();
+    };
+    let mut plan = RelayPlan::default();
+    for peer in members.iter().filter(|m| m.name != me) {
+        if let Some(relay) = choose_relay(me, peer.name, &eligible(local, peer)) {
+            plan.relays.insert(peer.name.to_owned(), relay.to_owned());
+        }
+    }
+    for (i, a) in members.iter().enumerate() {
+        for b in &members[i + 1..] {
+            if a.name == me || b.name == me || !hop(a, local) || !hop(b, local) {
+                continue;
+            }
+            if choose_relay(a.name, b.name, &eligible(a, b)) == Some(me) {
+                let (x, y) = if a.name <= b.name { (a, b) } else { (b, a) };
+                plan.relaying.push((x.name.to_owned(), y.name.to_owned()));
+            }
+        }
+    }
+    plan.relaying.sort();
+    plan
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_ends_and_the_relay_agree_on_the_plan() {
+        let zones = [("a", "x"), ("b", "x"), ("c", "x"), ("d", "x"), ("r", "y")];
+        let members: Vec<Member> = zones
+            .iter()
+            .map(|(name, zone)| Member { name, zone })
+            .collect();
+        // Hops within zone x only.
+        let hop = |p: &Member, q: &Member| p.zone == "x" && q.zone == "x";
+        let plans: Vec<(&str, RelayPlan)> = members
+            .iter()
+            .map(|m| (m.name, relay_plan(m.name, &members, hop)))
+            .collect();
+        let plan = |n: &str| &plans.iter().find(|(m, _)| *m == n).unwrap().1;
+        let relay_ab = plan("a").relays["b"].clone();
+        assert_eq!(plan("b").relays["a"], relay_ab, "both ends pick the same");
+        assert!(relay_ab == "c" || relay_ab == "d");
+        assert!(
+            plan(&relay_ab)
+                .relaying
+                .contains(&("a".to_owned(), "b".to_owned())),
+            "and the relay knows it"
+        );
+        let other = if relay_ab == "c" { "d" } else { "c" };
+        assert!(
+            !plan(other)
+                .relaying
+                .contains(&("a".to_owned(), "b".to_owned()))
+        );
+        // Nobody relays through r (no hop reaches it), nor for it.
+        assert!(plan("r").relays.is_empty() && plan("r").relaying.is_empty());
+        assert!(!plan("a").relays.contains_key("r"));
+        assert!(
+            plans
+                .iter()
+                .all(|(_, p)| p.relays.values().all(|r| r != "r"))
+        );
+        // Every pair of x has exactly one relay, and it is the one its ends chose.
+        for (me, p) in &plans {
+            for (a, b) in &p.relaying {
+                assert_eq!(plan(a).relays[b.as_str()], *me);
+                assert_eq!(plan(b).relays[a.as_str()], *me);
+            }
+        }
+        // A member not in the list (its daemon is down, say) plans nothing.
+        assert_eq!(relay_plan("z", &members, hop), RelayPlan::default());
+    }
 
     #[test]
     fn both_ends_choose_the_same_relay_whatever_the_order() {
