@@ -12,6 +12,7 @@ mod interop;
 mod pki;
 mod pmtu;
 mod quic;
+mod relay;
 mod services;
 mod support;
 
@@ -72,6 +73,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
     (
         "quic_a_1400_byte_link_on_the_quic_path_still_carries_bulk_tcp",
         quic::a_1400_byte_link_on_the_quic_path_still_carries_bulk_tcp,
+    ),
+    (
+        "relay_a_cut_pair_moves_onto_a_relay_and_back_after_the_heal",
+        relay::a_cut_pair_moves_onto_a_relay_and_back_after_the_heal,
     ),
     (
         "kernel_vxlan_node_interoperates_both_ways",
