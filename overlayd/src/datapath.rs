@@ -1102,7 +1102,7 @@ mod tests {
         assert_eq!(n1.encap(&mut frame).unwrap().dst, under(3));
 
         let relay = NoRelay::default();
-        let dp3 = Datapath::new(three(3).with_relaying([("n1", "n2")]));
+        let dp3 = Datapath::new(three(3).with_relaying(["n1", "n2"]));
         let mut rx = RxState::new(false, 1450);
         let tun = FakeTun::default();
         let mut data = frame.clone();

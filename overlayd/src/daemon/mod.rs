@@ -829,12 +829,7 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
         .with_quic(over_quic)
         .with_encryption_required(encrypted_only.iter().map(String::as_str))
         .with_relays(relayed.iter().copied())
-        .with_relaying(
-            relays
-                .relaying
-                .iter()
-                .map(|(a, b)| (a.as_str(), b.as_str())),
-        ),
+        .with_relaying(relays.relay_hops.iter().map(String::as_str)),
     );
     let mut route_mtus = path_mtus(shared, &with_paths).await;
     // The relay's frames are the udp path's, sent to the relay: the relay's path MTU

@@ -1,4 +1,4 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::ops::Range;
 
@@ -160,8 +160,8 @@ pub struct ForwardingTable {
     relay_via: Vec<Option<PeerIndex>>,
     /// Per peer: where its frames go, its own underlay address or its relay's.
     encap_dst: Vec<Ipv4Addr>,
-    /// The pairs of peers this node relays for, lower index first.
-    relaying: HashSet<(PeerIndex, PeerIndex)>,
+    /// Per peer: this node may relay its frames (the hop between us may carry them).
+    relay_hop: Vec<bool>,
 }
 
 impl ForwardingTable {
@@ -181,6 +181,7 @@ impl ForwardingTable {
             .collect();
         let encap_dst = peers.iter().map(|p| p.underlay).collect();
         let relay_via = vec![None; peers.len()];
+        let relay_via_len = peers.len();
         let mut by_subnet: Vec<(u8, HashMap<u32, PeerIndex>)> = Vec::new();
         for (index, peer) in peers.iter().enumerate() {
             by_underlay.insert(peer.underlay, index);
@@ -205,7 +206,7 @@ impl ForwardingTable {
             by_mac,
             relay_via,
             encap_dst,
-            relaying: HashSet::new(),
+            relay_hop: vec![false; relay_via_len],
         }
     }
 
@@ -233,20 +234,13 @@ impl ForwardingTable {
         self
     }
 
-    /// The pairs of peers this node relays for (it is their
-    /// [`choose_relay`](crate::path::choose_relay)): a frame from one to the other's VTEP
-    /// MAC is forwarded as it is to the other's underlay address.
-    pub fn with_relaying<'a>(
-        mut self,
-        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Self {
-        for (a, b) in pairs {
-            if let (Some(&a), Some(&b)) = (self.by_name.get(a), self.by_name.get(b))
-                && a != b
-            {
-                self.relaying.insert((a.min(b), a.max(b)));
-            }
-        }
+    /// The peers whose frames this node may relay (the hop between it and each may carry
+    /// them; [`crate::path::RelayPlan::relay_hops`]): a frame from one of them to another's
+    /// VTEP MAC is forwarded as it is to the other's underlay address. Which pairs do go
+    /// through this node is their ends' choice: each end takes relayed frames only from
+    /// the relay it chose.
+    pub fn with_relaying<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        mark(&self.by_name, &mut self.relay_hop, names);
         self
     }
 
@@ -438,8 +432,8 @@ impl ForwardingTable {
     ///   against the sender); then an IPv4 packet passes the same checks against P's pod
     ///   subnet, and a relay probe or ack goes to the ladder.
     /// - To another peer Q's VTEP MAC: forwarded to Q iff it comes from the sender's own
-    ///   VTEP MAC (one hop: a relayed frame is never relayed again) and we relay the
-    ///   pair (`RelayRefused` otherwise).
+    ///   VTEP MAC (one hop: a relayed frame is never relayed again) and we may relay for
+    ///   both (`RelayRefused` otherwise).
     ///
     /// Cleartext from, to or through a peer whose pair requires encryption is refused
     /// (`NotOverQuic`). The `Err` names the counter of the drop; where the sender is
@@ -468,10 +462,7 @@ impl ForwardingTable {
             let Some(to) = self.by_mac.get(&frame.inner_dst_mac()).copied() else {
                 return Err(drop(DropReason::WrongDstMac));
             };
-            if to == peer
-                || src_mac != Some(peer)
-                || !self.relaying.contains(&(peer.min(to), peer.max(to)))
-            {
+            if to == peer || src_mac != Some(peer) || !self.relay_hop[peer] || !self.relay_hop[to] {
                 return Err(drop(DropReason::RelayRefused));
             }
             if self.encrypted_only[peer] || self.encrypted_only[to] {
@@ -779,7 +770,7 @@ mod tests {
     #[test]
     fn a_relayed_packet_is_taken_only_from_the_pairs_relay_and_forgeries_are_dropped() {
         let n1 = node(1).with_relays([("n2", "n3", true)]);
-        let n3 = node(3).with_relaying([("n1", "n2")]);
+        let n3 = node(3).with_relaying(["n1", "n2"]);
         let n2 = node(2).with_relays([("n1", "n3", true)]);
 
         let mut frame = vec![0u8; vxlan::ENCAP_LEN];
@@ -839,17 +830,22 @@ mod tests {
         assert_eq!(n1.encap(&mut frame).unwrap().dst, under(2));
     }
 
-    /// A member forwards only for the pairs it relays, only frames from their origin (one
-    /// hop: never a frame another relay forwarded), and never cleartext for a pair that
-    /// requires encryption.
+    /// A member forwards only between peers it may relay for, only frames from their
+    /// origin (one hop: never a frame another relay forwarded), and never cleartext for a
+    /// pair that requires encryption.
     #[test]
-    fn a_relay_forwards_one_hop_for_its_own_pairs_only() {
+    fn a_relay_forwards_one_hop_between_peers_it_may_relay_for() {
         let frame = frame_between(1, 2, "10.244.1.5", "10.244.2.9");
         assert_eq!(
             node(3).receive(under(1), &frame),
             Err((DropReason::RelayRefused, node(3).peer_named("n1")))
         );
-        let n3 = node(3).with_relaying([("n2", "n1")]);
+        assert_eq!(
+            node(3).with_relaying(["n1"]).receive(under(1), &frame),
+            Err((DropReason::RelayRefused, node(3).peer_named("n1"))),
+            "not for n2"
+        );
+        let n3 = node(3).with_relaying(["n2", "n1"]);
         assert!(matches!(
             n3.receive(under(1), &frame),
             Ok(Received::Forward { .. })
@@ -877,7 +873,7 @@ mod tests {
     #[test]
     fn relay_probes_travel_through_the_relay_both_ways() {
         let n1 = node(1).with_relays([("n2", "n3", false)]);
-        let n3 = node(3).with_relaying([("n1", "n2")]);
+        let n3 = node(3).with_relaying(["n1", "n2"]);
         let n2 = node(2).with_relays([("n1", "n3", false)]);
         let mut buf = [0u8; 128];
         let probe = ProbeMessage::Probe {

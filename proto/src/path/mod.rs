@@ -64,49 +64,61 @@ pub struct RelayPlan {
     /// Per peer of this node: the member its traffic is relayed through when the relay
     /// rung is taken. Peers without one have no member both hops may use.
     pub relays: std::collections::BTreeMap<String, String>,
-    /// The pairs of other members this node relays for (names, lower first).
-    pub relaying: Vec<(String, String)>,
+    /// The peers whose frames this node may relay: the hop between them and this node
+    /// may carry the relay's framing. It forwards between any two of them; which pairs
+    /// do go through it is their ends' choice.
+    pub relay_hops: Vec<String>,
 }
 
 /// The relays of `me` (one of `members`: the live members, this node included, none
-/// whose daemon is down) and the pairs it relays for. A member `m` may relay for `a`–`b`
-/// iff `hop(a, m)` and `hop(b, m)` hold (each hop may carry the relay's framing);
-/// among those [`choose_relay`] picks. Every input is the same on every node that sees
-/// the same members, so both ends of a pair and its relay agree. Quadratic in members
-/// for `relaying` (every pair's relay), once per reconcile.
+/// whose daemon is down) and the peers it may relay for. A member `m` may relay for
+/// `a`–`b` iff `hop(a, m)` and `hop(b, m)` hold (each hop may carry the relay's
+/// framing); among those [`choose_relay`] picks. Every input is the same on every node
+/// that sees the same members, so both ends of a pair pick the same relay, and that
+/// relay forwards for them. `hop` must depend only on the first member's zone and the
+/// second member (it is asked once per zone and member); choosing is quadratic in
+/// members, once per reconcile.
 pub fn relay_plan(
     me: &str,
     members: &[Member<'_>],
     hop: impl Fn(&Member<'_>, &Member<'_>) -> bool,
 ) -> RelayPlan {
-    let eligible = |a: &Member<'_>, b: &Member<'_>| -> Vec<&str> {
-        members
-            .iter()
-            .filter(|m| m.name != a.name && m.name != b.name && hop(a, m) && hop(b, m))
-            .map(|m| m.name)
-            .collect()
-    };
     let Some(local) = members.iter().find(|m| m.name == me) else {
         return RelayPlan::default();
     };
+    let mut zones: Vec<&str> = members.iter().map(|m| m.zone).collect();
+    zones.sort_unstable();
+    zones.dedup();
+    // hops[z][i]: from a member of zone z to members[i].
+    let hops: Vec<Vec<bool>> = zones
+        .iter()
+        .map(|z| {
+            let from = Member { name: "", zone: z };
+            members.iter().map(|m| hop(&from, m)).collect()
+        })
+        .collect();
+    let zone_of = |m: &Member<'_>| zones.binary_search(&m.zone).unwrap_or(0);
+    let lhops = &hops[zone_of(local)];
     let mut plan = RelayPlan::default();
     for peer in members.iter().filter(|m| m.name != me) {
-        if let Some(relay) = choose_relay(me, peer.name, &eligible(local, peer)) {
+        let phops = &hops[zone_of(peer)];
+        let eligible: Vec<&str> = members
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| m.name != me && m.name != peer.name && lhops[*i] && phops[*i])
+            .map(|(_, m)| m.name)
+            .collect();
+        if let Some(relay) = choose_relay(me, peer.name, &eligible) {
             plan.relays.insert(peer.name.to_owned(), relay.to_owned());
         }
     }
-    for (i, a) in members.iter().enumerate() {
-        for b in &members[i + 1..] {
-            if a.name == me || b.name == me || !hop(a, local) || !hop(b, local) {
-                continue;
-            }
-            if choose_relay(a.name, b.name, &eligible(a, b)) == Some(me) {
-                let (x, y) = if a.name <= b.name { (a, b) } else { (b, a) };
-                plan.relaying.push((x.name.to_owned(), y.name.to_owned()));
-            }
-        }
-    }
-    plan.relaying.sort();
+    let me_index = members.iter().position(|m| m.name == me).unwrap_or(0);
+    plan.relay_hops = members
+        .iter()
+        .filter(|m| m.name != me && hops[zone_of(m)][me_index])
+        .map(|m| m.name.to_owned())
+        .collect();
+    plan.relay_hops.sort();
     plan
 }
 
@@ -131,31 +143,29 @@ mod tests {
         let relay_ab = plan("a").relays["b"].clone();
         assert_eq!(plan("b").relays["a"], relay_ab, "both ends pick the same");
         assert!(relay_ab == "c" || relay_ab == "d");
+        let hops = |m: &str| plan(m).relay_hops.clone();
         assert!(
-            plan(&relay_ab)
-                .relaying
-                .contains(&("a".to_owned(), "b".to_owned())),
-            "and the relay knows it"
-        );
-        let other = if relay_ab == "c" { "d" } else { "c" };
-        assert!(
-            !plan(other)
-                .relaying
-                .contains(&("a".to_owned(), "b".to_owned()))
+            hops(&relay_ab).contains(&"a".to_owned()) && hops(&relay_ab).contains(&"b".to_owned()),
+            "and the relay forwards for both"
         );
         // Nobody relays through r (no hop reaches it), nor for it.
-        assert!(plan("r").relays.is_empty() && plan("r").relaying.is_empty());
+        assert!(plan("r").relays.is_empty() && plan("r").relay_hops.is_empty());
         assert!(!plan("a").relays.contains_key("r"));
         assert!(
             plans
                 .iter()
                 .all(|(_, p)| p.relays.values().all(|r| r != "r"))
         );
-        // Every pair of x has exactly one relay, and it is the one its ends chose.
+        assert!(
+            plans
+                .iter()
+                .all(|(_, p)| !p.relay_hops.contains(&"r".to_owned()))
+        );
+        // Every relay either end chose forwards for both ends, and both chose it.
         for (me, p) in &plans {
-            for (a, b) in &p.relaying {
-                assert_eq!(plan(a).relays[b.as_str()], *me);
-                assert_eq!(plan(b).relays[a.as_str()], *me);
+            for (peer, relay) in &p.relays {
+                assert_eq!(plan(peer).relays[*me], *relay, "{me}-{peer}");
+                assert!(hops(relay).contains(&me.to_string()) && hops(relay).contains(peer));
             }
         }
         // A member not in the list (its daemon is down, say) plans nothing.
