@@ -996,6 +996,7 @@ mod tests {
                 vtep_mac: MacAddr::vtep_for_node(&format!("n{other}")),
                 zone: String::new(),
                 quic_port: None,
+                relay: false,
             }],
         )
     }
@@ -1078,6 +1079,7 @@ mod tests {
             vtep_mac: MacAddr::vtep_for_node(&format!("n{i}")),
             zone: String::new(),
             quic_port: None,
+            relay: false,
         };
         ForwardingTable::new(
             LocalVtep {

@@ -40,6 +40,7 @@ pub fn peer_infos(peers: &[Peer]) -> Vec<PeerInfo> {
                 .unwrap_or_else(|| MacAddr::vtep_for_node(&p.name)),
             zone: String::new(),
             quic_port: None,
+            relay: false,
         })
         .collect()
 }

@@ -24,4 +24,9 @@ pub struct PeerInfo {
     /// capability `quic=PORT`).
     #[serde(default)]
     pub quic_port: Option<u16>,
+    /// It forwards relayed frames (it announces the capability `relay`); a static
+    /// `[[peer]]` (a kernel vxlan node, say) and a node of an earlier version do not, and
+    /// are never chosen as a relay.
+    #[serde(default)]
+    pub relay: bool,
 }

@@ -956,11 +956,13 @@ fn relay_plan(shared: &Shared, peers: &[PeerInfo]) -> overlayd_proto::path::Rela
             } else {
                 &p.zone
             },
+            relays: p.relay,
         })
         .collect();
     members.push(overlayd_proto::path::Member {
         name: &shared.cfg.node.name,
         zone: local_zone,
+        relays: true,
     });
     overlayd_proto::path::relay_plan(&shared.cfg.node.name, &members, |from, relay| {
         shared.cfg.path.relay_hop(from.zone, relay.zone, relay.name)

@@ -555,6 +555,7 @@ mod tests {
             vtep_mac: MacAddr::vtep_for_node(name),
             zone: String::new(),
             quic_port: None,
+            relay: false,
         };
         ForwardingTable::new(
             local,
@@ -736,6 +737,7 @@ mod tests {
             vtep_mac: MacAddr::vtep_for_node(&format!("n{i}")),
             zone: String::new(),
             quic_port: None,
+            relay: false,
         };
         ForwardingTable::new(
             LocalVtep {
@@ -987,6 +989,7 @@ mod tests {
                     vtep_mac: MacAddr::vtep_for_node("n1"),
                     zone: String::new(),
                     quic_port: None,
+                    relay: false,
                 }],
             );
             let inner = test_packet(Ipv4Addr::new(10, 244, 1, src_host), Ipv4Addr::new(10, 244, 2, dst_host), len);

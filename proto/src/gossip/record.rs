@@ -13,6 +13,8 @@ use crate::wire::MacAddr;
 pub const MAX_NAME_LEN: usize = 63;
 /// The capability that announces a QUIC endpoint: `quic=PORT`.
 pub const QUIC_CAPABILITY: &str = "quic=";
+/// The capability of a node that forwards relayed frames (the path ladder's relay rung).
+pub const RELAY_CAPABILITY: &str = "relay";
 /// Most capabilities a node may advertise.
 pub const MAX_CAPABILITIES: usize = 8;
 
@@ -125,7 +127,13 @@ impl NodeRecord {
             vtep_mac: self.vtep_mac,
             zone: self.zone.clone(),
             quic_port: self.quic_port(),
+            relay: self.has_capability(RELAY_CAPABILITY),
         })
+    }
+
+    /// Whether it announces the capability `cap` exactly.
+    pub fn has_capability(&self, cap: &str) -> bool {
+        self.capabilities.iter().any(|c| c == cap)
     }
 
     /// The port of its QUIC endpoint, from the capability `quic=PORT` (a capability

@@ -56,6 +56,8 @@ pub fn choose_relay<'m>(a: &str, b: &str, members: &[&'m str]) -> Option<&'m str
 pub struct Member<'a> {
     pub name: &'a str,
     pub zone: &'a str,
+    /// It forwards relayed frames (announces the `relay` capability).
+    pub relays: bool,
 }
 
 /// Who relays what, as one node sees it ([`relay_plan`]).
@@ -93,8 +95,12 @@ pub fn relay_plan(
     let hops: Vec<Vec<bool>> = zones
         .iter()
         .map(|z| {
-            let from = Member { name: "", zone: z };
-            members.iter().map(|m| hop(&from, m)).collect()
+            let from = Member {
+                name: "",
+                zone: z,
+                relays: false,
+            };
+            members.iter().map(|m| m.relays && hop(&from, m)).collect()
         })
         .collect();
     let zone_of = |m: &Member<'_>| zones.binary_search(&m.zone).unwrap_or(0);
@@ -128,10 +134,22 @@ mod tests {
 
     #[test]
     fn both_ends_and_the_relay_agree_on_the_plan() {
-        let zones = [("a", "x"), ("b", "x"), ("c", "x"), ("d", "x"), ("r", "y")];
+        let zones = [
+            ("a", "x"),
+            ("b", "x"),
+            ("c", "x"),
+            ("d", "x"),
+            ("k", "x"),
+            ("r", "y"),
+        ];
         let members: Vec<Member> = zones
             .iter()
-            .map(|(name, zone)| Member { name, zone })
+            .map(|(name, zone)| Member {
+                name,
+                zone,
+                // k is a kernel vxlan node: a member, never a relay.
+                relays: *name != "k",
+            })
             .collect();
         // Hops within zone x only.
         let hop = |p: &Member, q: &Member| p.zone == "x" && q.zone == "x";
@@ -150,6 +168,12 @@ mod tests {
         );
         // Nobody relays through r (no hop reaches it), nor for it.
         assert!(plan("r").relays.is_empty() && plan("r").relay_hops.is_empty());
+        assert!(
+            plans
+                .iter()
+                .all(|(_, p)| p.relays.values().all(|r| r != "k"))
+        );
+        assert!(plan("a").relays.contains_key("k"), "but relayed to");
         assert!(!plan("a").relays.contains_key("r"));
         assert!(
             plans

@@ -389,6 +389,7 @@ mod tests {
             vtep_mac: crate::wire::MacAddr::vtep_for_node(name),
             zone: String::new(),
             quic_port: None,
+            relay: false,
         }
     }
 

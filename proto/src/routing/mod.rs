@@ -229,6 +229,7 @@ mod tests {
             vtep_mac: MacAddr::vtep_for_node(name),
             zone: String::new(),
             quic_port: None,
+            relay: false,
         }
     }
 
