@@ -27,9 +27,9 @@ use crate::service::hash::hash64;
 /// Seed of the relay hash, distinct from the Maglev seeds (1–3) and the dial seed.
 pub const RELAY_SEED: u64 = 0x72_656c_6179; // "relay"
 
-/// The member that relays between `a` and `b`: of `members` (live members the caller
-/// knows have a direct, non-relayed working path to both ends; `a` and `b` themselves
-/// are skipped), the one with the lowest `hash64(RELAY_SEED, lower ‖ 0 ‖ higher ‖ 0 ‖
+/// The member that relays between `a` and `b`: of `members` (live members that may relay
+/// for both, see [`relay_plan`]; `a` and `b` themselves are skipped; whether the relayed
+/// path works is the relay rung's probes' question), the one with the lowest `hash64(RELAY_SEED, lower ‖ 0 ‖ higher ‖ 0 ‖
 /// member)`, the pair's names sorted bytewise. Both ends, seeing the same members, pick
 /// the same relay; hashing the pair with the member (rendezvous hashing) spreads pairs
 /// over relays and moves only the pairs of a relay that leaves. Relaying is one hop: a

@@ -53,8 +53,9 @@ impl PathKind {
     }
 
     /// Whether pod payload on this rung is visible on the underlay. A relay counts as
-    /// encrypted: for a pair that requires encryption the shell must carry it end to end
-    /// over QUIC through the relay.
+    /// encrypted here, for a relay over QUIC; the daemon's relay carries VXLAN, so it
+    /// never carries the relay for a pair that requires encryption
+    /// ([`crate::routing::PeerPath::carried_in`]).
     pub fn is_cleartext(self) -> bool {
         matches!(self, PathKind::HostGw | PathKind::Udp)
     }
