@@ -97,6 +97,9 @@ pub struct IoCounters {
     pub relay_forward_errors: AtomicU64,
     /// Relay-rung probes of the path ladder answered (the ack goes back through the relay).
     pub relay_probe_acks_sent: AtomicU64,
+    /// Relay-rung probes or acks this node could neither forward nor take (a member not
+    /// known here yet, a relay that just changed): lost probes, not drops.
+    pub relay_probes_stray: AtomicU64,
 }
 
 impl IoCounters {
@@ -116,6 +119,7 @@ impl IoCounters {
             ("relay_forwarded", &self.relay_forwarded),
             ("relay_forward_errors", &self.relay_forward_errors),
             ("relay_probe_acks_sent", &self.relay_probe_acks_sent),
+            ("relay_probes_stray", &self.relay_probes_stray),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.load(Relaxed)))
@@ -835,6 +839,10 @@ async fn deliver(
                     &dp.io.relay_forward_errors
                 };
                 counter.fetch_add(1, Relaxed);
+                continue;
+            }
+            Ok(Received::StrayRelayProbe { .. }) => {
+                dp.io.relay_probes_stray.fetch_add(1, Relaxed);
                 continue;
             }
             Ok(Received::RelayProbe { peer, msg, .. }) => {

@@ -137,6 +137,12 @@ pub enum Received {
         via: PeerIndex,
         msg: ProbeMessage,
     },
+    /// A relay-rung probe or ack we can neither forward nor take, for `reason`
+    /// (`UnknownSender`, `WrongDstMac`, `NotOurRelay`, `RelayRefused`): a member that
+    /// learned of a peer before we did, at start, or a relay that just changed. It is a
+    /// probe lost, as on a broken path, and carries no pod traffic: the shell counts it
+    /// apart from the drops.
+    StrayRelayProbe { reason: DropReason },
 }
 
 /// An immutable snapshot of the tunnel peers, built off the hot path whenever peers
@@ -419,6 +425,7 @@ impl ForwardingTable {
             Received::Deliver(decap) => Ok(decap),
             Received::Forward { from, .. } => Err((DropReason::WrongDstMac, Some(from))),
             Received::RelayProbe { via, .. } => Err((DropReason::NotIpv4, Some(via))),
+            Received::StrayRelayProbe { reason } => Err((reason, None)),
         }
     }
 
@@ -439,6 +446,27 @@ impl ForwardingTable {
     /// (`NotOverQuic`). The `Err` names the counter of the drop; where the sender is
     /// known it is given too, so per-peer drop counters stay right.
     pub fn receive(
+        &self,
+        sender: Ipv4Addr,
+        datagram: &[u8],
+    ) -> Result<Received, (DropReason, Option<PeerIndex>)> {
+        match self.classify(sender, datagram) {
+            Err((
+                reason @ (DropReason::UnknownSender
+                | DropReason::WrongDstMac
+                | DropReason::NotOurRelay
+                | DropReason::RelayRefused),
+                _,
+            )) if Frame::parse(datagram)
+                .is_ok_and(|f| f.inner_ethertype() == vxlan::ETHERTYPE_RELAY_PROBE) =>
+            {
+                Ok(Received::StrayRelayProbe { reason })
+            }
+            other => other,
+        }
+    }
+
+    fn classify(
         &self,
         sender: Ipv4Addr,
         datagram: &[u8],
@@ -912,6 +940,29 @@ mod tests {
         ));
         // Without a relay for the peer there is nothing to send.
         assert_eq!(node(1).relay_probe(0, probe, &mut buf), None);
+        // A relay probe nobody here can place (the sender or the far end not known yet,
+        // at start) is a lost probe, not a drop.
+        let (_, len) = n1
+            .relay_probe(n1.peer_named("n2").unwrap(), probe, &mut buf)
+            .unwrap();
+        assert_eq!(
+            node(3).receive(Ipv4Addr::new(10, 9, 9, 9), &buf[..len]),
+            Ok(Received::StrayRelayProbe {
+                reason: DropReason::UnknownSender
+            })
+        );
+        assert_eq!(
+            node(3).receive(under(1), &buf[..len]),
+            Ok(Received::StrayRelayProbe {
+                reason: DropReason::RelayRefused
+            })
+        );
+        assert_eq!(
+            node(2).receive(under(3), &buf[..len]),
+            Ok(Received::StrayRelayProbe {
+                reason: DropReason::NotOurRelay
+            })
+        );
     }
 
     #[test]
