@@ -348,6 +348,23 @@ mod tests {
     }
 
     #[test]
+    fn a_relayed_peer_gets_a_tunnel_route_with_its_relays_mtu() {
+        let relayed = peer("n3", [10, 100, 2, 11], 3);
+        let mtus = BTreeMap::from([(relayed.underlay, 1350)]);
+        let routes = plan(
+            &local(),
+            &[(relayed, PeerPath::Relay)],
+            &BTreeSet::new(),
+            &mtus,
+        );
+        assert_eq!(routes[1].oif, Some(7), "into the TUN device");
+        assert_eq!(routes[1].gateway, None);
+        assert_eq!(routes[1].pref_src, Some(Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(routes[1].mtu, Some(1350));
+        assert_eq!(PeerPath::Relay.as_str(), "relay");
+    }
+
+    #[test]
     fn every_vip_is_made_local_on_loopback() {
         let vips: BTreeSet<Ipv4Addr> =
             ["10.96.0.10".parse().unwrap(), "10.96.7.1".parse().unwrap()]
