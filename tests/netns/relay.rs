@@ -5,39 +5,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use overlayd_lab::{Lab, Topology};
+use overlayd_lab::{Lab, THREE_SEGMENTS_TOPOLOGY, Topology};
 
 use crate::quic::{wait_for_paths, wait_for_paths_within};
 use crate::support::{lab, ns_cmd, tcp_transfer, wait_for};
-
-const THREE_SEGMENTS: &str = r#"
-[[segment]]
-name = "a"
-subnet = "10.100.1.0/24"
-
-[[segment]]
-name = "b"
-subnet = "10.100.2.0/24"
-
-[[segment]]
-name = "c"
-subnet = "10.100.3.0/24"
-
-[[node]]
-name = "n1"
-segment = "a"
-pods = 1
-
-[[node]]
-name = "n2"
-segment = "b"
-pods = 1
-
-[[node]]
-name = "n3"
-segment = "c"
-pods = 1
-"#;
 
 /// How much the test moves over the relay, byte-checked.
 const TRANSFER: usize = 20 << 20;
@@ -95,7 +66,7 @@ fn largest_reply_gap(out: &std::process::Output) -> Result<(Duration, String)> {
 /// over the relay byte-identical both ways, and n3 counts the frames it forwarded. After
 /// the heal both ends return to udp once the direct path has served its hysteresis.
 pub(crate) fn a_cut_pair_moves_onto_a_relay_and_back_after_the_heal() -> Result<()> {
-    let lab = lab("rl", &Topology::parse(THREE_SEGMENTS)?)?;
+    let lab = lab("rl", &Topology::parse(THREE_SEGMENTS_TOPOLOGY)?)?;
     for (on, others) in [
         ("n1", ["n2", "n3"]),
         ("n2", ["n1", "n3"]),
