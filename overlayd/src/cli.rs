@@ -91,7 +91,8 @@ fn status_lines(s: &api::Status) -> String {
     out
 }
 
-/// `probe 2sw host-gw:down udp:down quic:up` — why the path, its switches, every rung.
+/// `probe 2sw host-gw:down udp:down quic:up relay:up@n3` — why the path, its switches,
+/// every rung (the relay rung with the member it goes through).
 fn ladder_cell(l: &api::LadderReport) -> String {
     let mut out = l.reason.clone();
     if l.switches > 0 {
@@ -99,6 +100,11 @@ fn ladder_cell(l: &api::LadderReport) -> String {
     }
     for r in &l.rungs {
         out.push_str(&format!(" {}:{}", r.path, r.health));
+        if r.path == "relay"
+            && let Some(relay) = &l.relay
+        {
+            out.push_str(&format!("@{relay}"));
+        }
     }
     out
 }

@@ -13,8 +13,8 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use overlayd_proto::dataplane::{
-    DropReason, ForwardingTable, Frame, GRO_BUF_LEN, Gro, GsoRun, InnerChecksum, Push, Segments,
-    complete_partial, gso_runs, oversize_tcp, split,
+    DropReason, ForwardingTable, Frame, GRO_BUF_LEN, Gro, GsoRun, InnerChecksum, Push, Received,
+    Segments, complete_partial, gso_runs, oversize_tcp, split,
 };
 use overlayd_proto::wire::probe;
 use overlayd_proto::wire::too_big::frag_needed;
@@ -99,6 +99,14 @@ pub struct IoCounters {
     /// Packets above the QUIC datagram size that may not be answered (no DF, a later
     /// fragment, an ICMP error: RFC 1122) — dropped.
     pub too_big_unanswered: AtomicU64,
+    /// Frames this node forwarded as a relay, and those whose send failed.
+    pub relay_forwarded: AtomicU64,
+    pub relay_forward_errors: AtomicU64,
+    /// Relay-rung probes of the path ladder answered (the ack goes back through the relay).
+    pub relay_probe_acks_sent: AtomicU64,
+    /// Relay-rung probes or acks this node could neither forward nor take (a member not
+    /// known here yet, a relay that just changed): lost probes, not drops.
+    pub relay_probes_stray: AtomicU64,
 }
 
 impl IoCounters {
@@ -117,6 +125,10 @@ impl IoCounters {
             ("quic_unconfigured", &self.quic_unconfigured),
             ("frag_needed_sent", &self.frag_needed_sent),
             ("too_big_unanswered", &self.too_big_unanswered),
+            ("relay_forwarded", &self.relay_forwarded),
+            ("relay_forward_errors", &self.relay_forward_errors),
+            ("relay_probe_acks_sent", &self.relay_probe_acks_sent),
+            ("relay_probes_stray", &self.relay_probes_stray),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.load(Relaxed)))
@@ -174,6 +186,20 @@ impl Datapath {
     /// The counters kept for a peer name (created on first use).
     pub fn counters_of(&self, peer: &str) -> Arc<PeerCounters> {
         self.by_name.entry(peer.to_owned()).or_default().clone()
+    }
+
+    /// A relay-rung probe or ack for peer `name` as the path ladder sends it (see
+    /// [`ForwardingTable::relay_probe`]): written into `out`, with the relay's underlay
+    /// address it goes to. `None` when `name` has no relay in the current table.
+    pub fn relay_probe(
+        &self,
+        name: &str,
+        msg: probe::ProbeMessage,
+        out: &mut [u8],
+    ) -> Option<(Ipv4Addr, usize)> {
+        let snap = self.snapshot.load();
+        let peer = snap.table.peer_named(name)?;
+        snap.table.relay_probe(peer, msg, out)
     }
 
     /// Counts a drop by reason and, where the sender is known, against that peer.
@@ -626,18 +652,57 @@ async fn send_runs(
     }
 }
 
-/// UDP → decapsulate → TUN, until an I/O error.
+/// What the receive side does besides writing to the TUN device: forwarding the frames
+/// this node relays, and handing relay-rung probe acks to the path ladder.
+trait RelayOut {
+    /// Sends `datagram` as it is to `dst`'s tunnel port, without waiting; whether it went.
+    fn forward(&self, dst: Ipv4Addr, datagram: &[u8]) -> bool;
+    /// A relay-rung ack from peer `peer`.
+    fn ack(&self, peer: &str, msg: probe::ProbeMessage);
+}
+
+/// The tunnel socket and the ladder, as the receive loop relays with them.
+struct SocketRelay<'a> {
+    sock: &'a UdpSocket,
+    port: u16,
+    paths: &'a crate::paths::PathsHandle,
+}
+
+impl RelayOut for SocketRelay<'_> {
+    fn forward(&self, dst: Ipv4Addr, datagram: &[u8]) -> bool {
+        let to = SocketAddr::from((dst, self.port));
+        match self.sock.try_send_to(datagram, to) {
+            Err(e) if crate::pmtu::is_icmp_error(&e) => self.sock.try_send_to(datagram, to).is_ok(),
+            sent => sent.is_ok(),
+        }
+    }
+
+    fn ack(&self, peer: &str, msg: probe::ProbeMessage) {
+        self.paths
+            .deliver(crate::paths::Via::Relay(Arc::from(peer)), msg);
+    }
+}
+
+/// UDP → decapsulate → TUN, until an I/O error; frames this node relays go back out on
+/// the same socket to `port` of their destination.
 pub async fn udp_to_tun(
     dp: Arc<Datapath>,
     tun: Arc<AsyncDevice>,
     UdpTunnel { sock, state }: UdpTunnel,
     tun_mtu: usize,
+    port: u16,
+    paths: Arc<crate::paths::PathsHandle>,
     offloads: Offloads,
 ) -> Result<()> {
     const BATCH: usize = quinn_udp::BATCH_SIZE;
     let mut storage = vec![0u8; RECV_SLOT * BATCH];
     let mut metas = [RecvMeta::default(); BATCH];
     let mut rx = RxState::new(offloads.tun, tun_mtu);
+    let relay = SocketRelay {
+        sock: &sock,
+        port,
+        paths: &paths,
+    };
     loop {
         let received = {
             // On the stack: no allocation per receive call.
@@ -670,6 +735,7 @@ pub async fn udp_to_tun(
                 sender,
                 &mut slot[..meta.len],
                 meta.stride,
+                &relay,
             )
             .await;
         }
@@ -778,7 +844,8 @@ impl Coalescing {
 /// Decapsulates the datagrams of one receive slot (several of one sender when UDP GRO
 /// coalesced them, each `stride` long but the last) and writes what is accepted to the
 /// TUN device: with offload through the coalescer, else one by one with partial
-/// checksums completed.
+/// checksums completed. Frames this node relays are forwarded as they are; relay-rung
+/// probes are answered back through the relay, their acks go to the ladder.
 async fn deliver(
     dp: &Datapath,
     tun: &impl TunDevice,
@@ -786,6 +853,7 @@ async fn deliver(
     sender: Ipv4Addr,
     data: &mut [u8],
     stride: usize,
+    relay: &impl RelayOut,
 ) {
     let snap = dp.snapshot.load();
     // An empty datagram is still a datagram to count.
@@ -807,8 +875,35 @@ async fn deliver(
             }
             continue;
         }
-        let decap = match snap.table.decap(sender, datagram) {
-            Ok(decap) => decap,
+        let decap = match snap.table.receive(sender, datagram) {
+            Ok(Received::Deliver(decap)) => decap,
+            Ok(Received::Forward { dst, .. }) => {
+                let counter = if relay.forward(dst, datagram) {
+                    &dp.io.relay_forwarded
+                } else {
+                    &dp.io.relay_forward_errors
+                };
+                counter.fetch_add(1, Relaxed);
+                continue;
+            }
+            Ok(Received::StrayRelayProbe { .. }) => {
+                dp.io.relay_probes_stray.fetch_add(1, Relaxed);
+                continue;
+            }
+            Ok(Received::RelayProbe { peer, msg, .. }) => {
+                match msg.ack() {
+                    Some(ack) => {
+                        let mut buf = [0u8; 128];
+                        if let Some((to, len)) = snap.table.relay_probe(peer, ack, &mut buf)
+                            && relay.forward(to, &buf[..len])
+                        {
+                            dp.io.relay_probe_acks_sent.fetch_add(1, Relaxed);
+                        }
+                    }
+                    None => relay.ack(&snap.table.peers()[peer].name, msg),
+                }
+                continue;
+            }
             Err((reason, peer)) => {
                 dp.drop_packet(&snap, reason, peer);
                 continue;
@@ -955,6 +1050,7 @@ mod tests {
                 zone: String::new(),
                 quic_port: None,
                 cert_fingerprint: None,
+                relay: false,
             }],
         )
     }
@@ -1005,6 +1101,124 @@ mod tests {
             self.writes.lock().unwrap().push(buf.to_vec());
             Ok(buf.len())
         }
+    }
+
+    /// Records what the receive side forwards and hands to the ladder.
+    #[derive(Default)]
+    struct NoRelay {
+        forwarded: Mutex<Vec<(Ipv4Addr, Vec<u8>)>>,
+        acks: Mutex<Vec<String>>,
+    }
+
+    impl RelayOut for NoRelay {
+        fn forward(&self, dst: Ipv4Addr, datagram: &[u8]) -> bool {
+            self.forwarded
+                .lock()
+                .unwrap()
+                .push((dst, datagram.to_vec()));
+            true
+        }
+
+        fn ack(&self, peer: &str, _msg: probe::ProbeMessage) {
+            self.acks.lock().unwrap().push(peer.to_owned());
+        }
+    }
+
+    /// Node `me` of n1..n3 (underlay 10.100.1.1i, pods 10.244.i.0/24) with the others.
+    fn three(me: u8) -> ForwardingTable {
+        let info = |i: u8| PeerInfo {
+            name: format!("n{i}"),
+            underlay: Ipv4Addr::new(10, 100, 1, 10 + i),
+            pod_subnet: format!("10.244.{i}.0/24").parse().unwrap(),
+            vtep_mac: MacAddr::vtep_for_node(&format!("n{i}")),
+            zone: String::new(),
+            quic_port: None,
+            cert_fingerprint: None,
+            relay: false,
+        };
+        ForwardingTable::new(
+            LocalVtep {
+                vni: 1,
+                mac: MacAddr::vtep_for_node(&format!("n{me}")),
+                pod_subnet: format!("10.244.{me}.0/24").parse().unwrap(),
+            },
+            (1..=3).filter(|i| *i != me).map(info).collect(),
+        )
+    }
+
+    /// n1 → n2 relayed through n3: n3 forwards the frame as it is, n2 writes its packet;
+    /// the same frame from n3 at a node that does not relay n1 through n3 is a forgery:
+    /// dropped, counted as `not_our_relay` and against the sender. A relay probe is answered back through the relay, and its ack reaches the ladder.
+    #[tokio::test]
+    async fn relayed_frames_are_forwarded_delivered_or_dropped_as_forged() {
+        let under = |i: u8| Ipv4Addr::new(10, 100, 1, 10 + i);
+        let n1 = three(1).with_relays([("n2", "n3", true)]);
+        let packet = tcp(1, 2, 1, &[5; 100]);
+        let mut frame = vec![0u8; ENCAP_LEN];
+        frame.extend(&packet);
+        assert_eq!(n1.encap(&mut frame).unwrap().dst, under(3));
+
+        let relay = NoRelay::default();
+        let dp3 = Datapath::new(three(3).with_relaying(["n1", "n2"]));
+        let mut rx = RxState::new(false, 1450);
+        let tun = FakeTun::default();
+        let mut data = frame.clone();
+        let len = data.len();
+        deliver(&dp3, &tun, &mut rx, under(1), &mut data, len, &relay).await;
+        assert_eq!(
+            relay.forwarded.lock().unwrap()[0],
+            (under(2), frame.clone())
+        );
+        assert_eq!(dp3.io.relay_forwarded.load(Relaxed), 1);
+        assert!(tun.writes.lock().unwrap().is_empty(), "not for n3's pods");
+
+        let dp2 = Datapath::new(three(2).with_relays([("n1", "n3", true)]));
+        let mut data = frame.clone();
+        deliver(&dp2, &tun, &mut rx, under(3), &mut data, len, &relay).await;
+        assert_eq!(tun.writes.lock().unwrap().as_slice(), [packet]);
+        assert_eq!(dp2.counters_of("n1").rx_packets.load(Relaxed), 1);
+
+        // The same frame straight from n1 is n1's own.
+        let mut direct = frame.clone();
+        deliver(&dp2, &tun, &mut rx, under(1), &mut direct, len, &relay).await;
+        assert_eq!(tun.writes.lock().unwrap().len(), 2);
+        // Forged: n3 sends a frame from n1's VTEP MAC and pod subnet to a node that does
+        // not relay n1 through n3. Dropped, counted by reason and against n3.
+        let dp_plain = Datapath::new(three(2));
+        let mut forged = frame.clone();
+        deliver(&dp_plain, &tun, &mut rx, under(3), &mut forged, len, &relay).await;
+        assert_eq!(dp_plain.drops.get(DropReason::NotOurRelay), 1);
+        assert_eq!(dp_plain.counters_of("n3").drops.load(Relaxed), 1);
+        assert_eq!(dp_plain.counters_of("n1").rx_packets.load(Relaxed), 0);
+        assert_eq!(tun.writes.lock().unwrap().len(), 2, "nothing written");
+
+        // The relay rung's probe: n2 answers through n3; the ack reaches n1's ladder.
+        let mut buf = [0u8; 128];
+        let probe = probe::ProbeMessage::Probe {
+            id: 9,
+            size: probe::MIN_SIZE,
+        };
+        let (to, plen) = n1
+            .relay_probe(n1.peer_named("n2").unwrap(), probe, &mut buf)
+            .unwrap();
+        assert_eq!(to, under(3));
+        deliver(
+            &dp2,
+            &tun,
+            &mut rx,
+            under(3),
+            &mut buf[..plen],
+            plen,
+            &relay,
+        )
+        .await;
+        assert_eq!(dp2.io.relay_probe_acks_sent.load(Relaxed), 1);
+        let (to, mut ack) = relay.forwarded.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(to, under(3), "the ack goes back through the relay");
+        let dp1 = Datapath::new(n1);
+        let alen = ack.len();
+        deliver(&dp1, &tun, &mut rx, under(3), &mut ack, alen, &relay).await;
+        assert_eq!(relay.acks.lock().unwrap().as_slice(), ["n2".to_owned()]);
     }
 
     /// A recorded transmit: destination, contents, GSO segment size.
@@ -1200,7 +1414,16 @@ mod tests {
         let tun = FakeTun::default();
         let mut rx = RxState::new(true, 1450);
 
-        deliver(&dp, &tun, &mut rx, N2_UNDERLAY, &mut data, stride).await;
+        deliver(
+            &dp,
+            &tun,
+            &mut rx,
+            N2_UNDERLAY,
+            &mut data,
+            stride,
+            &NoRelay::default(),
+        )
+        .await;
         rx.flush(&dp, &tun).await;
 
         let writes = tun.writes.into_inner().unwrap();
@@ -1224,7 +1447,16 @@ mod tests {
         // Without UDP GRO every datagram comes in its own receive slot.
         for p in &packets {
             let (mut data, stride) = datagrams_from_n2(std::slice::from_ref(p));
-            deliver(&dp, &tun, &mut rx, N2_UNDERLAY, &mut data, stride).await;
+            deliver(
+                &dp,
+                &tun,
+                &mut rx,
+                N2_UNDERLAY,
+                &mut data,
+                stride,
+                &NoRelay::default(),
+            )
+            .await;
         }
         rx.flush(&dp, &tun).await;
 
@@ -1247,7 +1479,16 @@ mod tests {
         let tun = FakeTun::default();
         let (mut data, stride) = unsegmented_from_n2(4000);
         let mut rx = RxState::new(true, 1450);
-        deliver(&dp, &tun, &mut rx, N2_UNDERLAY, &mut data, stride).await;
+        deliver(
+            &dp,
+            &tun,
+            &mut rx,
+            N2_UNDERLAY,
+            &mut data,
+            stride,
+            &NoRelay::default(),
+        )
+        .await;
         let writes = tun.writes.into_inner().unwrap();
         assert_eq!(writes.len(), 1);
         let hdr = VnetHdr::parse(&writes[0]).unwrap();
@@ -1257,7 +1498,16 @@ mod tests {
         let tun = FakeTun::default();
         let (mut data, stride) = unsegmented_from_n2(4000);
         let mut rx = RxState::new(false, 1450);
-        deliver(&dp, &tun, &mut rx, N2_UNDERLAY, &mut data, stride).await;
+        deliver(
+            &dp,
+            &tun,
+            &mut rx,
+            N2_UNDERLAY,
+            &mut data,
+            stride,
+            &NoRelay::default(),
+        )
+        .await;
         let writes = tun.writes.into_inner().unwrap();
         assert_eq!(writes.len(), 3);
         let mut payload = 0;

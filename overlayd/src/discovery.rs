@@ -41,6 +41,7 @@ pub fn peer_infos(peers: &[Peer]) -> Vec<PeerInfo> {
             zone: String::new(),
             quic_port: None,
             cert_fingerprint: None,
+            relay: false,
         })
         .collect()
 }

@@ -8,7 +8,10 @@
 //! the same datagram; [`Ladder::awaited`] tells whose an ack is), so a firewall between
 //! two on-link nodes is noticed; on the quic rung the same bytes as a datagram on the QUIC
 //! connection. Every node answers probes on both (the path-MTU task answers the tunnel
-//! port's; [`run`] answers QUIC's). The relay is not carried yet and never a candidate.
+//! port's; [`run`] answers QUIC's). On the relay rung the same bytes go in a VXLAN frame
+//! from our VTEP MAC to the peer's, EtherType `ETHERTYPE_RELAY_PROBE`, sent to the
+//! pair's relay, which forwards it; the peer's receive loop answers it the same way back,
+//! so an ack proves the whole relayed path, both hops and both directions.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -36,6 +39,8 @@ pub enum Via {
     Tunnel(Ipv4Addr),
     /// A datagram on the QUIC connection of this member.
     Quic(Arc<str>),
+    /// A relay-rung frame from this member, through its relay.
+    Relay(Arc<str>),
 }
 
 /// One peer as the ladder needs it.
@@ -45,6 +50,9 @@ pub struct LadderPeer {
     pub underlay: Ipv4Addr,
     /// The allowed rungs this node carries, in ladder order.
     pub candidates: Vec<PathKind>,
+    /// The member relaying for the pair ([`overlayd_proto::path::relay_plan`]); `None`
+    /// leaves the relay rung unusable.
+    pub relay: Option<String>,
 }
 
 /// Ladder counters (`overlayd status` io map).
@@ -107,6 +115,9 @@ impl PathsHandle {
         let chosen = {
             let mut l = self.ladders();
             l.set_peers(now, &list);
+            for p in peers {
+                l.set_relay(now, &p.name, p.relay.as_deref());
+            }
             peers
                 .iter()
                 .map(|p| (p.name.clone(), l.ladder(&p.name).and_then(|x| x.chosen())))
@@ -160,12 +171,13 @@ impl PathsHandle {
                 };
                 name.clone()
             }
-            Via::Quic(name) => name.to_string(),
+            Via::Quic(name) | Via::Relay(name) => name.to_string(),
         };
         let mut l = self.ladders();
         let path = match via {
             Via::Tunnel(_) => l.ladder(&name).and_then(|x| x.awaited(id)),
             Via::Quic(_) => Some(PathKind::Quic),
+            Via::Relay(_) => Some(PathKind::Relay),
         };
         if let Some(path) = path
             && l.handle_ack(now, &name, path, id)
@@ -178,6 +190,7 @@ impl PathsHandle {
 /// The ladder task: until the socket fails.
 pub async fn run(
     paths: Arc<PathsHandle>,
+    dp: Arc<crate::datapath::Datapath>,
     sock: Arc<UdpSocket>,
     port: u16,
     quic: Option<Arc<QuicTransport>>,
@@ -188,7 +201,7 @@ pub async fn run(
         .ok()
         .and_then(|mut rx| rx.take())
         .context("the ladder inbox was handed out twice")?;
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; 128];
     loop {
         let sleep_for = paths
             .ladders()
@@ -224,7 +237,17 @@ pub async fn run(
             (probes, switches)
         };
         for (name, probe) in probes {
-            send_probe(&paths, &sock, port, quic.as_deref(), &name, probe, &mut buf).await;
+            send_probe(
+                &paths,
+                &dp,
+                &sock,
+                port,
+                quic.as_deref(),
+                &name,
+                probe,
+                &mut buf,
+            )
+            .await;
         }
         let mut moved = false;
         for (name, s) in switches {
@@ -245,8 +268,10 @@ pub async fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send_probe(
     paths: &PathsHandle,
+    dp: &crate::datapath::Datapath,
     sock: &UdpSocket,
     port: u16,
     quic: Option<&QuicTransport>,
@@ -281,7 +306,20 @@ async fn send_probe(
         }
         // Without a connection the send fails: the probe is lost, as the rung is.
         PathKind::Quic => quic.is_some_and(|q| q.send(name, &buf[..len]).is_ok()),
-        PathKind::Relay => false,
+        // Through the relay the forwarding table names (set with the ladder's relay):
+        // the frame replaces the bare message in `buf`.
+        PathKind::Relay => match dp.relay_probe(name, msg, buf) {
+            Some((relay, len)) => {
+                let to = SocketAddr::from((relay, port));
+                match sock.send_to(&buf[..len], to).await {
+                    Err(e) if crate::pmtu::is_icmp_error(&e) => {
+                        sock.send_to(&buf[..len], to).await.is_ok()
+                    }
+                    sent => sent.is_ok(),
+                }
+            }
+            None => false,
+        },
     };
     if sent {
         paths.counters.probes_sent.fetch_add(1, Relaxed);
@@ -299,6 +337,7 @@ mod tests {
             name: name.into(),
             underlay: Ipv4Addr::new(10, 100, 1, last),
             candidates: candidates.to_vec(),
+            relay: None,
         }
     }
 

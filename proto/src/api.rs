@@ -215,6 +215,9 @@ pub struct LadderReport {
     pub on_path_ms: u64,
     /// Changes of path since the first choice.
     pub switches: u64,
+    /// The member the relay rung goes through, when the pair has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
     /// Every candidate, in ladder order.
     pub rungs: Vec<RungReport>,
 }

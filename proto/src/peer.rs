@@ -29,4 +29,9 @@ pub struct PeerInfo {
     /// certificate is refused ([`crate::pki::check_advertised`]).
     #[serde(default)]
     pub cert_fingerprint: Option<crate::pki::Fingerprint>,
+    /// It forwards relayed frames (it announces the capability `relay`); a static
+    /// `[[peer]]` (a kernel vxlan node, say) and a node of an earlier version do not, and
+    /// are never chosen as a relay.
+    #[serde(default)]
+    pub relay: bool,
 }

@@ -48,7 +48,7 @@ fn total(drops: &serde_json::Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// 8e: garbage, truncated, wrong-VNI, forged, malformed-probe and unknown-sender datagrams to the tunnel
+/// 8e: garbage, truncated, wrong-VNI, forged (also as relayed), malformed-probe and unknown-sender datagrams to the tunnel
 /// port are each dropped under their own counter, none reaches the TUN device, and the
 /// daemon keeps serving.
 pub(crate) fn garbage_datagrams_are_dropped_and_counted() -> Result<()> {
@@ -60,6 +60,19 @@ pub(crate) fn garbage_datagrams_are_dropped_and_counted() -> Result<()> {
     let n3_pod: Ipv4Addr = lab.pod("n3-p1")?.ip;
     let before = drops(&lab, "n1")?;
     let tun_before = link_packets(&n1.netns(), "ovdtun0")?;
+    // The relays as every node computes them (all four alive, one zone): a member whose
+    // pair with n1 is relayed by someone other than n3.
+    let relay = |a: &str, b: &str| {
+        let others: Vec<&str> = ["n1", "n2", "n3", "n4"]
+            .into_iter()
+            .filter(|m| *m != a && *m != b)
+            .collect();
+        overlayd_proto::path::choose_relay(a, b, &others).map(str::to_owned)
+    };
+    let not_via_n3 = ["n2", "n4"]
+        .into_iter()
+        .find(|x| relay("n1", x).as_deref() != Some("n3"))
+        .context("every pair of n1 relayed by n3")?;
 
     // From a known peer (n3's underlay address): every way a frame can be wrong.
     let mut no_flag = frame(1, "n3", n1_mac, n3_pod, ours);
@@ -90,6 +103,23 @@ pub(crate) fn garbage_datagrams_are_dropped_and_counted() -> Result<()> {
         (
             "spoofed_source",
             frame(1, "n3", n1_mac, lab.pod("n2-p1")?.ip, ours),
+        ),
+        // Relayed by n3 for a member n1 does not relay through n3: forged.
+        (
+            "not_our_relay",
+            frame(
+                1,
+                not_via_n3,
+                n1_mac,
+                lab.pod(&format!("{not_via_n3}-p1"))?.ip,
+                ours,
+            ),
+        ),
+        // To another member's VTEP MAC, but from a third one's (relayed once already, or
+        // forged): a relay forwards only frames from their origin.
+        (
+            "relay_refused",
+            frame(1, "n4", MacAddr::vtep_for_node("n2"), n3_pod, ours),
         ),
     ];
     const EACH: u64 = 5;

@@ -12,6 +12,7 @@ mod interop;
 mod pki;
 mod pmtu;
 mod quic;
+mod relay;
 mod services;
 mod support;
 
@@ -88,6 +89,10 @@ const ROOT_TESTS: &[(&str, TestFn)] = &[
     (
         "quic_tcpdump_sees_no_pod_payload_on_a_quic_path_but_sees_it_on_udp",
         quic::tcpdump_sees_no_pod_payload_on_a_quic_path_but_sees_it_on_udp,
+    ),
+    (
+        "relay_a_cut_pair_moves_onto_a_relay_and_back_after_the_heal",
+        relay::a_cut_pair_moves_onto_a_relay_and_back_after_the_heal,
     ),
     (
         "kernel_vxlan_node_interoperates_both_ways",

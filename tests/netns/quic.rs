@@ -404,7 +404,7 @@ fn path_of(lab: &Lab, on: &str, peer: &str) -> Result<String> {
 }
 
 /// Waits until `on` shows each `(peer, path)`.
-fn wait_for_paths(lab: &Lab, on: &str, want: &[(&str, &str)]) -> Result<()> {
+pub(crate) fn wait_for_paths(lab: &Lab, on: &str, want: &[(&str, &str)]) -> Result<()> {
     wait_for_paths_within(lab, on, want, PATHS_WITHIN)
 }
 
@@ -516,7 +516,7 @@ pods = 1
 }
 
 /// [`wait_for_paths`] with its own bound; the error shows the paths last seen.
-fn wait_for_paths_within(
+pub(crate) fn wait_for_paths_within(
     lab: &Lab,
     on: &str,
     want: &[(&str, &str)],

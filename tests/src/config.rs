@@ -196,7 +196,10 @@ pub fn policy_path(
         on_link,
         quic: config.quic.is_some() && to.daemon && to.quic,
     });
-    Ok(PeerPath::first_carried(&resolved.candidates))
+    Ok(PeerPath::first_carried(&PeerPath::carried_in(
+        &resolved.candidates,
+        resolved.require_encryption,
+    )))
 }
 
 /// `config` with `overrides` deep-merged into it in order (later ones win), checked as the daemon checks its file

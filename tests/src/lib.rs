@@ -58,5 +58,5 @@ pub use lab::{
 pub use netns::{Netns, NetnsError, in_netns, run_in, try_in_netns};
 pub use topology::{
     DEFAULT_NODES, DEFAULT_TOPOLOGY, DEFAULT_ZONE, NodeSpec, REMOTE_ZONE_TOPOLOGY, Segment,
-    TWO_SEGMENTS, Topology, TopologyError,
+    THREE_SEGMENTS_TOPOLOGY, TWO_SEGMENTS, Topology, TopologyError,
 };

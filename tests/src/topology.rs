@@ -78,6 +78,11 @@ ports = [
 /// `overlayd lab up --topology`.
 pub const REMOTE_ZONE_TOPOLOGY: &str = include_str!("../topologies/remote-zone.toml");
 
+/// Three segments a, b, c (10.100.1–3.0/24) with one node each (n1, n2, n3, one pod
+/// each), one zone, no QUIC: every pair takes udp, and partitioning a from b moves n1–n2
+/// onto a relay through n3. The file `tests/topologies/three-segments.toml`.
+pub const THREE_SEGMENTS_TOPOLOGY: &str = include_str!("../topologies/three-segments.toml");
+
 /// Segments a (10.100.1.0/24) and b (10.100.2.0/24), as the default topology has them:
 /// tests append their own `[[node]]` tables (top-level keys must come before it).
 pub const TWO_SEGMENTS: &str = r#"
@@ -1201,6 +1206,17 @@ mod tests {
         assert_eq!(topo.seed().unwrap().name, "n1");
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/remote-zone.toml");
         assert_eq!(Topology::from_file(&file).unwrap(), topo);
+    }
+
+    #[test]
+    fn the_three_segments_file_parses_with_one_node_per_segment() {
+        let topo = Topology::parse(THREE_SEGMENTS_TOPOLOGY).unwrap();
+        assert_eq!(topo.nodes().len(), 3);
+        assert_eq!(
+            topo.node("n3").unwrap().underlay,
+            Ipv4Addr::new(10, 100, 3, 11)
+        );
+        assert!(topo.gossip() && !topo.quic());
     }
 
     #[test]

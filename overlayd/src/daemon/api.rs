@@ -331,6 +331,7 @@ fn ladder_report(l: &overlayd_proto::path::LadderStatus) -> api::LadderReport {
         reason: l.reason.as_str().to_owned(),
         on_path_ms: l.on_path_for.as_millis() as u64,
         switches: l.switches,
+        relay: l.relay.clone(),
         rungs: l
             .rungs
             .iter()
@@ -387,9 +388,16 @@ fn peers(shared: &Shared) -> Result<api::Peers> {
         .map(|a| {
             let p = &a.peer;
             let c = shared.dp.counters_of(&p.name);
-            let mtu = (a.path == PeerPath::Udp)
-                .then(|| shared.pmtu.path_mtu(p.underlay))
-                .flatten();
+            // A relayed peer's frames go over the udp path to its relay.
+            let mtu = match a.path {
+                PeerPath::Udp => shared.pmtu.path_mtu(p.underlay),
+                PeerPath::Relay => ladders
+                    .get(&p.name)
+                    .and_then(|l| l.relay.as_deref())
+                    .and_then(|r| state.admitted.iter().find(|x| x.peer.name == r))
+                    .and_then(|r| shared.pmtu.path_mtu(r.peer.underlay)),
+                PeerPath::HostGw | PeerPath::Quic => None,
+            };
             PeerReport {
                 name: p.name.clone(),
                 underlay: p.underlay,

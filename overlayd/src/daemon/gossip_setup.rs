@@ -12,7 +12,7 @@ use super::Local;
 use crate::gossip::{self, GossipHandle, GossipSetup, SubnetClaim};
 
 /// Capabilities this build announces to the cluster.
-const CAPABILITIES: &[&str] = &["vxlan"];
+const CAPABILITIES: &[&str] = &["vxlan", overlayd_proto::gossip::RELAY_CAPABILITY];
 
 /// How long a seed's DNS name is retried before the node starts without it.
 const SEED_RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -367,6 +367,8 @@ pub async fn run(cfg: Config, config_path: PathBuf, takeover: bool) -> Result<()
         tun.clone(),
         udp,
         mtu,
+        cfg.tunnel.port,
+        paths.clone(),
         offloads,
     ));
     tasks.spawn(pmtu::run(
@@ -378,6 +380,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, takeover: bool) -> Result<()
     ));
     tasks.spawn(crate::paths::run(
         paths,
+        dp.clone(),
         sock.clone(),
         cfg.tunnel.port,
         quic.clone(),
@@ -891,6 +894,7 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     let mut encrypted_only = Vec::new();
     let mut ladder_peers = Vec::with_capacity(peers.len());
     let mut linked_by_name = BTreeMap::new();
+    let relays = relay_plan(shared, &peers);
     for peer in &peers {
         let (path, linked) = match shared.nl.route_get(peer.underlay).await {
             Ok(lookup) => (
@@ -910,10 +914,15 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
         if encrypted {
             encrypted_only.push(peer.name.clone());
         }
+        let relay = candidates
+            .contains(&PathKind::Relay)
+            .then(|| relays.relays.get(&peer.name).cloned())
+            .flatten();
         ladder_peers.push(LadderPeer {
             name: peer.name.clone(),
             underlay: peer.underlay,
             candidates,
+            relay,
         });
         linked_by_name.insert(peer.name.clone(), linked);
     }
@@ -956,15 +965,51 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
         );
         quic.set_peers(&wanted);
     }
+    // A relayed peer's frames are taken from its relay (whether or not the rung is
+    // chosen: the two ends switch at slightly different moments), and sent there once the
+    // rung is chosen.
+    let relayed: Vec<(&str, &str, bool)> = ladder_peers
+        .iter()
+        .filter_map(|l| {
+            let relay = l.relay.as_deref()?;
+            let chosen = with_paths
+                .iter()
+                .any(|(p, path)| p.name == l.name && *path == PeerPath::Relay);
+            Some((l.name.as_str(), relay, chosen))
+        })
+        .collect();
     shared.dp.install(
-        ForwardingTable::new(local_vtep(&shared.cfg, &shared.local, subnet), peers)
-            .with_quic(over_quic)
-            .with_encryption_required(encrypted_only.iter().map(String::as_str)),
+        ForwardingTable::new(
+            local_vtep(&shared.cfg, &shared.local, subnet),
+            peers.clone(),
+        )
+        .with_quic(over_quic)
+        .with_encryption_required(encrypted_only.iter().map(String::as_str))
+        .with_relays(relayed.iter().copied())
+        .with_relaying(relays.relay_hops.iter().map(String::as_str)),
     );
     let mut route_mtus = path_mtus(shared, &with_paths).await;
+    // The relay's frames are the udp path's, sent to the relay: the relay's path MTU
+    // (where narrower than the tunnel device's) is the relayed route's. The relay's own
+    // hop onward is not measured from here.
+    let udp_mtus = route_mtus.clone();
     for (peer, path) in &with_paths {
-        if *path == PeerPath::Quic {
-            route_mtus.insert(peer.underlay, quic_route_mtu(shared, &peer.name));
+        match path {
+            PeerPath::Quic => {
+                route_mtus.insert(peer.underlay, quic_route_mtu(shared, &peer.name));
+            }
+            PeerPath::Relay => {
+                let relay_mtu = relayed
+                    .iter()
+                    .find(|(name, _, _)| *name == peer.name)
+                    .and_then(|(_, relay, _)| peers.iter().find(|p| p.name == *relay))
+                    .and_then(|p| udp_mtus.get(&p.underlay).copied());
+                match relay_mtu {
+                    Some(mtu) => route_mtus.insert(peer.underlay, mtu),
+                    None => route_mtus.remove(&peer.underlay),
+                };
+            }
+            PeerPath::HostGw | PeerPath::Udp => {}
         }
     }
 
@@ -1048,8 +1093,42 @@ async fn reconcile(shared: &Shared, peers: &[PeerInfo]) -> Result<()> {
     }
 }
 
+/// Who relays for whom as this node sees it: among the live members (gossip's peers
+/// without those whose daemon is down, and this node), hops judged by the `[path]`
+/// policy ([`PathPolicy::relay_hop`](overlayd_proto::path::PathPolicy::relay_hop)).
+fn relay_plan(shared: &Shared, peers: &[PeerInfo]) -> overlayd_proto::path::RelayPlan {
+    let local_zone = shared.cfg.node.zone.as_str();
+    let mut members: Vec<overlayd_proto::path::Member<'_>> = peers
+        .iter()
+        .filter(|p| {
+            !shared
+                .gossip
+                .as_ref()
+                .is_some_and(|g| g.daemon_down(&p.name))
+        })
+        .map(|p| overlayd_proto::path::Member {
+            name: &p.name,
+            zone: if p.zone.is_empty() {
+                local_zone
+            } else {
+                &p.zone
+            },
+            relays: p.relay,
+        })
+        .collect();
+    members.push(overlayd_proto::path::Member {
+        name: &shared.cfg.node.name,
+        zone: local_zone,
+        relays: true,
+    });
+    overlayd_proto::path::relay_plan(&shared.cfg.node.name, &members, |from, relay| {
+        shared.cfg.path.relay_hop(from.zone, relay.zone, relay.name)
+    })
+}
+
 /// A peer's candidate paths under the `[path]` policy — the allowed ones this node
-/// carries (host-gw, udp, quic; not yet the relay), in ladder order; `kernel` is what the
+/// carries (all, but never the relay for a pair that requires encryption:
+/// [`PeerPath::carried_in`]), in ladder order; `kernel` is what the
 /// kernel's route lookup allows (host-gw or the tunnel) — and whether the pair requires
 /// encryption. None (logged): the peer gets no route, so the cluster blackhole drops its
 /// traffic rather than sending it on a path the policy refuses.
@@ -1067,12 +1146,7 @@ fn policy_candidates(shared: &Shared, peer: &PeerInfo, kernel: PeerPath) -> (Vec
         on_link: kernel == PeerPath::HostGw,
         quic: shared.quic.is_some() && peer.quic_port.is_some(),
     });
-    let carried: Vec<PathKind> = resolved
-        .candidates
-        .iter()
-        .copied()
-        .filter(|k| PeerPath::carrying(*k).is_some())
-        .collect();
+    let carried = PeerPath::carried_in(&resolved.candidates, resolved.require_encryption);
     if carried.is_empty() {
         tracing::warn!(
             peer = %peer.name, zone = peer_zone, allowed = ?resolved.candidates,
@@ -1415,6 +1489,7 @@ mod tests {
             zone: String::new(),
             quic_port: None,
             cert_fingerprint: None,
+            relay: false,
         }
     }
 

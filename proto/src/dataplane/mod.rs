@@ -13,5 +13,5 @@ mod tso;
 pub use gro::{GRO_BUF_LEN, Gro, MAX_SUPER_PACKET, Push, alone_hdr, oversize_tcp};
 pub use gso::{Frame, GsoRun, gso_runs};
 pub use partial::{InnerChecksum, L4Checksum, PROTO_TCP, PROTO_UDP, complete_partial};
-pub use table::{Decap, DropReason, Encap, ForwardingTable, LocalVtep, PeerIndex};
+pub use table::{Decap, DropReason, Encap, ForwardingTable, LocalVtep, PeerIndex, Received};
 pub use tso::{Segments, SplitError, split};

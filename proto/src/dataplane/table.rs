@@ -48,12 +48,19 @@ pub enum DropReason {
     /// A path-MTU probe or ack (I flag clear, probe marker) that does not parse.
     MalformedProbe,
     /// A VXLAN datagram from a peer whose pair requires encryption: cleartext the policy
-    /// does not allow (or a forgery with its underlay address), never delivered.
+    /// does not allow (or a forgery with its underlay address), never delivered. Also a
+    /// frame to relay for a pair where either hop requires encryption.
     NotOverQuic,
+    /// A frame from another peer's VTEP MAC (a relayed one) whose sender is not the
+    /// relay we use with that peer: a forgery, or a relay we no longer use.
+    NotOurRelay,
+    /// A frame for another peer's VTEP MAC that we do not relay: not a pair we relay
+    /// for, or not from the origin itself (a relay forwards only one hop).
+    RelayRefused,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::UnknownSender,
         DropReason::Truncated,
         DropReason::NoVniFlag,
@@ -66,6 +73,8 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::MalformedProbe,
         DropReason::NotOverQuic,
+        DropReason::NotOurRelay,
+        DropReason::RelayRefused,
     ];
 
     /// Stable snake_case name, used in counters and the API.
@@ -83,6 +92,8 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::MalformedProbe => "malformed_probe",
             DropReason::NotOverQuic => "not_over_quic",
+            DropReason::NotOurRelay => "not_our_relay",
+            DropReason::RelayRefused => "relay_refused",
         }
     }
 
@@ -107,6 +118,33 @@ pub struct Decap {
     pub inner: Range<usize>,
 }
 
+/// What a datagram received on the tunnel port is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// An inner packet for the TUN device, from `peer` (sent by it, or by its relay).
+    Deliver(Decap),
+    /// A frame we relay: send the datagram as it is to `dst`, the underlay address of
+    /// peer `to` (its origin is `from`, the sender itself).
+    Forward {
+        from: PeerIndex,
+        to: PeerIndex,
+        dst: Ipv4Addr,
+    },
+    /// A relay-rung probe or ack of the path ladder from `peer`, through `via`, the relay
+    /// we use with it (an ack to a probe goes back the same way).
+    RelayProbe {
+        peer: PeerIndex,
+        via: PeerIndex,
+        msg: ProbeMessage,
+    },
+    /// A relay-rung probe or ack we can neither forward nor take, for `reason`
+    /// (`UnknownSender`, `WrongDstMac`, `NotOurRelay`, `RelayRefused`): a member that
+    /// learned of a peer before we did, at start, or a relay that just changed. It is a
+    /// probe lost, as on a broken path, and carries no pod traffic: the shell counts it
+    /// apart from the drops.
+    StrayRelayProbe { reason: DropReason },
+}
+
 /// An immutable snapshot of the tunnel peers, built off the hot path whenever peers
 /// change and swapped in whole; lookups never lock or allocate.
 #[derive(Debug, Clone)]
@@ -122,6 +160,14 @@ pub struct ForwardingTable {
     quic: Vec<bool>,
     /// Per peer: the pair requires encryption, so VXLAN from it is refused.
     encrypted_only: Vec<bool>,
+    by_mac: HashMap<MacAddr, PeerIndex>,
+    /// Per peer: the member we relay its traffic through when the relay rung is chosen
+    /// (its frames arriving from that member are accepted as its own).
+    relay_via: Vec<Option<PeerIndex>>,
+    /// Per peer: where its frames go, its own underlay address or its relay's.
+    encap_dst: Vec<Ipv4Addr>,
+    /// Per peer: this node may relay its frames (the hop between us may carry them).
+    relay_hop: Vec<bool>,
 }
 
 impl ForwardingTable {
@@ -134,6 +180,14 @@ impl ForwardingTable {
             .collect();
         let quic = vec![false; peers.len()];
         let encrypted_only = vec![false; peers.len()];
+        let by_mac = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.vtep_mac, i))
+            .collect();
+        let encap_dst = peers.iter().map(|p| p.underlay).collect();
+        let relay_via = vec![None; peers.len()];
+        let relay_via_len = peers.len();
         let mut by_subnet: Vec<(u8, HashMap<u32, PeerIndex>)> = Vec::new();
         for (index, peer) in peers.iter().enumerate() {
             by_underlay.insert(peer.underlay, index);
@@ -155,7 +209,79 @@ impl ForwardingTable {
             by_name,
             quic,
             encrypted_only,
+            by_mac,
+            relay_via,
+            encap_dst,
+            relay_hop: vec![false; relay_via_len],
         }
+    }
+
+    /// Each `(peer, relay)`: the member we relay `peer`'s traffic through (the relay rung's
+    /// member, whether or not the rung is chosen): frames from `peer`'s VTEP MAC that
+    /// `relay` sends us are accepted as `peer`'s, and from no other sender. With
+    /// `carried`, `peer`'s frames go to `relay` now (the rung is chosen). Unknown names
+    /// and a peer relayed through itself are ignored.
+    pub fn with_relays<'a>(
+        mut self,
+        relays: impl IntoIterator<Item = (&'a str, &'a str, bool)>,
+    ) -> Self {
+        for (peer, relay, carried) in relays {
+            let (Some(&p), Some(&r)) = (self.by_name.get(peer), self.by_name.get(relay)) else {
+                continue;
+            };
+            if p == r {
+                continue;
+            }
+            self.relay_via[p] = Some(r);
+            if carried {
+                self.encap_dst[p] = self.peers[r].underlay;
+            }
+        }
+        self
+    }
+
+    /// The peers whose frames this node may relay (the hop between it and each may carry
+    /// them; [`crate::path::RelayPlan::relay_hops`]): a frame from one of them to another's
+    /// VTEP MAC is forwarded as it is to the other's underlay address. Which pairs do go
+    /// through this node is their ends' choice: each end takes relayed frames only from
+    /// the relay it chose.
+    pub fn with_relaying<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        mark(&self.by_name, &mut self.relay_hop, names);
+        self
+    }
+
+    /// The member `peer` is relayed through, if any.
+    pub fn relay_of(&self, peer: PeerIndex) -> Option<PeerIndex> {
+        self.relay_via.get(peer).copied().flatten()
+    }
+
+    /// A relay-rung probe or ack for peer `to` as the ladder sends it: a VXLAN frame from
+    /// our VTEP MAC to `to`'s, EtherType [`vxlan::ETHERTYPE_RELAY_PROBE`], written into
+    /// `out`. Returns the relay's underlay address (where it goes) and the frame's length;
+    /// `None` when `to` is not a peer relayed through some member.
+    ///
+    /// # Panics
+    /// If `out` is shorter than `vxlan::ENCAP_LEN` plus the message.
+    pub fn relay_probe(
+        &self,
+        to: PeerIndex,
+        msg: ProbeMessage,
+        out: &mut [u8],
+    ) -> Option<(Ipv4Addr, usize)> {
+        let relay = self.relay_of(to)?;
+        EncapHeader {
+            vni: self.local.vni,
+            inner_src_mac: self.local.mac,
+            inner_dst_mac: self.peers[to].vtep_mac,
+        }
+        .emit_with(out, vxlan::ETHERTYPE_RELAY_PROBE);
+        let len = msg.emit(&mut out[vxlan::ENCAP_LEN..]);
+        Some((self.peers[relay].underlay, vxlan::ENCAP_LEN + len))
+    }
+
+    /// The peer named `name`.
+    pub fn peer_named(&self, name: &str) -> Option<PeerIndex> {
+        self.by_name.get(name).copied()
     }
 
     pub fn local(&self) -> &LocalVtep {
@@ -262,7 +388,7 @@ impl ForwardingTable {
         .emit(frame);
         Ok(Encap {
             peer,
-            dst: info.underlay,
+            dst: self.encap_dst[peer],
         })
     }
 
@@ -288,17 +414,63 @@ impl ForwardingTable {
     }
 
     /// Decides whether a UDP datagram received from `sender` on the tunnel port carries a
-    /// packet for the TUN device.
-    ///
-    /// Returns `Ok` iff the sender is a peer, the VXLAN header is valid with our VNI, the
-    /// inner frame is addressed to our VTEP MAC and carries a well-formed IPv4 packet from
-    /// the sender's pod subnet to ours. The `Err` names the counter of the drop; where the
-    /// sender is known it is given too, so per-peer drop counters stay right.
+    /// packet for the TUN device (see [`receive`](Self::receive)); a frame to relay or a
+    /// relay probe is refused here as not ours (`WrongDstMac`) or not IPv4.
     pub fn decap(
         &self,
         sender: Ipv4Addr,
         datagram: &[u8],
     ) -> Result<Decap, (DropReason, Option<PeerIndex>)> {
+        match self.receive(sender, datagram)? {
+            Received::Deliver(decap) => Ok(decap),
+            Received::Forward { from, .. } => Err((DropReason::WrongDstMac, Some(from))),
+            Received::RelayProbe { via, .. } => Err((DropReason::NotIpv4, Some(via))),
+            Received::StrayRelayProbe { reason } => Err((reason, None)),
+        }
+    }
+
+    /// What a UDP datagram received from `sender` on the tunnel port is for.
+    ///
+    /// The sender must be a peer and the VXLAN header valid with our VNI. Then:
+    /// - To our VTEP MAC from the sender's (or from a MAC that is no peer's): delivered
+    ///   iff it carries a well-formed IPv4 packet from the sender's pod subnet to ours.
+    /// - To our VTEP MAC from another peer P's VTEP MAC: relayed. Accepted as P's iff the
+    ///   sender is the member we relay P through (`NotOurRelay` otherwise, counted
+    ///   against the sender); then an IPv4 packet passes the same checks against P's pod
+    ///   subnet, and a relay probe or ack goes to the ladder.
+    /// - To another peer Q's VTEP MAC: forwarded to Q iff it comes from the sender's own
+    ///   VTEP MAC (one hop: a relayed frame is never relayed again) and we may relay for
+    ///   both (`RelayRefused` otherwise).
+    ///
+    /// Cleartext from, to or through a peer whose pair requires encryption is refused
+    /// (`NotOverQuic`). The `Err` names the counter of the drop; where the sender is
+    /// known it is given too, so per-peer drop counters stay right.
+    pub fn receive(
+        &self,
+        sender: Ipv4Addr,
+        datagram: &[u8],
+    ) -> Result<Received, (DropReason, Option<PeerIndex>)> {
+        match self.classify(sender, datagram) {
+            Err((
+                reason @ (DropReason::UnknownSender
+                | DropReason::WrongDstMac
+                | DropReason::NotOurRelay
+                | DropReason::RelayRefused),
+                _,
+            )) if Frame::parse(datagram)
+                .is_ok_and(|f| f.inner_ethertype() == vxlan::ETHERTYPE_RELAY_PROBE) =>
+            {
+                Ok(Received::StrayRelayProbe { reason })
+            }
+            other => other,
+        }
+    }
+
+    fn classify(
+        &self,
+        sender: Ipv4Addr,
+        datagram: &[u8],
+    ) -> Result<Received, (DropReason, Option<PeerIndex>)> {
         let peer = *self
             .by_underlay
             .get(&sender)
@@ -313,23 +485,60 @@ impl ForwardingTable {
         if frame.vni() != self.local.vni {
             return Err(drop(DropReason::WrongVni));
         }
+        let src_mac = self.by_mac.get(&frame.inner_src_mac()).copied();
         if frame.inner_dst_mac() != self.local.mac {
-            return Err(drop(DropReason::WrongDstMac));
+            let Some(to) = self.by_mac.get(&frame.inner_dst_mac()).copied() else {
+                return Err(drop(DropReason::WrongDstMac));
+            };
+            if to == peer || src_mac != Some(peer) || !self.relay_hop[peer] || !self.relay_hop[to] {
+                return Err(drop(DropReason::RelayRefused));
+            }
+            if self.encrypted_only[peer] || self.encrypted_only[to] {
+                return Err(drop(DropReason::NotOverQuic));
+            }
+            return Ok(Received::Forward {
+                from: peer,
+                to,
+                dst: self.peers[to].underlay,
+            });
         }
-        if frame.inner_ethertype() != vxlan::ETHERTYPE_IPV4 {
-            return Err(drop(DropReason::NotIpv4));
+        let origin = match src_mac {
+            Some(origin) if origin != peer => {
+                if self.relay_via[origin] != Some(peer) {
+                    return Err(drop(DropReason::NotOurRelay));
+                }
+                origin
+            }
+            _ => peer,
+        };
+        let relayed = origin != peer;
+        match frame.inner_ethertype() {
+            vxlan::ETHERTYPE_IPV4 => {}
+            vxlan::ETHERTYPE_RELAY_PROBE if relayed => {
+                if self.encrypted_only[origin] || self.encrypted_only[peer] {
+                    return Err(drop(DropReason::NotOverQuic));
+                }
+                let msg = ProbeMessage::parse(frame.inner_payload())
+                    .map_err(|_| drop(DropReason::MalformedProbe))?;
+                return Ok(Received::RelayProbe {
+                    peer: origin,
+                    via: peer,
+                    msg,
+                });
+            }
+            _ => return Err(drop(DropReason::NotIpv4)),
         }
         let len = self
-            .check_inner(peer, frame.inner_payload())
-            .map_err(drop)?;
-        if self.encrypted_only[peer] {
-            return Err(drop(DropReason::NotOverQuic));
+            .check_inner(origin, frame.inner_payload())
+            .map_err(|r| (r, Some(origin)))?;
+        if self.encrypted_only[origin] || self.encrypted_only[peer] {
+            return Err((DropReason::NotOverQuic, Some(origin)));
         }
         let start = vxlan::ENCAP_LEN;
-        Ok(Decap {
-            peer,
+        Ok(Received::Deliver(Decap {
+            peer: origin,
             inner: start..start + len,
-        })
+        }))
     }
 }
 
@@ -375,6 +584,7 @@ mod tests {
             zone: String::new(),
             quic_port: None,
             cert_fingerprint: None,
+            relay: false,
         };
         ForwardingTable::new(
             local,
@@ -546,6 +756,217 @@ mod tests {
         );
     }
 
+    /// Node `me` of n1..n3 (underlay 10.100.i.11, pods 10.244.i.0/24) with the other two
+    /// as peers.
+    fn node(me: u8) -> ForwardingTable {
+        let info = |i: u8| PeerInfo {
+            name: format!("n{i}"),
+            underlay: Ipv4Addr::new(10, 100, i, 11),
+            pod_subnet: format!("10.244.{i}.0/24").parse().unwrap(),
+            vtep_mac: MacAddr::vtep_for_node(&format!("n{i}")),
+            zone: String::new(),
+            quic_port: None,
+            cert_fingerprint: None,
+            relay: false,
+        };
+        ForwardingTable::new(
+            LocalVtep {
+                vni: 1,
+                mac: MacAddr::vtep_for_node(&format!("n{me}")),
+                pod_subnet: format!("10.244.{me}.0/24").parse().unwrap(),
+            },
+            (1..=3).filter(|i| *i != me).map(info).collect(),
+        )
+    }
+
+    fn under(i: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 100, i, 11)
+    }
+
+    /// A frame from node `from`'s VTEP MAC to node `to`'s, with an inner packet.
+    fn frame_between(from: u8, to: u8, src: &str, dst: &str) -> Vec<u8> {
+        let mut frame = vec![0u8; vxlan::ENCAP_LEN];
+        EncapHeader {
+            vni: 1,
+            inner_src_mac: MacAddr::vtep_for_node(&format!("n{from}")),
+            inner_dst_mac: MacAddr::vtep_for_node(&format!("n{to}")),
+        }
+        .emit(&mut frame);
+        frame.extend(test_packet(ip(src), ip(dst), 8));
+        frame
+    }
+
+    /// n1 and n2 relay through n3: n1 sends n2's packets to n3 addressed to n2's VTEP MAC,
+    /// n3 forwards them as they are, n2 takes them as n1's because n3 is the relay it uses
+    /// with n1. The same frame from anyone else is a forgery: dropped as `NotOurRelay`.
+    #[test]
+    fn a_relayed_packet_is_taken_only_from_the_pairs_relay_and_forgeries_are_dropped() {
+        let n1 = node(1).with_relays([("n2", "n3", true)]);
+        let n3 = node(3).with_relaying(["n1", "n2"]);
+        let n2 = node(2).with_relays([("n1", "n3", true)]);
+
+        let mut frame = vec![0u8; vxlan::ENCAP_LEN];
+        frame.extend(test_packet(ip("10.244.1.5"), ip("10.244.2.9"), 8));
+        let encap = n1.encap(&mut frame).unwrap();
+        assert_eq!(encap.dst, under(3), "to the relay");
+        assert_eq!(n1.peers()[encap.peer].name, "n2");
+
+        let fwd = n3.receive(under(1), &frame).unwrap();
+        assert_eq!(
+            fwd,
+            Received::Forward {
+                from: n3.peer_named("n1").unwrap(),
+                to: n3.peer_named("n2").unwrap(),
+                dst: under(2)
+            }
+        );
+        let Received::Deliver(decap) = n2.receive(under(3), &frame).unwrap() else {
+            panic!("n2 delivers it");
+        };
+        assert_eq!(n2.peers()[decap.peer].name, "n1");
+        assert_eq!(
+            &frame[decap.inner],
+            &test_packet(ip("10.244.1.5"), ip("10.244.2.9"), 8)[..]
+        );
+
+        // n2 not relaying with n1 (or through another member): the same frame from n3 is
+        // forged, counted against n3.
+        let n3_at_n2 = Some(node(2).peer_named("n3").unwrap());
+        assert_eq!(
+            node(2).receive(under(3), &frame),
+            Err((DropReason::NotOurRelay, n3_at_n2))
+        );
+        // Relayed, but its inner source is not n1's: spoofed, counted against n1.
+        let spoofed = frame_between(1, 2, "10.244.3.5", "10.244.2.9");
+        assert_eq!(
+            n2.receive(under(3), &spoofed),
+            Err((DropReason::SpoofedSource, n2.peer_named("n1")))
+        );
+        // Never cleartext through the relay for a pair that requires encryption.
+        assert_eq!(
+            n2.clone()
+                .with_encryption_required(["n1"])
+                .receive(under(3), &frame),
+            Err((DropReason::NotOverQuic, n2.peer_named("n1")))
+        );
+        // A direct frame from n1 is still n1's own, relay or not.
+        let direct = frame_between(1, 2, "10.244.1.5", "10.244.2.9");
+        assert!(matches!(
+            n2.receive(under(1), &direct),
+            Ok(Received::Deliver(_))
+        ));
+        // Not carried yet: n1 still sends n2's packets straight to n2.
+        let mut frame = vec![0u8; vxlan::ENCAP_LEN];
+        frame.extend(test_packet(ip("10.244.1.5"), ip("10.244.2.9"), 8));
+        let n1 = node(1).with_relays([("n2", "n3", false)]);
+        assert_eq!(n1.encap(&mut frame).unwrap().dst, under(2));
+    }
+
+    /// A member forwards only between peers it may relay for, only frames from their
+    /// origin (one hop: never a frame another relay forwarded), and never cleartext for a
+    /// pair that requires encryption.
+    #[test]
+    fn a_relay_forwards_one_hop_between_peers_it_may_relay_for() {
+        let frame = frame_between(1, 2, "10.244.1.5", "10.244.2.9");
+        assert_eq!(
+            node(3).receive(under(1), &frame),
+            Err((DropReason::RelayRefused, node(3).peer_named("n1")))
+        );
+        assert_eq!(
+            node(3).with_relaying(["n1"]).receive(under(1), &frame),
+            Err((DropReason::RelayRefused, node(3).peer_named("n1"))),
+            "not for n2"
+        );
+        let n3 = node(3).with_relaying(["n2", "n1"]);
+        assert!(matches!(
+            n3.receive(under(1), &frame),
+            Ok(Received::Forward { .. })
+        ));
+        // From n2's underlay, but claiming n1's MAC: relayed once already, or forged.
+        assert_eq!(
+            n3.receive(under(2), &frame),
+            Err((DropReason::RelayRefused, n3.peer_named("n2")))
+        );
+        assert_eq!(
+            n3.clone()
+                .with_encryption_required(["n2"])
+                .receive(under(1), &frame),
+            Err((DropReason::NotOverQuic, n3.peer_named("n1")))
+        );
+        assert_eq!(
+            n3.decap(under(1), &frame),
+            Err((DropReason::WrongDstMac, n3.peer_named("n1"))),
+            "decap alone never forwards"
+        );
+    }
+
+    /// The relay rung's probe goes n1 → n3 → n2 and its ack n2 → n3 → n1, each end taking
+    /// it as the other's.
+    #[test]
+    fn relay_probes_travel_through_the_relay_both_ways() {
+        let n1 = node(1).with_relays([("n2", "n3", false)]);
+        let n3 = node(3).with_relaying(["n1", "n2"]);
+        let n2 = node(2).with_relays([("n1", "n3", false)]);
+        let mut buf = [0u8; 128];
+        let probe = ProbeMessage::Probe {
+            id: 7,
+            size: crate::wire::probe::MIN_SIZE,
+        };
+        let (to, len) = n1
+            .relay_probe(n1.peer_named("n2").unwrap(), probe, &mut buf)
+            .unwrap();
+        assert_eq!(to, under(3));
+        assert!(
+            matches!(n3.receive(under(1), &buf[..len]), Ok(Received::Forward { dst, .. }) if dst == under(2))
+        );
+        let got = n2.receive(under(3), &buf[..len]).unwrap();
+        assert_eq!(
+            got,
+            Received::RelayProbe {
+                peer: n2.peer_named("n1").unwrap(),
+                via: n2.peer_named("n3").unwrap(),
+                msg: probe
+            }
+        );
+        let ack = probe.ack().unwrap();
+        let (to, len) = n2
+            .relay_probe(n2.peer_named("n1").unwrap(), ack, &mut buf)
+            .unwrap();
+        assert_eq!(to, under(3));
+        assert!(
+            matches!(n3.receive(under(2), &buf[..len]), Ok(Received::Forward { dst, .. }) if dst == under(1))
+        );
+        assert!(matches!(
+            n1.receive(under(3), &buf[..len]),
+            Ok(Received::RelayProbe { msg, .. }) if msg == ack
+        ));
+        // Without a relay for the peer there is nothing to send.
+        assert_eq!(node(1).relay_probe(0, probe, &mut buf), None);
+        // A relay probe nobody here can place (the sender or the far end not known yet,
+        // at start) is a lost probe, not a drop.
+        let (_, len) = n1
+            .relay_probe(n1.peer_named("n2").unwrap(), probe, &mut buf)
+            .unwrap();
+        assert_eq!(
+            node(3).receive(Ipv4Addr::new(10, 9, 9, 9), &buf[..len]),
+            Ok(Received::StrayRelayProbe {
+                reason: DropReason::UnknownSender
+            })
+        );
+        assert_eq!(
+            node(3).receive(under(1), &buf[..len]),
+            Ok(Received::StrayRelayProbe {
+                reason: DropReason::RelayRefused
+            })
+        );
+        assert_eq!(
+            node(2).receive(under(3), &buf[..len]),
+            Ok(Received::StrayRelayProbe {
+                reason: DropReason::NotOurRelay
+            })
+        );
+    }
+
     #[test]
     fn an_encrypted_peer_is_refused_over_vxlan_and_accepted_over_quic_with_the_same_checks() {
         let from = ip("10.100.2.11");
@@ -620,7 +1041,7 @@ mod tests {
                     pod_subnet: net("10.244.1.0/24"),
                     vtep_mac: MacAddr::vtep_for_node("n1"),
                     zone: String::new(),
-                    quic_port: None, cert_fingerprint: None,
+                    quic_port: None, cert_fingerprint: None, relay: false,
                 }],
             );
             let inner = test_packet(Ipv4Addr::new(10, 244, 1, src_host), Ipv4Addr::new(10, 244, 2, dst_host), len);

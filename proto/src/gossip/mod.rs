@@ -44,6 +44,8 @@ pub use machine::{Event, Gossip, NewError, ObjectError, StreamError, StreamReque
 pub use members::{DownReason, MemberState, MemberView};
 pub use message::Incarnation;
 pub use objects::{MAX_KEY_LEN, MAX_VALUE_LEN};
-pub use record::{MAX_CAPABILITIES, MAX_NAME_LEN, NodeRecord, QUIC_CAPABILITY, RecordError};
+pub use record::{
+    MAX_CAPABILITIES, MAX_NAME_LEN, NodeRecord, QUIC_CAPABILITY, RELAY_CAPABILITY, RecordError,
+};
 pub use stats::{GossipDrop, GossipStats};
 pub use subnet::SubnetPool;

@@ -13,6 +13,8 @@ use crate::wire::MacAddr;
 pub const MAX_NAME_LEN: usize = 63;
 /// The capability that announces a QUIC endpoint: `quic=PORT`.
 pub const QUIC_CAPABILITY: &str = "quic=";
+/// The capability of a node that forwards relayed frames (the path ladder's relay rung).
+pub const RELAY_CAPABILITY: &str = "relay";
 /// Most capabilities a node may advertise.
 pub const MAX_CAPABILITIES: usize = 8;
 
@@ -126,7 +128,13 @@ impl NodeRecord {
             zone: self.zone.clone(),
             quic_port: self.quic_port(),
             cert_fingerprint: self.cert_fingerprint(),
+            relay: self.has_capability(RELAY_CAPABILITY),
         })
+    }
+
+    /// Whether it announces the capability `cap` exactly.
+    pub fn has_capability(&self, cap: &str) -> bool {
+        self.capabilities.iter().any(|c| c == cap)
     }
 
     /// The port of its QUIC endpoint, from the capability `quic=PORT` (a capability

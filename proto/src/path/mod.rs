@@ -27,9 +27,9 @@ use crate::service::hash::hash64;
 /// Seed of the relay hash, distinct from the Maglev seeds (1–3) and the dial seed.
 pub const RELAY_SEED: u64 = 0x72_656c_6179; // "relay"
 
-/// The member that relays between `a` and `b`: of `members` (live members the caller
-/// knows have a direct, non-relayed working path to both ends; `a` and `b` themselves
-/// are skipped), the one with the lowest `hash64(RELAY_SEED, lower ‖ 0 ‖ higher ‖ 0 ‖
+/// The member that relays between `a` and `b`: of `members` (live members that may relay
+/// for both, see [`relay_plan`]; `a` and `b` themselves are skipped; whether the relayed
+/// path works is the relay rung's probes' question), the one with the lowest `hash64(RELAY_SEED, lower ‖ 0 ‖ higher ‖ 0 ‖
 /// member)`, the pair's names sorted bytewise. Both ends, seeing the same members, pick
 /// the same relay; hashing the pair with the member (rendezvous hashing) spreads pairs
 /// over relays and moves only the pairs of a relay that leaves. Relaying is one hop: a
@@ -51,9 +51,150 @@ pub fn choose_relay<'m>(a: &str, b: &str, members: &[&'m str]) -> Option<&'m str
         })
 }
 
+/// A live member as relay selection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member<'a> {
+    pub name: &'a str,
+    pub zone: &'a str,
+    /// It forwards relayed frames (announces the `relay` capability).
+    pub relays: bool,
+}
+
+/// Who relays what, as one node sees it ([`relay_plan`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayPlan {
+    /// Per peer of this node: the member its traffic is relayed through when the relay
+    /// rung is taken. Peers without one have no member both hops may use.
+    pub relays: std::collections::BTreeMap<String, String>,
+    /// The peers whose frames this node may relay: the hop between them and this node
+    /// may carry the relay's framing. It forwards between any two of them; which pairs
+    /// do go through it is their ends' choice.
+    pub relay_hops: Vec<String>,
+}
+
+/// The relays of `me` (one of `members`: the live members, this node included, none
+/// whose daemon is down) and the peers it may relay for. A member `m` may relay for
+/// `a`–`b` iff `hop(a, m)` and `hop(b, m)` hold (each hop may carry the relay's
+/// framing); among those [`choose_relay`] picks. Every input is the same on every node
+/// that sees the same members, so both ends of a pair pick the same relay, and that
+/// relay forwards for them. `hop` must depend only on the first member's zone and the
+/// second member (it is asked once per zone and member); choosing is quadratic in
+/// members, once per reconcile.
+pub fn relay_plan(
+    me: &str,
+    members: &[Member<'_>],
+    hop: impl Fn(&Member<'_>, &Member<'_>) -> bool,
+) -> RelayPlan {
+    let Some(local) = members.iter().find(|m| m.name == me) else {
+        return RelayPlan::default();
+    };
+    let mut zones: Vec<&str> = members.iter().map(|m| m.zone).collect();
+    zones.sort_unstable();
+    zones.dedup();
+    // hops[z][i]: from a member of zone z to members[i].
+    let hops: Vec<Vec<bool>> = zones
+        .iter()
+        .map(|z| {
+            let from = Member {
+                name: "",
+                zone: z,
+                relays: false,
+            };
+            members.iter().map(|m| m.relays && hop(&from, m)).collect()
+        })
+        .collect();
+    let zone_of = |m: &Member<'_>| zones.binary_search(&m.zone).unwrap_or(0);
+    let lhops = &hops[zone_of(local)];
+    let mut plan = RelayPlan::default();
+    for peer in members.iter().filter(|m| m.name != me) {
+        let phops = &hops[zone_of(peer)];
+        let eligible: Vec<&str> = members
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| m.name != me && m.name != peer.name && lhops[*i] && phops[*i])
+            .map(|(_, m)| m.name)
+            .collect();
+        if let Some(relay) = choose_relay(me, peer.name, &eligible) {
+            plan.relays.insert(peer.name.to_owned(), relay.to_owned());
+        }
+    }
+    let me_index = members.iter().position(|m| m.name == me).unwrap_or(0);
+    plan.relay_hops = members
+        .iter()
+        .filter(|m| m.name != me && hops[zone_of(m)][me_index])
+        .map(|m| m.name.to_owned())
+        .collect();
+    plan.relay_hops.sort();
+    plan
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_ends_and_the_relay_agree_on_the_plan() {
+        let zones = [
+            ("a", "x"),
+            ("b", "x"),
+            ("c", "x"),
+            ("d", "x"),
+            ("k", "x"),
+            ("r", "y"),
+        ];
+        let members: Vec<Member> = zones
+            .iter()
+            .map(|(name, zone)| Member {
+                name,
+                zone,
+                // k is a kernel vxlan node: a member, never a relay.
+                relays: *name != "k",
+            })
+            .collect();
+        // Hops within zone x only.
+        let hop = |p: &Member, q: &Member| p.zone == "x" && q.zone == "x";
+        let plans: Vec<(&str, RelayPlan)> = members
+            .iter()
+            .map(|m| (m.name, relay_plan(m.name, &members, hop)))
+            .collect();
+        let plan = |n: &str| &plans.iter().find(|(m, _)| *m == n).unwrap().1;
+        let relay_ab = plan("a").relays["b"].clone();
+        assert_eq!(plan("b").relays["a"], relay_ab, "both ends pick the same");
+        assert!(relay_ab == "c" || relay_ab == "d");
+        let hops = |m: &str| plan(m).relay_hops.clone();
+        assert!(
+            hops(&relay_ab).contains(&"a".to_owned()) && hops(&relay_ab).contains(&"b".to_owned()),
+            "and the relay forwards for both"
+        );
+        // Nobody relays through r (no hop reaches it), nor for it.
+        assert!(plan("r").relays.is_empty() && plan("r").relay_hops.is_empty());
+        assert!(
+            plans
+                .iter()
+                .all(|(_, p)| p.relays.values().all(|r| r != "k"))
+        );
+        assert!(plan("a").relays.contains_key("k"), "but relayed to");
+        assert!(!plan("a").relays.contains_key("r"));
+        assert!(
+            plans
+                .iter()
+                .all(|(_, p)| p.relays.values().all(|r| r != "r"))
+        );
+        assert!(
+            plans
+                .iter()
+                .all(|(_, p)| !p.relay_hops.contains(&"r".to_owned()))
+        );
+        // Every relay either end chose forwards for both ends, and both chose it.
+        for (me, p) in &plans {
+            for (peer, relay) in &p.relays {
+                assert_eq!(plan(peer).relays[*me], *relay, "{me}-{peer}");
+                assert!(hops(relay).contains(&me.to_string()) && hops(relay).contains(peer));
+            }
+        }
+        // A member not in the list (its daemon is down, say) plans nothing.
+        assert_eq!(relay_plan("z", &members, hop), RelayPlan::default());
+    }
 
     #[test]
     fn both_ends_choose_the_same_relay_whatever_the_order() {

@@ -53,8 +53,9 @@ impl PathKind {
     }
 
     /// Whether pod payload on this rung is visible on the underlay. A relay counts as
-    /// encrypted: for a pair that requires encryption the shell must carry it end to end
-    /// over QUIC through the relay.
+    /// encrypted here, for a relay over QUIC; the daemon's relay carries VXLAN, so it
+    /// never carries the relay for a pair that requires encryption
+    /// ([`crate::routing::PeerPath::carried_in`]).
     pub fn is_cleartext(self) -> bool {
         matches!(self, PathKind::HostGw | PathKind::Udp)
     }
@@ -256,6 +257,23 @@ impl PathPolicy {
         }
     }
 
+    /// Whether one hop of a relayed path, from a member in `from_zone` to the relay
+    /// `relay` in `relay_zone`, may carry the relay's framing (VXLAN over UDP): the policy
+    /// allows udp for that pair, judged as if both ends spoke QUIC (so the default keeps
+    /// relayed cleartext within a zone), and does not require encryption on it. Only
+    /// zones and the relay's name go in, so every node judges a hop alike.
+    pub fn relay_hop(&self, from_zone: &str, relay_zone: &str, relay: &str) -> bool {
+        self.resolve(PairView {
+            local_zone: from_zone,
+            peer_zone: relay_zone,
+            peer_name: relay,
+            on_link: false,
+            quic: true,
+        })
+        .candidates
+        .contains(&PathKind::Udp)
+    }
+
     /// Refuses rules that are wrong for every peer: duplicates, an empty `allow`, and an
     /// `allow` with only cleartext rungs on a rule that requires encryption.
     pub fn validate(&self) -> Result<(), PolicyError> {
@@ -358,6 +376,21 @@ mod tests {
     fn default_within_a_zone_routed_starts_at_udp() {
         let r = PathPolicy::default().resolve(pair("a", "a", false));
         assert_eq!(r.candidates, [Udp, Quic, Relay]);
+    }
+
+    #[test]
+    fn a_relay_hop_carries_vxlan_only_where_udp_is_allowed_in_clear() {
+        let p = PathPolicy::default();
+        assert!(p.relay_hop("a", "a", "c"), "within a zone");
+        assert!(
+            !p.relay_hop("a", "b", "c"),
+            "across zones: quic only by default"
+        );
+        let encrypted = PathPolicy {
+            zone_pairs: vec![zone_pair("a", "a", rule(None, Some(true)))],
+            ..PathPolicy::default()
+        };
+        assert!(!encrypted.relay_hop("a", "a", "c"));
     }
 
     #[test]

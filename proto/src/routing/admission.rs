@@ -118,6 +118,7 @@ mod tests {
             zone: String::new(),
             quic_port: None,
             cert_fingerprint: None,
+            relay: false,
         }
     }
 
@@ -175,7 +176,7 @@ mod tests {
                 let base = if *inside { Ipv4Addr::new(10, 244, *third, 0) } else { Ipv4Addr::new(10, 99, *third, 0) };
                 let subnet = Ipv4Net::new(base, *len).unwrap().trunc();
                 let underlay = if *u == 7 { Ipv4Addr::new(10, 244, 5, 5) } else { Ipv4Addr::new(10, 100, 1, *u) };
-                PeerInfo { name: format!("p{i:02}"), underlay, pod_subnet: subnet, vtep_mac: MacAddr::vtep_for_node("x"), zone: String::new(), quic_port: None, cert_fingerprint: None }
+                PeerInfo { name: format!("p{i:02}"), underlay, pod_subnet: subnet, vtep_mac: MacAddr::vtep_for_node("x"), zone: String::new(), quic_port: None, cert_fingerprint: None, relay: false }
             }).collect();
             let (admitted, rejected) = admit(&local(), &peers);
             prop_assert_eq!(admitted.len() + rejected.len(), peers.len());

@@ -390,6 +390,7 @@ mod tests {
             zone: String::new(),
             quic_port: None,
             cert_fingerprint: None,
+            relay: false,
         }
     }
 

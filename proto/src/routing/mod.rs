@@ -26,6 +26,9 @@ pub enum PeerPath {
     Udp,
     /// A kernel route into the TUN device; the daemon sends the packets as QUIC datagrams.
     Quic,
+    /// A kernel route into the TUN device; the daemon sends VXLAN over UDP to the pair's
+    /// relay, addressed to the peer's VTEP MAC, and the relay forwards it to the peer.
+    Relay,
 }
 
 impl PeerPath {
@@ -34,18 +37,32 @@ impl PeerPath {
             PeerPath::HostGw => "host-gw",
             PeerPath::Udp => "udp",
             PeerPath::Quic => "quic",
+            PeerPath::Relay => "relay",
         }
     }
 
-    /// How the daemon carries a ladder rung; `None` for the relay, which it does not carry
-    /// yet (so it is never a candidate the ladder may choose).
+    /// How the daemon carries a ladder rung (every rung has its path). Whether the relay
+    /// may be a candidate for a pair is the daemon's question ([`PeerPath::carried_in`]).
     pub fn carrying(kind: PathKind) -> Option<PeerPath> {
         match kind {
             PathKind::HostGw => Some(PeerPath::HostGw),
             PathKind::Udp => Some(PeerPath::Udp),
             PathKind::Quic => Some(PeerPath::Quic),
-            PathKind::Relay => None,
+            PathKind::Relay => Some(PeerPath::Relay),
         }
+    }
+
+    /// The policy's candidates the daemon carries for a pair, in ladder order: all of
+    /// them, except the relay for a pair that requires encryption. The relay's hops are
+    /// VXLAN over UDP (cleartext); end-to-end or hop-by-hop QUIC through a relay is not
+    /// built, so such a pair is never relayed rather than relayed in clear.
+    pub fn carried_in(candidates: &[PathKind], require_encryption: bool) -> Vec<PathKind> {
+        candidates
+            .iter()
+            .copied()
+            .filter(|k| PeerPath::carrying(*k).is_some())
+            .filter(|k| !(require_encryption && *k == PathKind::Relay))
+            .collect()
     }
 
     /// A peer's first path, before any probe: the first of the policy's candidates
@@ -155,7 +172,7 @@ pub fn plan(
             pref_src: None,
             mtu: None,
         },
-        PeerPath::Udp | PeerPath::Quic => KernelRoute {
+        PeerPath::Udp | PeerPath::Quic | PeerPath::Relay => KernelRoute {
             dst: peer.pod_subnet,
             kind: RouteKind::Unicast,
             gateway: None,
@@ -213,6 +230,7 @@ mod tests {
             zone: String::new(),
             quic_port: None,
             cert_fingerprint: None,
+            relay: false,
         }
     }
 
@@ -254,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn the_first_carried_candidate_is_the_path_and_the_relay_is_not_carried_yet() {
+    fn the_first_carried_candidate_is_the_path_and_an_encrypted_pair_is_never_relayed() {
         use PathKind::*;
         assert_eq!(
             PeerPath::first_carried(&[HostGw, Udp, Quic]),
@@ -264,11 +282,20 @@ mod tests {
             PeerPath::first_carried(&[Quic, Relay]),
             Some(PeerPath::Quic)
         );
-        assert_eq!(PeerPath::first_carried(&[Relay, Udp]), Some(PeerPath::Udp));
-        // An encryption-required peer without QUIC: no path, never a cleartext one.
-        assert_eq!(PeerPath::first_carried(&[Relay]), None);
+        assert_eq!(
+            PeerPath::first_carried(&[Relay, Udp]),
+            Some(PeerPath::Relay)
+        );
         assert_eq!(PeerPath::first_carried(&[]), None);
-        assert_eq!(PeerPath::carrying(Relay), None);
+        assert_eq!(PeerPath::carrying(Relay), Some(PeerPath::Relay));
+        // The relay's hops are cleartext VXLAN: an encryption-required pair without QUIC
+        // gets no path at all, never a relayed one.
+        assert_eq!(
+            PeerPath::carried_in(&[Udp, Quic, Relay], false),
+            [Udp, Quic, Relay]
+        );
+        assert_eq!(PeerPath::carried_in(&[Quic, Relay], true), [Quic]);
+        assert!(PeerPath::carried_in(&[Relay], true).is_empty());
     }
 
     #[test]
@@ -319,6 +346,23 @@ mod tests {
         let ops = reconcile(&routes, &before);
         assert_eq!(ops.len(), 1);
         assert!(matches!(ops[0], RouteOp::Replace(r) if r.mtu == Some(1350)));
+    }
+
+    #[test]
+    fn a_relayed_peer_gets_a_tunnel_route_with_its_relays_mtu() {
+        let relayed = peer("n3", [10, 100, 2, 11], 3);
+        let mtus = BTreeMap::from([(relayed.underlay, 1350)]);
+        let routes = plan(
+            &local(),
+            &[(relayed, PeerPath::Relay)],
+            &BTreeSet::new(),
+            &mtus,
+        );
+        assert_eq!(routes[1].oif, Some(7), "into the TUN device");
+        assert_eq!(routes[1].gateway, None);
+        assert_eq!(routes[1].pref_src, Some(Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(routes[1].mtu, Some(1350));
+        assert_eq!(PeerPath::Relay.as_str(), "relay");
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub const FLAG_VNI: u8 = 0x08;
 /// The largest VNI (24 bits).
 pub const MAX_VNI: u32 = 0x00ff_ffff;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// Inner EtherType of the path ladder's relay-rung probes and acks (IEEE 802 local
+/// experimental EtherType 1): a VXLAN frame from the probing node's VTEP MAC to the far
+/// end's, sent to the relay, whose payload is the tunnel port's probe message.
+pub const ETHERTYPE_RELAY_PROBE: u16 = 0x88B5;
 
 /// Why bytes are not a VXLAN frame we can decapsulate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,11 +97,19 @@ impl EncapHeader {
     /// # Panics
     /// If `out` is shorter than [`ENCAP_LEN`]; callers reserve that headroom.
     pub fn emit(&self, out: &mut [u8]) {
+        self.emit_with(out, ETHERTYPE_IPV4);
+    }
+
+    /// [`emit`](Self::emit) with another inner EtherType.
+    ///
+    /// # Panics
+    /// If `out` is shorter than [`ENCAP_LEN`].
+    pub fn emit_with(&self, out: &mut [u8], ethertype: u16) {
         let vni = self.vni.to_be_bytes();
         out[..HEADER_LEN].copy_from_slice(&[FLAG_VNI, 0, 0, 0, vni[1], vni[2], vni[3], 0]);
         out[HEADER_LEN..HEADER_LEN + 6].copy_from_slice(&self.inner_dst_mac.0);
         out[HEADER_LEN + 6..HEADER_LEN + 12].copy_from_slice(&self.inner_src_mac.0);
-        out[HEADER_LEN + 12..ENCAP_LEN].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        out[HEADER_LEN + 12..ENCAP_LEN].copy_from_slice(&ethertype.to_be_bytes());
     }
 }
 

@@ -111,6 +111,7 @@ fn peers_are_the_static_list_overridden_by_up_members_with_a_subnet() {
         zone: String::new(),
         quic_port: None,
         cert_fingerprint: None,
+        relay: false,
     };
     let stale_n2 = peer("n2", [10, 9, 9, 2], "10.244.9.0/24");
     let k1 = peer("k1", [10, 9, 9, 1], "10.244.8.0/24");
