@@ -455,7 +455,8 @@ impl ForwardingTable {
                 reason @ (DropReason::UnknownSender
                 | DropReason::WrongDstMac
                 | DropReason::NotOurRelay
-                | DropReason::RelayRefused),
+                | DropReason::RelayRefused
+                | DropReason::NotIpv4),
                 _,
             )) if Frame::parse(datagram)
                 .is_ok_and(|f| f.inner_ethertype() == vxlan::ETHERTYPE_RELAY_PROBE) =>
@@ -963,6 +964,16 @@ mod tests {
             node(2).receive(under(3), &buf[..len]),
             Ok(Received::StrayRelayProbe {
                 reason: DropReason::NotOurRelay
+            })
+        );
+        // Its origin's VTEP MAC not known here yet (at start): it reads as the relay's
+        // own frame, which a relay probe never is — stray too, not a not_ipv4 drop.
+        let mut unknown_origin = buf[..len].to_vec();
+        unknown_origin[14..20].copy_from_slice(&[2, 9, 9, 9, 9, 9]);
+        assert_eq!(
+            n2.receive(under(3), &unknown_origin),
+            Ok(Received::StrayRelayProbe {
+                reason: DropReason::NotIpv4
             })
         );
     }
