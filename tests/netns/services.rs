@@ -249,24 +249,30 @@ pub(crate) fn a_killed_backend_costs_no_connection() -> Result<()> {
         "the connection to {long_backend} broke: {echo:?}"
     );
 
+    wait_backend_down(&lab, "n4", "kb", doomed.ip)?;
+    Ok(())
+}
+
+/// Waits up to 15 s until `node`'s proxy marks the backend `ip` of Service `name` down
+/// (its health check failed).
+fn wait_backend_down(lab: &Lab, node: &str, name: &str, ip: Ipv4Addr) -> Result<()> {
     wait_for(
-        "the dead backend to be marked down",
+        &format!("{node} to mark {ip} of {name} down"),
         Duration::from_secs(15),
         || {
-            let report = lab.services("n4")?;
+            let report = lab.services(node)?;
             let svc = report
                 .iter()
-                .find(|s| s.service.key.name == "kb")
-                .context("kb missing")?;
-            let target = SocketAddrV4::new(doomed.ip, HELLO);
+                .find(|s| s.service.key.name == name)
+                .with_context(|| format!("{name} missing"))?;
+            let target = SocketAddrV4::new(ip, HELLO);
             Ok(svc
                 .ports
                 .iter()
                 .flat_map(|p| &p.backends)
                 .any(|b| b.addr == target && b.state != overlayd_proto::api::BackendState::Up))
         },
-    )?;
-    Ok(())
+    )
 }
 
 /// 50 MB through the VIP arrive intact both ways (the backend echoes what it gets).
@@ -896,23 +902,7 @@ pub(crate) fn endpoints_of_a_node_whose_daemon_is_down_stay_in_rotation() -> Res
         process::kill_now(pid);
     }
     let ns = lab.pod("n1-p1")?.netns.clone();
-    wait_for(
-        "n2-p1's health check to take it out of n1's rotation",
-        Duration::from_secs(15),
-        || {
-            let report = lab.services("n1")?;
-            let svc = report
-                .iter()
-                .find(|s| s.service.key.name == "hello")
-                .context("hello missing")?;
-            let target = SocketAddrV4::new(doomed.ip, HELLO);
-            Ok(svc
-                .ports
-                .iter()
-                .flat_map(|p| &p.backends)
-                .any(|b| b.addr == target && b.state != overlayd_proto::api::BackendState::Up))
-        },
-    )?;
+    wait_backend_down(&lab, "n1", "hello", doomed.ip)?;
     let seen = spread(&ns, SocketAddr::from((vip, 80)), 2 * pods.len())?;
     ensure!(
         !seen.contains_key(&doomed.name) && seen.contains_key("n2-p2"),
