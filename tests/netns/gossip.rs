@@ -644,10 +644,15 @@ pub(crate) fn a_node_whose_link_goes_down_loses_its_routes_and_gets_them_back() 
         },
     )?;
     let returned = back.elapsed();
+    // Routes back; the first packet may still wait for a neighbour entry or a path probe.
     let n2_pod = lab.pod("n2-p1")?.ip;
     for from in ["n1-p1", "n4-p1"] {
-        ping(&lab.pod(from)?.netns, n2_pod, 3)
-            .with_context(|| format!("{from} to n2's pod after the link returned"))?;
+        let ns = lab.pod(from)?.netns.clone();
+        wait_for(
+            &format!("{from} to reach n2's pod after the link returned"),
+            Duration::from_secs(5),
+            || Ok(ping(&ns, n2_pod, 3).is_ok()),
+        )?;
     }
     eprintln!(
         "n2's link down: its routes gone from every peer after {gone:?}; back {returned:?} \

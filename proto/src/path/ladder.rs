@@ -215,6 +215,10 @@ struct Rung {
     outcomes: VecDeque<bool>,
     lost_in_row: u32,
     acked_in_row: u32,
+    /// When the latest acked probe was sent.
+    last_acked_sent: Option<Instant>,
+    /// When the first probe of the current run of losses was sent (`None` after an ack).
+    losing_since: Option<Instant>,
     srtt: Option<Duration>,
     /// Probes awaiting an ack, with when they were sent.
     in_flight: BTreeMap<ProbeId, Instant>,
@@ -302,7 +306,7 @@ impl Ladder {
         let Some(sent) = rung.in_flight.remove(&id) else {
             return false;
         };
-        rung.record_ack(&config, now, now.saturating_duration_since(sent));
+        rung.record_ack(&config, now, sent);
         self.decide(now);
         true
     }
@@ -332,15 +336,15 @@ impl Ladder {
             let Some(rung) = rungs.get_mut(&kind) else {
                 continue;
             };
-            let expired: Vec<ProbeId> = rung
+            let expired: Vec<(ProbeId, Instant)> = rung
                 .in_flight
                 .iter()
                 .filter(|(_, sent)| **sent + config.probe_timeout <= now)
-                .map(|(id, _)| *id)
+                .map(|(id, sent)| (*id, *sent))
                 .collect();
-            for id in expired {
+            for (id, sent) in expired {
                 rung.in_flight.remove(&id);
-                rung.record_loss(config, now);
+                rung.record_loss(config, now, sent);
             }
             if rung.next_probe <= now {
                 let id = ProbeId(*next_id);
@@ -475,7 +479,32 @@ impl Ladder {
             Some(current) if self.usable(current) && lossy(current) => {
                 Some(good.unwrap_or(current))
             }
-            Some(current) if self.usable(current) => Some(fallback.unwrap_or(current)),
+            // Cut. Every rung of a peer going silent at once is its daemon (or node) going,
+            // not a path: a rung is a way out only if it answered a probe sent since the
+            // chosen one began losing. (A daemon-down peer keeps its host-gw route, which
+            // needs no daemon, rather than moving to a rung that was merely not yet
+            // found out — the relay, say, probed once a second.)
+            Some(current) if self.usable(current) => {
+                let since = self.rungs.get(&current).and_then(|r| r.losing_since);
+                let answered = |k: &PathKind| {
+                    since.is_none_or(|since| {
+                        self.rungs
+                            .get(k)
+                            .and_then(|r| r.last_acked_sent)
+                            .is_some_and(|at| at >= since)
+                    })
+                };
+                let way_out = self
+                    .usable_candidates()
+                    .filter(answered)
+                    .find(settled)
+                    .or_else(|| {
+                        self.usable_candidates()
+                            .filter(answered)
+                            .find(|k| health(*k) == Health::Up)
+                    });
+                Some(way_out.unwrap_or(current))
+            }
             // First choice, or the chosen rung is no longer allowed.
             _ => fallback
                 .or_else(|| {
@@ -525,6 +554,8 @@ impl Rung {
             outcomes: VecDeque::new(),
             lost_in_row: 0,
             acked_in_row: 0,
+            last_acked_sent: None,
+            losing_since: None,
             srtt: None,
             in_flight: BTreeMap::new(),
             last_sent: None,
@@ -545,8 +576,12 @@ impl Rung {
         }
     }
 
-    fn record_ack(&mut self, config: &LadderConfig, now: Instant, rtt: Duration) {
+    /// An ack of the probe sent at `sent`.
+    fn record_ack(&mut self, config: &LadderConfig, now: Instant, sent: Instant) {
+        let rtt = now.saturating_duration_since(sent);
         self.srtt = Some(self.srtt.map_or(rtt, |s| (s * 7 + rtt) / 8));
+        self.last_acked_sent = self.last_acked_sent.max(Some(sent));
+        self.losing_since = None;
         self.lost_in_row = 0;
         self.acked_in_row += 1;
         if self.health != Health::Up && self.acked_in_row >= config.up_after {
@@ -560,7 +595,9 @@ impl Rung {
         self.next_probe = self.last_sent.map_or(now, |sent| sent + interval);
     }
 
-    fn record_loss(&mut self, config: &LadderConfig, now: Instant) {
+    /// The probe sent at `sent` went unanswered.
+    fn record_loss(&mut self, config: &LadderConfig, now: Instant, sent: Instant) {
+        self.losing_since = Some(self.losing_since.map_or(sent, |s| s.min(sent)));
         self.acked_in_row = 0;
         self.lost_in_row += 1;
         self.push_outcome(config, false);

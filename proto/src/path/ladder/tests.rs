@@ -429,6 +429,46 @@ fn when_every_rung_breaks_the_ladder_stays_and_takes_the_first_that_returns() {
     assert!(at - heal <= ms(1200), "{:?}", at - heal);
 }
 
+/// A peer whose daemon stops: every rung goes silent at once, whatever the phase of the
+/// probes. The ladder stays on host-gw (which needs no daemon on the far end) instead of
+/// falling back to a rung that was up only because its once-a-second probe had not yet
+/// been missed; a rung that does answer after the break is still taken.
+#[test]
+fn when_every_rung_goes_silent_at_once_the_ladder_does_not_move() {
+    for offset in (0..1000).step_by(50) {
+        // The relay comes later than the peer (members learn of each other one by one):
+        // its probes run at another phase than host-gw's.
+        let mut sim = Sim::new(&[HostGw, Relay], 9);
+        sim.run_for(ms(offset));
+        sim.ladder.set_relay(sim.now, Some("c"));
+        sim.drain();
+        sim.run_for(secs(10));
+        assert_eq!(sim.chosen(), Some(HostGw));
+        let cut = sim.now;
+        sim.link(HostGw).up = false;
+        sim.link(Relay).up = false;
+        sim.run_for(secs(10));
+        assert_eq!(
+            sim.switched_to(Relay, cut),
+            None,
+            "cut {offset} ms into a second: moved to a relay that was silent too"
+        );
+        assert_eq!(sim.chosen(), Some(HostGw));
+    }
+    // Only host-gw breaks: the relay answers after the break and is taken within 3 s.
+    let mut sim = Sim::new(&[HostGw, Relay], 9);
+    sim.ladder.set_relay(sim.now, Some("c"));
+    sim.drain();
+    sim.run_for(secs(10) + ms(300));
+    let cut = sim.now;
+    sim.link(HostGw).up = false;
+    sim.run_for(secs(3));
+    assert!(
+        sim.switched_to(Relay, cut).is_some(),
+        "a working rung is taken"
+    );
+}
+
 #[test]
 fn the_relay_is_probed_only_with_a_member_to_relay_through() {
     let mut sim = Sim::new(&[Udp, Relay], 3);
