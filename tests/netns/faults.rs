@@ -673,22 +673,7 @@ fn restart_under_pings(tag: &str, how: Away) -> Result<()> {
     let away = away.elapsed();
     let lost = |h: std::thread::JoinHandle<Result<std::process::Output>>| -> Result<(u32, String)> {
         let out = h.join().map_err(|_| anyhow::anyhow!("pinger panicked"))??;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stats = text
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .context("no ping statistics")?
-            .to_owned();
-        let num = |word: &str| -> Result<u32> {
-            stats
-                .split(", ")
-                .find(|p| p.contains(word))
-                .and_then(|p| p.split_whitespace().next())
-                .context("ping statistics")?
-                .parse()
-                .map_err(Into::into)
-        };
-        Ok((num("transmitted")? - num("received")?, stats))
+        crate::support::ping_stats(&out)
     };
     let (host_gw_lost, host_gw_stats) = lost(host_gw)?;
     let (tunnel_lost, tunnel_stats) = lost(tunnel)?;
@@ -770,16 +755,6 @@ pub(crate) fn a_failed_start_leaves_the_running_data_path() -> Result<()> {
     Ok(())
 }
 
-/// Kills and reaps a child process when dropped (a failed test leaves no server behind).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A rolling restart (issue 9): every node's daemon of the default lab is stopped and
 /// started again, one after another, while an iperf3 TCP stream runs from n1's pod to
 /// n3's pod across the tunnel. The stream completes (iperf3 exits 0, bytes at the
@@ -789,7 +764,7 @@ pub(crate) fn a_rolling_restart_keeps_an_iperf3_stream_across_the_tunnel() -> Re
     let server_ns = lab.pod("n3-p1")?.netns.clone();
     let server_ip = lab.pod("n3-p1")?.ip;
     let client_ns = lab.pod("n1-p1")?.netns.clone();
-    let _server = KillOnDrop(
+    let _server = crate::support::KillOnDrop(
         Command::new("ip")
             .args([
                 "netns", "exec", &server_ns, "iperf3", "-s", "-1", "-p", "5201",

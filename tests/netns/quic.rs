@@ -499,11 +499,7 @@ pods = 1
     let out = pinger
         .join()
         .map_err(|_| anyhow::anyhow!("pinger panicked"))??;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stats = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .context("no ping statistics")?;
+    let (_, stats) = crate::support::ping_stats(&out)?;
     eprintln!(
         "ladder: onto quic {moved:?} after the tunnel port was blocked, back on host-gw \
          {back:?} after it was lifted; pings meanwhile: {stats}"

@@ -50,11 +50,7 @@ fn largest_reply_gap(out: &std::process::Output) -> Result<(Duration, String)> {
         .windows(2)
         .map(|w| w[1] - w[0])
         .fold(0.0f64, f64::max);
-    let stats = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .context("no ping statistics")?
-        .to_owned();
+    let (_, stats) = crate::support::ping_stats(out)?;
     Ok((Duration::from_secs_f64(gap), stats))
 }
 

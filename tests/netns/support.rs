@@ -167,6 +167,27 @@ pub(crate) fn ping(ns: &str, dst: Ipv4Addr, count: u32) -> Result<String> {
     Ok(text)
 }
 
+/// ping's summary line ("N packets transmitted, M received, …") from its output, and
+/// the replies lost (transmitted − received).
+pub(crate) fn ping_stats(out: &std::process::Output) -> Result<(u32, String)> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stats = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .with_context(|| format!("no ping statistics in:\n{text}"))?
+        .to_owned();
+    let num = |word: &str| -> Result<u32> {
+        stats
+            .split(", ")
+            .find(|p| p.contains(word))
+            .and_then(|p| p.split_whitespace().next())
+            .with_context(|| format!("no {word} count in {stats:?}"))?
+            .parse()
+            .map_err(Into::into)
+    };
+    Ok((num("transmitted")?.saturating_sub(num("received")?), stats))
+}
+
 /// Runs a command inside a namespace (no mount namespace change needed for these).
 pub(crate) fn ns_cmd(ns: &str, args: &[&str]) -> Result<std::process::Output> {
     Command::new("ip")

@@ -584,6 +584,12 @@ impl Lab {
 
     /// Waits up to [`STOP_TIMEOUT`] for the daemon `pid` of `node` to exit, then forgets it.
     fn wait_exited(&mut self, node: &str, pid: u32) -> Result<(), LabError> {
+        self.await_exit(node, pid)?;
+        self.forget_daemon(node)
+    }
+
+    /// Waits up to [`STOP_TIMEOUT`] for the daemon `pid` of `node` to exit.
+    fn await_exit(&self, node: &str, pid: u32) -> Result<(), LabError> {
         if !process::wait_gone(&[pid], STOP_TIMEOUT).is_empty() {
             return Err(LabError::DidNotExit {
                 node: node.into(),
@@ -591,7 +597,7 @@ impl Lab {
                 log: self.node(node)?.log_path().display().to_string(),
             });
         }
-        self.forget_daemon(node)
+        Ok(())
     }
 
     /// Stops the daemon of `node` with SIGTERM, as an operator would: a stop, not a
@@ -614,13 +620,7 @@ impl Lab {
         let old = self.running_pid(node)?;
         let index = self.node_index(node)?;
         self.spawn_daemon_with(index, &["--takeover"], &[])?;
-        if !process::wait_gone(&[old], STOP_TIMEOUT).is_empty() {
-            return Err(LabError::DidNotExit {
-                node: node.into(),
-                pid: old,
-                log: self.node(node)?.log_path().display().to_string(),
-            });
-        }
+        self.await_exit(node, old)?;
         self.save()?;
         self.settle(&[node.to_string()])
     }

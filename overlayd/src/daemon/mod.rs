@@ -117,7 +117,7 @@ struct Shared {
     hand_over: Notify,
     /// The peers the process before this one carried (a hand-over, or a stop moments
     /// ago): routed and forwarded to from the first reconcile, until gossip has them (see
-    /// [`with_handed`]).
+    /// `routing::with_handed`).
     handed: Vec<PeerInfo>,
 }
 
@@ -680,7 +680,11 @@ async fn control_loop(
     mut peers: watch::Receiver<Vec<PeerInfo>>,
 ) -> Result<()> {
     loop {
-        let current = with_handed(&shared, peers.borrow_and_update().clone());
+        let current = routing::with_handed(
+            peers.borrow_and_update().clone(),
+            &shared.handed,
+            adopting(&shared),
+        );
         let routed = match reconcile(&shared, &current).await {
             Ok(()) => true,
             Err(e) => {
@@ -706,23 +710,6 @@ async fn control_loop(
             _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
         }
     }
-}
-
-/// `peers` and, while the routes found at start are adopted ([`adopting`]), the peers
-/// handed over by the process this one took over from that `peers` does not have yet: the
-/// data path forwards to them from the first reconcile instead of waiting for gossip.
-fn with_handed(shared: &Shared, mut peers: Vec<PeerInfo>) -> Vec<PeerInfo> {
-    if shared.handed.is_empty() || !adopting(shared) {
-        return peers;
-    }
-    let missing: Vec<PeerInfo> = shared
-        .handed
-        .iter()
-        .filter(|h| !peers.iter().any(|p| p.name == h.name))
-        .cloned()
-        .collect();
-    peers.extend(missing);
-    peers
 }
 
 /// The peers the data path carries now: what a hand-over passes on and a stop saves.

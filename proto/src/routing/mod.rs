@@ -215,11 +215,48 @@ pub fn reconcile(desired: &[KernelRoute], current: &[KernelRoute]) -> Vec<RouteO
     ops
 }
 
+/// The peers to route to at a start that follows another process (a hand-over, or a stop
+/// moments ago): the peer source's, plus those `handed` over that it does not name yet —
+/// while `adopting` (the routes found at start are still held, gossip may not have told
+/// of every member yet). Afterwards the source alone.
+pub fn with_handed(mut peers: Vec<PeerInfo>, handed: &[PeerInfo], adopting: bool) -> Vec<PeerInfo> {
+    if !adopting {
+        return peers;
+    }
+    let missing: Vec<PeerInfo> = handed
+        .iter()
+        .filter(|h| !peers.iter().any(|p| p.name == h.name))
+        .cloned()
+        .collect();
+    peers.extend(missing);
+    peers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::MacAddr;
     use proptest::prelude::*;
+
+    /// Handed-over peers fill in for gossip while adopting; gossip's own record of a peer
+    /// wins (it may have moved), and after the adoption they are gone.
+    #[test]
+    fn handed_peers_fill_in_until_gossip_names_them_and_only_while_adopting() {
+        let handed = [
+            peer("n2", [10, 100, 1, 12], 2),
+            peer("n3", [10, 100, 2, 11], 3),
+        ];
+        assert_eq!(with_handed(Vec::new(), &handed, true), handed.to_vec());
+        let moved = peer("n2", [10, 100, 1, 99], 2);
+        assert_eq!(
+            with_handed(vec![moved.clone()], &handed, true),
+            vec![moved.clone(), handed[1].clone()]
+        );
+        assert_eq!(
+            with_handed(vec![moved.clone()], &handed, false),
+            vec![moved]
+        );
+    }
 
     fn peer(name: &str, underlay: [u8; 4], third: u8) -> PeerInfo {
         PeerInfo {
