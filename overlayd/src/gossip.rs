@@ -634,12 +634,7 @@ impl Driver {
                 let result = self
                     .setup
                     .gossip
-                    .update_local(Instant::now(), |r| {
-                        r.capabilities
-                            .retain(|c| !c.starts_with(overlayd_proto::pki::CERT_CAPABILITY));
-                        r.capabilities
-                            .extend(fingerprint.map(|f| f.to_capability()));
-                    })
+                    .update_local(Instant::now(), |r| r.set_cert_fingerprint(fingerprint))
                     .map_err(|e| anyhow!("advertising the certificate's fingerprint: {e}"));
                 let _ = reply.send(result);
             }

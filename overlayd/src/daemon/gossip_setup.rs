@@ -60,7 +60,7 @@ pub(super) async fn start(
         // The certificate peers must see from us (checked when the QUIC endpoint
         // starts, which fails the start if it would be refused).
         match crate::pki::cert_file_fingerprint(&q.cert) {
-            Ok(fp) => record.capabilities.push(fp.to_capability()),
+            Ok(fp) => record.set_cert_fingerprint(Some(fp)),
             Err(e) => tracing::warn!("[quic] cert: {e:#}"),
         }
     }

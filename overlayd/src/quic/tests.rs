@@ -742,11 +742,8 @@ async fn a_certificate_other_than_the_advertised_one_is_refused_until_the_record
         assert_eq!(counter(&g, "connections_accepted"), 0, "{dir}");
 
         // The record catches up: the next retry is accepted.
-        let actual = {
-            // The certificate r presents is the one its transport was bound with.
-            let t = r.inner.tls.trust.load();
-            pki::fingerprint(&t.key.cert[0])
-        };
+        // The certificate r presents is the one its transport was bound with.
+        let actual = r.own_fingerprint().expect("r has a certificate");
         g.set_advertised([(r_name.clone(), actual)].into_iter().collect());
         until(
             &format!("{dir}: connected after the record matched"),

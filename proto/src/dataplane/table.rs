@@ -486,7 +486,14 @@ impl ForwardingTable {
         if frame.vni() != self.local.vni {
             return Err(drop(DropReason::WrongVni));
         }
-        let src_mac = self.by_mac.get(&frame.inner_src_mac()).copied();
+        // A direct frame (nearly every one) carries its sender's own VTEP MAC: no map
+        // lookup on the hot path for it.
+        let inner_src = frame.inner_src_mac();
+        let src_mac = if self.peers[peer].vtep_mac == inner_src {
+            Some(peer)
+        } else {
+            self.by_mac.get(&inner_src).copied()
+        };
         if frame.inner_dst_mac() != self.local.mac {
             let Some(to) = self.by_mac.get(&frame.inner_dst_mac()).copied() else {
                 return Err(drop(DropReason::WrongDstMac));

@@ -154,6 +154,15 @@ impl NodeRecord {
             .find_map(|c| crate::pki::Fingerprint::from_capability(c))
     }
 
+    /// Advertises `fingerprint` as its QUIC certificate's (or none), in place of any
+    /// advertised before.
+    pub fn set_cert_fingerprint(&mut self, fingerprint: Option<crate::pki::Fingerprint>) {
+        self.capabilities
+            .retain(|c| !c.starts_with(crate::pki::CERT_CAPABILITY));
+        self.capabilities
+            .extend(fingerprint.map(|f| f.to_capability()));
+    }
+
     pub(crate) fn encoded_len(&self) -> usize {
         1 + self.name.len()
             + socket_addr_len(&self.gossip_addr)
@@ -342,5 +351,13 @@ pub(crate) mod tests {
         r.encode(&mut w);
         let back = NodeRecord::decode(&mut Reader::new(&w.buf)).unwrap();
         assert_eq!(back.cert_fingerprint(), Some(fp));
+        // A new certificate replaces the old one's capability; none removes it.
+        let renewed = Fingerprint([7; 32]);
+        r.set_cert_fingerprint(Some(renewed));
+        assert_eq!(r.cert_fingerprint(), Some(renewed));
+        assert_eq!(r.capabilities.len(), 3, "{:?}", r.capabilities);
+        r.set_cert_fingerprint(None);
+        assert_eq!(r.cert_fingerprint(), None);
+        assert_eq!(r.capabilities.len(), 2);
     }
 }

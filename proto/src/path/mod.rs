@@ -85,7 +85,7 @@ pub fn relay_plan(
     members: &[Member<'_>],
     hop: impl Fn(&Member<'_>, &Member<'_>) -> bool,
 ) -> RelayPlan {
-    let Some(local) = members.iter().find(|m| m.name == me) else {
+    let Some(local) = members.iter().find(|m| m.name == me && m.relays) else {
         return RelayPlan::default();
     };
     let mut zones: Vec<&str> = members.iter().map(|m| m.zone).collect();
@@ -106,7 +106,10 @@ pub fn relay_plan(
     let zone_of = |m: &Member<'_>| zones.binary_search(&m.zone).unwrap_or(0);
     let lhops = &hops[zone_of(local)];
     let mut plan = RelayPlan::default();
-    for peer in members.iter().filter(|m| m.name != me) {
+    // Both ends of a relayed pair run this plan: a member that does not announce
+    // `relay` (a static `[[peer]]` such as a kernel vxlan node, whose zone each node
+    // would have to guess, or an older daemon) takes part in none, as end or as relay.
+    for peer in members.iter().filter(|m| m.name != me && m.relays) {
         let phops = &hops[zone_of(peer)];
         let eligible: Vec<&str> = members
             .iter()
@@ -121,7 +124,7 @@ pub fn relay_plan(
     let me_index = members.iter().position(|m| m.name == me).unwrap_or(0);
     plan.relay_hops = members
         .iter()
-        .filter(|m| m.name != me && hops[zone_of(m)][me_index])
+        .filter(|m| m.name != me && m.relays && hops[zone_of(m)][me_index])
         .map(|m| m.name.to_owned())
         .collect();
     plan.relay_hops.sort();
@@ -131,6 +134,26 @@ pub fn relay_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer that does not announce `relay` is no end of a relayed pair either: it would
+    /// neither send through the relay nor know its frames, and its zone (a static peer
+    /// has none) is each node's guess.
+    #[test]
+    fn a_member_that_does_not_relay_is_in_no_relayed_pair() {
+        let m = |name, zone, relays| Member { name, zone, relays };
+        let members = [
+            m("a", "x", true),
+            m("b", "x", true),
+            m("c", "x", true),
+            m("k", "", false),
+        ];
+        let plan = relay_plan("a", &members, |_, _| true);
+        assert!(plan.relays.contains_key("b"));
+        assert!(!plan.relays.contains_key("k"), "{plan:?}");
+        assert!(!plan.relay_hops.contains(&"k".to_owned()), "{plan:?}");
+        let c = relay_plan("c", &members, |_, _| true);
+        assert!(!c.relay_hops.contains(&"k".to_owned()), "{c:?}");
+    }
 
     #[test]
     fn both_ends_and_the_relay_agree_on_the_plan() {
@@ -173,7 +196,10 @@ mod tests {
                 .iter()
                 .all(|(_, p)| p.relays.values().all(|r| r != "k"))
         );
-        assert!(plan("a").relays.contains_key("k"), "but relayed to");
+        assert!(
+            !plan("a").relays.contains_key("k"),
+            "nor relayed to: it would not answer the relay rung's probes"
+        );
         assert!(!plan("a").relays.contains_key("r"));
         assert!(
             plans
