@@ -49,50 +49,25 @@ impl fmt::Debug for Fingerprint {
 /// record's 63-byte capability limit, where 64 hex digits would not fit).
 pub const CERT_CAPABILITY: &str = "cert=";
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
 impl Fingerprint {
     /// The record capability `cert=<base64url>` naming this fingerprint.
     pub fn to_capability(&self) -> String {
-        let mut out = String::with_capacity(CERT_CAPABILITY.len() + 43);
-        out.push_str(CERT_CAPABILITY);
-        for chunk in self.0.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-            for i in 0..=chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            }
-        }
-        out
+        format!(
+            "{CERT_CAPABILITY}{}",
+            data_encoding::BASE64URL_NOPAD.encode(&self.0)
+        )
     }
 
     /// The fingerprint of a `cert=` capability; `None` iff `cap` is not one, or its
-    /// value is not 43 base64url characters.
+    /// value is not 43 base64url characters (whose 2 spare bits must be zero: one
+    /// spelling only, which `BASE64URL_NOPAD` checks).
     pub fn from_capability(cap: &str) -> Option<Fingerprint> {
         let text = cap.strip_prefix(CERT_CAPABILITY)?.as_bytes();
         if text.len() != 43 {
             return None;
         }
-        let mut bits = 0u32;
-        let mut nbits = 0;
-        let mut out = Vec::with_capacity(32);
-        for c in text {
-            let v = B64.iter().position(|b| b == c)? as u32;
-            bits = bits << 6 | v;
-            nbits += 6;
-            if nbits >= 8 {
-                nbits -= 8;
-                out.push((bits >> nbits) as u8);
-                bits &= (1 << nbits) - 1;
-            }
-        }
-        // 43 characters carry 258 bits: the last 2 must be zero (one spelling only).
-        if bits != 0 {
-            return None;
-        }
-        Some(Fingerprint(out.try_into().ok()?))
+        let bytes = data_encoding::BASE64URL_NOPAD.decode(text).ok()?;
+        Some(Fingerprint(bytes.try_into().ok()?))
     }
 }
 
