@@ -292,14 +292,9 @@ async fn send_probe(
                 .copied();
             match underlay {
                 Some(addr) => {
-                    let to = SocketAddr::from((addr, port));
-                    match sock.send_to(&buf[..len], to).await {
-                        // An ICMP error for an earlier datagram failed this call.
-                        Err(e) if crate::pmtu::is_icmp_error(&e) => {
-                            sock.send_to(&buf[..len], to).await.is_ok()
-                        }
-                        sent => sent.is_ok(),
-                    }
+                    crate::pmtu::send_to(sock, &buf[..len], SocketAddr::from((addr, port)))
+                        .await
+                        .is_ok()
                 }
                 None => false,
             }
@@ -310,13 +305,9 @@ async fn send_probe(
         // the frame replaces the bare message in `buf`.
         PathKind::Relay => match dp.relay_probe(name, msg, buf) {
             Some((relay, len)) => {
-                let to = SocketAddr::from((relay, port));
-                match sock.send_to(&buf[..len], to).await {
-                    Err(e) if crate::pmtu::is_icmp_error(&e) => {
-                        sock.send_to(&buf[..len], to).await.is_ok()
-                    }
-                    sent => sent.is_ok(),
-                }
+                crate::pmtu::send_to(sock, &buf[..len], SocketAddr::from((relay, port)))
+                    .await
+                    .is_ok()
             }
             None => false,
         },

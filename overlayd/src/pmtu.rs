@@ -236,6 +236,15 @@ pub async fn run(
     }
 }
 
+/// Sends one datagram on the tunnel socket; a send failed by an ICMP error for an
+/// earlier datagram (which sent nothing) is tried once more.
+pub async fn send_to(sock: &UdpSocket, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+    match sock.send_to(datagram, to).await {
+        Err(e) if is_icmp_error(&e) => sock.send_to(datagram, to).await,
+        sent => sent,
+    }
+}
+
 async fn send(
     pm: &PathMtuHandle,
     sock: &UdpSocket,
@@ -245,13 +254,7 @@ async fn send(
     msg: ProbeMessage,
 ) {
     let len = msg.emit(buf);
-    let to = SocketAddr::from((dst, port));
-    let sent = match sock.send_to(&buf[..len], to).await {
-        // An ICMP error for an earlier datagram failed this call, which sent nothing.
-        Err(e) if is_icmp_error(&e) => sock.send_to(&buf[..len], to).await,
-        sent => sent,
-    };
-    if let Err(e) = sent {
+    if let Err(e) = send_to(sock, &buf[..len], SocketAddr::from((dst, port))).await {
         // A probe larger than our device, or an ICMP error reported on both sends.
         tracing::debug!(%dst, "sending {msg:?}: {e}");
         pm.counters.send_errors.fetch_add(1, Relaxed);
