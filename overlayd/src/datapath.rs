@@ -968,54 +968,77 @@ impl RxState {
     }
 }
 
-/// QUIC → TUN: pod packets that arrived as QUIC datagrams (from the member their
-/// connection's certificate proved), checked as the VXLAN path checks its inner packets
-/// and written the same way, coalesced per batch of what is ready. Until the transport
-/// closes its channel.
-pub async fn quic_to_tun(
+/// The receive side of the QUIC tunnels, a [`crate::quic::Sink`]: each connection's
+/// reader delivers its batches here. Every datagram is checked as the VXLAN path checks
+/// its inner packet ([`ForwardingTable::accept_quic`]) or is a path-ladder probe, and is
+/// written through the same coalescing writer; one batch at a time (the writer's state
+/// is shared by all connections).
+pub struct QuicToTun {
     dp: Arc<Datapath>,
     tun: Arc<AsyncDevice>,
     paths: Arc<crate::paths::PathsHandle>,
-    mut incoming: tokio::sync::mpsc::Receiver<crate::quic::Received>,
-    tun_mtu: usize,
-    offloads: Offloads,
-) -> Result<()> {
-    const BATCH: usize = 64;
-    let mut rx = RxState::new(offloads.tun, tun_mtu);
-    // One packet with headroom for the virtio-net header, reused.
-    let mut buf = vec![0u8; VNET_HDR_LEN + 65_536];
-    while let Some(first) = incoming.recv().await {
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some((name, packet)) = next.take() {
-            taken += 1;
-            if taken < BATCH {
-                next = incoming.try_recv().ok();
-            }
-            if probe::is_probe(&packet) {
-                // The path ladder's probes and acks on the quic rung.
-                match probe::ProbeMessage::parse(&packet) {
-                    Ok(msg) => paths.deliver(crate::paths::Via::Quic(name), msg),
-                    Err(_) => dp.drops.count(DropReason::MalformedProbe),
-                }
-                continue;
-            }
-            let snap = dp.snapshot.load();
-            match snap.table.accept_quic(&name, &packet) {
-                Ok((peer, len)) => {
-                    let c = &snap.counters[peer];
-                    c.rx_packets.fetch_add(1, Relaxed);
-                    c.rx_bytes.fetch_add(len as u64, Relaxed);
-                    let inner = VNET_HDR_LEN..VNET_HDR_LEN + len;
-                    buf[inner.clone()].copy_from_slice(&packet[..len]);
-                    rx.write_inner(&dp, &*tun, &mut buf, inner).await;
-                }
-                Err((reason, peer)) => dp.drop_packet(&snap, reason, peer),
-            }
+    state: tokio::sync::Mutex<(RxState, Vec<u8>)>,
+}
+
+impl QuicToTun {
+    pub fn new(
+        dp: Arc<Datapath>,
+        tun: Arc<AsyncDevice>,
+        paths: Arc<crate::paths::PathsHandle>,
+        tun_mtu: usize,
+        offloads: Offloads,
+    ) -> Self {
+        QuicToTun {
+            dp,
+            tun,
+            paths,
+            // One packet with headroom for the virtio-net header, reused.
+            state: tokio::sync::Mutex::new((
+                RxState::new(offloads.tun, tun_mtu),
+                vec![0u8; VNET_HDR_LEN + 65_536],
+            )),
         }
-        rx.flush(&dp, &*tun).await;
     }
-    Ok(())
+}
+
+impl crate::quic::Sink for QuicToTun {
+    fn deliver<'a>(
+        &'a self,
+        peer: &'a Arc<str>,
+        batch: &'a mut Vec<bytes::Bytes>,
+    ) -> futures_util::future::BoxFuture<'a, usize> {
+        Box::pin(async move {
+            let dp = &*self.dp;
+            let mut state = self.state.lock().await;
+            let (rx, buf) = &mut *state;
+            for packet in batch.drain(..) {
+                if probe::is_probe(&packet) {
+                    // The path ladder's probes and acks on the quic rung.
+                    match probe::ProbeMessage::parse(&packet) {
+                        Ok(msg) => self
+                            .paths
+                            .deliver(crate::paths::Via::Quic(peer.clone()), msg),
+                        Err(_) => dp.drops.count(DropReason::MalformedProbe),
+                    }
+                    continue;
+                }
+                let snap = dp.snapshot.load();
+                match snap.table.accept_quic(peer, &packet) {
+                    Ok((index, len)) => {
+                        let c = &snap.counters[index];
+                        c.rx_packets.fetch_add(1, Relaxed);
+                        c.rx_bytes.fetch_add(len as u64, Relaxed);
+                        let inner = VNET_HDR_LEN..VNET_HDR_LEN + len;
+                        buf[inner.clone()].copy_from_slice(&packet[..len]);
+                        rx.write_inner(dp, &*self.tun, buf, inner).await;
+                    }
+                    Err((reason, index)) => dp.drop_packet(&snap, reason, index),
+                }
+            }
+            rx.flush(dp, &*self.tun).await;
+            0
+        })
+    }
 }
 
 #[cfg(test)]

@@ -287,18 +287,24 @@ pub async fn run(cfg: Config, config_path: PathBuf, takeover: bool) -> Result<()
         udp_gso: cfg.tunnel.udp_gso,
     };
     let (sock, udp_state) = (Arc::new(sock), Arc::new(udp_state));
-    let (quic, quic_rx) = match &cfg.quic {
-        Some(q) => {
-            let (transport, rx) = start_quic(&cfg, q, &local)?;
-            (Some(Arc::new(transport)), Some(rx))
-        }
-        None => (None, None),
-    };
     let paths = Arc::new(PathsHandle::default());
     let dp = Arc::new(Datapath::new(ForwardingTable::new(
         local_vtep(&cfg, &local, subnet),
         Vec::new(),
     )));
+    let quic = match &cfg.quic {
+        Some(q) => {
+            let sink = datapath::QuicToTun::new(
+                dp.clone(),
+                tun.clone(),
+                paths.clone(),
+                local.tunnel_mtu as usize,
+                offloads,
+            );
+            Some(Arc::new(start_quic(&cfg, q, &local, Arc::new(sink))?))
+        }
+        None => None,
+    };
 
     let listener = api::bind(&cfg.daemon.control_socket)?;
     let shared = Arc::new(Shared {
@@ -352,16 +358,6 @@ pub async fn run(cfg: Config, config_path: PathBuf, takeover: bool) -> Result<()
         offloads,
         quic.clone(),
     ));
-    if let Some(rx) = quic_rx {
-        tasks.spawn(datapath::quic_to_tun(
-            dp.clone(),
-            tun.clone(),
-            paths.clone(),
-            rx,
-            mtu,
-            offloads,
-        ));
-    }
     tasks.spawn(datapath::udp_to_tun(
         dp.clone(),
         tun.clone(),
@@ -1280,15 +1276,14 @@ async fn start_dns(
 }
 
 /// Loads the CA and this node's certificate (refused at start when the key's mode is
-/// loose or the certificate would be refused by the peers) and binds the QUIC endpoint.
+/// loose or the certificate would be refused by the peers) and binds the QUIC endpoint,
+/// which delivers the datagrams it receives to `sink`.
 fn start_quic(
     cfg: &Config,
     q: &overlayd_config::schema::Quic,
     local: &Local,
-) -> Result<(
-    QuicTransport,
-    tokio::sync::mpsc::Receiver<crate::quic::Received>,
-)> {
+    sink: Arc<dyn crate::quic::Sink>,
+) -> Result<QuicTransport> {
     let ca = crate::pki::Ca::load(&q.ca).context("[quic] ca")?;
     let identity = crate::pki::NodeIdentity::load(
         &ca,
@@ -1304,7 +1299,7 @@ fn start_quic(
         identity,
     );
     config.underlay_mtu = u16::try_from(local.underlay.mtu).unwrap_or(u16::MAX);
-    let started = QuicTransport::bind(config)
+    let started = QuicTransport::bind_with(config, sink)
         .with_context(|| format!("starting the QUIC endpoint on UDP port {}", q.port))?;
     tracing::info!(port = q.port, "QUIC endpoint up");
     Ok(started)

@@ -35,6 +35,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use dashmap::DashMap;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use overlayd_proto::path::dial::{self, ConnectionInfo, Keep, Side};
 use quinn::{Connection, Endpoint, VarInt};
 use rustls_pki_types::CertificateDer;
@@ -160,6 +162,41 @@ impl QuicConfig {
 
 /// A datagram from a peer: its member name and the pod packet.
 pub type Received = (Arc<str>, Bytes);
+
+/// Most datagrams a connection's reader hands to the [`Sink`] at once.
+pub const RX_BATCH: usize = 64;
+
+/// Where the connections' datagrams go. Each connection's reader takes what quinn has
+/// received (up to [`RX_BATCH`] datagrams, in arrival order), hands it over and waits
+/// until the sink is done with it: the datagrams go from quinn to the sink's work (for
+/// the daemon, the TUN write) in the reader's task, without another task's wake-up in
+/// between, and a slow sink slows the reading (quinn's per-connection receive buffer
+/// takes the burst) instead of filling a queue.
+pub trait Sink: Send + Sync + 'static {
+    /// Takes `batch` (from `peer`; the sink may drain it). Resolves to the number of
+    /// datagrams it dropped for lack of room, counted as `rx_queue_full`.
+    fn deliver<'a>(&'a self, peer: &'a Arc<str>, batch: &'a mut Vec<Bytes>)
+    -> BoxFuture<'a, usize>;
+}
+
+/// The [`Sink`] of [`QuicTransport::bind`]: a bounded queue, full → dropped.
+struct ChannelSink(mpsc::Sender<Received>);
+
+impl Sink for ChannelSink {
+    fn deliver<'a>(
+        &'a self,
+        peer: &'a Arc<str>,
+        batch: &'a mut Vec<Bytes>,
+    ) -> BoxFuture<'a, usize> {
+        let mut dropped = 0;
+        for data in batch.drain(..) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = self.0.try_send((peer.clone(), data)) {
+                dropped += 1;
+            }
+        }
+        Box::pin(std::future::ready(dropped))
+    }
+}
 
 /// Why [`QuicTransport::send`] sent nothing; each is counted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -311,7 +348,7 @@ struct Inner {
     peers: Mutex<HashMap<String, Peer>>,
     live: DashMap<String, Live>,
     counters: QuicCounters,
-    rx: mpsc::Sender<Received>,
+    sink: Arc<dyn Sink>,
     last_attempt: AtomicU64,
 }
 
@@ -323,8 +360,15 @@ pub struct QuicTransport {
 
 impl QuicTransport {
     /// Binds the UDP socket and starts accepting. Must run inside a tokio runtime.
-    /// Returns the transport and the receiving end of the datagrams from all peers.
+    /// Returns the transport and the receiving end of the datagrams from all peers (a
+    /// queue of `cfg.recv_queue`; when it is full, datagrams are dropped and counted).
     pub fn bind(cfg: QuicConfig) -> Result<(QuicTransport, mpsc::Receiver<Received>)> {
+        let (tx, rx) = mpsc::channel(cfg.recv_queue.max(1));
+        Ok((Self::bind_with(cfg, Arc::new(ChannelSink(tx)))?, rx))
+    }
+
+    /// [`QuicTransport::bind`] delivering every connection's datagrams to `sink`.
+    pub fn bind_with(cfg: QuicConfig, sink: Arc<dyn Sink>) -> Result<QuicTransport> {
         anyhow::ensure!(
             cfg.identity.name == cfg.name,
             "this node is {:?} but its certificate is loaded for {:?}",
@@ -379,7 +423,6 @@ impl QuicTransport {
         )
         .context("starting the QUIC endpoint")?;
 
-        let (tx, rx) = mpsc::channel(cfg.recv_queue.max(1));
         let inner = Arc::new(Inner {
             name: cfg.name,
             endpoint,
@@ -389,11 +432,11 @@ impl QuicTransport {
             peers: Mutex::new(HashMap::new()),
             live: DashMap::new(),
             counters: QuicCounters::default(),
-            rx: tx,
+            sink,
             last_attempt: AtomicU64::new(0),
         });
         let accept_task = tokio::spawn(accept_loop(inner.clone()));
-        Ok((QuicTransport { inner, accept_task }, rx))
+        Ok(QuicTransport { inner, accept_task })
     }
 
     /// Moves the endpoint to a new UDP socket bound to `addr` (this node's underlay
@@ -865,23 +908,37 @@ async fn accept(inner: Arc<Inner>, incoming: quinn::Incoming) {
     );
 }
 
-/// Delivers a connection's datagrams until it ends, then forgets it.
+/// Delivers a connection's datagrams to the sink until it ends, then forgets it: waits
+/// for the first, takes what else quinn already holds (up to [`RX_BATCH`]), delivers.
 async fn read_loop(inner: Arc<Inner>, member: Arc<str>, conn: Connection) {
+    let c = &inner.counters;
+    let mut batch = Vec::with_capacity(RX_BATCH);
     let reason = loop {
-        match conn.read_datagram().await {
+        let mut end = match conn.read_datagram().await {
             Ok(data) => {
-                let c = &inner.counters;
-                c.rx_datagrams.fetch_add(1, Relaxed);
-                c.rx_bytes.fetch_add(data.len() as u64, Relaxed);
-                match inner.rx.try_send((member.clone(), data)) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        c.rx_queue_full.fetch_add(1, Relaxed);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
+                batch.push(data);
+                None
             }
             Err(e) => break e,
+        };
+        while batch.len() < RX_BATCH {
+            match conn.read_datagram().now_or_never() {
+                Some(Ok(data)) => batch.push(data),
+                Some(Err(e)) => {
+                    end = Some(e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        c.rx_datagrams.fetch_add(batch.len() as u64, Relaxed);
+        let bytes: usize = batch.iter().map(Bytes::len).sum();
+        c.rx_bytes.fetch_add(bytes as u64, Relaxed);
+        let dropped = inner.sink.deliver(&member, &mut batch).await;
+        c.rx_queue_full.fetch_add(dropped as u64, Relaxed);
+        batch.clear();
+        if let Some(e) = end {
+            break e;
         }
     };
     let ours = inner
