@@ -132,6 +132,47 @@ enum Command {
 /// writing the revocation again, so a stale or rogue delete cannot un-revoke.
 pub type Revoked = BTreeMap<Fingerprint, Revocation>;
 
+/// Where a node keeps every revocation it has seen, so that a restart — of this node or
+/// of every node at once — forgets none: at start they are applied before gossip has
+/// synced and written into gossip state again.
+const REVOKED_FILE: &str = "revoked.json";
+
+/// The revocations persisted in `state_dir`. A file that does not parse is moved aside
+/// (`revoked.json.corrupt`) with an error: the node starts with what gossip brings back.
+fn load_revoked(state_dir: &Path) -> Revoked {
+    let path = state_dir.join(REVOKED_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Revoked::new(),
+        Err(e) => {
+            tracing::error!(path = %path.display(), "reading the persisted revocations: {e}");
+            return Revoked::new();
+        }
+    };
+    match serde_json::from_slice::<Vec<Revocation>>(&bytes) {
+        Ok(list) => list.into_iter().map(|r| (r.fingerprint, r)).collect(),
+        Err(e) => {
+            let aside = state_dir.join(format!("{REVOKED_FILE}.corrupt"));
+            let moved = std::fs::rename(&path, &aside);
+            tracing::error!(
+                path = %path.display(),
+                moved_to = %aside.display(),
+                moved = moved.is_ok(),
+                "the persisted revocations do not parse ({e}); starting with those gossip brings"
+            );
+            Revoked::new()
+        }
+    }
+}
+
+fn save_revoked(state_dir: &Path, revoked: &Revoked) -> Result<()> {
+    let list: Vec<&Revocation> = revoked.values().collect();
+    crate::write_atomic(
+        &state_dir.join(REVOKED_FILE),
+        &serde_json::to_vec_pretty(&list)?,
+    )
+}
+
 /// The daemon's handle on the running gossip task.
 #[derive(Clone)]
 pub struct GossipHandle {
@@ -234,7 +275,7 @@ pub async fn start(
     let peers = watch::Sender::new(setup.static_peers.clone());
     let (subnet_tx, subnet) = watch::channel(initial_subnet);
     let (daemon_down_tx, daemon_down) = watch::channel(BTreeSet::new());
-    let (revoked_tx, revoked) = watch::channel(Revoked::new());
+    let (revoked_tx, revoked) = watch::channel(load_revoked(&setup.state_dir));
     let handle = GossipHandle {
         commands,
         peers: peers.clone(),
@@ -263,6 +304,7 @@ pub async fn start(
             liveness: Liveness::new(),
             daemon_down: daemon_down_tx,
             revoked: revoked_tx,
+            revoked_writing: Arc::default(),
         }
         .run(),
     );
@@ -290,6 +332,8 @@ struct Driver {
     liveness: Liveness,
     daemon_down: watch::Sender<BTreeSet<String>>,
     revoked: watch::Sender<Revoked>,
+    /// Held while `revoked.json` is written (off the loop: fsync is slow).
+    revoked_writing: Arc<Mutex<()>>,
 }
 
 /// How often a dead member's node is pinged while its routes are kept.
@@ -348,6 +392,14 @@ pub fn wall_clock_ms() -> u64 {
 
 impl Driver {
     async fn run(mut self) -> Result<()> {
+        // The persisted revocations go into gossip state again: the cluster may have
+        // forgotten them (every node restarted), and a copy already there stays as it was.
+        let persisted: Vec<Revocation> = self.revoked.borrow().values().cloned().collect();
+        for revocation in &persisted {
+            if let Err(e) = self.write_revocation(revocation) {
+                tracing::error!(fingerprint = %revocation.fingerprint, "re-publishing a persisted revocation: {e:#}");
+            }
+        }
         let (stream_done_tx, mut stream_done) = mpsc::channel::<(SocketAddr, Result<Vec<u8>>)>(8);
         let (serve_tx, mut serve) = mpsc::channel::<ServeRequest>(8);
         let mut buf = vec![0u8; 65_536];
@@ -658,6 +710,7 @@ impl Driver {
                 self.revoked.send_modify(|r| {
                     r.insert(fingerprint, revocation);
                 });
+                self.persist_revoked();
             }
             RevocationChange::Reassert(held) => {
                 tracing::warn!(%fingerprint, "a revocation was deleted; writing it again (revocations are never undone)");
@@ -667,6 +720,21 @@ impl Driver {
             }
             RevocationChange::Nothing => {}
         }
+    }
+
+    /// Writes the revocations to `revoked.json` in the background. Each write takes the
+    /// list as it is when it runs, one at a time, so the newest list is the last written.
+    fn persist_revoked(&self) {
+        let revoked = self.revoked.subscribe();
+        let writing = self.revoked_writing.clone();
+        let dir = self.setup.state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let _writing = writing.lock().unwrap_or_else(PoisonError::into_inner);
+            let list = revoked.borrow().clone();
+            if let Err(e) = save_revoked(&dir, &list) {
+                tracing::error!("persisting the revocations: {e:#}");
+            }
+        });
     }
 
     fn write_revocation(&mut self, revocation: &Revocation) -> Result<()> {
@@ -780,5 +848,29 @@ mod tests {
         writer.flush(&dir).unwrap();
         assert_eq!(SubnetClaim::load(&dir).unwrap(), Some(claim(3, 30)));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What a node has seen revoked survives its restart; a file that does not parse is
+    /// moved aside and said, not taken as "nothing revoked" in silence or kept in the way.
+    #[test]
+    fn revocations_are_persisted_and_a_corrupt_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_revoked(dir.path()).is_empty());
+        let revocation = |byte: u8, by: &str| Revocation {
+            fingerprint: Fingerprint([byte; 32]),
+            by: by.to_owned(),
+            at_ms: 1_700_000_000_000 + u64::from(byte),
+        };
+        let revoked: Revoked = [revocation(1, "n1"), revocation(2, "n3")]
+            .into_iter()
+            .map(|r| (r.fingerprint, r))
+            .collect();
+        save_revoked(dir.path(), &revoked).unwrap();
+        assert_eq!(load_revoked(dir.path()), revoked);
+
+        std::fs::write(dir.path().join(REVOKED_FILE), b"[{\"fingerprint\": 12").unwrap();
+        assert!(load_revoked(dir.path()).is_empty());
+        assert!(!dir.path().join(REVOKED_FILE).exists());
+        assert!(dir.path().join("revoked.json.corrupt").exists());
     }
 }

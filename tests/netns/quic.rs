@@ -777,9 +777,11 @@ pub(crate) fn a_node_with_a_bad_certificate_cannot_bring_up_a_tunnel_and_is_coun
 /// router sees no VXLAN and no pod packet in clear between n3 and the others); every
 /// node lists the revocation (`cert list-revoked`, `pki_revoked_certificates` in
 /// `status`), n3 included; a revoke of something that is no fingerprint is refused with
-/// a message saying what is expected.
+/// a message saying what is expected. Then every daemon is stopped at once and started
+/// again — no node left to gossip the revocation — and every node still holds it from
+/// its own `revoked.json` and n1 still refuses n3.
 pub(crate) fn a_revocation_closes_the_revoked_nodes_tunnels_within_the_bound() -> Result<()> {
-    let lab = lab("qr", &Topology::parse(CERT_TOPOLOGY)?)?;
+    let mut lab = lab("qr", &Topology::parse(CERT_TOPOLOGY)?)?;
     wait_for_paths(&lab, "n1", &[("n2", "udp"), ("n3", "quic")])?;
     wait_for_paths(&lab, "n2", &[("n3", "quic")])?;
     let (p1, p2, p3) = (lab.pod("n1-p1")?, lab.pod("n2-p1")?, lab.pod("n3-p1")?);
@@ -877,6 +879,34 @@ pub(crate) fn a_revocation_closes_the_revoked_nodes_tunnels_within_the_bound() -
         !bad.status.success() && err.contains("neither a certificate fingerprint"),
         "cert revoke not-a-fingerprint: {err}"
     );
+
+    // The whole cluster restarts: the revocation lives only in the nodes' state dirs.
+    for node in ["n1", "n2", "n3"] {
+        lab.stop_daemon(node)?;
+    }
+    for node in ["n1", "n2", "n3"] {
+        lab.start_daemon(node)?;
+    }
+    for on in ["n1", "n2", "n3"] {
+        wait_for(
+            &format!("{on} holding the revocation after the restart"),
+            REVOKED_WITHIN,
+            || Ok(io_counter(&lab, on, "pki_revoked_certificates")? == 1),
+        )?;
+    }
+    wait_for_paths(&lab, "n1", &[("n2", "udp")])?;
+    wait_for("n1 refusing the revoked n3 again", REFUSED_WITHIN, || {
+        Ok(io_counter(&lab, "n1", "quic_cert_revoked")?
+            + io_counter(&lab, "n3", "quic_cert_revoked")?
+            + io_counter(&lab, "n3", "quic_handshake_failures")?
+            > 0)
+    })?;
+    ensure!(
+        quic_state(&lab, "n1", "n3")?.as_deref() != Some("connected"),
+        "n1 connected to the revoked n3 after the restart"
+    );
+    let (p1, p3) = (lab.pod("n1-p1")?, lab.pod("n3-p1")?);
+    no_reply(&p3.netns, p1.ip, "revoked n3 -> n1 after the restart")?;
     Ok(())
 }
 
