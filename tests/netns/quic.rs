@@ -771,6 +771,18 @@ pub(crate) fn a_node_with_a_bad_certificate_cannot_bring_up_a_tunnel_and_is_coun
     Ok(())
 }
 
+/// Waits until n1, n2 and n3 each hold exactly one revocation (`when` names the moment).
+fn every_node_holds_the_revocation(lab: &Lab, when: &str) -> Result<()> {
+    for on in ["n1", "n2", "n3"] {
+        wait_for(
+            &format!("{on} holding the revocation{when}"),
+            REVOKED_WITHIN,
+            || Ok(io_counter(lab, on, "pki_revoked_certificates")? == 1),
+        )?;
+    }
+    Ok(())
+}
+
 /// `overlayd cert revoke RUN/pki/n3.pem` on n1: within [`REVOKED_WITHIN`] both n1 and n2
 /// have closed their QUIC tunnels to n3 and count it (`quic_cert_revoked`); n3's pod
 /// reaches neither n1's nor n2's afterwards (and, the zones requiring encryption, the
@@ -820,13 +832,7 @@ pub(crate) fn a_revocation_closes_the_revoked_nodes_tunnels_within_the_bound() -
         "quic: tunnels to the revoked n3 closed {} ms after `cert revoke`",
         start.elapsed().as_millis()
     );
-    for on in ["n1", "n2", "n3"] {
-        wait_for(
-            &format!("{on} holding the revocation"),
-            REVOKED_WITHIN,
-            || Ok(io_counter(&lab, on, "pki_revoked_certificates")? == 1),
-        )?;
-    }
+    every_node_holds_the_revocation(&lab, "")?;
     for on in ["n1", "n2"] {
         ensure!(
             io_counter(&lab, on, "quic_cert_revoked")? >= 1,
@@ -887,13 +893,7 @@ pub(crate) fn a_revocation_closes_the_revoked_nodes_tunnels_within_the_bound() -
     for node in ["n1", "n2", "n3"] {
         lab.start_daemon(node)?;
     }
-    for on in ["n1", "n2", "n3"] {
-        wait_for(
-            &format!("{on} holding the revocation after the restart"),
-            REVOKED_WITHIN,
-            || Ok(io_counter(&lab, on, "pki_revoked_certificates")? == 1),
-        )?;
-    }
+    every_node_holds_the_revocation(&lab, " after the restart")?;
     wait_for_paths(&lab, "n1", &[("n2", "udp")])?;
     wait_for("n1 refusing the revoked n3 again", REFUSED_WITHIN, || {
         Ok(io_counter(&lab, "n1", "quic_cert_revoked")?
